@@ -1,0 +1,1 @@
+"""Finetune Studio core: the product as a library, importable without Gradio."""

@@ -1,0 +1,73 @@
+"""Typed settings from the environment (workspace dir, DATABASE_URL, auth, worker limits).
+
+Every value can be overridden with an ``FTS_*`` environment variable; ``DATABASE_URL`` follows the usual convention.
+Settings are read fresh on each call of :func:`get_settings` so tests and subprocesses can point at their own
+workspace through the environment.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be a whole number") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path
+    database_url: str
+    models_dir: Path
+    auth: tuple[str, str] | None
+    max_concurrent_runs: int
+    worker_threads: int  # 0 = torch's default (all cores)
+    worker_nice: int
+    stop_timeout_s: float
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.workspace / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.workspace / "datasets"
+
+
+def get_settings() -> Settings:
+    workspace = Path(os.environ.get("FTS_WORKSPACE", REPO_ROOT / "workspace")).expanduser().resolve()
+    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{workspace / 'studio.db'}"
+    models_dir = Path(os.environ.get("FTS_MODELS_DIR", workspace / "models")).expanduser().resolve()
+    auth = None
+    raw_auth = os.environ.get("FTS_AUTH", "")
+    if raw_auth:
+        user, sep, password = raw_auth.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("FTS_AUTH must look like 'user:password'")
+        auth = (user, password)
+    return Settings(
+        workspace=workspace,
+        database_url=database_url,
+        models_dir=models_dir,
+        auth=auth,
+        max_concurrent_runs=max(1, _int_env("FTS_MAX_CONCURRENT_RUNS", 1)),
+        worker_threads=max(0, _int_env("FTS_WORKER_THREADS", 0)),
+        worker_nice=_int_env("FTS_WORKER_NICE", 10),
+        stop_timeout_s=float(os.environ.get("FTS_STOP_TIMEOUT_S", "60")),
+    )
+
+
+def db_session():
+    """A committed-on-success session on the configured database (``DATABASE_URL`` or the workspace SQLite)."""
+    from storage import session_scope
+
+    return session_scope(get_settings().database_url)

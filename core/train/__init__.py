@@ -1,0 +1,1 @@
+"""Training: the typed TrainConfig, the worker subprocess entry and its callbacks."""

@@ -1,0 +1,185 @@
+"""TrainConfig: the single contract between the Train tab, the CLI (YAML), the worker, the DB and Evaluate/Deploy.
+
+Adding a hyperparameter means adding one field here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["lora", "qlora", "full"]
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class ConfigError(ValueError):
+    """A config a person can fix; the message names the field and what is wrong."""
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = ""
+    base_model: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a Hub id")
+    dataset: str = Field(..., description="dataset id from the Data tab (e.g. '3') or a path to a data file")
+    method: Method = "lora"
+
+    max_length: int = Field(512, description="tokens per example; longer rows are truncated")
+    num_epochs: float = 1.0
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: Scheduler = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: Precision = "auto"
+
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+
+    gradient_checkpointing: bool = False
+    packing: bool = Field(True, description="padding-free batching: rows are concatenated with exact attention boundaries")
+    group_by_length: bool = True
+    seed: int = 42
+
+    eval_split: float = Field(0.0, description="fraction of the training rows held out for eval loss (0 = none)")
+    eval_steps: int = 0
+    save_steps: int = Field(50, description="checkpoint (with optimizer state) every N steps; 0 = only at the end")
+    save_total_limit: int = 2
+    logging_steps: int = 1
+
+    init_adapter: Optional[str] = Field(None, description="continue training from this adapter directory")
+    num_gpus: int = Field(1, description=">1 launches the worker through `accelerate launch`")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"learning rate must be > 0 (got {v})")
+        if v >= 1:
+            raise ValueError(f"learning rate {v} is far too large; typical LoRA values are 1e-4 to 5e-4")
+        return v
+
+    @field_validator("lora_r")
+    @classmethod
+    def _r(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"LoRA rank r must be at least 1 (got {v})")
+        return v
+
+    @field_validator("max_length")
+    @classmethod
+    def _max_length(cls, v: int) -> int:
+        if v < 8:
+            raise ValueError(f"max length must be at least 8 tokens (got {v})")
+        return v
+
+    @field_validator("batch_size", "grad_accum", "num_gpus", "logging_steps")
+    @classmethod
+    def _positive(cls, v: int, info) -> int:
+        if v < 1:
+            raise ValueError(f"{info.field_name} must be at least 1 (got {v})")
+        return v
+
+    @field_validator("lora_alpha")
+    @classmethod
+    def _alpha(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"LoRA alpha must be at least 1 (got {v})")
+        return v
+
+    @field_validator("lora_dropout", "warmup_ratio")
+    @classmethod
+    def _fraction(cls, v: float, info) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"{info.field_name} must be in [0, 1) (got {v})")
+        return v
+
+    @field_validator("eval_split")
+    @classmethod
+    def _eval_split(cls, v: float) -> float:
+        if not 0 <= v <= 0.5:
+            raise ValueError(f"eval_split must be between 0 and 0.5 (got {v})")
+        return v
+
+    @field_validator("num_epochs")
+    @classmethod
+    def _epochs(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"epochs must be > 0 (got {v})")
+        return v
+
+    @field_validator("save_steps", "eval_steps", "weight_decay", "save_total_limit")
+    @classmethod
+    def _non_negative(cls, v, info):
+        if v < 0:
+            raise ValueError(f"{info.field_name} must not be negative (got {v})")
+        return v
+
+    @field_validator("dataset", "base_model")
+    @classmethod
+    def _non_empty(cls, v: str, info) -> str:
+        v = (v or "").strip()
+        if not v:
+            raise ValueError(f"{info.field_name} is required")
+        return v
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        v = [m.strip() for m in v if m and m.strip()]
+        if not v:
+            raise ValueError("lora_target_modules needs at least one module name (or 'all-linear')")
+        return v
+
+    @model_validator(mode="after")
+    def _method_specific(self) -> "TrainConfig":
+        if self.method == "full" and self.init_adapter:
+            raise ValueError("init_adapter continues a LoRA adapter; it cannot be used with method 'full'")
+        return self
+
+    # ---- YAML in and out -------------------------------------------------------------------------------------
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "TrainConfig":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError("config YAML must be a mapping of field: value")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return cls.from_yaml(p.read_text(encoding="utf-8"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        parts.append(f"{loc}: {msg}")
+    return "invalid training config: " + "; ".join(parts)

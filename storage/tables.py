@@ -1,0 +1,100 @@
+"""The tables. The DB holds paths and JSON, never blobs: a run's files live under ``workspace/runs/<id>/``."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class RunStatus(str, Enum):
+    queued = "queued"
+    starting = "starting"  # claimed by a dispatcher, process being spawned
+    running = "running"
+    stopping = "stopping"  # stop requested, worker is saving a checkpoint
+    succeeded = "succeeded"
+    failed = "failed"
+    stopped = "stopped"
+    interrupted = "interrupted"  # process found gone on reconcile
+
+    @classmethod
+    def active(cls) -> tuple["RunStatus", ...]:
+        return (cls.starting, cls.running, cls.stopping)
+
+    @classmethod
+    def finished(cls) -> tuple["RunStatus", ...]:
+        return (cls.succeeded, cls.failed, cls.stopped, cls.interrupted)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = ""
+    status: str = Field(default=RunStatus.queued.value, index=True)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    base_model: str = ""
+    dataset_ref: str = ""
+    method: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    heartbeat_at: Optional[datetime] = None
+    pid: Optional[int] = None
+    worker_host: Optional[str] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    output_dir: Optional[str] = None
+    adapter_path: Optional[str] = None
+    log_path: Optional[str] = None
+    # progress, denormalised from the metrics so the runs table is one query
+    step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    last_loss: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    eta_s: Optional[float] = None
+    final_metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # lifecycle helpers
+    resume_from_checkpoint: Optional[str] = None  # set by "resume"; the worker continues from it
+    parent_run_id: Optional[int] = Field(default=None, index=True)  # "continue training" of a finished run
+    stop_requested: bool = False
+    attempt: int = 0
+
+
+class RunMetric(SQLModel, table=True):
+    __tablename__ = "run_metrics"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True, foreign_key="runs.id")
+    step: int = 0
+    epoch: Optional[float] = None
+    loss: Optional[float] = None
+    eval_loss: Optional[float] = None
+    lr: Optional[float] = None
+    grad_norm: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    memory_bytes: Optional[int] = None
+    wall_time_s: Optional[float] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(SQLModel, table=True):
+    __tablename__ = "datasets"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = ""
+    format: str = ""  # detected / chosen source format (alpaca, sharegpt, openai, ...)
+    kind: str = "sft"  # sft | text | preference
+    rows: int = 0
+    content_hash: str = Field(default="", index=True, unique=True)
+    path: str = ""  # directory of the stored version (train/validation/test JSONL of chat messages)
+    source: str = ""  # original file name, path or hub id
+    created_at: datetime = Field(default_factory=utcnow)
+    splits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
