@@ -1,0 +1,182 @@
+"""`python -m core …` — every tab's action is a CLI command too.
+
+    python -m core train --config run.yaml [--wait] [--json]
+    python -m core runs list [--json] | show ID [--json] | stop ID | resume ID | continue ID --steps N | logs ID
+    python -m core data import PATH ...        (Data tab)
+    python -m core estimate --model REF ...    (Estimate tab)
+    python -m core prepare-model               (convert the embedded default model once)
+
+Exit codes: 0 success, 1 the run finished but not successfully, 2 bad input (one-line reason on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args) -> int:
+    from core import jobs
+    from core.train.config import ConfigError, TrainConfig
+
+    try:
+        config = TrainConfig.from_file(args.config)
+        overrides = {}
+        if args.dataset:
+            overrides["dataset"] = args.dataset
+        if args.max_steps is not None:
+            overrides["max_steps"] = args.max_steps
+        if overrides:
+            config = TrainConfig.from_dict({**config.model_dump(), **overrides})
+        run = jobs.submit(config)
+    except (ConfigError, jobs.JobError) as exc:
+        return _fail(str(exc))
+    if not args.wait:
+        if args.json:
+            _print_json(jobs.run_to_dict(run))
+        else:
+            print(f"run {run.id} {run.status}  (follow with: python -m core runs show {run.id})")
+        return 0
+
+    def progress(r):
+        if r.step:
+            loss = f" loss {r.last_loss:.4f}" if r.last_loss is not None else ""
+            print(f"run {r.id} {r.status} step {r.step}/{r.max_steps}{loss}", file=sys.stderr, flush=True)
+
+    run = jobs.wait_for(run.id, on_progress=progress)
+    if args.json:
+        _print_json(jobs.run_to_dict(run))
+    else:
+        print(f"run {run.id} {run.status}" + (f": {run.error}" if run.error else f"  adapter: {run.adapter_path}"))
+    return 0 if run.status == "succeeded" else 1
+
+
+def cmd_runs(args) -> int:
+    from core import jobs
+
+    try:
+        if args.runs_cmd == "list":
+            runs = jobs.list_runs()
+            if args.json:
+                _print_json([jobs.run_to_dict(r) for r in runs])
+            else:
+                print(f"{'id':>4}  {'status':<11} {'method':<6} {'step':>11}  {'loss':>8}  name")
+                for r in runs:
+                    loss = f"{r.last_loss:.4f}" if r.last_loss is not None else "-"
+                    print(f"{r.id:>4}  {r.status:<11} {r.method:<6} {r.step:>5}/{r.max_steps:<5}  {loss:>8}  {r.name}")
+            return 0
+        if args.runs_cmd == "show":
+            run = jobs.get_run(args.id)
+            d = jobs.run_to_dict(run, with_config=True, metrics=jobs.run_metrics(run.id))
+            if args.json:
+                _print_json(d)
+            else:
+                for k, v in d.items():
+                    if k not in ("config", "metrics"):
+                        print(f"{k:>22}: {v}")
+                print(f"{'metrics':>22}: {len(d['metrics'])} rows")
+            return 0
+        if args.runs_cmd == "stop":
+            run = jobs.stop(args.id, timeout_s=args.timeout)
+        elif args.runs_cmd == "resume":
+            run = jobs.resume(args.id)
+        elif args.runs_cmd == "continue":
+            run = jobs.continue_training(args.id, args.steps)
+        elif args.runs_cmd == "logs":
+            print(jobs.log_tail(args.id, max_lines=args.lines, max_chars=10**7))
+            return 0
+        else:  # pragma: no cover - argparse enforces the choices
+            return _fail(f"unknown runs command {args.runs_cmd}")
+    except jobs.JobError as exc:
+        return _fail(str(exc))
+    if getattr(args, "json", False):
+        _print_json(jobs.run_to_dict(run))
+    else:
+        print(f"run {run.id} {run.status}")
+    return 0
+
+
+def cmd_prepare_model(args) -> int:
+    from core.models import ModelNotFoundError, ensure_default_model
+
+    try:
+        path = ensure_default_model(progress=lambda m: print(m, file=sys.stderr))
+    except ModelNotFoundError as exc:
+        return _fail(str(exc))
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Finetune Studio command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="queue a training run from a YAML TrainConfig")
+    p.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
+    p.add_argument("--dataset", help="override the config's dataset (id or path)")
+    p.add_argument("--max-steps", type=int, help="override max_steps")
+    p.add_argument("--wait", action="store_true", help="block until the run finishes, printing progress to stderr")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    runs = sub.add_parser("runs", help="list, inspect, stop and resume runs")
+    rs = runs.add_subparsers(dest="runs_cmd", required=True)
+    q = rs.add_parser("list")
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("show")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("stop")
+    q.add_argument("id", type=int)
+    q.add_argument("--timeout", type=float, default=None, help="seconds before a hard kill (default FTS_STOP_TIMEOUT_S)")
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("resume")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("continue", help="train a finished run's adapter for more steps (a new run)")
+    q.add_argument("id", type=int)
+    q.add_argument("--steps", type=int, required=True)
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("logs")
+    q.add_argument("id", type=int)
+    q.add_argument("--lines", type=int, default=100)
+    runs.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("prepare-model", help="convert the embedded default model to safetensors (once)")
+    p.set_defaults(func=cmd_prepare_model)
+
+    # the other tabs' commands register themselves
+    for module in ("core.data.cli", "core.estimate"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        register = getattr(mod, "register_cli", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Small shared helpers for the tabs: theme, formatting, turning exceptions into messages a person can act on."""
+from __future__ import annotations
+
+import html
+import math
+
+import gradio as gr
+
+THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
+CSS = """
+.fts-progress {height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0 2px 0;}
+.fts-progress > div {height: 100%; background: #6366f1; transition: width .5s;}
+.fts-status {font-size: 0.92em; color: #374151;}
+.fts-error {color: #b91c1c; white-space: pre-wrap; font-family: monospace; font-size: 0.85em;}
+.fts-notbuilt {padding: 18px; border: 1px dashed #9ca3af; border-radius: 8px; color: #4b5563;}
+"""
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def fmt_num(v: float | None, fmt: str = "{:.4f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def progress_html(step: int, max_steps: int, status: str, eta_s: float | None, tokens_per_s: float | None) -> str:
+    frac = (step / max_steps) if max_steps else (1.0 if status == "succeeded" else 0.0)
+    pct = max(0.0, min(1.0, frac)) * 100
+    bits = [f"<b>{html.escape(status)}</b>", f"step {step}/{max_steps or '?'}", f"{pct:.0f}%"]
+    if status in ("running", "stopping") and eta_s is not None:
+        bits.append(f"ETA {fmt_duration(eta_s)}")
+    if tokens_per_s:
+        bits.append(f"{tokens_per_s:,.0f} tokens/s")
+    return (f'<div class="fts-progress"><div style="width:{pct:.1f}%"></div></div>'
+            f'<div class="fts-status">{" · ".join(bits)}</div>')
+
+
+def not_built(tab: str, what: str, issue_hint: str) -> None:
+    """An honest empty tab: says plainly that the capability is not built yet."""
+    gr.Markdown(
+        f"### {tab}: not built yet\n\n{what}\n\n_{issue_hint}_",
+        elem_classes=["fts-notbuilt"],
+    )
