@@ -33,6 +33,7 @@ class Settings:
     worker_threads: int  # 0 = torch's default (all cores)
     worker_nice: int
     stop_timeout_s: float
+    worker_max_memory_bytes: int  # 0 = no cap; else the worker's address space is capped (a clean OOM, not a dead box)
 
     @property
     def runs_dir(self) -> Path:
@@ -63,6 +64,7 @@ def get_settings() -> Settings:
         worker_threads=max(0, _int_env("FTS_WORKER_THREADS", 0)),
         worker_nice=_int_env("FTS_WORKER_NICE", 10),
         stop_timeout_s=float(os.environ.get("FTS_STOP_TIMEOUT_S", "60")),
+        worker_max_memory_bytes=int(float(os.environ.get("FTS_WORKER_MAX_MEMORY_GB", "0")) * 1024**3),
     )
 
 

@@ -80,3 +80,25 @@ def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel())
+
+
+def labelled_positions_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=None):
+    """Causal-LM cross-entropy that projects through the LM head only at positions whose next token has a label.
+
+    With a 49k-token vocabulary the LM head is a large share of a small model's FLOPs; prompts, system text and
+    padding carry no loss, so their logits are never computed. Returns (loss, model outputs).
+    """
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    shift_labels = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = shift_labels != IGNORE_INDEX
+    outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+    targets = shift_labels[shift_labels != IGNORE_INDEX]
+    loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    if num_items_in_batch is None:
+        denom = torch.tensor(max(targets.numel(), 1), device=loss_sum.device)
+    else:
+        denom = torch.as_tensor(num_items_in_batch, device=loss_sum.device).clamp(min=1)
+    return loss_sum / denom, outputs

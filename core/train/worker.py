@@ -52,6 +52,21 @@ def apply_process_limits() -> None:
         torch.set_num_threads(settings.worker_threads)
 
 
+def cap_memory() -> None:
+    """FTS_WORKER_MAX_MEMORY_GB: cap the worker's extra address space once the libraries are loaded, so running
+    out of memory is a clean, reported failure of this run instead of the OS killing something on the machine."""
+    cap = get_settings().worker_max_memory_bytes
+    if not cap:
+        return
+    import resource
+
+    import psutil
+
+    limit = psutil.Process().memory_info().vms + cap
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    log(f"memory cap: {cap / 1024**3:.2f} GB above the loaded libraries")
+
+
 def update_run(run_id: int, **fields) -> None:
     with db_session() as s:
         run = s.get(Run, run_id)
@@ -65,7 +80,8 @@ def update_run(run_id: int, **fields) -> None:
 def friendly_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     low = text.lower()
-    if "out of memory" in low or type(exc).__name__ in ("OutOfMemoryError", "MemoryError"):
+    oom_words = ("out of memory", "can't allocate memory", "cannot allocate memory")
+    if any(w in low for w in oom_words) or type(exc).__name__ in ("OutOfMemoryError", "MemoryError"):
         return (
             "out of memory: the model, batch and sequence length do not fit on this device. Lower batch_size "
             "(raise grad_accum to keep the effective batch), lower max_length, enable gradient_checkpointing or use "
@@ -101,7 +117,7 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
     from core.data import load_training_rows
     from core.models import load_tokenizer, resolve_model
     from core.train.device import pick_precision, qlora_support_error
-    from core.train.tokenize import PaddingFreeCollator, count_real_tokens, tokenize_rows
+    from core.train.tokenize import PaddingFreeCollator, count_real_tokens, labelled_positions_loss, tokenize_rows
 
     plan = pick_precision(config.precision)
     log(f"device {plan.description}, precision {plan.precision}, method {config.method}")
@@ -216,23 +232,13 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
         tokens_seen = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
             if model.training:
                 StudioTrainer.tokens_seen += count_real_tokens(inputs)
-            shift_labels = labels[:, 1:]
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = shift_labels != -100
-            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
-            targets = shift_labels[shift_labels != -100]
-            loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-            denom = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-            if torch.is_tensor(denom):
-                denom = denom.to(loss_sum.device)
-            loss = loss_sum / max(denom, 1) if not torch.is_tensor(denom) else loss_sum / denom.clamp(min=1)
+            loss, outputs = labelled_positions_loss(model, inputs, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
 
     callback = MetricsCallback(run_id, stop_flag, lambda: StudioTrainer.tokens_seen)
+    cap_memory()
     trainer = StudioTrainer(
         model=model,
         args=args,

@@ -1,0 +1,192 @@
+"""The run lifecycle with real worker subprocesses, real SQLite and the real embedded SmolLM2 (CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlmodel import select
+
+from core import jobs
+from core.config import REPO_ROOT, db_session
+from core.train.config import TrainConfig
+from storage import Run, RunMetric
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def alpaca(fixtures_dir):
+    return str(fixtures_dir / "alpaca_en_demo.json")
+
+
+def small_config(dataset: str, **kw) -> TrainConfig:
+    base = dict(dataset=dataset, method="lora", max_steps=3, batch_size=2, max_length=96, lora_r=4, lora_alpha=8,
+                save_steps=1, logging_steps=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def wait_until(pred, timeout_s: float, poll_s: float = 0.2):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError("condition not reached")
+
+
+def test_lora_run_records_loss_and_saves_adapter(workspace, alpaca, default_model_dir):
+    run = jobs.submit(small_config(alpaca, name="few-steps"))
+    assert run.status == "running" and run.pid
+    run = jobs.wait_for(run.id, timeout_s=300)
+    assert run.status == "succeeded", jobs.log_tail(run.id)
+    metrics = jobs.run_metrics(run.id)
+    assert [m.step for m in metrics if m.loss is not None] == [1, 2, 3]
+    assert all(0 < m.loss < 20 for m in metrics if m.loss is not None)
+    assert all(m.lr is not None and m.grad_norm is not None for m in metrics)
+    assert run.step == 3 and run.max_steps == 3 and run.tokens_per_s and run.tokens_per_s > 0
+    adapter = workspace / "runs" / str(run.id) / "adapter"
+    assert run.adapter_path == str(adapter)
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert (workspace / "runs" / str(run.id) / "config.yaml").is_file()
+    ckpt = workspace / "runs" / str(run.id) / "checkpoints" / "checkpoint-3"
+    assert (ckpt / "optimizer.pt").is_file() and (ckpt / "scheduler.pt").is_file()
+    assert run.final_metrics["global_step"] == 3 and run.final_metrics["dataset_loss_tokens"] > 0
+
+
+def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, default_model_dir):
+    run = jobs.submit(small_config(alpaca, max_steps=8, name="stop-resume"))
+    wait_until(lambda: jobs.get_run(run.id).step >= 2, 300)
+    stopped = jobs.stop(run.id, timeout_s=120)
+    assert stopped.status == "stopped", jobs.log_tail(run.id)
+    ckpt_step = int(stopped.resume_from_checkpoint.rsplit("-", 1)[-1])
+    assert 2 <= ckpt_step < 8
+    resumed = jobs.resume(run.id)
+    assert resumed.status in ("running", "queued")
+    final = jobs.wait_for(run.id, timeout_s=300)
+    assert final.status == "succeeded", jobs.log_tail(run.id)
+    assert final.step == 8
+    log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
+    assert f"resuming from {stopped.resume_from_checkpoint}" in log
+    assert "training: 8 steps (starting at %d)" % ckpt_step in log  # optimizer/scheduler state restored
+    steps = [m.step for m in jobs.run_metrics(run.id) if m.loss is not None]
+    assert steps == list(range(1, 9))  # one row per step: the curve continues, no duplicates
+
+
+def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, default_model_dir):
+    monitor = jobs.Monitor(interval_s=1.0)  # what the dashboard runs
+    monitor.start()
+    try:
+        run = jobs.submit(small_config(alpaca, max_steps=200, name="doomed"))
+        wait_until(lambda: jobs.get_run(run.id).step >= 1, 300)
+        os.kill(run.pid, signal.SIGKILL)
+        killed_at = time.time()
+        failed = wait_until(lambda: (r := jobs.get_run(run.id)).status == "failed" and r, 10, poll_s=0.05)
+        noticed_s = time.time() - killed_at
+    finally:
+        monitor.stop()
+    assert noticed_s < 5.0
+    assert f"worker process {run.pid} died" in failed.error
+    assert "log tail" in failed.error and "step 1/200" in failed.error
+    assert failed.resume_from_checkpoint  # it can be resumed from its last checkpoint
+
+
+def test_app_start_reconcile_marks_vanished_runs_interrupted(workspace):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with db_session() as s:
+        run = Run(name="orphan", status="running", config=small_config("x").model_dump(), pid=dead.pid,
+                  worker_host=socket.gethostname())
+        s.add(run)
+        other = Run(name="elsewhere", status="running", config={}, pid=1, worker_host="another-host")
+        s.add(other)
+    log = workspace / "runs" / str(run.id) / "worker.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("step 41/100 loss 1.23\nlast words of the worker\n")
+    changed = jobs.reconcile(on_start=True)
+    assert changed == [run.id]  # the other host's run has a fresh enough heartbeat to be left alone... or none
+    r = jobs.get_run(run.id)
+    assert r.status == "interrupted" and "last words of the worker" in r.error and r.finished_at
+    assert jobs.get_run(other.id).status == "running"
+
+
+def test_second_run_waits_in_the_queue(workspace, alpaca, default_model_dir):
+    first = jobs.submit(small_config(alpaca, max_steps=2, name="first"))
+    second = jobs.submit(small_config(alpaca, max_steps=2, name="second"))
+    assert first.status == "running" and second.status == "queued"
+    first = jobs.wait_for(first.id, timeout_s=300)
+    second = jobs.wait_for(second.id, timeout_s=300)
+    assert first.status == second.status == "succeeded"
+    assert second.started_at >= first.finished_at  # never both on the device at once
+
+
+def test_continue_training_starts_from_the_finished_adapter(workspace, alpaca, default_model_dir):
+    parent = jobs.wait_for(jobs.submit(small_config(alpaca, max_steps=1)).id, timeout_s=300)
+    child = jobs.continue_training(parent.id, 2)
+    assert child.parent_run_id == parent.id
+    child = jobs.wait_for(child.id, timeout_s=300)
+    assert child.status == "succeeded", jobs.log_tail(child.id)
+    assert child.config["init_adapter"] == parent.adapter_path and child.step == 2
+    assert f"continuing from adapter {parent.adapter_path}" in (workspace / "runs" / str(child.id) / "worker.log").read_text()
+
+
+def test_worker_out_of_memory_is_a_clear_failure(workspace, alpaca, default_model_dir, monkeypatch):
+    monkeypatch.setenv("FTS_WORKER_MAX_MEMORY_GB", "0.05")  # 50 MB above the loaded libraries: a real OOM
+    run = jobs.wait_for(jobs.submit(small_config(alpaca, batch_size=8, max_length=512)).id, timeout_s=300)
+    assert run.status == "failed"
+    assert run.error.startswith("out of memory:") and "batch_size" in run.error
+
+
+def _cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ))
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cli_json_round_trip(workspace, alpaca, default_model_dir, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(small_config(alpaca, max_steps=2, name="cli-run").to_yaml())
+    done = json.loads(_cli("train", "--config", str(cfg), "--wait", "--json").stdout)
+    assert done["status"] == "succeeded" and done["name"] == "cli-run" and done["step"] == 2
+    listed = json.loads(_cli("runs", "list", "--json").stdout)
+    assert [r["id"] for r in listed] == [done["id"]]
+    shown = json.loads(_cli("runs", "show", str(done["id"]), "--json").stdout)
+    for key in ("id", "name", "status", "method", "base_model", "dataset", "step", "max_steps", "loss",
+                "tokens_per_s", "adapter_path", "error", "final_metrics", "created_at", "finished_at"):
+        assert key in shown
+    assert shown["config"]["max_steps"] == 2 and TrainConfig.model_validate(shown["config"]).name == "cli-run"
+    assert [m["step"] for m in shown["metrics"] if m["loss"] is not None] == [1, 2]
+    assert shown["loss"] == shown["metrics"][-1]["loss"]
+    # resuming a finished run is refused with a reason and exit code 2
+    bad = _cli("runs", "resume", str(done["id"]), check=False)
+    assert bad.returncode == 2 and "only stopped, failed or interrupted" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "yaml_text,needle",
+    [
+        ("dataset: /no/such/file.json\n", "dataset file not found: /no/such/file.json"),
+        ("dataset: '{alpaca}'\nbase_model: /no/model/here\n", "model '/no/model/here' not found"),
+        ("dataset: '{alpaca}'\nlearning_rate: 0\n", "learning rate must be > 0"),
+        ("dataset: '{alpaca}'\nlora_r: 0\n", "LoRA rank r must be at least 1"),
+        ("dataset: '{alpaca}'\nmax_length: 4\n", "max length must be at least 8"),
+        ("dataset: '99'\n", "dataset 99 not found"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_nothing_is_queued(workspace, alpaca, tmp_path, yaml_text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text.replace("{alpaca}", alpaca))
+    proc = _cli("train", "--config", str(cfg), check=False)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    with db_session() as s:
+        assert s.exec(select(Run)).all() == []

@@ -1,0 +1,263 @@
+"""Train tab: pick model, data, method and hyperparameters; start/stop/resume; watch runs live.
+
+Everything shown is read from the DB on a timer, so closing the browser changes nothing and reloading the page
+re-attaches to whatever is running.
+"""
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from core import jobs
+from core.train.config import ConfigError, TrainConfig
+from ui.common import fmt_duration, fmt_num, progress_html
+
+REFRESH_S = 1.0
+RUN_COLUMNS = ["id", "name", "status", "method", "progress", "loss", "tokens/s", "duration"]
+DEFAULTS = TrainConfig(dataset="-")
+
+
+def dataset_choices() -> list[tuple[str, str]]:
+    try:
+        from core.data import list_datasets
+
+        rows = list_datasets()
+    except Exception:  # noqa: BLE001 - an empty list beats a broken tab
+        return []
+    out = []
+    for d in rows:
+        if getattr(d, "kind", "sft") == "preference":
+            continue
+        out.append((f"#{d.id} {d.name} ({d.rows} rows, {d.format})", str(d.id)))
+    return out
+
+
+def runs_frame() -> pd.DataFrame:
+    rows = []
+    for r in jobs.list_runs():
+        prog = f"{r.step}/{r.max_steps}" if r.max_steps else "-"
+        rows.append([r.id, r.name, r.status, r.method, prog, fmt_num(r.last_loss), fmt_num(r.tokens_per_s, "{:.0f}"),
+                     fmt_duration(jobs.duration_s(r))])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def run_choices() -> list[tuple[str, str]]:
+    return [(f"#{r.id} {r.name} — {r.status}", str(r.id)) for r in jobs.list_runs()]
+
+
+def default_selected_run() -> str | None:
+    runs = jobs.list_runs()
+    for r in runs:
+        if r.status in ("running", "stopping", "starting", "queued"):
+            return str(r.id)
+    return str(runs[0].id) if runs else None
+
+
+def metrics_frames(run_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    loss_rows, lr_rows = [], []
+    for m in jobs.run_metrics(run_id):
+        if m.loss is not None:
+            loss_rows.append({"step": m.step, "value": m.loss, "series": "train loss"})
+        if m.eval_loss is not None:
+            loss_rows.append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
+        if m.lr is not None:
+            lr_rows.append({"step": m.step, "lr": m.lr})
+    loss = pd.DataFrame(loss_rows, columns=["step", "value", "series"])
+    lr = pd.DataFrame(lr_rows, columns=["step", "lr"])
+    return loss, lr
+
+
+def run_details(run_id: str | None):
+    """(progress html, loss df, lr df, log tail, config yaml, error md, action-button states)."""
+    empty = pd.DataFrame(columns=["step", "value", "series"]), pd.DataFrame(columns=["step", "lr"])
+    if not run_id:
+        return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "")
+    try:
+        run = jobs.get_run(int(run_id))
+    except (jobs.JobError, ValueError):
+        return (f"<i>Run {html.escape(str(run_id))} not found.</i>", *empty, "", "", "")
+    loss, lr = metrics_frames(run.id)
+    config_yaml = TrainConfig.model_validate(run.config).to_yaml()
+    err = ""
+    if run.error:
+        err = f"**Why it ended:**\n\n```\n{run.error[-3000:]}\n```"
+    elif run.status == "succeeded":
+        err = f"Adapter saved to `{run.adapter_path}`"
+    head = progress_html(run.step, run.max_steps, run.status, run.eta_s, run.tokens_per_s)
+    return head, loss, lr, jobs.log_tail(run.id), config_yaml, err
+
+
+def config_from_inputs(values: dict) -> TrainConfig:
+    data = dict(values)
+    targets = data.pop("lora_target_modules_text", "all-linear") or "all-linear"
+    data["lora_target_modules"] = [t.strip() for t in targets.replace("\n", ",").split(",") if t.strip()]
+    for k in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "seed", "save_steps",
+              "eval_steps"):
+        if data.get(k) is not None:
+            data[k] = int(data[k])
+    upload = data.pop("upload", None)
+    if upload:
+        data["dataset"] = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+    data["dataset"] = (data.get("dataset") or "").strip()
+    if not data["dataset"]:
+        raise ConfigError("choose a dataset (imported in the Data tab) or upload a data file")
+    return TrainConfig.from_dict(data)
+
+
+def build_tab() -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("#### New run")
+            base_model = gr.Dropdown(
+                choices=[("SmolLM2-135M-Instruct (embedded default)", "default")], value="default",
+                allow_custom_value=True, label="Base model",
+                info="'default', a local model folder, or a Hub id (needs network)")
+            with gr.Row():
+                dataset = gr.Dropdown(choices=dataset_choices(), value=None, allow_custom_value=True,
+                                      label="Dataset", info="imported in the Data tab, or a file path", scale=4)
+                refresh_ds = gr.Button("↻", scale=0, min_width=40, size="sm")
+            upload = gr.File(label="…or upload a data file (JSON/JSONL/CSV/Parquet)", file_count="single",
+                             type="filepath", height=90)
+            method = gr.Radio(["lora", "qlora", "full"], value="lora", label="Method",
+                              info="QLoRA = 4-bit base + LoRA (bitsandbytes)")
+            with gr.Row():
+                num_epochs = gr.Number(DEFAULTS.num_epochs, label="Epochs", minimum=0)
+                max_steps = gr.Number(DEFAULTS.max_steps, label="Max steps (-1 = epochs)", precision=0)
+            with gr.Row():
+                learning_rate = gr.Number(DEFAULTS.learning_rate, label="Learning rate")
+                batch_size = gr.Number(DEFAULTS.batch_size, label="Batch size", precision=0, minimum=1)
+                max_length = gr.Number(DEFAULTS.max_length, label="Max length (tokens)", precision=0, minimum=8)
+            with gr.Accordion("Advanced", open=False):
+                name = gr.Textbox(label="Run name", placeholder="run-<id>")
+                with gr.Row():
+                    grad_accum = gr.Number(DEFAULTS.grad_accum, label="Grad accumulation", precision=0, minimum=1)
+                    lr_scheduler = gr.Dropdown(["linear", "cosine", "constant", "constant_with_warmup",
+                                                "cosine_with_restarts", "polynomial"], value=DEFAULTS.lr_scheduler,
+                                               label="LR scheduler")
+                    warmup_ratio = gr.Number(DEFAULTS.warmup_ratio, label="Warmup ratio")
+                with gr.Row():
+                    lora_r = gr.Number(DEFAULTS.lora_r, label="LoRA r", precision=0)
+                    lora_alpha = gr.Number(DEFAULTS.lora_alpha, label="LoRA alpha", precision=0)
+                    lora_dropout = gr.Number(DEFAULTS.lora_dropout, label="LoRA dropout")
+                lora_targets = gr.Textbox("all-linear", label="LoRA target modules",
+                                          info="'all-linear' or names like q_proj,v_proj")
+                with gr.Row():
+                    weight_decay = gr.Number(DEFAULTS.weight_decay, label="Weight decay")
+                    precision = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision",
+                                            info="auto: bf16/fp16 on GPU, fp32 on CPU")
+                    seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
+                with gr.Row():
+                    eval_split = gr.Number(DEFAULTS.eval_split, label="Eval split (0-0.5)")
+                    eval_steps = gr.Number(DEFAULTS.eval_steps, label="Eval every N steps", precision=0)
+                    save_steps = gr.Number(DEFAULTS.save_steps, label="Checkpoint every N steps", precision=0)
+                with gr.Row():
+                    gradient_checkpointing = gr.Checkbox(DEFAULTS.gradient_checkpointing, label="Gradient checkpointing")
+                    packing = gr.Checkbox(DEFAULTS.packing, label="Padding-free batching")
+                skip_preflight = gr.Checkbox(False, label="Start even if the memory pre-flight check warns")
+            start_btn = gr.Button("Start training", variant="primary")
+            start_msg = gr.Markdown()
+
+        with gr.Column(scale=3, min_width=420):
+            gr.Markdown("#### Runs")
+            runs_table = gr.Dataframe(value=runs_frame, headers=RUN_COLUMNS, interactive=False, max_height=260,
+                                      wrap=True)
+            with gr.Row():
+                selected = gr.Dropdown(choices=run_choices(), value=default_selected_run(), label="Selected run",
+                                       scale=3)
+                stop_btn = gr.Button("Stop", variant="stop", scale=1)
+                resume_btn = gr.Button("Resume", scale=1)
+            with gr.Row():
+                extra_steps = gr.Number(20, label="More steps", precision=0, minimum=1, scale=1)
+                continue_btn = gr.Button("Continue training (new run from this adapter)", scale=3)
+            action_msg = gr.Markdown()
+            progress = gr.HTML()
+            with gr.Row():
+                loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss", height=260,
+                                        x_title="step", y_title="loss")
+                lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=260)
+            error_md = gr.Markdown()
+            with gr.Accordion("Log tail", open=True):
+                log_box = gr.Textbox(lines=10, max_lines=10, show_label=False, autoscroll=True)
+            with gr.Accordion("Config (YAML)", open=False):
+                config_box = gr.Code(language="yaml", show_label=False)
+
+    detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md]
+    config_inputs = {
+        "name": name, "base_model": base_model, "dataset": dataset, "upload": upload, "method": method,
+        "num_epochs": num_epochs, "max_steps": max_steps, "learning_rate": learning_rate,
+        "batch_size": batch_size, "max_length": max_length, "grad_accum": grad_accum,
+        "lr_scheduler": lr_scheduler, "warmup_ratio": warmup_ratio, "lora_r": lora_r, "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout, "lora_target_modules_text": lora_targets, "weight_decay": weight_decay,
+        "precision": precision, "seed": seed, "eval_split": eval_split, "eval_steps": eval_steps,
+        "save_steps": save_steps, "gradient_checkpointing": gradient_checkpointing, "packing": packing,
+    }
+    keys = list(config_inputs)
+
+    def start(*values):
+        *cfg_values, skip = values
+        try:
+            config = config_from_inputs(dict(zip(keys, cfg_values)))
+            warn = _preflight_warning(config)
+            if warn and not skip:
+                return (f"⚠️ {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to start "
+                        "anyway.", gr.update())
+            run = jobs.submit(config)
+        except (ConfigError, jobs.JobError) as exc:
+            return f"❌ {exc}", gr.update()
+        note = f"\n\n⚠️ {warn}" if warn else ""
+        return (f"✅ Run #{run.id} **{run.status}**.{note}",
+                gr.update(choices=run_choices(), value=str(run.id)))
+
+    start_btn.click(start, inputs=[*config_inputs.values(), skip_preflight], outputs=[start_msg, selected])
+
+    def act(action, run_id, steps):
+        if not run_id:
+            return "Select a run first.", gr.update()
+        try:
+            rid = int(run_id)
+            if action == "stop":
+                run = jobs.stop(rid)
+                return f"Run #{rid} {run.status}.", gr.update(choices=run_choices())
+            if action == "resume":
+                run = jobs.resume(rid)
+                ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
+                    " from the start (no checkpoint yet)"
+                return f"Run #{rid} {run.status}{ck}.", gr.update(choices=run_choices())
+            run = jobs.continue_training(rid, int(steps or 0))
+            return f"Run #{run.id} continues #{rid} for {int(steps)} steps.", gr.update(choices=run_choices(),
+                                                                                       value=str(run.id))
+        except (jobs.JobError, ConfigError, ValueError) as exc:
+            return f"❌ {exc}", gr.update()
+
+    stop_btn.click(lambda r, s: act("stop", r, s), [selected, extra_steps], [action_msg, selected],
+                   concurrency_limit=None)
+    resume_btn.click(lambda r, s: act("resume", r, s), [selected, extra_steps], [action_msg, selected])
+    continue_btn.click(lambda r, s: act("continue", r, s), [selected, extra_steps], [action_msg, selected])
+
+    selected.change(run_details, selected, detail_outputs)
+    refresh_ds.click(lambda: gr.update(choices=dataset_choices()), None, dataset)
+
+    def tick(current):
+        choices = run_choices()
+        ids = [c[1] for c in choices]
+        value = current if current in ids else default_selected_run()
+        return (runs_frame(), gr.update(choices=choices, value=value), *run_details(value))
+
+    timer = gr.Timer(REFRESH_S)
+    timer.tick(tick, selected, [runs_table, selected, *detail_outputs], show_progress="hidden",
+               concurrency_limit=None)
+
+
+def _preflight_warning(config: TrainConfig) -> str | None:
+    """The Estimate tab's pre-flight memory check, when available; never blocks on its own failure."""
+    try:
+        from core.estimate import preflight_check
+    except ImportError:
+        return None
+    try:
+        result = preflight_check(config)
+    except Exception:  # noqa: BLE001 - an estimate problem must not stop training
+        return None
+    return None if result.ok else result.message
