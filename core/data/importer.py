@@ -1,0 +1,486 @@
+"""Prepare (read → detect → normalise → validate), import (→ token stats → split → store) and load datasets."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from core.data import formats as F
+from core.data.errors import PROBLEM_CODES, DatasetError, RowProblem, is_fatal
+from core.data.readers import RawRead, looks_like_hub_id, read_file, read_hub
+from core.data.splits import SPLIT_COLUMNS, SPLITS, SplitSpec, assign_splits, normalise_split_name
+from core.data.validate import (
+    canonical_line,
+    check_row,
+    content_hash_of_hashes,
+    fill_placeholders,
+    find_placeholders,
+    json_safe,
+    row_hash,
+)
+
+Progress = Callable[..., Any]
+DEFAULT_MAX_LENGTH = 2048
+FIRST_ROWS_SHOWN = 10
+# problems that are only reported by default (drop_invalid=True keeps those rows; list them explicitly to drop)
+WARNING_CODES = ("non_string_content", "unfilled_placeholder")  # offending row numbers kept per problem kind
+
+
+# --------------------------------------------------------------------------------------------------------- prepare
+@dataclass
+class PreparedRow:
+    row_no: int
+    row: dict
+    codes: list[str] = field(default_factory=list)  # non-fatal problem codes
+    hash: str = ""
+    split: str | None = None  # from a split column / the Hub dataset's splits
+
+
+@dataclass
+class PreparedData:
+    source: str
+    container: str
+    format: str
+    kind: str
+    encoding: str
+    total_records: int
+    rows: list[PreparedRow]  # every row that could be normalised (may carry non-fatal problems)
+    problems: list[RowProblem]  # fatal (row not in ``rows``) and non-fatal
+    columns: list[str]
+    placeholders: list[str]
+    notes: list[str]
+    detected_format: str | None = None
+
+    def problem_summary(self, drop: set[str] | None = None) -> list[dict]:
+        return summarise_problems(self.problems, drop)
+
+
+def _progress(progress: Progress | None, frac: float, desc: str) -> None:
+    if progress is not None:
+        progress(frac, desc=desc)
+
+
+def read_source(source: str | os.PathLike, progress: Progress | None = None) -> RawRead:
+    """A local file path, or a Hub dataset id (``owner/name``, optionally ``hub:owner/name``)."""
+    ref = str(source).strip()
+    if not ref:
+        raise DatasetError("no data source given: upload a file, type a local path or a Hub dataset id")
+    if ref.startswith("hub:"):
+        return read_hub(ref[4:].strip(), progress=progress)
+    if Path(ref).expanduser().exists():
+        return read_file(ref, progress)
+    if looks_like_hub_id(ref) and not Path(ref).suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"):
+        return read_hub(ref, progress=progress)
+    raise DatasetError(f"file {ref} not found")
+
+
+def prepare_dataset(
+    source: str | os.PathLike,
+    *,
+    format: str = "auto",
+    column_map: dict[str, str] | None = None,
+    template_values: dict[str, str] | None = None,
+    progress: Progress | None = None,
+    raw: RawRead | None = None,
+) -> PreparedData:
+    """Read and normalise a source in memory, collecting per-row problems. Raises DatasetError if unusable."""
+    started = time.time()
+    raw = raw or read_source(source, progress)
+    _progress(progress, 0.3, f"read {len(raw.records):,} records")
+    column_map = {k: v for k, v in (column_map or {}).items() if v}
+    records = raw.records
+    if column_map:
+        records = [(n, F.apply_column_map(r, column_map)) for n, r in records]
+    columns = F.describe_columns(r for _, r in raw.records)
+    detected = F.detect_format(r for _, r in records)
+    fmt = format if format and format != "auto" else detected
+    if not columns and format in (None, "", "auto"):
+        kinds = sorted({type(r).__name__ for _, r in raw.records[:100]})
+        raise DatasetError(f"{source} holds no records with fields (found {', '.join(kinds)} values); "
+                           "each row must be a JSON object / a CSV row with a header")
+    if fmt is None:
+        raise DatasetError(
+            f"cannot tell the format of {source}: columns are {', '.join(columns[:12]) or '(none)'}; pick a format "
+            f"({', '.join(F.FORMATS)}) and map the columns"
+        )
+    if fmt not in F.FORMATS:
+        raise DatasetError(f"unknown format '{fmt}'; choose auto or one of {', '.join(F.FORMATS)}")
+    kind = F.KIND_OF_FORMAT[fmt]
+    problems: list[RowProblem] = list(raw.problems)
+    rows: list[PreparedRow] = []
+    seen: dict[str, int] = {}
+    total = len(records)
+    step = max(1, total // 20)
+    for i, (n, rec) in enumerate(records):
+        if progress is not None and total > 20_000 and i % step == 0:
+            progress(0.3 + 0.2 * i / total, desc=f"checking row {i:,} of {total:,}")
+        try:
+            row, warnings = F.normalise_record(rec, fmt)
+        except F.RowError as exc:
+            problems.append(RowProblem(n, exc.code, f"row {n}: {exc.reason}"))
+            continue
+        if raw.container in ("parquet", "hub"):
+            row = json_safe(row)
+        if template_values:
+            row = fill_placeholders(row, template_values)
+        found = [(c, r) for c, r in warnings] + check_row(row, kind)
+        fatal = [(c, r) for c, r in found if is_fatal(c)]
+        if fatal:
+            problems.append(RowProblem(n, fatal[0][0], f"row {n}: {fatal[0][1]}"))
+            continue
+        h = row_hash(row)
+        pr = PreparedRow(n, row, hash=h)
+        for c, r in found:
+            if c not in pr.codes:
+                pr.codes.append(c)
+                problems.append(RowProblem(n, c, f"row {n}: {r}"))
+        if h in seen:
+            pr.codes.append("duplicate")
+            problems.append(RowProblem(n, "duplicate", f"row {n}: same as row {seen[h]}"))
+        else:
+            seen[h] = n
+        split = raw.source_splits.get(n)
+        if split is None and isinstance(rec, dict):
+            for col in SPLIT_COLUMNS:
+                if col in rec and isinstance(rec[col], str):
+                    split = rec[col]
+                    break
+        pr.split = normalise_split_name(split)
+        rows.append(pr)
+    if not rows:
+        first = problems[0].reason if problems else "no records"
+        what = {"sft": "with an assistant answer", "text": "with text", "preference": "with chosen/rejected answers"}[kind]
+        raise DatasetError(f"no rows {what} in {source} (as {fmt}; first problem: {first})")
+    placeholders = find_placeholders(r.row for r in rows)
+    _progress(progress, 0.5, f"{len(rows):,} rows normalised in {time.time() - started:.1f}s")
+    return PreparedData(
+        source=str(source), container=raw.container, format=fmt, kind=kind, encoding=raw.encoding,
+        total_records=len(raw.records) + sum(1 for p in raw.problems if p.code == "malformed_json"),
+        rows=rows, problems=problems, columns=columns, placeholders=placeholders, notes=list(raw.notes),
+        detected_format=detected,
+    )
+
+
+def summarise_problems(problems: Iterable[RowProblem], drop: set[str] | None = None) -> list[dict]:
+    """Per problem kind: count, first row numbers, first reasons and what happens to those rows."""
+    by_code: dict[str, list[RowProblem]] = defaultdict(list)
+    for p in problems:
+        by_code[p.code].append(p)
+    out = []
+    for code in sorted(by_code, key=lambda c: (not is_fatal(c), list(PROBLEM_CODES).index(c) if c in PROBLEM_CODES else 99)):
+        items = sorted(by_code[code], key=lambda p: p.row)
+        fatal = is_fatal(code)
+        out.append({
+            "code": code,
+            "title": PROBLEM_CODES.get(code, (code, True))[0],
+            "count": len(items),
+            "rows": [p.row for p in items[:FIRST_ROWS_SHOWN]],
+            "examples": [p.reason for p in items[:3]],
+            "fatal": fatal,
+            "action": "dropped" if fatal or (drop is not None and code in drop) else "kept",
+        })
+    return out
+
+
+def resolve_drop(drop_invalid: bool | Iterable[str]) -> set[str]:
+    """``True`` drops rows with any problem except the WARNING_CODES, ``False`` keeps every row that can be represented, a collection of
+    codes drops only those kinds (rows that cannot be represented are always dropped)."""
+    if drop_invalid is True:
+        return {c for c in PROBLEM_CODES if c not in WARNING_CODES}
+    if drop_invalid is False or drop_invalid is None:
+        return set()
+    codes = set(drop_invalid)
+    unknown = codes - set(PROBLEM_CODES)
+    if unknown:
+        raise ValueError(f"unknown problem codes {sorted(unknown)}; known: {', '.join(PROBLEM_CODES)}")
+    return codes
+
+
+# ---------------------------------------------------------------------------------------------------------- import
+@dataclass
+class ImportResult:
+    dataset_id: int
+    name: str
+    format: str
+    kind: str
+    total_rows: int  # records found in the source (including malformed lines)
+    kept: int
+    dropped: int
+    problems: list[dict]
+    created: bool  # False: identical content was already stored; dataset_id is that version
+    splits: dict[str, int]
+    path: str
+    content_hash: str
+    token_stats: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        head = (f"imported as dataset {self.dataset_id}" if self.created
+                else f"identical content is already stored as dataset {self.dataset_id} (not stored twice)")
+        split = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        return f"{head}: {self.format} ({self.kind}), {self.kept} rows kept, {self.dropped} dropped; split {split}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["message"] = self.message
+        return d
+
+
+def _now_utc():
+    # sqlmodel 0.0.50 refuses naive datetimes, and storage.tables.utcnow() returns a naive one
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "dataset"
+
+
+def _model_label(model) -> str:
+    return getattr(model, "ref", None) or str(model)
+
+
+def import_dataset(
+    source: str | os.PathLike,
+    *,
+    name: str | None = None,
+    format: str = "auto",
+    column_map: dict[str, str] | None = None,
+    split: SplitSpec | dict | None = None,
+    drop_invalid: bool | Iterable[str] = True,
+    template_values: dict[str, str] | None = None,
+    model: str | None = "default",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    progress: Progress | None = None,
+    prepared: PreparedData | None = None,
+) -> ImportResult:
+    """Import a file / Hub dataset as a stored dataset version (see the package docstring)."""
+    from core.config import db_session, get_settings
+    from sqlmodel import select
+    from storage import Dataset
+
+    spec = SplitSpec.coerce(split)
+    drop = resolve_drop(drop_invalid)
+    prep = prepared or prepare_dataset(source, format=format, column_map=column_map,
+                                       template_values=template_values, progress=progress)
+    problems = list(prep.problems)
+    notes = list(prep.notes)
+    lengths: list[int] | None = None
+    model_label = None
+    if model and prep.kind in ("sft", "text", "preference"):
+        try:
+            from core.models import load_tokenizer
+
+            tok = load_tokenizer(model)
+            model_label = _model_label(model)
+            from core.data.stats import token_lengths
+
+            lengths = token_lengths(tok, [r.row for r in prep.rows], progress=progress, progress_range=(0.5, 0.9))
+            for pr, n_tok in zip(prep.rows, lengths):
+                if n_tok > max_length:
+                    pr.codes.append("too_long")
+                    problems.append(RowProblem(pr.row_no, "too_long", f"row {pr.row_no}: {n_tok} tokens > max length {max_length}"))
+        except Exception as exc:  # a missing/unreachable tokenizer must not block the import
+            notes.append(f"token statistics skipped: {exc}")
+            lengths = None
+    kept_idx = [i for i, pr in enumerate(prep.rows) if not any(c in drop for c in pr.codes)]
+    if not kept_idx:
+        raise DatasetError(
+            f"no usable rows left in {prep.source}: every row has a problem you chose to drop "
+            f"({', '.join(sorted({c for pr in prep.rows for c in pr.codes}))}); keep some kinds or fix the file"
+        )
+    kept_rows = [prep.rows[i].row for i in kept_idx]
+    digest = content_hash_of_hashes((prep.rows[i].hash for i in kept_idx), prep.kind)
+    dropped = prep.total_records - len(kept_rows)
+    summary = summarise_problems(problems, drop)
+    settings = get_settings()
+
+    with db_session() as session:
+        existing = session.exec(select(Dataset).where(Dataset.content_hash == digest)).first()
+        if existing is not None:
+            _progress(progress, 1.0, f"identical content already stored as dataset {existing.id}")
+            return ImportResult(
+                dataset_id=existing.id, name=existing.name, format=existing.format, kind=existing.kind,
+                total_rows=prep.total_records, kept=len(kept_rows), dropped=dropped, problems=summary, created=False,
+                splits=dict(existing.splits), path=existing.path, content_hash=digest,
+                token_stats=(existing.meta or {}).get("token_stats"), notes=notes,
+            )
+
+    given = [prep.rows[i].split for i in kept_idx]
+    assignment = assign_splits(len(kept_rows), spec, given)
+    split_rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    split_lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for j, (row, s) in enumerate(zip(kept_rows, assignment)):
+        split_rows[s].append(row)
+        if lengths is not None:
+            split_lengths[s].append(lengths[kept_idx[j]])
+    token_stats = None
+    hist = None
+    if lengths is not None:
+        from core.data.stats import histogram, summarise_lengths
+
+        token_stats = summarise_lengths(split_lengths["train"], model=model_label, max_length=max_length)
+        hist = histogram(split_lengths["train"])
+
+    _progress(progress, 0.92, "writing the dataset version")
+    root = settings.datasets_dir
+    final_dir = root / digest[:16]
+    tmp_dir = root / f".tmp-{digest[:16]}-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    for s in SPLITS:
+        with open(tmp_dir / f"{s}.jsonl", "w", encoding="utf-8") as fh:
+            for row in split_rows[s]:
+                fh.write(canonical_line(row))
+                fh.write("\n")
+    splits = {s: len(split_rows[s]) for s in SPLITS}
+    display_name = name or _slug(Path(prep.source).stem if not prep.container == "hub" else prep.source)
+    meta = {
+        "problems": summary,
+        "token_stats": token_stats,
+        "token_histogram": hist,
+        "token_lengths": {"model": model_label, "max_length": max_length, "train": split_lengths["train"]} if lengths is not None else None,
+        "notes": notes,
+        "encoding": prep.encoding,
+        "container": prep.container,
+        "detected_format": prep.detected_format,
+        "columns": prep.columns,
+        "column_map": column_map or {},
+        "placeholders": prep.placeholders,
+        "template_values": template_values or {},
+        "split_spec": spec.to_dict(),
+        "total_records": prep.total_records,
+        "kept": len(kept_rows),
+        "dropped": dropped,
+        "drop": sorted(drop),
+    }
+    file_meta = {"name": display_name, "format": prep.format, "kind": prep.kind, "rows": len(kept_rows),
+                 "content_hash": digest, "source": prep.source, "splits": splits, **meta}
+    (tmp_dir / "meta.json").write_text(json.dumps(file_meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    if final_dir.exists():  # left over from a crash or a deleted DB row: same content, replace it
+        shutil.rmtree(final_dir)
+    tmp_dir.rename(final_dir)
+    db_meta = {k: v for k, v in meta.items() if k != "token_lengths"}  # per-row lengths stay in meta.json
+    try:
+        with db_session() as session:
+            ds = Dataset(created_at=_now_utc(), name=display_name, format=prep.format, kind=prep.kind, rows=len(kept_rows),
+                         content_hash=digest, path=str(final_dir), source=prep.source, splits=splits, meta=db_meta)
+            session.add(ds)
+            session.flush()
+            ds_id = ds.id
+    except Exception:
+        with db_session() as session:  # lost a race with an identical import: use that one
+            other = session.exec(select(Dataset).where(Dataset.content_hash == digest)).first()
+        if other is None:
+            raise
+        ds_id = other.id
+    _progress(progress, 1.0, f"stored as dataset {ds_id}")
+    return ImportResult(
+        dataset_id=ds_id, name=display_name, format=prep.format, kind=prep.kind, total_rows=prep.total_records,
+        kept=len(kept_rows), dropped=dropped, problems=summary, created=True, splits=splits, path=str(final_dir),
+        content_hash=digest, token_stats=token_stats, notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ read back
+def get_dataset(dataset_id: int | str):
+    """The Dataset row, or DatasetError('dataset N not found')."""
+    from core.config import db_session
+    from storage import Dataset
+
+    try:
+        key = int(str(dataset_id).strip())
+    except ValueError:
+        raise DatasetError(f"dataset id must be a number, got {dataset_id!r}") from None
+    with db_session() as session:
+        ds = session.get(Dataset, key)
+    if ds is None:
+        raise DatasetError(f"dataset {key} not found")
+    return ds
+
+
+def list_datasets() -> list:
+    from core.config import db_session
+    from sqlmodel import select
+    from storage import Dataset
+
+    with db_session() as session:
+        return list(session.exec(select(Dataset).order_by(Dataset.id.desc())).all())
+
+
+def read_split(ds, split: str = "train") -> list[dict]:
+    """The normalised rows of one split of a stored version."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    path = Path(ds.path) / f"{split}.jsonl"
+    if not path.is_file():
+        raise DatasetError(f"dataset {ds.id}: file {path} is missing (was the workspace moved or cleaned?)")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise DatasetError(f"dataset {ds.id}: {path} line {line_no} is corrupt") from None
+    return rows
+
+
+def load_training_rows(ref: str | int, split: str = "train") -> list[dict]:
+    """Normalised rows for training (see the package docstring)."""
+    ref_s = str(ref).strip()
+    if ref_s.isdigit():
+        ds = get_dataset(ref_s)
+        if ds.kind == "preference":
+            raise DatasetError(
+                f"dataset {ds.id} holds preference pairs (for DPO); SFT needs conversations with an assistant answer "
+                "(import an SFT dataset, or wait for preference training)"
+            )
+        rows = read_split(ds, split)
+        if not rows and split == "train":
+            raise DatasetError(f"dataset {ds.id} has no training rows")
+        return rows
+    if not ref_s:
+        raise DatasetError("no dataset given: pass a dataset id or a data file path")
+    prep = prepare_dataset(ref_s)
+    if prep.kind == "preference":
+        raise DatasetError(
+            f"{ref_s} holds preference pairs (for DPO); SFT needs conversations with an assistant answer"
+        )
+    drop = resolve_drop(True) - {"too_long"}
+    usable = [pr for pr in prep.rows if not any(c in drop for c in pr.codes)]
+    if not usable:
+        raise DatasetError(f"no usable rows in {ref_s} (first problem: {prep.problems[0].reason if prep.problems else '?'})")
+    if split == "train":
+        if any(pr.split for pr in usable):
+            return [pr.row for pr in usable if pr.split in (None, "train")]
+        return [pr.row for pr in usable]
+    return [pr.row for pr in usable if pr.split == split]
+
+
+def import_records(records: list, *, source: str, name: str | None = None, format: str = "auto",
+                   progress: Progress | None = None, **kwargs) -> ImportResult:
+    """Import in-memory records (e.g. a generated task) exactly like a file; ``source`` labels them."""
+    raw = RawRead(records=[(i + 1, r) for i, r in enumerate(records)], container="memory")
+    prep = prepare_dataset(source, format=format, progress=progress, raw=raw,
+                           column_map=kwargs.pop("column_map", None), template_values=kwargs.pop("template_values", None))
+    return import_dataset(source, name=name, prepared=prep, progress=progress, **kwargs)
+
+
+def import_demo_task(n: int = 400, seed: int = 0, *, model: str | None = "default", progress: Progress | None = None) -> ImportResult:
+    """Generate the built-in demo task (core.data.demo) and store it as a dataset."""
+    try:
+        from core.data.demo import generate_demo_rows
+    except ImportError as exc:
+        raise DatasetError(f"the demo task generator is not available ({exc})") from None
+    rows = generate_demo_rows(n, seed)
+    return import_records(rows, source=f"demo task (n={n}, seed={seed})", name="demo-support-json", format="openai",
+                          model=model, progress=progress)

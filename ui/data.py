@@ -1,0 +1,266 @@
+"""Data tab: bring a dataset (upload / path / Hub id), check it, store it; preview rows with the loss mask; token stats.
+
+Only binds components to ``core.data`` calls: no ML, no SQL here. Handlers are module-level functions so tests can
+call them without a browser.
+"""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pandas as pd
+
+from core.data import (
+    FORMATS,
+    PROBLEM_CODES,
+    DatasetError,
+    compute_token_stats,
+    datasets_table,
+    get_dataset,
+    import_dataset,
+    prepare_dataset,
+    preview_row,
+)
+from core.data.formats import CANONICAL_FIELDS
+
+FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
+TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created"]
+MASK_COLORS = {"trained": "#22c55e", "masked": "#cbd5e1", "truncated": "#ef4444"}
+DEFAULT_DROP = [c for c in PROBLEM_CODES if c not in ("non_string_content", "unfilled_placeholder")]
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def _source(upload, path: str) -> str:
+    if upload:
+        return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+    return (path or "").strip()
+
+
+def _pairs(df) -> dict[str, str]:
+    """Rows of a two-column table (key, value) -> dict, skipping blanks."""
+    if df is None:
+        return {}
+    rows = df.values.tolist() if isinstance(df, pd.DataFrame) else list(df)
+    out = {}
+    for r in rows:
+        if len(r) >= 2 and str(r[0] or "").strip() and str(r[1] or "").strip():
+            out[str(r[0]).strip()] = str(r[1]).strip()
+    return out
+
+
+def problems_markdown(problems: list[dict]) -> str:
+    if not problems:
+        return "No problems found."
+    lines = ["| problem | rows | first rows | example | what happens |", "|---|---:|---|---|---|"]
+    for p in problems:
+        more = "…" if p["count"] > len(p["rows"]) else ""
+        example = (p["examples"][0] if p["examples"] else "").replace("|", "\\|")[:120]
+        action = "dropped (cannot be used)" if p["fatal"] else p["action"]
+        lines.append(f"| {p['title']} (`{p['code']}`) | {p['count']} | {', '.join(map(str, p['rows']))}{more} | {example} | {action} |")
+    return "\n".join(lines)
+
+
+def stats_markdown(st: dict | None) -> str:
+    if not st:
+        return "No token statistics yet."
+    return (f"**{st['total_tokens']:,} training tokens** in {st['rows']:,} train rows (tokenizer: `{st['model']}`)  \n"
+            f"min {st['min']} · mean {st['mean']} · p50 {st['p50']} · p95 {st['p95']} · max {st['max']} tokens  \n"
+            f"**{st['over_max_length']}** rows over the max length {st['max_length']} (truncated in training)")
+
+
+def _hist_frame(hist: list[dict] | None) -> pd.DataFrame:
+    if not hist:
+        return pd.DataFrame({"tokens": pd.Series([], dtype=str), "rows": pd.Series([], dtype=int)})
+    width = len(str(hist[-1]["end"]))  # same-width numbers sort in numeric order on the plot's nominal axis
+    labels = [f"{h['start']:0{width}d}-{h['end']:0{width}d}" for h in hist]
+    return pd.DataFrame({"tokens": labels, "rows": [h["rows"] for h in hist]})
+
+
+def _dataset_choices() -> list[tuple[str, str]]:
+    return [(f"{r[0]}: {r[1]} ({r[3]}, {r[4]} rows)", str(r[0])) for r in datasets_table()]
+
+
+def refresh_datasets(selected: str | None = None):
+    choices = _dataset_choices()
+    values = [v for _, v in choices]
+    value = selected if selected in values else (values[0] if values else None)
+    return gr.update(value=datasets_table() or None), gr.update(choices=choices, value=value)
+
+
+# ------------------------------------------------------------------------------------------------------ handlers
+def inspect_source(upload, path, fmt, column_df, template_df):
+    """Check a source without storing it: detected format, problems, placeholders, columns."""
+    source = _source(upload, path)
+    try:
+        prep = prepare_dataset(source, format=fmt or "auto", column_map=_pairs(column_df) or None,
+                               template_values=_pairs(template_df) or None)
+    except DatasetError as exc:
+        return (f"**Cannot use this source:** {exc}", gr.update(), gr.update(), gr.update(), "")
+    summary = prep.problem_summary(set(DEFAULT_DROP))
+    head = (f"**{prep.format}** ({'preference pairs — stored for preference training (DPO), not used for SFT' if prep.kind == 'preference' else prep.kind})"
+            f" · {prep.total_records:,} records · {len(prep.rows):,} usable · columns: {', '.join(prep.columns[:12])}"
+            + (f" · detected: {prep.detected_format}" if prep.detected_format != prep.format else ""))
+    notes = "".join(f"\n\n_{n}_" for n in prep.notes)
+    report = head + notes + "\n\n" + problems_markdown(summary)
+    found = [p["code"] for p in summary if not p["fatal"]]
+    drop_update = gr.update(choices=found, value=[c for c in found if c in DEFAULT_DROP])
+    placeholder_rows = [[n, _pairs(template_df).get(n, "")] for n in prep.placeholders] or [["", ""]]
+    fields = CANONICAL_FIELDS.get(prep.format, ())
+    current = _pairs(column_df)
+    column_rows = [[f, current.get(f, "")] for f in fields]
+    sample = json.dumps(prep.rows[0].row, ensure_ascii=False, indent=1)[:3000] if prep.rows else ""
+    return report, drop_update, gr.update(value=placeholder_rows), gr.update(value=column_rows), sample
+
+
+def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length,
+               progress=gr.Progress()):
+    source = _source(upload, path)
+    try:
+        result = import_dataset(
+            source, name=(name or "").strip() or None, format=fmt or "auto", column_map=_pairs(column_df) or None,
+            split={"validation": float(val or 0), "test": float(test or 0), "seed": int(seed or 0)},
+            drop_invalid=list(drop_codes or []), template_values=_pairs(template_df) or None,
+            model=(model or "").strip() or "default", max_length=int(max_length or 2048), progress=progress,
+        )
+    except (DatasetError, ValueError) as exc:
+        table, dd = refresh_datasets()
+        return f"**Import failed:** {exc}", table, dd, gr.update(), ""
+    msg = f"**{result.message}**" + "".join(f"\n\n_{n}_" for n in result.notes)
+    msg += "\n\n" + problems_markdown(result.problems)
+    table, dd = refresh_datasets(str(result.dataset_id))
+    return msg, table, dd, _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram")), stats_markdown(result.token_stats)
+
+
+def run_demo_import(progress=gr.Progress()):
+    from core.data import import_demo_task
+
+    try:
+        result = import_demo_task(progress=progress)
+    except DatasetError as exc:
+        table, dd = refresh_datasets()
+        return f"**Demo task unavailable:** {exc}", table, dd, gr.update(), ""
+    table, dd = refresh_datasets(str(result.dataset_id))
+    return (f"**{result.message}**", table, dd, _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram")),
+            stats_markdown(result.token_stats))
+
+
+def show_row(dataset_id, split, index, model, max_length):
+    if not dataset_id:
+        return None, "Pick a dataset first."
+    try:
+        pv = preview_row(dataset_id, int(index or 0), split or "train", (model or "").strip() or "default",
+                         int(max_length) if max_length else None)
+    except (DatasetError, ValueError) as exc:
+        return None, f"**{exc}**"
+    trained = sum(1 for _, lab in pv["segments"] if lab == "trained")
+    info = (f"Row {pv['index']} of {pv['split_rows']} in {split}: {pv['num_tokens']} tokens, "
+            f"~{pv['approx_trained_tokens']} carry loss (green) in {trained} assistant span(s); grey is context "
+            "(masked), red is past the max length (cut off).")
+    return pv["segments"], info
+
+
+def show_dataset(dataset_id):
+    if not dataset_id:
+        return "", _hist_frame(None), "No dataset selected."
+    try:
+        ds = get_dataset(dataset_id)
+    except DatasetError as exc:
+        return f"**{exc}**", _hist_frame(None), ""
+    meta = ds.meta or {}
+    kind = "preference pairs — **for preference training (DPO)**, not usable for SFT" if ds.kind == "preference" else ds.kind
+    head = (f"**{ds.name}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} · hash `{ds.content_hash[:12]}`"
+            f"\n\nsource: `{ds.source}`\n\n" + problems_markdown(meta.get("problems", [])))
+    return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"))
+
+
+def run_stats(dataset_id, model, max_length, progress=gr.Progress()):
+    if not dataset_id:
+        return _hist_frame(None), "Pick a dataset first."
+    try:
+        out = compute_token_stats(dataset_id, (model or "").strip() or "default", int(max_length or 2048), progress=progress)
+    except DatasetError as exc:
+        return _hist_frame(None), f"**{exc}**"
+    except Exception as exc:  # the tokenizer could not be loaded
+        return _hist_frame(None), f"**Cannot count tokens with '{model}':** {exc}"
+    return _hist_frame(out["histogram"]), stats_markdown(out["token_stats"])
+
+
+# --------------------------------------------------------------------------------------------------------- layout
+def _demo_available() -> bool:
+    try:
+        from core.data.demo import generate_demo_rows  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_tab() -> None:
+    gr.Markdown("### Bring a dataset\nJSON, JSONL, CSV/TSV, Parquet or TXT — alpaca, ShareGPT, OpenAI `messages`, "
+                "prompt/completion, plain text or preference pairs. Everything becomes chat messages; token counts "
+                "use the selected model's tokenizer.")
+    with gr.Row():
+        upload = gr.File(label="Upload a file", file_types=FILE_TYPES, type="filepath", elem_id="data-upload")
+        with gr.Column():
+            path = gr.Textbox(label="…or a local path / Hub dataset id", placeholder="/data/train.jsonl or tatsu-lab/alpaca",
+                              elem_id="data-path")
+            with gr.Row():
+                fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label="Format", elem_id="data-format")
+                name = gr.Textbox(label="Name (optional)", elem_id="data-name")
+            with gr.Row():
+                model = gr.Textbox(value="default", label="Model (tokenizer & chat template)", elem_id="data-model")
+                max_length = gr.Number(value=2048, precision=0, label="Max length (tokens)", elem_id="data-maxlen")
+    with gr.Accordion("Column mapping and {{placeholders}}", open=False):
+        with gr.Row():
+            column_df = gr.Dataframe(headers=["field", "source column"], value=[["", ""]], column_count=2,
+                                     interactive=True, label="Map source columns to the format's fields")
+            template_df = gr.Dataframe(headers=["placeholder", "value"], value=[["", ""]], column_count=2,
+                                       interactive=True, label="Fill {{placeholders}} found in the samples")
+    with gr.Row():
+        val = gr.Slider(0, 0.5, value=0.1, step=0.01, label="Validation fraction")
+        test = gr.Slider(0, 0.5, value=0.0, step=0.01, label="Test fraction")
+        seed = gr.Number(value=42, precision=0, label="Split seed")
+    drop_codes = gr.CheckboxGroup(choices=[], value=[], label="Drop rows with these problems (unticked = keep them)",
+                                  elem_id="data-drop")
+    with gr.Row():
+        inspect_btn = gr.Button("Check", elem_id="data-check")
+        import_btn = gr.Button("Import", variant="primary", elem_id="data-import")
+        demo_btn = gr.Button("Load the demo task", visible=_demo_available(), elem_id="data-demo")
+    report = gr.Markdown(elem_id="data-report")
+    with gr.Accordion("First normalised row", open=False):
+        sample = gr.Code(language="json", label="as stored")
+
+    gr.Markdown("### Datasets")
+    table = gr.Dataframe(headers=TABLE_HEADERS, value=datasets_table() or None, interactive=False, elem_id="data-table")
+    with gr.Row():
+        dataset = gr.Dropdown(choices=_dataset_choices(), label="Dataset", elem_id="data-dataset")
+        refresh_btn = gr.Button("Refresh", size="sm")
+    detail = gr.Markdown(elem_id="data-detail")
+    with gr.Row():
+        with gr.Column():
+            hist = gr.BarPlot(_hist_frame(None), x="tokens", y="rows", title="Token length (train split)",
+                              x_title="tokens per row", y_title="rows", sort="x", y_lim=[0, None], x_label_angle=-45,
+                              elem_id="data-hist")
+        with gr.Column():
+            stats_md = gr.Markdown(elem_id="data-stats")
+            stats_btn = gr.Button("Count tokens with this model", elem_id="data-stats-btn")
+    gr.Markdown("#### Preview: what the model is trained on")
+    with gr.Row():
+        split = gr.Radio(["train", "validation", "test"], value="train", label="Split")
+        index = gr.Number(value=0, precision=0, label="Row (0-based)", elem_id="data-row")
+        preview_btn = gr.Button("Show row", elem_id="data-preview-btn")
+    preview_info = gr.Markdown(elem_id="data-preview-info")
+    preview = gr.HighlightedText(label="Rendered with the chat template — green tokens carry loss", color_map=MASK_COLORS,
+                                 show_legend=True, combine_adjacent=True, show_inline_category=False, elem_id="data-preview")
+
+    inspect_btn.click(inspect_source, [upload, path, fmt, column_df, template_df], [report, drop_codes, template_df, column_df, sample])
+    upload.upload(inspect_source, [upload, path, fmt, column_df, template_df], [report, drop_codes, template_df, column_df, sample])
+    import_btn.click(
+        run_import, [upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length],
+        [report, table, dataset, hist, stats_md],
+    ).then(show_row, [dataset, split, index, model, max_length], [preview, preview_info])
+    demo_btn.click(run_demo_import, None, [report, table, dataset, hist, stats_md]).then(
+        show_row, [dataset, split, index, model, max_length], [preview, preview_info])
+    refresh_btn.click(lambda d: refresh_datasets(d), [dataset], [table, dataset])
+    dataset.change(show_dataset, [dataset], [detail, hist, stats_md])
+    stats_btn.click(run_stats, [dataset, model, max_length], [hist, stats_md])
+    preview_btn.click(show_row, [dataset, split, index, model, max_length], [preview, preview_info])
