@@ -15,6 +15,7 @@ from core.train.config import ConfigError, TrainConfig
 from ui.common import fmt_duration, fmt_num, progress_html
 
 REFRESH_S = 1.0
+LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
 RUN_COLUMNS = ["id", "name", "status", "method", "progress", "loss", "tokens/s", "duration"]
 DEFAULTS = TrainConfig(dataset="-")
 
@@ -86,11 +87,11 @@ def run_details(run_id: str | None):
     elif run.status == "succeeded":
         err = f"Adapter saved to `{run.adapter_path}`"
     head = progress_html(run.step, run.max_steps, run.status, run.eta_s, run.tokens_per_s)
-    return head, loss, lr, jobs.log_tail(run.id), config_yaml, err
+    return head, loss, lr, jobs.log_tail(run.id, max_lines=LOG_LINES), config_yaml, err
 
 
 def config_from_inputs(values: dict) -> TrainConfig:
-    data = dict(values)
+    data = {k: v for k, v in values.items() if v is not None and v != ""}  # empty inputs keep the defaults
     targets = data.pop("lora_target_modules_text", "all-linear") or "all-linear"
     data["lora_target_modules"] = [t.strip() for t in targets.replace("\n", ",").split(",") if t.strip()]
     for k in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "seed", "save_steps",
@@ -100,7 +101,7 @@ def config_from_inputs(values: dict) -> TrainConfig:
     upload = data.pop("upload", None)
     if upload:
         data["dataset"] = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
-    data["dataset"] = (data.get("dataset") or "").strip()
+    data["dataset"] = str(data.get("dataset") or "").strip()
     if not data["dataset"]:
         raise ConfigError("choose a dataset (imported in the Data tab) or upload a data file")
     return TrainConfig.from_dict(data)
@@ -119,7 +120,7 @@ def build_tab() -> None:
                                       label="Dataset", info="imported in the Data tab, or a file path", scale=4)
                 refresh_ds = gr.Button("↻", scale=0, min_width=40, size="sm")
             upload = gr.File(label="…or upload a data file (JSON/JSONL/CSV/Parquet)", file_count="single",
-                             type="filepath", height=90)
+                             type="filepath", height=120)
             method = gr.Radio(["lora", "qlora", "full"], value="lora", label="Method",
                               info="QLoRA = 4-bit base + LoRA (bitsandbytes)")
             with gr.Row():
@@ -179,7 +180,7 @@ def build_tab() -> None:
                 lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=260)
             error_md = gr.Markdown()
             with gr.Accordion("Log tail", open=True):
-                log_box = gr.Textbox(lines=10, max_lines=10, show_label=False, autoscroll=True)
+                log_box = gr.Textbox(lines=LOG_LINES, max_lines=LOG_LINES, show_label=False, autoscroll=True)
             with gr.Accordion("Config (YAML)", open=False):
                 config_box = gr.Code(language="yaml", show_label=False)
 
@@ -201,13 +202,13 @@ def build_tab() -> None:
             config = config_from_inputs(dict(zip(keys, cfg_values)))
             warn = _preflight_warning(config)
             if warn and not skip:
-                return (f"⚠️ {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to start "
+                return (f"**Warning:** {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to start "
                         "anyway.", gr.update())
             run = jobs.submit(config)
         except (ConfigError, jobs.JobError) as exc:
-            return f"❌ {exc}", gr.update()
-        note = f"\n\n⚠️ {warn}" if warn else ""
-        return (f"✅ Run #{run.id} **{run.status}**.{note}",
+            return f"**Error:** {exc}", gr.update()
+        note = f"\n\n**Warning:** {warn}" if warn else ""
+        return (f"Run #{run.id} **{run.status}**.{note}",
                 gr.update(choices=run_choices(), value=str(run.id)))
 
     start_btn.click(start, inputs=[*config_inputs.values(), skip_preflight], outputs=[start_msg, selected])
@@ -229,7 +230,7 @@ def build_tab() -> None:
             return f"Run #{run.id} continues #{rid} for {int(steps)} steps.", gr.update(choices=run_choices(),
                                                                                        value=str(run.id))
         except (jobs.JobError, ConfigError, ValueError) as exc:
-            return f"❌ {exc}", gr.update()
+            return f"**Error:** {exc}", gr.update()
 
     stop_btn.click(lambda r, s: act("stop", r, s), [selected, extra_steps], [action_msg, selected],
                    concurrency_limit=None)

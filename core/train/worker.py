@@ -479,6 +479,9 @@ def _drop_metrics_after(run_id: int, step: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not run news
     parser = argparse.ArgumentParser(prog="python -m core.train.worker")
     parser.add_argument("--run-id", type=int, required=True)
     args = parser.parse_args(argv)

