@@ -110,7 +110,7 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
     """Everything from config to a ready SFTTrainer. Heavy imports happen here, in the worker only."""
     import torch
     from datasets import Dataset as HFDataset
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -168,8 +168,8 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
     model.config.use_cache = False
 
     if config.method in ("lora", "qlora"):
-        if config.method == "qlora":
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        # QLoRA: no prepare_model_for_kbit_training — its fp32 upcast of embeddings/lm_head costs memory the
+        # estimator (and QLoRA's point) does not budget; SFTTrainer enables input grads for checkpointing itself.
         if config.init_adapter:
             log(f"continuing from adapter {config.init_adapter}")
             model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)

@@ -1,0 +1,48 @@
+"""Estimate tab: builds inside Blocks, one click returns every table, bad input becomes a message (no traceback)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ui import estimate as ui
+
+ARGS = dict(catalog_model="Mistral-7B-v0.1", model_ref="", method="qlora", lora_r=16, lora_targets="all-linear",
+            optimizer="adamw", precision="auto", batch_size=2, seq_len=1024, gradient_checkpointing=True,
+            attention="sdpa", inference_dtype="int4", inference_tokens=4096, dataset_id="", tokens=2_000_000, epochs=1,
+            gpu="t4", mfu=0.35, price="")
+
+
+def test_build_tab_inside_blocks(workspace):
+    with gr.Blocks() as demo:
+        with gr.Tab("Estimate"):
+            ui.build_tab()
+    assert demo is not None
+
+
+def test_run_estimate_outputs():
+    summary, components, phases, inference, fit, time_md = ui.run_estimate(**ARGS)
+    assert "Training peak" in summary and "accelerate-style" in summary
+    assert any(row[0] == "Model weights" for row in components) and all(len(r) == 5 for r in components)
+    assert any(row[0].startswith("▶") for row in phases)
+    assert inference[-1][0] == "Total"
+    assert {row[0] for row in fit} >= {"NVIDIA T4 16 GB", "NVIDIA H200 141 GB"}
+    assert "2,000,000 tokens" in time_md and "$" in time_md
+
+
+def test_run_estimate_bad_input_is_a_message():
+    for bad in (dict(batch_size=0), dict(model_ref="./no/such/dir"), dict(lora_targets="nope_proj"),
+                dict(tokens=-3), dict(seq_len="abc")):
+        summary, *_ = ui.run_estimate(**{**ARGS, **bad})
+        assert summary.startswith("### ⚠️"), bad
+        assert "Traceback" not in summary
+
+
+def test_dataset_without_token_stats(workspace):
+    from core.config import db_session
+    from storage import Dataset
+
+    with db_session() as s:
+        s.add(Dataset(name="raw", content_hash="x", meta={}))
+    *_, time_md = ui.run_estimate(**{**ARGS, "dataset_id": "1", "tokens": None})
+    assert "no token stats" in time_md
+    choices = ui._dataset_choices()
+    assert any(value == "1" for _label, value in choices)
