@@ -61,6 +61,15 @@ def test_lora_run_records_loss_and_saves_adapter(workspace, alpaca, default_mode
     assert run.final_metrics["global_step"] == 3 and run.final_metrics["dataset_loss_tokens"] > 0
 
 
+def test_qlora_run_trains_a_4bit_base(workspace, alpaca, default_model_dir):
+    run = jobs.wait_for(jobs.submit(small_config(alpaca, method="qlora", max_steps=2)).id, timeout_s=300)
+    assert run.status == "succeeded", jobs.log_tail(run.id)
+    log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
+    assert "QLoRA: 210 linear layers in 4-bit NF4" in log  # 30 layers x 7 projections
+    assert [m.step for m in jobs.run_metrics(run.id) if m.loss is not None] == [1, 2]
+    assert (workspace / "runs" / str(run.id) / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, default_model_dir):
     run = jobs.submit(small_config(alpaca, max_steps=8, name="stop-resume"))
     wait_until(lambda: jobs.get_run(run.id).step >= 2, 300)
