@@ -1,5 +1,6 @@
 """Padding-free batches must train exactly what separate examples would: no attention across boundaries, loss
 only on assistant tokens, and the LM head evaluated only where a label exists."""
+import pytest
 import torch
 
 from core.data.chat import tokenize_conversation
@@ -38,15 +39,20 @@ def _loss(model, batch):
         int((shift_labels != IGNORE_INDEX).sum())
 
 
-def test_packed_loss_equals_separate_losses(tokenizer, default_model_dir):
+@pytest.mark.parametrize("attn", ["sdpa", "fts_packed_sdpa"])
+def test_packed_loss_equals_separate_losses(tokenizer, default_model_dir, attn):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    from core.train.attention import register
+
+    register()
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32, attn_implementation=attn)
     model.eval()
     examples, _ = tokenize_rows(tokenizer, ROWS, max_length=512)
     collate = PaddingFreeCollator(pad_token_id=tokenizer.pad_token_id)
     packed = collate(examples)
     assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    assert packed["cu_seq_lens_q"].tolist()[-1] == packed["input_ids"].shape[1]
     assert packed["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in examples)  # no padding at all
     packed_sum, packed_n = _loss(model, dict(packed))
     sep_sum, sep_n = 0.0, 0

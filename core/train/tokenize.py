@@ -59,10 +59,17 @@ class PaddingFreeCollator:
             for lab in labels:
                 lab[0] = IGNORE_INDEX
             position_ids = [torch.arange(len(x), dtype=torch.long) for x in ids]
+            lengths = torch.tensor([0] + [len(x) for x in ids])
+            cu_seq_lens = lengths.cumsum(0).to(torch.int32)  # example boundaries, for varlen attention kernels
+            max_len = int(lengths.max())
             return {
                 "input_ids": torch.cat(ids)[None],
                 "labels": torch.cat(labels)[None],
                 "position_ids": torch.cat(position_ids)[None],
+                "cu_seq_lens_q": cu_seq_lens,
+                "cu_seq_lens_k": cu_seq_lens,
+                "max_length_q": max_len,
+                "max_length_k": max_len,
             }
         longest = max(len(e["input_ids"]) for e in examples)
         input_ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
@@ -77,6 +84,7 @@ class PaddingFreeCollator:
 
 
 def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that are not padding (a padding-free batch has none)."""
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
     return int(batch["input_ids"].numel())

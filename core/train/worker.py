@@ -147,7 +147,11 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[plan.precision]
     load_dtype = torch.float32 if plan.precision == "fp16" else dtype  # fp16 AMP needs fp32 master weights
-    model_kwargs: dict = {"dtype": load_dtype, "attn_implementation": "sdpa"}
+    from core.train.attention import register as register_packed_attention
+
+    # padding-free batches: causal SDPA per packed example (plain SDPA + block mask when not packing)
+    attn = register_packed_attention() if config.packing else "sdpa"
+    model_kwargs: dict = {"dtype": load_dtype, "attn_implementation": attn}
     if config.method == "qlora":
         err = qlora_support_error()
         if err:
