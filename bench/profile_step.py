@@ -3,7 +3,6 @@
     .venv/bin/python bench/profile_step.py [--attn sdpa|eager]
 """
 import argparse
-import json
 import os
 import sys
 import time

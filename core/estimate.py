@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -1128,18 +1127,13 @@ def estimate_time_cost(spec: ModelSpec, plan: TrainingPlan, tokens: int, gpu: Gp
 
 def dataset_token_count(dataset_id: int | str) -> Optional[int]:
     """``total_tokens`` from a Data-tab dataset's stored token stats; None when they were not computed."""
-    from core.config import db_session
-    from storage import Dataset
+    from core.data import DatasetError, get_dataset
 
     try:
-        key = int(str(dataset_id).strip())
-    except ValueError:
-        raise EstimateError(f"dataset id must be a number (got {dataset_id!r})") from None
-    with db_session() as session:
-        row = session.get(Dataset, key)
-        if row is None:
-            raise EstimateError(f"dataset {key} not found; pick one from the Data tab")
-        stats = (row.meta or {}).get("token_stats") or {}
+        row = get_dataset(dataset_id)
+    except DatasetError as exc:
+        raise EstimateError(f"{exc}; pick one from the Data tab") from None
+    stats = (row.meta or {}).get("token_stats") or {}
     total = stats.get("total_tokens")
     return int(total) if isinstance(total, (int, float)) and total > 0 else None
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -27,7 +26,7 @@ from sqlmodel import select
 
 from core.config import REPO_ROOT, db_session, get_settings
 from core.train.config import ConfigError, TrainConfig
-from storage import Dataset, Run, RunMetric, RunStatus
+from storage import Run, RunMetric, RunStatus
 from storage.tables import as_utc, utcnow
 
 STALE_HEARTBEAT_S = 120.0
@@ -86,9 +85,15 @@ def validate_references(config: TrainConfig) -> None:
         raise JobError(str(exc)) from None
     ref = config.dataset.strip()
     if ref.isdigit():
-        with db_session() as s:
-            if s.get(Dataset, int(ref)) is None:
-                raise JobError(f"dataset {ref} not found: import it in the Data tab or `python -m core data import`")
+        from core.data import DatasetError, get_dataset
+
+        try:
+            ds = get_dataset(ref)
+        except DatasetError:
+            raise JobError(f"dataset {ref} not found: import it in the Data tab or `python -m core data import`") from None
+        if ds.kind == "preference":
+            raise JobError(f"dataset {ref} holds preference pairs (for DPO); supervised fine-tuning needs "
+                           "conversations with assistant answers")
     elif not Path(ref).expanduser().exists():
         raise JobError(f"dataset file not found: {ref}")
     if config.method == "qlora":
@@ -103,7 +108,7 @@ def validate_references(config: TrainConfig) -> None:
 
 def submit(config: TrainConfig, *, parent_run_id: int | None = None, start: bool = True) -> Run:
     validate_references(config)
-    if config.dataset.strip().isdigit() is False:
+    if not config.dataset.strip().isdigit():  # a file path: store it absolute
         config = config.model_copy(update={"dataset": str(Path(config.dataset).expanduser().resolve())})
     with db_session() as s:
         run = Run(
@@ -490,5 +495,5 @@ def config_from_run(run_id: int) -> TrainConfig:
 
 __all__ = [
     "ConfigError", "JobError", "Monitor", "continue_training", "dispatch", "get_run", "list_runs", "log_tail",
-    "reconcile", "resume", "run_metrics", "run_to_dict", "start_monitor", "stop", "submit", "wait_for", "json",
+    "reconcile", "resume", "run_metrics", "run_to_dict", "start_monitor", "stop", "submit", "wait_for",
 ]

@@ -15,7 +15,7 @@ from sqlmodel import select
 from core import jobs
 from core.config import REPO_ROOT, db_session
 from core.train.config import TrainConfig
-from storage import Run, RunMetric
+from storage import Run
 
 pytestmark = pytest.mark.slow
 

@@ -108,8 +108,6 @@ def preview_row(dataset_id: int | str, index: int = 0, split: str = "train", mod
                 max_length: int | None = None, tokenizer=None) -> dict:
     """Row ``index`` (0-based) of a split rendered through ``model``'s chat template, cut into segments labelled
     "trained" (assistant tokens, carry loss), "masked" (no loss) and "truncated" (past max_length)."""
-    from core.data.stats import loss_mask_segments
-
     ds = get_dataset(dataset_id)
     rows = read_split(ds, split)
     if not rows:

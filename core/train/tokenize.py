@@ -1,7 +1,7 @@
 """Rows → token ids + labels for training (loss on assistant tokens only), and the padding-free collator."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -111,7 +111,7 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
     import torch
     from datasets import Dataset as HFDataset
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from core.data import load_training_rows
