@@ -101,6 +101,7 @@ def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, defaul
         noticed_s = time.time() - killed_at
     finally:
         monitor.stop()
+    print(f"\nkill -9 noticed after {noticed_s:.2f}s")
     assert noticed_s < 5.0
     assert f"worker process {run.pid} died" in failed.error
     assert "log tail" in failed.error and "step 1/200" in failed.error
