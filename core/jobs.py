@@ -79,8 +79,12 @@ def validate_references(config: TrainConfig) -> None:
     """Fail fast, before queueing, on a model or dataset that cannot exist."""
     from core.models import ModelNotFoundError, resolve_model
 
+    from core.models import check_trainable
+
     try:
-        resolve_model(config.base_model, prepare_default=False)
+        resolved = resolve_model(config.base_model, prepare_default=False)
+        if resolved.kind == "local":
+            check_trainable(resolved)
     except ModelNotFoundError as exc:
         raise JobError(str(exc)) from None
     ref = config.dataset.strip()

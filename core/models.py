@@ -134,6 +134,23 @@ def resolve_model(ref: str | None, *, prepare_default: bool = True) -> ResolvedM
     return ResolvedModel(ref, "hub", ref, ref)
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+                "adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.model.v3", "spiece.model")
+
+
+def check_trainable(resolved: ResolvedModel) -> None:
+    """A local folder must hold weights and a tokenizer to train from (a config alone is enough to estimate)."""
+    if not resolved.is_local:
+        return
+    p = Path(resolved.path)
+    if not any((p / f).is_file() for f in WEIGHT_FILES) and not any(p.glob("model-*.safetensors")):
+        raise ModelNotFoundError(f"model folder {p} has a config.json but no weights (model.safetensors or "
+                                 "pytorch_model.bin); it can be estimated, not trained")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelNotFoundError(f"model folder {p} has no tokenizer files (tokenizer.json or tokenizer.model)")
+
+
 def load_tokenizer(ref: str | ResolvedModel):
     from transformers import AutoTokenizer
 

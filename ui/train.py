@@ -198,18 +198,10 @@ def build_tab() -> None:
 
     def start(*values):
         *cfg_values, skip = values
-        try:
-            config = config_from_inputs(dict(zip(keys, cfg_values)))
-            warn = _preflight_warning(config)
-            if warn and not skip:
-                return (f"**Warning:** {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to start "
-                        "anyway.", gr.update())
-            run = jobs.submit(config)
-        except (ConfigError, jobs.JobError) as exc:
-            return f"**Error:** {exc}", gr.update()
-        note = f"\n\n**Warning:** {warn}" if warn else ""
-        return (f"Run #{run.id} **{run.status}**.{note}",
-                gr.update(choices=run_choices(), value=str(run.id)))
+        message, run_id = start_run(dict(zip(keys, cfg_values)), skip_preflight=bool(skip))
+        if run_id is None:
+            return message, gr.update()
+        return message, gr.update(choices=run_choices(), value=str(run_id))
 
     start_btn.click(start, inputs=[*config_inputs.values(), skip_preflight], outputs=[start_msg, selected])
 
@@ -249,6 +241,21 @@ def build_tab() -> None:
     timer = gr.Timer(REFRESH_S)
     timer.tick(tick, selected, [runs_table, selected, *detail_outputs], show_progress="hidden",
                concurrency_limit=None)
+
+
+def start_run(values: dict, *, skip_preflight: bool = False) -> tuple[str, int | None]:
+    """Start button: build the config, run the memory pre-flight check, queue the run. (message, run id or None)."""
+    try:
+        config = config_from_inputs(values)
+        warn = _preflight_warning(config)
+        if warn and not skip_preflight:
+            return (f"**Warning:** {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to "
+                    "start anyway.", None)
+        run = jobs.submit(config)
+    except (ConfigError, jobs.JobError) as exc:
+        return f"**Error:** {exc}", None
+    note = f"\n\n**Warning:** {warn}" if warn else ""
+    return f"Run #{run.id} **{run.status}**.{note}", run.id
 
 
 def _preflight_warning(config: TrainConfig) -> str | None:

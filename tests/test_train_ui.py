@@ -1,0 +1,63 @@
+"""The Train tab's start handler: form values → TrainConfig → memory pre-flight check → queue."""
+import json
+
+from sqlmodel import select
+
+from core.config import db_session
+from storage import Run
+from ui.train import config_from_inputs, start_run
+
+FORM = {"name": None, "base_model": "default", "method": "lora", "num_epochs": 1, "max_steps": 3, "learning_rate": 2e-4,
+        "batch_size": 2, "max_length": 96, "lora_target_modules_text": "all-linear", "upload": None}
+
+
+def _llama_13b_dir(tmp_path):
+    """A local model folder with only Llama-2-13b's config.json: enough for the estimator, which never loads weights."""
+    d = tmp_path / "llama-2-13b"
+    d.mkdir()
+    catalog = json.load(open("core/catalog/models.json"))["models"]
+    cfg = next(m for m in catalog if m["name"] == "Llama-2-13b")["config"]
+    (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForCausalLM"]}))
+    return d
+
+
+def test_empty_inputs_keep_defaults_and_targets_are_split():
+    cfg = config_from_inputs({**FORM, "dataset": " 4 ", "lora_target_modules_text": "q_proj, v_proj", "seed": None})
+    assert cfg.dataset == "4" and cfg.name == "" and cfg.seed == 42 and cfg.lora_target_modules == ["q_proj", "v_proj"]
+
+
+def test_missing_dataset_is_a_message_not_a_traceback(workspace):
+    msg, run_id = start_run({**FORM, "dataset": ""})
+    assert run_id is None and msg.startswith("**Error:**") and "choose a dataset" in msg
+
+
+def test_preflight_warns_before_a_run_that_cannot_fit(workspace, fixtures_dir, tmp_path):
+    values = {**FORM, "dataset": str(fixtures_dir / "alpaca_en_demo.json"), "base_model": str(_llama_13b_dir(tmp_path)),
+              "method": "full", "max_length": 2048, "batch_size": 8}
+    msg, run_id = start_run(values)
+    assert run_id is None and msg.startswith("**Warning:**") and "exceeds" in msg and "Tick" in msg
+    with db_session() as s:
+        assert s.exec(select(Run)).all() == []  # nothing queued until the user overrides
+
+
+
+def test_override_skips_the_warning_but_a_weightless_model_is_still_refused(workspace, fixtures_dir, tmp_path):
+    values = {**FORM, "dataset": str(fixtures_dir / "alpaca_en_demo.json"), "base_model": str(_llama_13b_dir(tmp_path)),
+              "method": "full", "max_length": 2048, "batch_size": 8}
+    msg, run_id = start_run(values, skip_preflight=True)
+    assert run_id is None and msg.startswith("**Error:**") and "no weights" in msg and "estimated, not trained" in msg
+
+
+def test_override_starts_a_run_despite_the_warning(workspace, fixtures_dir, default_model_dir, monkeypatch):
+    import core.estimate
+    from core import jobs
+
+    # a real estimate against a device with (as far as the check is told) only 1 MB free
+    real = core.estimate.preflight_check
+    monkeypatch.setattr(core.estimate, "preflight_check", lambda cfg: real(cfg, free_bytes=1_000_000))
+    values = {**FORM, "dataset": str(fixtures_dir / "alpaca_en_demo.json")}
+    msg, run_id = start_run(values)
+    assert run_id is None and "exceeds" in msg
+    msg, run_id = start_run(values, skip_preflight=True)
+    assert run_id == 1 and msg.startswith("Run #1") and "**Warning:**" in msg
+    assert jobs.stop(1, timeout_s=60).status == "stopped"
