@@ -81,7 +81,7 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         page.goto(app_server)
         for tab in TABS:
             expect(page.get_by_role("tab", name=tab, exact=True)).to_be_visible()
-        ds = page.get_by_label("Dataset", exact=True)
+        ds = page.get_by_label("Training data", exact=True)
         ds.fill(dataset)
         ds.press("Enter")
         page.get_by_label("Max steps (-1 = epochs)").fill("6")
@@ -94,6 +94,8 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         deadline = time.time() + 300
         while jobs.get_run(1).step < 1 and time.time() < deadline:
             time.sleep(0.2)
+        # the page open since before the run draws the curve as it arrives (legend appears with the first line)
+        expect(page.get_by_text("train loss", exact=True)).to_be_visible(timeout=10_000)
         page.close()
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
         page.goto(app_server)

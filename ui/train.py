@@ -18,6 +18,8 @@ REFRESH_S = 1.0
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
 RUN_COLUMNS = ["id", "name", "status", "method", "progress", "loss", "tokens/s", "duration"]
 DEFAULTS = TrainConfig(dataset="-")
+LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
+LR_DTYPES = {"step": "int64", "lr": "float64"}
 
 
 def dataset_choices() -> list[tuple[str, str]]:
@@ -56,7 +58,7 @@ def default_selected_run() -> str | None:
     return str(runs[0].id) if runs else None
 
 
-def metrics_frames(run_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def metrics_frames(run_id: int) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     loss_rows, lr_rows = [], []
     for m in jobs.run_metrics(run_id):
         if m.loss is not None:
@@ -65,14 +67,16 @@ def metrics_frames(run_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
             loss_rows.append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
         if m.lr is not None:
             lr_rows.append({"step": m.step, "lr": m.lr})
-    loss = pd.DataFrame(loss_rows, columns=["step", "value", "series"])
-    lr = pd.DataFrame(lr_rows, columns=["step", "lr"])
+    # explicit dtypes: an empty or object-typed frame makes the plot treat values as categories
+    # no empty frames: a colour-encoded plot that first receives an empty frame never draws its lines later
+    loss = pd.DataFrame(loss_rows, columns=["step", "value", "series"]).astype(LOSS_DTYPES) if loss_rows else None
+    lr = pd.DataFrame(lr_rows, columns=["step", "lr"]).astype(LR_DTYPES) if lr_rows else None
     return loss, lr
 
 
 def run_details(run_id: str | None):
     """(progress html, loss df, lr df, log tail, config yaml, error md, action-button states)."""
-    empty = pd.DataFrame(columns=["step", "value", "series"]), pd.DataFrame(columns=["step", "lr"])
+    empty = (None, None)
     if not run_id:
         return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "")
     try:
@@ -117,7 +121,7 @@ def build_tab() -> None:
                 info="'default', a local model folder, or a Hub id (needs network)")
             with gr.Row():
                 dataset = gr.Dropdown(choices=dataset_choices(), value=None, allow_custom_value=True,
-                                      label="Dataset", info="imported in the Data tab, or a file path", scale=4)
+                                      label="Training data", info="a dataset imported in the Data tab, or a file path", scale=4)
                 refresh_ds = gr.Button("↻", scale=0, min_width=40, size="sm")
             upload = gr.File(label="…or upload a data file (JSON/JSONL/CSV/Parquet)", file_count="single",
                              type="filepath", height=120)
@@ -175,8 +179,10 @@ def build_tab() -> None:
             action_msg = gr.Markdown()
             progress = gr.HTML()
             with gr.Row():
+                # a fixed colour domain: without it the plot keeps the (empty) domain of its first frame
                 loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss", height=260,
-                                        x_title="step", y_title="loss")
+                                        x_title="step", y_title="loss",
+                                        color_map={"train loss": "#6366f1", "eval loss": "#f59e0b"})
                 lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=260)
             error_md = gr.Markdown()
             with gr.Accordion("Log tail", open=True):

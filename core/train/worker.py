@@ -252,6 +252,9 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
         data_collator=collator,
         callbacks=[callback],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback already logs each step in one line
     if config.method == "qlora" and plan.device == "cpu":
         # TRL casts QLoRA adapters to bf16 (right on GPUs); on a CPU bf16 matmuls are 15-30x slower than fp32
         for p in trainer.model.parameters():
