@@ -145,21 +145,10 @@ def normalise_record(rec: Any, fmt: str) -> tuple[dict, list[tuple[str, str]]]:
     if not isinstance(rec, dict):
         raise RowError("not_an_object", f"is a JSON {type(rec).__name__}, not an object with fields")
     warnings: list[tuple[str, str]] = []
-    if fmt == "alpaca":
-        row = _alpaca(rec, warnings)
-    elif fmt == "sharegpt":
-        row = _sharegpt(rec, warnings)
-    elif fmt == "openai":
-        row = _openai(rec, warnings)
-    elif fmt == "prompt_completion":
-        row = _prompt_completion(rec, warnings)
-    elif fmt == "text":
-        row = _text(rec, warnings)
-    elif fmt == "preference":
-        row = _preference(rec, warnings)
-    else:
+    normalise = _NORMALISERS.get(fmt)
+    if normalise is None:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return row, warnings
+    return normalise(rec, warnings), warnings
 
 
 def _as_text(value: Any, where: str, warnings: list, *, required: bool) -> str:
@@ -337,3 +326,13 @@ def _preference(rec: dict, warnings: list) -> dict:
     chosen = _assistant_list(rec.get("chosen"), "chosen", warnings)
     rejected = _assistant_list(rec.get("rejected"), "rejected", warnings)
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+_NORMALISERS = {
+    "alpaca": _alpaca,
+    "sharegpt": _sharegpt,
+    "openai": _openai,
+    "prompt_completion": _prompt_completion,
+    "text": _text,
+    "preference": _preference,
+}
