@@ -250,8 +250,10 @@ def _process_alive(pid: int | None, run_id: int) -> bool:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
-        cmd = " ".join(p.cmdline())
-        return "core.train.worker" in cmd and str(run_id) in cmd
+        cmd = p.cmdline()
+        # the pid must still be this run's worker (pids get reused): `-m core.train.worker --run-id <id>`
+        return "core.train.worker" in cmd and any(
+            a == "--run-id" and b == str(run_id) for a, b in zip(cmd, cmd[1:]))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

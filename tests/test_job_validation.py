@@ -23,3 +23,20 @@ def test_imported_dataset_id_is_accepted_without_starting(workspace, fixtures_di
     run = jobs.submit(TrainConfig(dataset=str(result.dataset_id)), start=False)
     assert run.status == "queued" and run.dataset_ref == str(result.dataset_id)
     assert (workspace / "runs" / str(run.id) / "config.yaml").is_file()
+
+
+def test_liveness_check_matches_the_exact_run_id(workspace):
+    """A worker found by pid (spawned by another process) must be this run's worker, not run 12 for run 1."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "core.train.worker", "--run-id", "12"])
+    try:
+        time.sleep(0.3)
+        assert jobs._process_alive(proc.pid, 12)
+        assert not jobs._process_alive(proc.pid, 1)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not jobs._process_alive(proc.pid, 12)
