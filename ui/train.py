@@ -75,7 +75,7 @@ def metrics_frames(run_id: int) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
 
 
 def run_details(run_id: str | None):
-    """(progress html, loss df, lr df, log tail, config yaml, error md, action-button states)."""
+    """(progress html, loss df or None, lr df or None, log tail, config yaml, outcome markdown)."""
     empty = (None, None)
     if not run_id:
         return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "")

@@ -137,12 +137,12 @@ def build_trainer(run_id: int, config: TrainConfig, run_dir: Path, stop_flag: th
         rnd.shuffle(examples)
         n_eval = max(1, int(len(examples) * config.eval_split))
         eval_examples, examples = examples[:n_eval], examples[n_eval:]
-    else:
+    elif config.eval_steps > 0:  # the dataset's own validation split, only when it will be evaluated
         try:
             val_rows = load_training_rows(config.dataset, split="validation")
         except Exception:
             val_rows = []
-        if val_rows and config.eval_steps > 0:
+        if val_rows:
             eval_examples, _ = tokenize_rows(tokenizer, val_rows, config.max_length)
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[plan.precision]
