@@ -1,4 +1,5 @@
-"""Estimate: exact parameter counts, accelerate parity, memory model behaviour, fit table, time/cost, pre-flight, CLI."""
+"""Estimate: exact parameter counts, accelerate parity, memory model behaviour, fit table, time/cost,
+pre-flight, CLI."""
 from __future__ import annotations
 
 import argparse
@@ -52,20 +53,22 @@ TINY = {
                                      num_key_value_heads=2, vocab_size=211, tie_word_embeddings=True)),
     "llama-gqa-untied": ("llama", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
                                        num_key_value_heads=2, vocab_size=211, tie_word_embeddings=False)),
-    "llama-bias-headdim": ("llama", dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                                         num_key_value_heads=1, head_dim=16, vocab_size=101, attention_bias=True,
-                                         mlp_bias=True)),
+    "llama-bias-headdim": ("llama", dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=101,
+                                         attention_bias=True, mlp_bias=True)),
     "mistral": ("mistral", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
                                 num_key_value_heads=2, vocab_size=150)),
     "mixtral-moe": ("mixtral", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=100)),
-    "gpt2": ("gpt2", dict(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)),
+    "gpt2": ("gpt2", dict(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64, bos_token_id=0,
+                          eos_token_id=0)),
     "falcon-mqa": ("falcon", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)),
     "falcon-new-arch": ("falcon", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2,
                                        new_decoder_architecture=True, bias=True, vocab_size=100)),
     "phi3": ("phi3", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2, vocab_size=100, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
-    "phi": ("phi", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)),
+    "phi": ("phi", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        vocab_size=100)),
     "qwen2-tied": ("qwen2", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, vocab_size=100, tie_word_embeddings=True)),
     "qwen3": ("qwen3", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -164,7 +167,7 @@ def test_component_relations():
     eager = estimate_training_memory(spec, TrainingPlan(**{**base.__dict__, "attention": "eager"}))
     qlora = estimate_training_memory(spec, TrainingPlan(**{**base.__dict__, "method": "qlora"}))
     full = estimate_training_memory(spec, TrainingPlan(**{**base.__dict__, "method": "full"}))
-    c = lambda e, k: e.component_bytes()[k]  # noqa: E731
+    c = lambda e, k: e.component_bytes()[k]
     assert c(ckpt, "activations") < c(lora, "activations") / 5
     assert c(eager, "activations") > c(lora, "activations")
     assert c(qlora, "weights") < c(lora, "weights") / 2.5  # 128k-vocab embeddings stay 16-bit
@@ -330,8 +333,8 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 
 
 def test_cli_json(capsys):
-    code = _cli(["estimate", "--model", "Mistral-7B-v0.1", "--method", "qlora", "--batch-size", "2", "--seq-len", "1024",
-                 "--gradient-checkpointing", "--lora-r", "8", "--tokens", "1000000", "--json"])
+    code = _cli(["estimate", "--model", "Mistral-7B-v0.1", "--method", "qlora", "--batch-size", "2",
+                 "--seq-len", "1024", "--gradient-checkpointing", "--lora-r", "8", "--tokens", "1000000", "--json"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     for key in ("params", "trainable_params", "components", "peak_bytes", "inference_bytes", "gpus"):
@@ -361,3 +364,24 @@ def test_cli_subprocess():
     bad = subprocess.run([sys.executable, "-m", "core", "estimate", "--model", "nobody-here/nothing"], cwd=REPO,
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_the_maths_imports_no_torch_and_no_database():
+    """spec, memory and gpus are pure: importing them (the package included) pulls in no torch and no SQL."""
+    code = ("import sys; import core.estimate.spec, core.estimate.memory, core.estimate.gpus; "
+            "print(sorted(m for m in ('torch', 'sqlmodel', 'sqlalchemy', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_phases_are_the_sums_of_what_the_components_hold():
+    spec = load_model_spec("default")
+    for plan in (TrainingPlan(method="full", precision="fp16", grad_accum=4, gradient_checkpointing=True),
+                 TrainingPlan(method="qlora", precision="bf16", attention="eager"),
+                 TrainingPlan(method="lora", precision="fp32", device="cpu")):
+        est = estimate_training_memory(spec, plan)
+        for phase, total in est.phases.items():
+            assert total == int(sum(c.by_phase.get(phase, 0) for c in est.components))
+        for c in est.components:  # a component's size is the most it holds in any phase
+            if c.by_phase:
+                assert c.bytes == int(max(c.by_phase.values()))

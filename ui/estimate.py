@@ -12,8 +12,8 @@ GIB = est.GIB
 COMPONENT_HEADERS = ["Component", "Bytes", "GB", "Alive during", "Formula"]
 PHASE_HEADERS = ["Phase of a step", "Tensor bytes", "GB"]
 INFERENCE_HEADERS = ["Component", "Bytes", "GB", "Formula"]
-FIT_HEADERS = ["GPU / instance", "GPUs", "Precision", "Peak per GPU (GB)", "Card (GB)", "Fits?", "Sharded (FSDP) per GPU",
-               "What to change"]
+FIT_HEADERS = ["GPU / instance", "GPUs", "Precision", "Peak per GPU (GB)", "Card (GB)", "Fits?",
+               "Sharded (FSDP) per GPU", "What to change"]
 VERDICT_ICON = {"fits": "fits", "tight": "TIGHT", "no": "NO", None: ""}
 NO_DATASET = "(type a token count)"
 
@@ -72,7 +72,8 @@ def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimiz
         f"MLP {counts.mlp + counts.experts_total:,} · norms {counts.norms:,} · lm_head "
         f"{'tied to the embeddings' if counts.lm_head_tied else f'{counts.lm_head:,}'}\n\n"
         f"**Trainable** {training.trainable_params:,} ({est.METHOD_LABELS[plan.method]}, {plan.precision}, "
-        f"batch {plan.batch_size} × {plan.seq_len} tokens{', gradient checkpointing' if plan.gradient_checkpointing else ''})\n\n"
+        f"batch {plan.batch_size} × {plan.seq_len} tokens"
+        f"{', gradient checkpointing' if plan.gradient_checkpointing else ''})\n\n"
         f"| | GB |\n|---|---:|\n"
         f"| **Training peak (ours)** — at *{training.peak_phase}* | **{_gb(training.peak_bytes)}** |\n"
         f"| ↳ tensors (what `torch.cuda.max_memory_allocated` sees) | {_gb(training.peak_tensor_bytes)} |\n"
@@ -138,11 +139,12 @@ def build_tab() -> None:
     with gr.Row():
         catalog = gr.Dropdown(["default"] + est.catalog_names(), value="default", label="Model (offline catalog)",
                               allow_custom_value=False, scale=2)
-        model_ref = gr.Textbox(label="…or a Hub id / local folder", placeholder="e.g. Qwen/Qwen2.5-1.5B or /models/my-llm",
-                               scale=3)
+        model_ref = gr.Textbox(label="…or a Hub id / local folder",
+                               placeholder="e.g. Qwen/Qwen2.5-1.5B or /models/my-llm", scale=3)
     with gr.Row():
         method = gr.Radio([(est.METHOD_LABELS[m], m) for m in est.METHODS], value="lora", label="Method")
-        optimizer = gr.Dropdown([(est.OPTIMIZER_LABELS[o], o) for o in est.OPTIMIZERS], value="adamw", label="Optimizer")
+        optimizer = gr.Dropdown([(est.OPTIMIZER_LABELS[o], o) for o in est.OPTIMIZERS], value="adamw",
+                                label="Optimizer")
         precision = gr.Dropdown(list(est.PRECISIONS), value="auto", label="Precision (auto: bf16, fp16 on T4/V100)")
     with gr.Row():
         lora_r = gr.Number(16, label="LoRA rank r", precision=0)
@@ -176,8 +178,8 @@ def build_tab() -> None:
     with gr.Accordion("Inference memory", open=False):
         inference = gr.Dataframe(headers=INFERENCE_HEADERS, wrap=True, interactive=False)
 
-    inputs = [catalog, model_ref, method, lora_r, lora_targets, optimizer, precision, batch_size, seq_len, checkpointing,
-              attention, inference_dtype, inference_tokens, dataset, tokens, epochs, gpu, mfu, price]
+    inputs = [catalog, model_ref, method, lora_r, lora_targets, optimizer, precision, batch_size, seq_len,
+              checkpointing, attention, inference_dtype, inference_tokens, dataset, tokens, epochs, gpu, mfu, price]
     outputs = [summary, components, phases, inference, fit, time_cost]
     go.click(run_estimate, inputs, outputs)
     refresh.click(lambda: gr.update(choices=_dataset_choices()), None, dataset)

@@ -1,0 +1,181 @@
+"""The estimate as one report (UI and CLI), the Train tab's pre-flight check, and ``python -m core estimate``."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from core.estimate.device import worker_device
+from core.estimate.gpus import DEFAULT_MFU, GPUS, estimate_time_cost, gpu_fit_table, suggest_changes
+from core.estimate.lookup import dataset_token_count, load_model_spec
+from core.estimate.memory import (
+    ATTENTIONS,
+    METHODS,
+    OPTIMIZERS,
+    PRECISIONS,
+    TrainingPlan,
+    accelerate_style,
+    estimate_inference_memory,
+    estimate_training_memory,
+    resolve_precision,
+)
+from core.estimate.spec import GIB, EstimateError, ModelSpec, count_parameters
+
+
+def estimate_report(spec: ModelSpec, plan: TrainingPlan, *, precision_requested: str = "auto",
+                    inference_dtype: Optional[str] = None, inference_tokens: Optional[int] = None,
+                    tokens: Optional[int] = None, epochs: float = 1.0, gpu: str = "a100-80", mfu: float = DEFAULT_MFU,
+                    price_per_gpu_hour: Optional[float] = None) -> dict:
+    """The whole estimate as a JSON-able dict (stable keys; bytes are ints)."""
+    est = estimate_training_memory(spec, plan)
+    inf_dtype = inference_dtype or ("fp32" if plan.precision == "fp32" else "bf16")
+    inf = estimate_inference_memory(spec, inf_dtype, plan.batch_size, inference_tokens or plan.seq_len, plan.attention,
+                                    plan.device)
+    counts = count_parameters(spec)
+    report = {
+        "model": spec.name,
+        "architecture": spec.describe(),
+        "params": counts.total,
+        "active_params": counts.active,
+        "param_breakdown": counts.as_dict(),
+        "trainable_params": est.trainable_params,
+        "plan": {**asdict(plan), "lora_targets": list(plan.lora_targets), "precision_requested": precision_requested},
+        "components": est.component_bytes(),
+        "formulas": {c.key: c.formula for c in est.components},
+        "phases": est.phases,
+        "peak_phase": est.peak_phase,
+        "peak_tensor_bytes": est.peak_tensor_bytes,
+        "peak_bytes": est.peak_bytes,
+        "inference_dtype": inf_dtype,
+        "inference_components": inf.component_bytes(),
+        "inference_bytes": inf.peak_bytes,
+        "accelerate_style": accelerate_style(spec),
+        "gpus": [g.as_dict() for g in gpu_fit_table(spec, plan, precision_requested)],
+        "notes": est.notes,
+    }
+    if tokens:
+        report["time_cost"] = estimate_time_cost(spec, plan, tokens, gpu, epochs, mfu, price_per_gpu_hour).as_dict()
+    return report
+
+
+@dataclass
+class PreflightResult:
+    ok: bool
+    estimate_bytes: int
+    free_bytes: Optional[int]
+    device: str
+    message: str
+
+
+def plan_for_config(config, device: Optional[str] = None, bf16_supported: Optional[bool] = None) -> TrainingPlan:
+    """The estimator's plan for a TrainConfig, on the worker's device (probed when not given). Gradient
+    checkpointing is taken as configured — the worker honours it for every method (core.train.setup)."""
+    if device is None or bf16_supported is None:
+        probed, _free, bf16_ok = worker_device()
+        device = device or ("cpu" if probed == "cpu" else "cuda")
+        bf16_supported = bf16_ok if bf16_supported is None else bf16_supported
+    precision = resolve_precision(config.precision, device, bf16_supported)
+    return TrainingPlan(
+        method=config.method, precision=precision, optimizer="adamw", batch_size=config.batch_size,
+        seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing, attention="sdpa",
+        lora_r=config.lora_r, lora_targets=tuple(config.lora_target_modules), grad_accum=config.grad_accum,
+        device=device,
+    )
+
+
+def preflight_check(config, free_bytes: Optional[int] = None) -> PreflightResult:
+    """Estimate a TrainConfig's peak (config only, no weights) against the free memory of the worker's device."""
+    device, detected_free, bf16_ok = worker_device()
+    if free_bytes is None:
+        free_bytes = detected_free
+    plan = plan_for_config(config, device="cpu" if device == "cpu" else "cuda", bf16_supported=bf16_ok)
+    try:
+        spec = load_model_spec(config.base_model)
+        est = estimate_training_memory(spec, plan)
+    except EstimateError as exc:
+        return PreflightResult(True, 0, free_bytes, device, f"memory estimate unavailable ({exc}); starting anyway")
+    need = est.peak_bytes
+    if free_bytes is None:
+        return PreflightResult(True, need, None, device,
+                               f"estimated peak {need / GIB:.1f} GB; free memory on {device} could not be read")
+    if need <= free_bytes:
+        return PreflightResult(True, need, free_bytes, device,
+                               f"estimated peak {need / GIB:.1f} GB fits the {free_bytes / GIB:.1f} GB free on "
+                               f"{device}")
+    fixes = suggest_changes(spec, plan, free_bytes)
+    return PreflightResult(
+        False, need, free_bytes, device,
+        f"estimated peak {need / GIB:.1f} GB exceeds the {free_bytes / GIB:.1f} GB free on {device}: "
+        + "; or ".join(fixes[:3]),
+    )
+
+
+def _gb(n: Optional[float]) -> str:
+    return "—" if n is None else f"{n / GIB:.2f} GB"
+
+
+def register_cli(subparsers) -> None:
+    """Add ``estimate`` to an argparse subparsers object (``python -m core estimate --model REF ...``)."""
+    p = subparsers.add_parser("estimate", help="memory / GPU fit / time / cost estimate for fine-tuning a model",
+                              description="Estimate training and inference memory from a model's config (no weights).")
+    p.add_argument("--model", default="default", help="catalog name, 'default', a local model dir or a Hub id")
+    p.add_argument("--method", default="lora", choices=list(METHODS))
+    p.add_argument("--dtype", "--precision", dest="dtype", default="auto", choices=list(PRECISIONS))
+    p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-targets", default="all-linear", help="comma-separated module names, or all-linear")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--tokens", type=int, default=None, help="dataset tokens (for time and cost)")
+    p.add_argument("--dataset", default=None, help="Data-tab dataset id: read its token count")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--gpu", default="a100-80", help="GPU for time/cost: " + ", ".join(g.key for g in GPUS))
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU)
+    p.add_argument("--price", type=float, default=None, help="$ per GPU-hour (default: the GPU's on-demand price)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args) -> int:
+    try:
+        spec = load_model_spec(args.model)
+        precision = resolve_precision(args.dtype, "cuda", True)
+        plan = TrainingPlan(
+            method=args.method, precision=precision, optimizer=args.optimizer, batch_size=args.batch_size,
+            seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
+            lora_r=args.lora_r, lora_targets=tuple(t.strip() for t in args.lora_targets.split(",")),
+            grad_accum=args.grad_accum,
+        )
+        tokens = args.tokens
+        if tokens is None and args.dataset:
+            tokens = dataset_token_count(args.dataset)
+            if tokens is None:
+                raise EstimateError(f"dataset {args.dataset} has no token stats yet: compute them in the Data tab "
+                                    "or pass --tokens")
+        report = estimate_report(spec, plan, precision_requested=args.dtype, tokens=tokens, epochs=args.epochs,
+                                 gpu=args.gpu, mfu=args.mfu, price_per_gpu_hour=args.price)
+    except EstimateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    print(report["architecture"])
+    print(f"params {report['params']:,}  trainable {report['trainable_params']:,}  ({plan.method}, {plan.precision}, "
+          f"batch {plan.batch_size} × seq {plan.seq_len}{', checkpointing' if plan.gradient_checkpointing else ''})")
+    for key, value in report["components"].items():
+        print(f"  {key:<24} {_gb(value):>12}")
+    print(f"peak {_gb(report['peak_bytes'])} (at: {report['peak_phase']});  inference {_gb(report['inference_bytes'])}")
+    acc = report["accelerate_style"]
+    print(f"accelerate-style: {acc['fp32_gb']:.2f} GB fp32 / {acc['adam_gb']:.2f} GB Adam (ignores {acc['ignores']})")
+    for g in report["gpus"]:
+        print(f"  {g['name']:<36} {g['verdict']:<6} {_gb(g['peak_bytes']):>10}  {g['advice']}")
+    if "time_cost" in report:
+        tc = report["time_cost"]
+        print(f"time {tc['seconds'] / 3600:.2f} h on {tc['gpus']}× {tc['gpu']}, cost ${tc['cost_usd']:.2f}  "
+              f"({tc['formula']})")
+    return 0
