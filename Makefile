@@ -1,7 +1,7 @@
 # Finetune Studio. Two commands on a fresh machine:
 #   make run    set up (venv, pinned stack, embedded model) and start the dashboard on http://127.0.0.1:7860
 #   make test   set up (with test tools) and run the whole test suite
-.PHONY: run test test-fast bench
+.PHONY: run test test-fast lint bench
 
 run:
 	./scripts/setup.sh
@@ -10,6 +10,10 @@ run:
 test:
 	./scripts/setup.sh --dev
 	.venv/bin/python -m pytest -q --durations=15
+
+lint:
+	./scripts/setup.sh --dev
+	.venv/bin/ruff check .
 
 test-fast:
 	./scripts/setup.sh --dev

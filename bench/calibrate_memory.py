@@ -124,7 +124,8 @@ def run_one(name: str, spec_tuple, device: str, steps: int) -> dict:
         tmp = tempfile.TemporaryDirectory()
         AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype).save_pretrained(tmp.name)
         qc = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=dtype) if method == "qlora" else BitsAndBytesConfig(load_in_8bit=True))
+                                 bnb_4bit_compute_dtype=dtype)
+              if method == "qlora" else BitsAndBytesConfig(load_in_8bit=True))
         model = AutoModelForCausalLM.from_pretrained(tmp.name, quantization_config=qc, dtype=dtype,
                                                      device_map={"": 0 if device == "cuda" else "cpu"},
                                                      attn_implementation=hf_cfg._attn_implementation)
@@ -224,7 +225,8 @@ def main() -> int:
     results = []
     print(f"{'config':<28} {'method':<6} {'b×s':>9} {'estimate':>11} {'measured':>11} {'error':>8}  peak phase")
     for name in names:
-        proc = subprocess.run([sys.executable, __file__, "--_one", name, "--device", device, "--steps", str(args.steps)],
+        proc = subprocess.run([sys.executable, __file__, "--_one", name, "--device", device,
+                               "--steps", str(args.steps)],
                               capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("FTS_MODELS_DIR", str(REPO / "workspace" / "models"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from core.data.demo import (  # noqa: E402
+from core.data.demo import (
     FIELDS,
     demo_prompts,
     demo_references,
@@ -130,7 +130,8 @@ def train_inprocess(model_path: str, tokenizer, train_rows: list[dict], args, ou
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
     started = time.time()
     trainer.train()
     train_s = time.time() - started
@@ -303,11 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"base:      {base_preds[i][:300]!r}")
         print(f"tuned:     {tuned_preds[i][:300]!r}")
 
-    rows = [("json_valid_rate", "json_valid_rate"), ("field_accuracy", "field_accuracy"), ("exact_match_rate", "exact_match_rate")]
+    rows = [("json_valid_rate", "json_valid_rate"), ("field_accuracy", "field_accuracy"),
+            ("exact_match_rate", "exact_match_rate")]
     rows += [(f"  {f}", f) for f in FIELDS]
     print(f"\n| metric ({len(eval_rows)} held-out) | base | tuned |\n|---|---|---|")
     for label, key in rows:
-        get = (lambda s: s["per_field"][key]) if key in FIELDS else (lambda s: s[key])
+        get = (lambda s, key=key: s["per_field"][key]) if key in FIELDS else (lambda s, key=key: s[key])
         base_v = f"{get(report['base']):.3f}" if "base" in report else "-"
         print(f"| {label} | {base_v} | {get(report['tuned']):.3f} |")
     print(f"| training seconds | | {train_s:.0f} |")

@@ -30,7 +30,8 @@ marks = []
 class CountingSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, *a, **kw):
         if model.training:
-            tokens["n"] += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+            tokens["n"] += (int(inputs["attention_mask"].sum()) if "attention_mask" in inputs
+                            else inputs["input_ids"].numel())
         return super().compute_loss(model, inputs, *a, **kw)
 
 
@@ -43,7 +44,8 @@ cfg = SFTConfig(output_dir="/tmp/plain-sft", max_steps=args.steps, per_device_tr
                 max_length=args.max_length, bf16=False, fp16=False, use_cpu=True, report_to=[], logging_steps=1,
                 save_strategy="no", learning_rate=2e-4, disable_tqdm=True)
 trainer = CountingSFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+                             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                    task_type="CAUSAL_LM"),
                              callbacks=[Clock()])
 trainer.train()
 (t0, k0), (t1, k1) = marks[0], marks[-1]

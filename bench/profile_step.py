@@ -12,19 +12,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("FTS_MODELS_DIR", str(REPO / "workspace" / "models"))
 
-import torch  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
 
-from core.data import load_training_rows  # noqa: E402
-from core.models import load_tokenizer, resolve_model  # noqa: E402
-from core.train.tokenize import PaddingFreeCollator, labelled_positions_loss, tokenize_rows  # noqa: E402
+from core.data import load_training_rows
+from core.models import load_tokenizer, resolve_model
+from core.train.tokenize import PaddingFreeCollator, labelled_positions_loss, tokenize_rows
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--attn", default="fts_packed_sdpa")
 ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "alpaca_en_demo.json"))
 args = ap.parse_args()
-from core.train.attention import register  # noqa: E402
+from core.train.attention import register
 
 register()
 tok = load_tokenizer("default")

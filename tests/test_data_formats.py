@@ -86,7 +86,8 @@ def test_dolly_context_and_column_map(fixtures_dir, tmp_path):
     prep = prepare_dataset(p, column_map={"prompt": "q_text", "completion": "a_text", "system": "sys"})
     assert prep.format == "prompt_completion"
     assert prep.rows[0].row["messages"] == [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"}]
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "q0"},
+        {"role": "assistant", "content": "a0"}]
 
 
 def test_manual_format_override(fixtures_dir):
@@ -110,7 +111,8 @@ def test_placeholders_found_and_filled(fixtures_dir):
 
 
 def test_detect_format_votes():
-    assert detect_format([{"text": "a"}, {"instruction": "i", "output": "o"}, {"instruction": "i", "output": "o"}]) == "alpaca"
+    rows = [{"text": "a"}, {"instruction": "i", "output": "o"}, {"instruction": "i", "output": "o"}]
+    assert detect_format(rows) == "alpaca"
     assert detect_format([{"foo": 1}]) is None
 
 
@@ -160,7 +162,8 @@ def test_empty_file_is_rejected(tmp_path, content):
 @pytest.mark.parametrize(
     "name, data, message",
     [
-        ("garbage.json", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4, "cannot be read|not valid JSON|binary"),
+        ("garbage.json", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4,
+         "cannot be read|not valid JSON|binary"),
         ("bad.json", b'[{"instruction": "x", "output": ', "not valid JSON: line 1"),
         ("list.json", b"[]", "empty JSON list"),
         ("nums.json", b"[1, 2, 3]", "no records with fields"),
@@ -185,15 +188,20 @@ def test_row_level_problems(tmp_path):
     rows = [
         {"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "fine"}]},  # 1 good
         {"messages": [{"role": "user", "content": "no answer"}]},  # 2 no assistant turn
-        {"messages": [{"role": "assistant", "content": "first!"}, {"role": "user", "content": "hm"}, {"role": "assistant", "content": "x"}]},  # 3 order
-        {"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "forty-two"}]},  # 4 non-string (number)
-        {"messages": [{"role": "user", "content": {"a": 1}}, {"role": "assistant", "content": "?"}]},  # 5 non-text content
+        {"messages": [{"role": "assistant", "content": "first!"}, {"role": "user", "content": "hm"},
+                      {"role": "assistant", "content": "x"}]},  # 3 order
+        {"messages": [{"role": "user", "content": 42},
+                      {"role": "assistant", "content": "forty-two"}]},  # 4 non-string (number)
+        {"messages": [{"role": "user", "content": {"a": 1}},
+                      {"role": "assistant", "content": "?"}]},  # 5 non-text content
         {"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "fine"}]},  # 6 duplicate of 1
-        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "empty question"}]},  # 7 empty turn
+        {"messages": [{"role": "user", "content": ""},
+                      {"role": "assistant", "content": "empty question"}]},  # 7 empty turn
         {"messages": []},  # 8 empty conversation
         {"messages": [{"role": "wizard", "content": "?"}]},  # 9 unknown role
         ["not", "an", "object"],  # 10
-        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]},  # 11
+        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                      {"role": "assistant", "content": "c"}]},  # 11
     ]
     p = tmp_path / "rows.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))

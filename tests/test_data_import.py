@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_import_stores_a_version(workspace, fixtures_dir):
-    r = import_dataset(fixtures_dir / "alpaca_en_demo.json", name="alpaca", split={"validation": 0.2, "test": 0.1, "seed": 1})
+    r = import_dataset(fixtures_dir / "alpaca_en_demo.json", name="alpaca",
+                       split={"validation": 0.2, "test": 0.1, "seed": 1})
     assert r.created and (r.format, r.kind, r.kept, r.dropped) == ("alpaca", "sft", 20, 0)
     ds = get_dataset(r.dataset_id)
     d = Path(ds.path)
@@ -142,11 +143,13 @@ def test_compute_token_stats_feeds_estimate(workspace, fixtures_dir):
 
 def _cli(*args, env_ws: Path):
     env = {**os.environ, "FTS_WORKSPACE": str(env_ws)}
-    return subprocess.run([sys.executable, "-m", "core", "data", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "core", "data", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 def test_cli_import_list_show_stats(workspace, fixtures_dir, tmp_path):
-    p = _cli("import", str(fixtures_dir / "identity.json"), "--fill", "name=Ada", "--fill", "author=Acme", "--json", env_ws=workspace)
+    p = _cli("import", str(fixtures_dir / "identity.json"), "--fill", "name=Ada", "--fill", "author=Acme", "--json",
+             env_ws=workspace)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert (out["format"], out["kept"], out["dropped"], out["created"]) == ("alpaca", 10, 0, True)
@@ -155,7 +158,8 @@ def test_cli_import_list_show_stats(workspace, fixtures_dir, tmp_path):
     assert [d["id"] for d in listed] == [1]
     shown = json.loads(_cli("show", "1", "--rows", "1", "--json", env_ws=workspace).stdout)
     assert "Ada" in json.dumps(shown["sample_rows"])
-    stats = json.loads(_cli("stats", "1", "--model", "default", "--max-length", "40", "--json", env_ws=workspace).stdout)
+    stats = json.loads(_cli("stats", "1", "--model", "default", "--max-length", "40", "--json",
+                            env_ws=workspace).stdout)
     assert stats["token_stats"]["max_length"] == 40
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{nope\n")

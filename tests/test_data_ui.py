@@ -79,7 +79,8 @@ def test_browser_upload_preview_stats(workspace, fixtures_dir, tmp_path):
         shutil.copy(fixtures_dir / "alpaca_en_demo.json", upload)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM,
-                                        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                                        args=["--headless", "--no-sandbox", "--disable-gpu",
+                                              "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1300, "height": 2400})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
             page.locator("#data-upload input[type=file]").set_input_files(str(upload))

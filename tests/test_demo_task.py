@@ -131,7 +131,7 @@ def test_write_demo_dataset(tmp_path):
 def test_exact_answer_scores_full_marks():
     s = score_prediction(REF, REF)
     assert s["valid_json"] and s["exact_match"] and s["field_accuracy"] == 1.0
-    assert s["fields"] == {f: True for f in FIELDS}
+    assert s["fields"] == dict.fromkeys(FIELDS, True)
 
 
 def test_fenced_spaced_and_reordered_answer_is_accepted():
@@ -159,15 +159,20 @@ def test_partly_wrong_answer():
 
 def test_null_spellings_and_missing_keys():
     ref = '{"intent":"account","order_id":null,"product":null,"urgency":"low","sentiment":"neutral"}'
-    assert score_prediction('{"intent":"account","order_id":"null","urgency":"low","sentiment":"neutral"}', ref)["exact_match"]
-    assert score_prediction('{"intent":"account","order_id":"None","product":"","urgency":"low","sentiment":"neutral"}', ref)["exact_match"]
-    assert not score_prediction('{"intent":"account","order_id":"A1","product":null,"urgency":"low","sentiment":"neutral"}', ref)["exact_match"]
+    assert score_prediction('{"intent":"account","order_id":"null","urgency":"low","sentiment":"neutral"}',
+                            ref)["exact_match"]
+    assert score_prediction('{"intent":"account","order_id":"None","product":"","urgency":"low","sentiment":"neutral"}',
+                            ref)["exact_match"]
+    assert not score_prediction('{"intent":"account","order_id":"A1","product":null,'
+                                '"urgency":"low","sentiment":"neutral"}', ref)["exact_match"]
 
 
-@pytest.mark.parametrize("pred", ["", "I'm sorry, I can't help with that.", '{"intent": "refund", ', "[1, 2]", "```json\n```"])
+@pytest.mark.parametrize("pred", ["", "I'm sorry, I can't help with that.", '{"intent": "refund", ', "[1, 2]",
+                                  "```json\n```"])
 def test_invalid_answers_score_zero(pred):
     s = score_prediction(pred, REF)
-    assert s == {"valid_json": False, "fields": {f: False for f in FIELDS}, "field_accuracy": 0.0, "exact_match": False}
+    assert s == {"valid_json": False, "fields": dict.fromkeys(FIELDS, False), "field_accuracy": 0.0,
+                 "exact_match": False}
 
 
 def test_reference_must_be_json():

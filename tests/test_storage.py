@@ -25,7 +25,8 @@ def test_schema_upgrade_adds_missing_columns_and_keeps_rows(workspace):
     con = sqlite3.connect(db)  # an "old version" of the runs table, with a row in it
     con.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, status VARCHAR NOT NULL, "
                 "config JSON NOT NULL)")
-    con.execute("""INSERT INTO runs (id, name, status, config) VALUES (1, 'old run', 'succeeded', '{"dataset": "x"}')""")
+    con.execute("INSERT INTO runs (id, name, status, config) "
+                """VALUES (1, 'old run', 'succeeded', '{"dataset": "x"}')""")
     con.commit()
     con.close()
     reset_engines()

@@ -56,7 +56,8 @@ def problems_markdown(problems: list[dict]) -> str:
         more = "…" if p["count"] > len(p["rows"]) else ""
         example = (p["examples"][0] if p["examples"] else "").replace("|", "\\|")[:120]
         action = "dropped (cannot be used)" if p["fatal"] else p["action"]
-        lines.append(f"| {p['title']} (`{p['code']}`) | {p['count']} | {', '.join(map(str, p['rows']))}{more} | {example} | {action} |")
+        lines.append(f"| {p['title']} (`{p['code']}`) | {p['count']} | {', '.join(map(str, p['rows']))}{more} "
+                     f"| {example} | {action} |")
     return "\n".join(lines)
 
 
@@ -97,7 +98,9 @@ def inspect_source(upload, path, fmt, column_df, template_df):
     except DatasetError as exc:
         return (f"**Cannot use this source:** {exc}", gr.update(), gr.update(), gr.update(), "")
     summary = prep.problem_summary(set(DEFAULT_DROP))
-    head = (f"**{prep.format}** ({'preference pairs — stored for preference training (DPO), not used for SFT' if prep.kind == 'preference' else prep.kind})"
+    kind = ("preference pairs — stored for preference training (DPO), not used for SFT" if prep.kind == "preference"
+            else prep.kind)
+    head = (f"**{prep.format}** ({kind})"
             f" · {prep.total_records:,} records · {len(prep.rows):,} usable · columns: {', '.join(prep.columns[:12])}"
             + (f" · detected: {prep.detected_format}" if prep.detected_format != prep.format else ""))
     notes = "".join(f"\n\n_{n}_" for n in prep.notes)
@@ -128,7 +131,8 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
     msg = f"**{result.message}**" + "".join(f"\n\n_{n}_" for n in result.notes)
     msg += "\n\n" + problems_markdown(result.problems)
     table, dd = refresh_datasets(str(result.dataset_id))
-    return msg, table, dd, _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram")), stats_markdown(result.token_stats)
+    hist = _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram"))
+    return msg, table, dd, hist, stats_markdown(result.token_stats)
 
 
 def run_demo_import(progress=gr.Progress()):
@@ -167,8 +171,10 @@ def show_dataset(dataset_id):
     except DatasetError as exc:
         return f"**{exc}**", _hist_frame(None), ""
     meta = ds.meta or {}
-    kind = "preference pairs — **for preference training (DPO)**, not usable for SFT" if ds.kind == "preference" else ds.kind
-    head = (f"**{ds.name}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} · hash `{ds.content_hash[:12]}`"
+    kind = ("preference pairs — **for preference training (DPO)**, not usable for SFT" if ds.kind == "preference"
+            else ds.kind)
+    head = (f"**{ds.name}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} "
+            f"· hash `{ds.content_hash[:12]}`"
             f"\n\nsource: `{ds.source}`\n\n" + problems_markdown(meta.get("problems", [])))
     return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"))
 
@@ -177,10 +183,11 @@ def run_stats(dataset_id, model, max_length, progress=gr.Progress()):
     if not dataset_id:
         return _hist_frame(None), "Pick a dataset first."
     try:
-        out = compute_token_stats(dataset_id, (model or "").strip() or "default", int(max_length or 2048), progress=progress)
+        out = compute_token_stats(dataset_id, (model or "").strip() or "default", int(max_length or 2048),
+                                  progress=progress)
     except DatasetError as exc:
         return _hist_frame(None), f"**{exc}**"
-    except Exception as exc:  # the tokenizer could not be loaded
+    except Exception as exc:  # noqa: BLE001 - UI shows any tokenizer load failure as a message
         return _hist_frame(None), f"**Cannot count tokens with '{model}':** {exc}"
     return _hist_frame(out["histogram"]), stats_markdown(out["token_stats"])
 
@@ -201,8 +208,8 @@ def build_tab() -> None:
     with gr.Row():
         upload = gr.File(label="Upload a file", file_types=FILE_TYPES, type="filepath", elem_id="data-upload")
         with gr.Column():
-            path = gr.Textbox(label="…or a local path / Hub dataset id", placeholder="/data/train.jsonl or tatsu-lab/alpaca",
-                              elem_id="data-path")
+            path = gr.Textbox(label="…or a local path / Hub dataset id",
+                              placeholder="/data/train.jsonl or tatsu-lab/alpaca", elem_id="data-path")
             with gr.Row():
                 fmt = gr.Dropdown(["auto", *FORMATS], value="auto", label="Format", elem_id="data-format")
                 name = gr.Textbox(label="Name (optional)", elem_id="data-name")
@@ -249,11 +256,14 @@ def build_tab() -> None:
         index = gr.Number(value=0, precision=0, label="Row (0-based)", elem_id="data-row")
         preview_btn = gr.Button("Show row", elem_id="data-preview-btn")
     preview_info = gr.Markdown(elem_id="data-preview-info")
-    preview = gr.HighlightedText(label="Rendered with the chat template — green tokens carry loss", color_map=MASK_COLORS,
-                                 show_legend=True, combine_adjacent=True, show_inline_category=False, elem_id="data-preview")
+    preview = gr.HighlightedText(label="Rendered with the chat template — green tokens carry loss",
+                                 color_map=MASK_COLORS, show_legend=True, combine_adjacent=True,
+                                 show_inline_category=False, elem_id="data-preview")
 
-    inspect_btn.click(inspect_source, [upload, path, fmt, column_df, template_df], [report, drop_codes, template_df, column_df, sample])
-    upload.upload(inspect_source, [upload, path, fmt, column_df, template_df], [report, drop_codes, template_df, column_df, sample])
+    inspect_btn.click(inspect_source, [upload, path, fmt, column_df, template_df],
+                      [report, drop_codes, template_df, column_df, sample])
+    upload.upload(inspect_source, [upload, path, fmt, column_df, template_df],
+                  [report, drop_codes, template_df, column_df, sample])
     import_btn.click(
         run_import, [upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length],
         [report, table, dataset, hist, stats_md],

@@ -17,8 +17,9 @@ template_values=None, model="default", max_length=2048, progress=None) -> Import
     ``column_map``: {canonical field: source column}, e.g. ``{"prompt": "question_text", "completion": "answer"}``.
     ``split``: ``SplitSpec(validation=0.1, test=0.0, seed=42, use_column=True)`` or the same as a dict; a ``split``
     column (or the Hub dataset's own splits) wins when present.
-    ``drop_invalid``: True = drop every row with a problem (except the warnings non_string_content and unfilled_placeholder); False = keep every row that can be represented; or a
-    set of problem codes to drop (see PROBLEM_CODES). Rows that cannot be represented are always dropped.
+    ``drop_invalid``: True = drop every row with a problem (except the warnings non_string_content and
+    unfilled_placeholder); False = keep every row that can be represented; or a set of problem codes to drop
+    (see PROBLEM_CODES). Rows that cannot be represented are always dropped.
     ``template_values``: fills ``{{name}}`` placeholders (``find_placeholders`` lists them).
     ``model``/``max_length``: tokenizer for token stats and the ``too_long`` check (None skips both).
     ``progress``: ``progress(fraction, desc=...)`` — a ``gr.Progress`` fits.
@@ -54,8 +55,15 @@ from core.data.importer import (
     summarise_problems,
 )
 from core.data.splits import SplitSpec, assign_splits
-from core.data.views import compute_token_stats, dataset_summary, datasets_table, delete_dataset, preview_of, preview_row
 from core.data.validate import fill_placeholders, find_placeholders
+from core.data.views import (
+    compute_token_stats,
+    dataset_summary,
+    datasets_table,
+    delete_dataset,
+    preview_of,
+    preview_row,
+)
 
 __all__ = [
     "DatasetError",

@@ -8,8 +8,9 @@ function falls back to marking the text of the assistant content by character of
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 Message = dict[str, Any]
 
@@ -64,7 +65,8 @@ def _content_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def tokenize_conversation(tokenizer, messages: Sequence[Message], max_length: int | None = None, tools=None) -> TokenizedConversation:
+def tokenize_conversation(tokenizer, messages: Sequence[Message], max_length: int | None = None,
+                          tools=None) -> TokenizedConversation:
     """Token ids of the rendered conversation and a 0/1 mask of the assistant (loss) tokens."""
     full, spans = assistant_char_spans(tokenizer, messages, tools)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

@@ -39,7 +39,8 @@ def cmd_import(args) -> int:
         column_map = _parse_kv(args.map, "--map")
         template_values = _parse_kv(args.fill, "--fill")
         spec = SplitSpec(validation=args.val, test=args.test, seed=args.seed, use_column=not args.ignore_split_column)
-        drop = True if args.drop == "all" else (False if args.drop == "none" else [c for c in args.drop.split(",") if c])
+        drop = (True if args.drop == "all"
+                else (False if args.drop == "none" else [c for c in args.drop.split(",") if c]))
         result = import_dataset(
             args.path, name=args.name, format=args.format, column_map=column_map or None, split=spec,
             drop_invalid=drop, template_values=template_values or None,
@@ -53,7 +54,8 @@ def cmd_import(args) -> int:
         print(result.message)
         for p in result.problems:
             rows = ", ".join(map(str, p["rows"]))
-            print(f"  {p['action']:>7} {p['count']:>6} × {p['title']} (rows {rows}{'…' if p['count'] > len(p['rows']) else ''})")
+            more = "…" if p["count"] > len(p["rows"]) else ""
+            print(f"  {p['action']:>7} {p['count']:>6} × {p['title']} (rows {rows}{more})")
         if result.token_stats:
             s = result.token_stats
             print(f"  tokens ({s['model']}): total {s['total_tokens']:,}, mean {s['mean']}, p95 {s['p95']}, "
@@ -69,7 +71,8 @@ def cmd_list(args) -> int:
 
     items = [dataset_summary(ds) for ds in list_datasets()]
     if args.json:
-        _print_json([{k: d[k] for k in ("id", "name", "format", "kind", "rows", "splits", "content_hash", "created_at")} for d in items])
+        keys = ("id", "name", "format", "kind", "rows", "splits", "content_hash", "created_at")
+        _print_json([{k: d[k] for k in keys} for d in items])
         return 0
     if not items:
         print("no datasets yet: python -m core data import PATH")
@@ -114,7 +117,7 @@ def cmd_stats(args) -> int:
         out = compute_token_stats(args.id, args.model, args.max_length, save=not args.no_save)
     except DatasetError as exc:
         return _fail(str(exc))
-    except Exception as exc:  # tokenizer could not be loaded (ModelNotFoundError, OSError)
+    except Exception as exc:  # noqa: BLE001 - CLI reports any tokenizer load failure (ModelNotFoundError, OSError)
         return _fail(f"cannot count tokens with '{args.model}': {exc}")
     if args.json:
         _print_json(out)
@@ -133,13 +136,16 @@ def register_cli(subparsers) -> None:
     p.add_argument("path", help="file (.json/.jsonl/.csv/.tsv/.parquet/.txt) or Hub dataset id (owner/name)")
     p.add_argument("--format", default="auto", choices=("auto",) + FORMATS)
     p.add_argument("--name", default=None)
-    p.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="column mapping, e.g. prompt=question (repeatable)")
+    p.add_argument("--map", action="append", metavar="FIELD=COLUMN",
+                   help="column mapping, e.g. prompt=question (repeatable)")
     p.add_argument("--fill", action="append", metavar="NAME=VALUE", help="fill {{NAME}} placeholders (repeatable)")
     p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
     p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--ignore-split-column", action="store_true", help="split by ratio even if the data has a split column")
-    p.add_argument("--drop", default="all", help="'all' (drop every row with a problem), 'none', or problem codes: duplicate,too_long,...")
+    p.add_argument("--ignore-split-column", action="store_true",
+                   help="split by ratio even if the data has a split column")
+    p.add_argument("--drop", default="all",
+                   help="'all' (drop every row with a problem), 'none', or problem codes: duplicate,too_long,...")
     p.add_argument("--model", default="default", help="tokenizer for token stats ('none' to skip)")
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--json", action="store_true")

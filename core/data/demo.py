@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 INTENTS: tuple[str, ...] = ("refund", "shipping_delay", "cancel", "billing", "technical", "account")
 URGENCIES: tuple[str, ...] = ("low", "medium", "high")
@@ -61,7 +62,8 @@ _GREETINGS = (
     "Dear customer service,", "Hey,", "Hello there,", "To whom it may concern,",
 )
 
-_SIGNOFFS = ("Thanks,", "Thank you,", "Regards,", "Best,", "Cheers,", "Kind regards,", "Thanks in advance,", "Best wishes,")
+_SIGNOFFS = ("Thanks,", "Thank you,", "Regards,", "Best,", "Cheers,", "Kind regards,", "Thanks in advance,",
+             "Best wishes,")
 
 # How the order id and the product appear inside a sentence. {o} = order id, {p} = product.
 _ORDER_REFS = ("order {o}", "order #{o}", "order number {o}", "order no. {o}", "order ({o})", "order ref {o}")
@@ -157,7 +159,8 @@ _P_ORDER = {"refund": 0.7, "shipping_delay": 0.8, "cancel": 0.7, "billing": 0.6,
 _P_PRODUCT = {"refund": 0.75, "shipping_delay": 0.6, "cancel": 0.5, "billing": 0.35, "technical": 0.95, "account": 0.2}
 
 # Where an intent's core sentence has no {O}/{P} slot, the id or product may still come up in an extra sentence.
-_ORDER_EXTRA = ("It was {O}.", "The order number is {o}.", "This is about {O}.", "For reference: {o}.", "Order id: {o}.")
+_ORDER_EXTRA = ("It was {O}.", "The order number is {o}.", "This is about {O}.", "For reference: {o}.",
+                "Order id: {o}.")
 _PRODUCT_EXTRA = ("It's about {P}.", "This concerns {P}.", "The item is {P}.", "I'm writing about {P}.")
 _ACCOUNT_PRODUCT_EXTRA = ("I was trying to order {P}.", "I wanted to buy {P}.", "I need it to reorder {P}.")
 
@@ -266,7 +269,8 @@ def _one_row(rng: random.Random) -> dict:
     rng.shuffle(templates)
     core = next(
         (t for t in templates if _needs(t) == (want_order, want_product)),
-        next((t for t in templates if (not _needs(t)[0] or want_order) and (not _needs(t)[1] or want_product)), templates[0]),
+        next((t for t in templates if (not _needs(t)[0] or want_order) and (not _needs(t)[1] or want_product)),
+             templates[0]),
     )
     needs_o, needs_p = _needs(core)
     want_order, want_product = want_order or needs_o, want_product or needs_p
@@ -275,7 +279,8 @@ def _one_row(rng: random.Random) -> dict:
     product = rng.choice(_DEVICES if intent == "technical" else PRODUCTS) if want_product else None
     o_phrase = rng.choice(_ORDER_REFS).format(o=order_id) if order_id else ""
     p_phrase = rng.choice(_PRODUCT_REFS).format(p=product) if product else ""
-    core_text = _capitalise_first(core.format(O=o_phrase, P=p_phrase, D=rng.randint(3, 21), M=f"${rng.randint(9, 499)}.{rng.choice(('00', '99', '49', '95'))}"))
+    core_text = _capitalise_first(core.format(O=o_phrase, P=p_phrase, D=rng.randint(3, 21),
+                                              M=f"${rng.randint(9, 499)}.{rng.choice(('00', '99', '49', '95'))}"))
 
     body: list[str] = [core_text]
     if order_id and not needs_o:
@@ -412,7 +417,8 @@ def score_predictions(predictions: Sequence[str], references: Sequence[str]) -> 
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     n = len(predictions)
     if n == 0:
-        return {"n": 0, "json_valid_rate": 0.0, "field_accuracy": 0.0, "exact_match_rate": 0.0, "per_field": {f: 0.0 for f in FIELDS}}
+        return {"n": 0, "json_valid_rate": 0.0, "field_accuracy": 0.0, "exact_match_rate": 0.0,
+                "per_field": dict.fromkeys(FIELDS, 0.0)}
     scores = [score_prediction(p, r) for p, r in zip(predictions, references)]
     per_field = {f: sum(s["fields"][f] for s in scores) / n for f in FIELDS}
     return {

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference")
 KIND_OF_FORMAT = {
@@ -66,7 +67,8 @@ SHAREGPT_ROLES = {
     "tool": "tool",
     "function": "tool",
 }
-OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool", "function": "tool"}
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+                "function": "tool"}
 
 
 class RowError(Exception):
@@ -198,7 +200,8 @@ def _alpaca(rec: dict, warnings: list) -> dict:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise RowError("bad_content", f"'history[{i}]' must be a [user, assistant] pair")
         messages.append({"role": "user", "content": _as_text(pair[0], f"history[{i}][0]", warnings, required=False)})
-        messages.append({"role": "assistant", "content": _as_text(pair[1], f"history[{i}][1]", warnings, required=False)})
+        messages.append({"role": "assistant",
+                         "content": _as_text(pair[1], f"history[{i}][1]", warnings, required=False)})
     messages.append({"role": "user", "content": prompt})
     messages.append({"role": "assistant", "content": output})
     return {"messages": messages}
@@ -264,14 +267,14 @@ def _openai(rec: dict, warnings: list) -> dict:
 
 
 def _prompt_completion(rec: dict, warnings: list) -> dict:
-    for p, c, ctx in PROMPT_COMPLETION_PAIRS:
-        if p in rec and c in rec:
-            break
-    else:
+    found = next(((p, c, ctx) for p, c, ctx in PROMPT_COMPLETION_PAIRS if p in rec and c in rec), None)
+    if found is None:
         raise RowError("missing_field", "no prompt/completion pair of fields (prompt/completion, question/answer, ...)")
+    p, c, ctx = found
     prompt_value, completion_value = rec.get(p), rec.get(c)
     # TRL's conversational prompt/completion: both sides already lists of messages
-    if isinstance(prompt_value, list) and prompt_value and isinstance(prompt_value[0], dict) and "role" in prompt_value[0]:
+    if (isinstance(prompt_value, list) and prompt_value and isinstance(prompt_value[0], dict)
+            and "role" in prompt_value[0]):
         messages = _turns(prompt_value, p, "role", "content", OPENAI_ROLES, warnings)
         if isinstance(completion_value, list):
             messages += _turns(completion_value, c, "role", "content", OPENAI_ROLES, warnings)
@@ -314,7 +317,8 @@ def _preference(rec: dict, warnings: list) -> dict:
     elif isinstance(rec.get("prompt"), list):
         prompt = _turns(rec["prompt"], "prompt", "role", "content", OPENAI_ROLES, warnings)
     elif rec.get("prompt") is not None or rec.get("instruction") is not None or rec.get("question") is not None:
-        key = "prompt" if rec.get("prompt") is not None else ("instruction" if rec.get("instruction") is not None else "question")
+        key = ("prompt" if rec.get("prompt") is not None
+               else ("instruction" if rec.get("instruction") is not None else "question"))
         text = _as_text(rec.get(key), key, warnings, required=True)
         extra = _as_text(rec.get("input"), "input", warnings, required=False) if key == "instruction" else ""
         prompt = [{"role": "user", "content": "\n\n".join(s for s in (text, extra) if s.strip())}]

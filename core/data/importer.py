@@ -7,9 +7,11 @@ import re
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from core.data import formats as F
 from core.data.errors import PROBLEM_CODES, DatasetError, RowProblem, is_fatal
@@ -75,7 +77,8 @@ def read_source(source: str | os.PathLike, progress: Progress | None = None) -> 
         return read_hub(ref[4:].strip(), progress=progress)
     if Path(ref).expanduser().exists():
         return read_file(ref, progress)
-    if looks_like_hub_id(ref) and not Path(ref).suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"):
+    if looks_like_hub_id(ref) and Path(ref).suffix.lower() not in (".json", ".jsonl", ".csv", ".tsv", ".parquet",
+                                                                    ".txt"):
         return read_hub(ref, progress=progress)
     raise DatasetError(f"file {ref} not found")
 
@@ -155,7 +158,8 @@ def prepare_dataset(
         rows.append(pr)
     if not rows:
         first = problems[0].reason if problems else "no records"
-        what = {"sft": "with an assistant answer", "text": "with text", "preference": "with chosen/rejected answers"}[kind]
+        what = {"sft": "with an assistant answer", "text": "with text",
+                "preference": "with chosen/rejected answers"}[kind]
         raise DatasetError(f"no rows {what} in {source} (as {fmt}; first problem: {first})")
     placeholders = find_placeholders(r.row for r in rows)
     _progress(progress, 0.5, f"{len(rows):,} rows normalised in {time.time() - started:.1f}s")
@@ -173,7 +177,8 @@ def summarise_problems(problems: Iterable[RowProblem], drop: set[str] | None = N
     for p in problems:
         by_code[p.code].append(p)
     out = []
-    for code in sorted(by_code, key=lambda c: (not is_fatal(c), list(PROBLEM_CODES).index(c) if c in PROBLEM_CODES else 99)):
+    for code in sorted(by_code, key=lambda c: (not is_fatal(c),
+                                               list(PROBLEM_CODES).index(c) if c in PROBLEM_CODES else 99)):
         items = sorted(by_code[code], key=lambda p: p.row)
         fatal = is_fatal(code)
         out.append({
@@ -189,8 +194,8 @@ def summarise_problems(problems: Iterable[RowProblem], drop: set[str] | None = N
 
 
 def resolve_drop(drop_invalid: bool | Iterable[str]) -> set[str]:
-    """``True`` drops rows with any problem except the WARNING_CODES, ``False`` keeps every row that can be represented, a collection of
-    codes drops only those kinds (rows that cannot be represented are always dropped)."""
+    """``True`` drops rows with any problem except the WARNING_CODES, ``False`` keeps every row that can be
+    represented, a collection of codes drops only those kinds (rows that cannot be represented are always dropped)."""
     if drop_invalid is True:
         return {c for c in PROBLEM_CODES if c not in WARNING_CODES}
     if drop_invalid is False or drop_invalid is None:
@@ -235,9 +240,9 @@ class ImportResult:
 
 def _now_utc():
     # sqlmodel 0.0.50 refuses naive datetimes, and storage.tables.utcnow() returns a naive one
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _slug(text: str) -> str:
@@ -263,8 +268,9 @@ def import_dataset(
     prepared: PreparedData | None = None,
 ) -> ImportResult:
     """Import a file / Hub dataset as a stored dataset version (see the package docstring)."""
-    from core.config import db_session, get_settings
     from sqlmodel import select
+
+    from core.config import db_session, get_settings
     from storage import Dataset
 
     spec = SplitSpec.coerce(split)
@@ -287,8 +293,9 @@ def import_dataset(
             for pr, n_tok in zip(prep.rows, lengths):
                 if n_tok > max_length:
                     pr.codes.append("too_long")
-                    problems.append(RowProblem(pr.row_no, "too_long", f"row {pr.row_no}: {n_tok} tokens > max length {max_length}"))
-        except Exception as exc:  # a missing/unreachable tokenizer must not block the import
+                    problems.append(RowProblem(pr.row_no, "too_long",
+                                               f"row {pr.row_no}: {n_tok} tokens > max length {max_length}"))
+        except Exception as exc:  # noqa: BLE001 - a missing/unreachable tokenizer must not block the import
             notes.append(f"token statistics skipped: {exc}")
             lengths = None
     kept_idx = [i for i, pr in enumerate(prep.rows) if not any(c in drop for c in pr.codes)]
@@ -347,7 +354,8 @@ def import_dataset(
         "problems": summary,
         "token_stats": token_stats,
         "token_histogram": hist,
-        "token_lengths": {"model": model_label, "max_length": max_length, "train": split_lengths["train"]} if lengths is not None else None,
+        "token_lengths": ({"model": model_label, "max_length": max_length, "train": split_lengths["train"]}
+                          if lengths is not None else None),
         "notes": notes,
         "encoding": prep.encoding,
         "container": prep.container,
@@ -371,8 +379,9 @@ def import_dataset(
     db_meta = {k: v for k, v in meta.items() if k != "token_lengths"}  # per-row lengths stay in meta.json
     try:
         with db_session() as session:
-            ds = Dataset(created_at=_now_utc(), name=display_name, format=prep.format, kind=prep.kind, rows=len(kept_rows),
-                         content_hash=digest, path=str(final_dir), source=prep.source, splits=splits, meta=db_meta)
+            ds = Dataset(created_at=_now_utc(), name=display_name, format=prep.format, kind=prep.kind,
+                         rows=len(kept_rows), content_hash=digest, path=str(final_dir), source=prep.source,
+                         splits=splits, meta=db_meta)
             session.add(ds)
             session.flush()
             ds_id = ds.id
@@ -408,8 +417,9 @@ def get_dataset(dataset_id: int | str):
 
 
 def list_datasets() -> list:
-    from core.config import db_session
     from sqlmodel import select
+
+    from core.config import db_session
     from storage import Dataset
 
     with db_session() as session:
@@ -458,7 +468,8 @@ def load_training_rows(ref: str | int, split: str = "train") -> list[dict]:
     drop = resolve_drop(True) - {"too_long"}
     usable = [pr for pr in prep.rows if not any(c in drop for c in pr.codes)]
     if not usable:
-        raise DatasetError(f"no usable rows in {ref_s} (first problem: {prep.problems[0].reason if prep.problems else '?'})")
+        first = prep.problems[0].reason if prep.problems else "?"
+        raise DatasetError(f"no usable rows in {ref_s} (first problem: {first})")
     if split == "train":
         if any(pr.split for pr in usable):
             return [pr.row for pr in usable if pr.split in (None, "train")]
@@ -471,11 +482,13 @@ def import_records(records: list, *, source: str, name: str | None = None, forma
     """Import in-memory records (e.g. a generated task) exactly like a file; ``source`` labels them."""
     raw = RawRead(records=[(i + 1, r) for i, r in enumerate(records)], container="memory")
     prep = prepare_dataset(source, format=format, progress=progress, raw=raw,
-                           column_map=kwargs.pop("column_map", None), template_values=kwargs.pop("template_values", None))
+                           column_map=kwargs.pop("column_map", None),
+                           template_values=kwargs.pop("template_values", None))
     return import_dataset(source, name=name, prepared=prep, progress=progress, **kwargs)
 
 
-def import_demo_task(n: int = 400, seed: int = 0, *, model: str | None = "default", progress: Progress | None = None) -> ImportResult:
+def import_demo_task(n: int = 400, seed: int = 0, *, model: str | None = "default",
+                     progress: Progress | None = None) -> ImportResult:
     """Generate the built-in demo task (core.data.demo) and store it as a dataset."""
     try:
         from core.data.demo import generate_demo_rows

@@ -10,9 +10,10 @@ import csv
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.data.errors import DatasetError, RowProblem
 
@@ -55,7 +56,9 @@ def decode_bytes(data: bytes) -> tuple[str, str, list[str]]:
             try:
                 text = data.decode(enc)
             except UnicodeDecodeError as exc:
-                raise DatasetError(f"the file starts with a {enc} byte-order mark but is not valid {enc}: {exc}") from exc
+                raise DatasetError(
+                    f"the file starts with a {enc} byte-order mark but is not valid {enc}: {exc}"
+                ) from exc
             notes.append(f"decoded as {enc} (byte-order mark found)")
             return _normalise_newlines(text, notes), enc, notes
     sample = data[:4096]
@@ -168,7 +171,8 @@ def _read_jsonl(text: str, p: Path, progress: Progress | None) -> RawRead:
         try:
             records.append((i + 1, loads(line)))
         except json.JSONDecodeError as exc:
-            problems.append(RowProblem(i + 1, "malformed_json", f"row {i + 1}: not valid JSON ({exc.msg} at column {exc.colno})"))
+            problems.append(RowProblem(i + 1, "malformed_json",
+                                       f"row {i + 1}: not valid JSON ({exc.msg} at column {exc.colno})"))
     if not records:
         first = problems[0].reason if problems else "no lines"
         raise DatasetError(f"file {p} has no valid JSON line ({first})")
@@ -229,7 +233,7 @@ def _read_parquet(p: Path) -> RawRead:
         import pyarrow.parquet as pq
 
         table = pq.read_table(p)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for corrupt files
         raise DatasetError(f"file {p} is not a readable Parquet file: {exc}") from None
     rows = table.to_pylist()
     if not rows:
@@ -243,7 +247,9 @@ def looks_like_hub_id(ref: str) -> bool:
 
 
 def read_hub(dataset_id: str, *, config: str | None = None, progress: Progress | None = None) -> RawRead:
-    """Load every split of a Hub dataset with ``datasets.load_dataset``. Offline: DatasetError('the Hub is unreachable')."""
+    """Load every split of a Hub dataset with ``datasets.load_dataset``.
+
+    Offline: DatasetError('the Hub is unreachable')."""
     import os
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip() in ("1", "true", "yes"):
@@ -254,15 +260,18 @@ def read_hub(dataset_id: str, *, config: str | None = None, progress: Progress |
         from datasets import load_dataset
 
         dsd = load_dataset(dataset_id, config)
-    except Exception as exc:  # network errors surface as many types (ConnectionError, HfHubHTTPError, OSError ...)
+    except Exception as exc:  # noqa: BLE001 - network errors surface as many types (ConnectionError, HfHubHTTPError...)
         msg = str(exc)
         name = type(exc).__name__
         unreachable = any(
             s in (msg + name).lower()
-            for s in ("connection", "resolve", "timed out", "timeout", "offline", "unreachable", "network", "max retries", "name or service")
+            for s in ("connection", "resolve", "timed out", "timeout", "offline", "unreachable", "network",
+                      "max retries", "name or service")
         )
         if unreachable:
-            raise DatasetError(f"the Hugging Face Hub is unreachable from this machine; cannot load '{dataset_id}' ({name})") from None
+            raise DatasetError(
+                f"the Hugging Face Hub is unreachable from this machine; cannot load '{dataset_id}' ({name})"
+            ) from None
         raise DatasetError(f"could not load '{dataset_id}' from the Hugging Face Hub ({name}: {msg[:200]})") from None
     records: list[tuple[int, Any]] = []
     splits: dict[int, str] = {}

@@ -35,7 +35,7 @@ class SplitSpec:
         return asdict(self)
 
     @classmethod
-    def coerce(cls, value) -> "SplitSpec":
+    def coerce(cls, value) -> SplitSpec:
         if value is None:
             return cls()
         if isinstance(value, cls):

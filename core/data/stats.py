@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 Progress = Callable[..., Any]
 TOKEN_STAT_KEYS = ("model", "total_tokens", "rows", "min", "mean", "p50", "p95", "max", "over_max_length", "max_length")
@@ -103,7 +104,8 @@ def histogram(lengths: Sequence[int], bins: int = 30) -> list[dict]:
     out = []
     for b in range(max(counts) + 1):
         start = lo + b * width
-        out.append({"start": start, "end": start + width - 1, "label": f"{start}-{start + width - 1}", "rows": counts.get(b, 0)})
+        out.append({"start": start, "end": start + width - 1, "label": f"{start}-{start + width - 1}",
+                    "rows": counts.get(b, 0)})
     return out
 
 
@@ -133,7 +135,7 @@ def loss_mask_segments(tokenizer, row: dict, max_length: int | None = None) -> l
             labels.append("trained" if t < len(mask) and mask[t] else "masked")
     segments: list[tuple[str, str]] = []
     pos = 0
-    for (start, end), label in zip(offsets, labels):
+    for (_start, end), label in zip(offsets, labels):
         end = max(end, pos)
         piece = full[pos:end]  # includes any gap before the token (spaces the offsets skip)
         pos = end

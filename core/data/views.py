@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.data.errors import DatasetError
 from core.data.importer import DEFAULT_MAX_LENGTH, get_dataset, list_datasets, read_split
@@ -69,7 +70,8 @@ def compute_token_stats(dataset_id: int | str, model: str = "default", max_lengt
 
     ds = get_dataset(dataset_id)
     cache = _lengths_cache(ds)
-    if cache.get("model") == model and isinstance(cache.get("train"), list) and len(cache["train"]) == (ds.splits or {}).get("train"):
+    if (cache.get("model") == model and isinstance(cache.get("train"), list)
+            and len(cache["train"]) == (ds.splits or {}).get("train")):
         lengths = cache["train"]
     else:
         tok = load_tokenizer(model)
@@ -113,8 +115,12 @@ def preview_row(dataset_id: int | str, index: int = 0, split: str = "train", mod
     if not rows:
         raise DatasetError(f"dataset {ds.id} has no rows in the {split} split")
     if not 0 <= index < len(rows):
-        raise DatasetError(f"row {index} is out of range: the {split} split of dataset {ds.id} has {len(rows)} rows (0-{len(rows) - 1})")
-    return preview_of(rows[index], model=model, max_length=max_length, tokenizer=tokenizer) | {"index": index, "split_rows": len(rows)}
+        raise DatasetError(
+            f"row {index} is out of range: the {split} split of dataset {ds.id} has {len(rows)} rows "
+            f"(0-{len(rows) - 1})"
+        )
+    preview = preview_of(rows[index], model=model, max_length=max_length, tokenizer=tokenizer)
+    return preview | {"index": index, "split_rows": len(rows)}
 
 
 def preview_of(row: dict, *, model: str = "default", max_length: int | None = None, tokenizer=None) -> dict:
@@ -141,4 +147,7 @@ def delete_dataset(dataset_id: int | str) -> None:
     shutil.rmtree(ds.path, ignore_errors=True)
 
 
-__all__ = ["SPLITS", "compute_token_stats", "dataset_summary", "datasets_table", "delete_dataset", "preview_of", "preview_row"]
+__all__ = [
+    "SPLITS", "compute_token_stats", "dataset_summary", "datasets_table", "delete_dataset", "preview_of",
+    "preview_row",
+]

@@ -23,7 +23,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str = ""
-    base_model: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a Hub id")
+    base_model: str = Field("default",
+                            description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a Hub id")
     dataset: str = Field(..., description="dataset id from the Data tab (e.g. '3') or a path to a data file")
     method: Method = "lora"
 
@@ -45,7 +46,8 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
 
     gradient_checkpointing: bool = False
-    packing: bool = Field(True, description="padding-free batching: rows are concatenated with exact attention boundaries")
+    packing: bool = Field(True,
+                          description="padding-free batching: rows are concatenated with exact attention boundaries")
     group_by_length: bool = True
     seed: int = 42
 
@@ -140,7 +142,7 @@ class TrainConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _method_specific(self) -> "TrainConfig":
+    def _method_specific(self) -> TrainConfig:
         if self.method == "full" and self.init_adapter:
             raise ValueError("init_adapter continues a LoRA adapter; it cannot be used with method 'full'")
         return self
@@ -150,7 +152,7 @@ class TrainConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "TrainConfig":
+    def from_yaml(cls, text: str) -> TrainConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -160,14 +162,14 @@ class TrainConfig(BaseModel):
         return cls.from_dict(data)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path) -> TrainConfig:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         return cls.from_yaml(p.read_text(encoding="utf-8"))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         try:
             return cls(**data)
         except ValidationError as exc:

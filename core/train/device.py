@@ -28,7 +28,7 @@ def qlora_support_error() -> str | None:
     """None if 4-bit NF4 loading works here, else a message saying why not."""
     try:
         import bitsandbytes  # noqa: F401
-    except Exception as exc:  # ImportError or a broken native library
+    except Exception as exc:  # noqa: BLE001 - optional probe: ImportError or a broken native library
         return (
             "QLoRA needs the bitsandbytes package with a CUDA GPU (or its CPU backend); it could not be loaded here "
             f"({type(exc).__name__}: {exc}). Use method 'lora' instead."

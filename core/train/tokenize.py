@@ -11,7 +11,8 @@ from core.data.chat import tokenize_conversation
 IGNORE_INDEX = -100
 
 
-def tokenize_rows(tokenizer, rows: list[dict[str, Any]], max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+def tokenize_rows(tokenizer, rows: list[dict[str, Any]],
+                  max_length: int) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
     """Tokenise normalised rows. Chat rows train on assistant tokens; ``{"text": ...}`` rows on every token.
 
     Returns the examples and counts (rows, truncated, skipped_no_loss_tokens, tokens, loss_tokens).
