@@ -1,38 +1,33 @@
 """Finetune Studio: `python app.py` starts the dashboard (also the Hugging Face Spaces entry point).
 
 Reads PORT / GRADIO_SERVER_NAME (Spaces sets them), FTS_WORKSPACE, DATABASE_URL and FTS_AUTH ("user:password").
+
+Jobs run in their own process groups and outlive the dashboard: stopping the dashboard (Ctrl-C, SIGTERM) leaves
+them running, and a restarted dashboard re-attaches. One exception: when the dashboard is PID 1 (a container),
+its SIGTERM is the container's shutdown and only PID 1 receives it, so it passes the SIGTERM on to the local jobs —
+they checkpoint and end ``interrupted``, ready to resume.
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 import gradio as gr
 
-from core import jobs
+from core import runs
 from core.config import get_settings
+from ui import data, estimate, placeholders, train
 from ui.common import CSS, THEME
 
 TABS = ("Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy")
 
 
 def _tab_builders():
-    from ui import placeholders, train
-
-    builders = {"Train": train.build_tab, "Evaluate": placeholders.build_evaluate_tab,
-                "Playground": placeholders.build_playground_tab, "Deploy": placeholders.build_deploy_tab}
-    try:
-        from ui import estimate
-
-        builders["Estimate"] = estimate.build_tab
-    except ImportError:
-        pass
-    try:
-        from ui import data
-
-        builders["Data"] = data.build_tab
-    except ImportError:
-        pass
-    return builders
+    """One builder per tab. A tab module that fails to import fails the app (and the tests), loudly."""
+    return {"Estimate": estimate.build_tab, "Data": data.build_tab, "Train": train.build_tab,
+            "Evaluate": placeholders.build_evaluate_tab, "Playground": placeholders.build_playground_tab,
+            "Deploy": placeholders.build_deploy_tab}
 
 
 def build_app() -> gr.Blocks:
@@ -43,12 +38,32 @@ def build_app() -> gr.Blocks:
         with gr.Tabs(selected="Train"):
             for tab in TABS:
                 with gr.Tab(tab, id=tab):
-                    build = builders.get(tab)
-                    if build is None:
-                        gr.Markdown(f"### {tab}: not built yet")
-                    else:
-                        build()
+                    builders[tab]()
     return demo
+
+
+def _terminate_local_jobs() -> None:
+    from core.runs.backends import get_backend
+
+    backend = get_backend("local")
+    for run in runs.list_runs():
+        if run.status.is_active and run.backend == "local":
+            backend.terminate(run)
+
+
+def install_shutdown_handler(monitor: runs.Monitor) -> None:
+    """SIGTERM (docker stop, systemd): stop watching, close the server, exit 0."""
+    def on_term(signum, frame):
+        print("SIGTERM: shutting the dashboard down (runs keep going in their own processes)", flush=True)
+        monitor.stop()
+        if os.getpid() == 1:
+            try:
+                _terminate_local_jobs()
+            except Exception as exc:  # noqa: BLE001
+                print(f"could not pass the shutdown on to the jobs: {exc}", file=sys.stderr)
+        raise KeyboardInterrupt  # gradio's main loop closes the server on it
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def main() -> None:
@@ -57,17 +72,22 @@ def main() -> None:
     from core.models import ensure_default_model
 
     ensure_default_model(progress=print)
-    jobs.start_monitor()  # reconcile leftovers from a previous start, then watch workers
+    monitor = runs.start_monitor()  # reconcile leftovers from a previous start, then watch workers
+    install_shutdown_handler(monitor)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
-    demo.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
-        auth=settings.auth,
-        theme=THEME,
-        css=CSS,
-        show_error=True,
-    )
+    try:
+        demo.launch(
+            server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
+            auth=settings.auth,
+            theme=THEME,
+            css=CSS,
+            show_error=True,
+        )
+    finally:
+        monitor.shutdown()
+        print("dashboard stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,12 +62,13 @@ def run_plain(model_dir: str, data: Path, steps: int, max_length: int) -> dict:
 
 
 def run_ours(data: Path, steps: int, max_length: int, workspace: Path) -> dict:
-    from core import jobs
+    from core import runs as jobs
     from core.train.config import TrainConfig
+    from core.train.jobs import submit_training
 
     cfg = TrainConfig(dataset=str(data), method="lora", lora_r=16, lora_alpha=32, batch_size=4,
                       max_length=max_length, max_steps=steps, save_steps=0, name="bench")
-    run = jobs.wait_for(jobs.submit(cfg).id)
+    run = jobs.wait_for(submit_training(cfg).id)
     if run.status != "succeeded":
         raise RuntimeError(run.error)
     ms = [m for m in jobs.run_metrics(run.id) if m.loss is not None]
@@ -116,7 +117,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for label, plain, ours in results:
         print(f"| {label} | {plain['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} | "
-              f"{ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x | {plain['s_per_step']:.2f} | {ours['s_per_step']:.2f} |")
+              f"{ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x | {plain['s_per_step']:.2f} | "
+              f"{ours['s_per_step']:.2f} |")
 
 
 if __name__ == "__main__":

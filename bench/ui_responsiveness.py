@@ -42,7 +42,8 @@ def sample(url: str, seconds: float) -> list[float]:
 
 def summary(xs: list[float]) -> str:
     xs = sorted(xs)
-    return f"median {statistics.median(xs) * 1000:.0f} ms, p95 {xs[int(0.95 * (len(xs) - 1))] * 1000:.0f} ms (n={len(xs)})"
+    return (f"median {statistics.median(xs) * 1000:.0f} ms, "
+            f"p95 {xs[int(0.95 * (len(xs) - 1))] * 1000:.0f} ms (n={len(xs)})")
 
 
 def main() -> None:
@@ -64,11 +65,13 @@ def main() -> None:
             except OSError:
                 time.sleep(0.5)
         idle = sample(base + "config", args.seconds / 2) + sample(base, args.seconds / 2)
-        from core import jobs
+        from core import runs as jobs
         from core.train.config import TrainConfig
+        from core.train.jobs import submit_training
 
         data = REPO / "tests" / "fixtures" / "alpaca_en_demo.json"
-        run = jobs.submit(TrainConfig(dataset=str(data), max_steps=1000, batch_size=4, max_length=512, save_steps=0))
+        run = submit_training(TrainConfig(dataset=str(data), max_steps=1000, batch_size=4, max_length=512,
+                                          save_steps=0))
         while jobs.get_run(run.id).step < 1:
             time.sleep(0.5)
         busy = sample(base + "config", args.seconds / 2) + sample(base, args.seconds / 2)

@@ -26,8 +26,9 @@ def _fail(msg: str) -> int:
 
 
 def cmd_train(args) -> int:
-    from core import jobs
+    from core import runs
     from core.train.config import ConfigError, TrainConfig
+    from core.train.jobs import submit_training
 
     try:
         config = TrainConfig.from_file(args.config)
@@ -38,12 +39,12 @@ def cmd_train(args) -> int:
             overrides["max_steps"] = args.max_steps
         if overrides:
             config = TrainConfig.from_dict({**config.model_dump(), **overrides})
-        run = jobs.submit(config)
-    except (ConfigError, jobs.JobError) as exc:
+        run = submit_training(config)
+    except (ConfigError, runs.JobError) as exc:
         return _fail(str(exc))
     if not args.wait:
         if args.json:
-            _print_json(jobs.run_to_dict(run))
+            _print_json(runs.run_to_dict(run))
         else:
             print(f"run {run.id} {run.status}  (follow with: python -m core runs show {run.id})")
         return 0
@@ -53,31 +54,57 @@ def cmd_train(args) -> int:
             loss = f" loss {r.last_loss:.4f}" if r.last_loss is not None else ""
             print(f"run {r.id} {r.status} step {r.step}/{r.max_steps}{loss}", file=sys.stderr, flush=True)
 
-    run = jobs.wait_for(run.id, on_progress=progress)
+    run = _wait(run.id, progress)
     if args.json:
-        _print_json(jobs.run_to_dict(run))
+        _print_json(runs.run_to_dict(run))
     else:
         print(f"run {run.id} {run.status}" + (f": {run.error}" if run.error else f"  adapter: {run.adapter_path}"))
-    return 0 if run.status == "succeeded" else 1
+    return 0 if run.status == runs.RunStatus.succeeded else 1
+
+
+def _wait(run_id: int, progress):
+    """Wait for a run; a database that stops answering (a full disk) ends the wait with the last known state
+    instead of a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    from core import runs
+    from core.runs import store
+
+    while True:
+        try:
+            return runs.wait_for(run_id, on_progress=progress)
+        except DBAPIError as exc:
+            print(f"warning: the database did not answer ({str(exc).splitlines()[0][:200]}); retrying",
+                  file=sys.stderr)
+            try:
+                run = store.get(run_id)
+            except DBAPIError:
+                continue
+            if run.status.is_finished:
+                return run
+            import time
+
+            time.sleep(1.0)
 
 
 def cmd_runs(args) -> int:
-    from core import jobs
+    from core import runs
 
     try:
         if args.runs_cmd == "list":
-            runs = jobs.list_runs()
+            rows = runs.list_runs(kind=None if args.all else "train")
             if args.json:
-                _print_json([jobs.run_to_dict(r) for r in runs])
+                _print_json([runs.run_to_dict(r) for r in rows])
             else:
-                print(f"{'id':>4}  {'status':<11} {'method':<6} {'step':>11}  {'loss':>8}  name")
-                for r in runs:
+                print(f"{'id':>4}  {'kind':<8} {'status':<11} {'method':<6} {'step':>11}  {'loss':>8}  name")
+                for r in rows:
                     loss = f"{r.last_loss:.4f}" if r.last_loss is not None else "-"
-                    print(f"{r.id:>4}  {r.status:<11} {r.method:<6} {r.step:>5}/{r.max_steps:<5}  {loss:>8}  {r.name}")
+                    print(f"{r.id:>4}  {r.kind:<8} {r.status:<11} {r.method or '-':<6} {r.step:>5}/{r.max_steps:<5}  "
+                          f"{loss:>8}  {r.name}")
             return 0
         if args.runs_cmd == "show":
-            run = jobs.get_run(args.id)
-            d = jobs.run_to_dict(run, with_config=True, metrics=jobs.run_metrics(run.id))
+            run = runs.get_run(args.id)
+            d = runs.run_to_dict(run, with_config=True, metrics=runs.run_metrics(run.id))
             if args.json:
                 _print_json(d)
             else:
@@ -87,20 +114,25 @@ def cmd_runs(args) -> int:
                 print(f"{'metrics':>22}: {len(d['metrics'])} rows")
             return 0
         if args.runs_cmd == "stop":
-            run = jobs.stop(args.id, timeout_s=args.timeout)
+            run = runs.stop(args.id, timeout_s=args.timeout)
         elif args.runs_cmd == "resume":
-            run = jobs.resume(args.id)
+            run = runs.resume(args.id)
+            if run.resume_from_checkpoint and not args.json:
+                print(f"resuming from {run.resume_from_checkpoint}", file=sys.stderr)
         elif args.runs_cmd == "continue":
-            run = jobs.continue_training(args.id, args.steps)
+            from core.train.jobs import continue_training
+
+            run = continue_training(args.id, args.steps)
         elif args.runs_cmd == "logs":
-            print(jobs.log_tail(args.id, max_lines=args.lines, max_chars=10**7))
+            runs.get_run(args.id)  # reconciles, and refuses an unknown id
+            print(runs.log_tail(args.id, max_lines=args.lines, max_chars=10**7))
             return 0
         else:  # pragma: no cover - argparse enforces the choices
             return _fail(f"unknown runs command {args.runs_cmd}")
-    except jobs.JobError as exc:
+    except runs.JobError as exc:
         return _fail(str(exc))
     if getattr(args, "json", False):
-        _print_json(jobs.run_to_dict(run))
+        _print_json(runs.run_to_dict(run))
     else:
         print(f"run {run.id} {run.status}")
     return 0
@@ -132,13 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list, inspect, stop and resume runs")
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
     q = rs.add_parser("list")
+    q.add_argument("--all", action="store_true", help="every kind of job (evaluations too), not only training runs")
     q.add_argument("--json", action="store_true")
     q = rs.add_parser("show")
     q.add_argument("id", type=int)
     q.add_argument("--json", action="store_true")
     q = rs.add_parser("stop")
     q.add_argument("id", type=int)
-    q.add_argument("--timeout", type=float, default=None, help="seconds before a hard kill (default FTS_STOP_TIMEOUT_S)")
+    q.add_argument("--timeout", type=float, default=None,
+                   help="seconds before a hard kill (default FTS_STOP_TIMEOUT_S)")
     q.add_argument("--json", action="store_true")
     q = rs.add_parser("resume")
     q.add_argument("id", type=int)

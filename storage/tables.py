@@ -1,26 +1,33 @@
 """The tables. The DB holds paths and JSON, never blobs: a run's files live under ``workspace/runs/<id>/``."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, Text
+from sqlalchemy import JSON, Column, String, Text
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(dt: datetime | None) -> datetime | None:
     """Datetimes read back from SQLite may come without tzinfo; they are UTC."""
     if dt is None:
         return None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
+    """Where a job is in its life. Only ``core.runs.store`` changes it, along ``core.runs.store.TRANSITIONS``.
+
+    A ``StrEnum``: members compare equal to their values and print as them, so rows read back from the database
+    (always members, see :class:`StatusType`) and plain strings from JSON mix safely.
+    """
+
     queued = "queued"
     starting = "starting"  # claimed by a dispatcher, process being spawned
     running = "running"
@@ -28,23 +35,49 @@ class RunStatus(str, Enum):
     succeeded = "succeeded"
     failed = "failed"
     stopped = "stopped"
-    interrupted = "interrupted"  # process found gone on reconcile
+    interrupted = "interrupted"  # ended by a host shutdown, or found gone when the studio started
 
     @classmethod
-    def active(cls) -> tuple["RunStatus", ...]:
+    def active(cls) -> tuple[RunStatus, ...]:
         return (cls.starting, cls.running, cls.stopping)
 
     @classmethod
-    def finished(cls) -> tuple["RunStatus", ...]:
+    def finished(cls) -> tuple[RunStatus, ...]:
         return (cls.succeeded, cls.failed, cls.stopped, cls.interrupted)
+
+    @classmethod
+    def resumable(cls) -> tuple[RunStatus, ...]:
+        return (cls.failed, cls.stopped, cls.interrupted)
+
+    @property
+    def is_active(self) -> bool:
+        return self in RunStatus.active()
+
+    @property
+    def is_finished(self) -> bool:
+        return self in RunStatus.finished()
+
+
+class StatusType(TypeDecorator):
+    """A run status stored as its plain string value (portable, additive upgrades), read back as :class:`RunStatus`."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else RunStatus(value).value
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else RunStatus(value)
 
 
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
 
     id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(default="train", index=True)  # train | evaluate | export | ... (core.runs.kinds)
     name: str = ""
-    status: str = Field(default=RunStatus.queued.value, index=True)
+    status: RunStatus = Field(default=RunStatus.queued, sa_column=Column(StatusType(), nullable=False, index=True))
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     base_model: str = ""
     dataset_ref: str = ""
@@ -53,8 +86,11 @@ class Run(SQLModel, table=True):
     started_at: Optional[datetime] = None
     finished_at: Optional[datetime] = None
     heartbeat_at: Optional[datetime] = None
-    pid: Optional[int] = None
+    pid: Optional[int] = None  # the job's supervisor process (core.runs.supervise), leader of its process group
+    worker_pid: Optional[int] = None  # the worker process the supervisor started
     worker_host: Optional[str] = None
+    backend: str = "local"  # core.runs.backends: where the job's processes run
+    external_id: Optional[str] = None  # the backend's own id for the job (e.g. a Ray submission id)
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     output_dir: Optional[str] = None
     adapter_path: Optional[str] = None
@@ -72,6 +108,9 @@ class Run(SQLModel, table=True):
     parent_run_id: Optional[int] = Field(default=None, index=True)  # "continue training" of a finished run
     stop_requested: bool = False
     attempt: int = 0
+    # memory of the worker as sampled by its supervisor (explains an out-of-memory kill)
+    peak_memory_bytes: Optional[int] = None
+    memory_limit_bytes: Optional[int] = None
 
 
 class RunMetric(SQLModel, table=True):

@@ -70,7 +70,7 @@ def test_app_builds_and_serves_all_six_tabs(app_server):
 def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspace, fixtures_dir):
     from playwright.sync_api import expect, sync_playwright
 
-    from core import jobs
+    from core import runs as jobs
 
     dataset = str(fixtures_dir / "alpaca_en_demo.json")
     seen_at: dict[int, float] = {}
@@ -123,5 +123,6 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
     # steps logged while the page was open (earlier ones only show the reload time)
     lags = [seen_at[s] - logged[s] for s in seen_at if s in logged and s < 6 and logged[s] > live_since]
     assert lags, "no intermediate step was seen live in the page"
-    print(f"\nstep logged -> shown in the UI: mean {sum(lags) / len(lags):.2f}s, max {max(lags):.2f}s over {len(lags)} steps")
+    print(f"\nstep logged -> shown in the UI: mean {sum(lags) / len(lags):.2f}s, max {max(lags):.2f}s "
+          f"over {len(lags)} steps")
     assert max(lags) < 5.0  # the chart/progress refresh every second; 5 s means the page is not live

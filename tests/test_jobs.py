@@ -1,4 +1,5 @@
-"""The run lifecycle with real worker subprocesses, real SQLite and the real embedded SmolLM2 (CPU)."""
+"""Training runs on the runs core: real supervisor + worker subprocesses, real SQLite, the real embedded SmolLM2
+(CPU)."""
 from __future__ import annotations
 
 import json
@@ -9,12 +10,14 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from sqlmodel import select
 
-from core import jobs
+from core import runs as jobs
 from core.config import REPO_ROOT, db_session
 from core.train.config import TrainConfig
+from core.train.jobs import continue_training, submit_training
 from storage import Run
 
 pytestmark = pytest.mark.slow
@@ -43,7 +46,7 @@ def wait_until(pred, timeout_s: float, poll_s: float = 0.2):
 
 
 def test_lora_run_records_loss_and_saves_adapter(workspace, alpaca, default_model_dir):
-    run = jobs.submit(small_config(alpaca, name="few-steps"))
+    run = submit_training(small_config(alpaca, name="few-steps"))
     assert run.status == "running" and run.pid
     run = jobs.wait_for(run.id, timeout_s=300)
     assert run.status == "succeeded", jobs.log_tail(run.id)
@@ -61,17 +64,20 @@ def test_lora_run_records_loss_and_saves_adapter(workspace, alpaca, default_mode
     assert run.final_metrics["global_step"] == 3 and run.final_metrics["dataset_loss_tokens"] > 0
 
 
-def test_qlora_run_trains_a_4bit_base(workspace, alpaca, default_model_dir):
-    run = jobs.wait_for(jobs.submit(small_config(alpaca, method="qlora", max_steps=2)).id, timeout_s=300)
+def test_qlora_run_trains_a_4bit_base_with_gradient_checkpointing(workspace, alpaca, default_model_dir):
+    cfg = small_config(alpaca, method="qlora", max_steps=2, gradient_checkpointing=True)
+    run = jobs.wait_for(submit_training(cfg).id, timeout_s=300)
     assert run.status == "succeeded", jobs.log_tail(run.id)
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
     assert "QLoRA: 210 linear layers in 4-bit NF4" in log  # 30 layers x 7 projections
+    # what ran is visible: QLoRA honours gradient checkpointing (it used to be silently dropped)
+    assert "effective setup: method qlora" in log and "gradient checkpointing on" in log
     assert [m.step for m in jobs.run_metrics(run.id) if m.loss is not None] == [1, 2]
     assert (workspace / "runs" / str(run.id) / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, default_model_dir):
-    run = jobs.submit(small_config(alpaca, max_steps=8, name="stop-resume"))
+    run = submit_training(small_config(alpaca, max_steps=8, name="stop-resume"))
     wait_until(lambda: jobs.get_run(run.id).step >= 2, 300)
     stopped = jobs.stop(run.id, timeout_s=120)
     assert stopped.status == "stopped", jobs.log_tail(run.id)
@@ -84,7 +90,7 @@ def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, defau
     assert final.step == 8
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
     assert f"resuming from {stopped.resume_from_checkpoint}" in log
-    assert "training: 8 steps (starting at %d)" % ckpt_step in log  # optimizer/scheduler state restored
+    assert f"training: 8 steps (starting at {ckpt_step})" in log  # optimizer/scheduler state restored
     steps = [m.step for m in jobs.run_metrics(run.id) if m.loss is not None]
     assert steps == list(range(1, 9))  # one row per step: the curve continues, no duplicates
 
@@ -93,8 +99,9 @@ def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, defaul
     monitor = jobs.Monitor(interval_s=1.0)  # what the dashboard runs
     monitor.start()
     try:
-        run = jobs.submit(small_config(alpaca, max_steps=200, name="doomed"))
+        run = submit_training(small_config(alpaca, max_steps=200, name="doomed"))
         wait_until(lambda: jobs.get_run(run.id).step >= 1, 300)
+        ckpt = wait_until(lambda: jobs.latest_checkpoint(workspace / "runs" / str(run.id)), 60)  # a complete one
         os.kill(run.pid, signal.SIGKILL)
         killed_at = time.time()
         failed = wait_until(lambda: (r := jobs.get_run(run.id)).status == "failed" and r, 10, poll_s=0.05)
@@ -105,7 +112,42 @@ def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, defaul
     assert noticed_s < 5.0
     assert f"worker process {run.pid} died" in failed.error
     assert "log tail" in failed.error and "step 1/200" in failed.error
-    assert failed.resume_from_checkpoint  # it can be resumed from its last checkpoint
+    assert failed.resume_from_checkpoint >= str(ckpt)  # it can be resumed from its last complete checkpoint
+    # the worker the supervisor started died with it (it is killed when its parent dies)
+    assert failed.worker_pid
+    wait_until(lambda: not psutil.pid_exists(failed.worker_pid) or
+               psutil.Process(failed.worker_pid).status() == psutil.STATUS_ZOMBIE, 10)
+
+
+def test_kill_9_with_no_dashboard_is_seen_by_the_next_read_and_resume_continues(workspace, alpaca, default_model_dir,
+                                                                                  tmp_path):
+    """The issue's case: a run started from the CLI, no dashboard anywhere, its training process killed with -9
+    at step 5: the next `runs show` says failed (with why), and `runs resume` continues from its checkpoint."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(small_config(alpaca, max_steps=12, save_steps=2, name="no-dashboard").to_yaml())
+    queued = json.loads(_cli("train", "--config", str(cfg), "--json").stdout)
+    run_id = queued["id"]
+    wait_until(lambda: jobs.run_metrics(run_id) and max(m.step for m in jobs.run_metrics(run_id)) >= 5, 300)
+    worker_pid = json.loads(_cli("runs", "show", str(run_id), "--json").stdout)["worker_pid"]
+    os.kill(worker_pid, signal.SIGKILL)
+    killed_at = time.time()
+    shown = json.loads(_cli("runs", "show", str(run_id), "--json").stdout)
+    while shown["status"] == "running" and time.time() - killed_at < 10:
+        shown = json.loads(_cli("runs", "show", str(run_id), "--json").stdout)
+    seen_s = time.time() - killed_at
+    print(f"\nkill -9 (no dashboard) -> `runs show` says {shown['status']} after {seen_s:.2f}s: "
+          f"{shown['error'].splitlines()[0]}")
+    assert shown["status"] == "failed", shown
+    assert "killed by signal 9" in shown["error"] and "peak RSS" in shown["error"]
+    ckpt = shown["resume_from_checkpoint"]
+    assert ckpt and ckpt.endswith(("checkpoint-4", "checkpoint-6"))
+    resumed = _cli("runs", "resume", str(run_id), "--json")
+    assert json.loads(resumed.stdout)["status"] in ("running", "queued")
+    final = jobs.wait_for(run_id, timeout_s=300)
+    assert final.status == "succeeded", jobs.log_tail(run_id)
+    log = (workspace / "runs" / str(run_id) / "worker.log").read_text()
+    assert f"resuming from {ckpt}" in log
+    assert [m.step for m in jobs.run_metrics(run_id) if m.loss is not None] == list(range(1, 13))
 
 
 def test_app_start_reconcile_marks_vanished_runs_interrupted(workspace):
@@ -127,29 +169,32 @@ def test_app_start_reconcile_marks_vanished_runs_interrupted(workspace):
     assert jobs.get_run(other.id).status == "running"
 
 
-def test_second_run_waits_in_the_queue(workspace, alpaca, default_model_dir):
-    first = jobs.submit(small_config(alpaca, max_steps=2, name="first"))
-    second = jobs.submit(small_config(alpaca, max_steps=2, name="second"))
-    assert first.status == "running" and second.status == "queued"
-    first = jobs.wait_for(first.id, timeout_s=300)
-    second = jobs.wait_for(second.id, timeout_s=300)
-    assert first.status == second.status == "succeeded"
-    assert second.started_at >= first.finished_at  # never both on the device at once
+def test_queued_runs_start_in_order_with_limit_1(workspace, alpaca, default_model_dir):
+    first = submit_training(small_config(alpaca, max_steps=2, name="first"))
+    second = submit_training(small_config(alpaca, max_steps=2, name="second"))
+    third = submit_training(small_config(alpaca, max_steps=1, name="third"))
+    assert first.status == "running" and second.status == "queued" and third.status == "queued"
+    # nobody waits on the queue here: each finishing supervisor starts the next run itself
+    third = wait_until(lambda: (r := jobs.get_run(third.id)).status.is_finished and r, 300, poll_s=0.5)
+    first, second = jobs.get_run(first.id), jobs.get_run(second.id)
+    assert first.status == second.status == third.status == "succeeded"
+    assert first.finished_at <= second.started_at and second.finished_at <= third.started_at  # one at a time, in order
 
 
 def test_continue_training_starts_from_the_finished_adapter(workspace, alpaca, default_model_dir):
-    parent = jobs.wait_for(jobs.submit(small_config(alpaca, max_steps=1)).id, timeout_s=300)
-    child = jobs.continue_training(parent.id, 2)
+    parent = jobs.wait_for(submit_training(small_config(alpaca, max_steps=1)).id, timeout_s=300)
+    child = continue_training(parent.id, 2)
     assert child.parent_run_id == parent.id
     child = jobs.wait_for(child.id, timeout_s=300)
     assert child.status == "succeeded", jobs.log_tail(child.id)
     assert child.config["init_adapter"] == parent.adapter_path and child.step == 2
-    assert f"continuing from adapter {parent.adapter_path}" in (workspace / "runs" / str(child.id) / "worker.log").read_text()
+    log = (workspace / "runs" / str(child.id) / "worker.log").read_text()
+    assert f"continuing from adapter {parent.adapter_path}" in log
 
 
 def test_worker_out_of_memory_is_a_clear_failure(workspace, alpaca, default_model_dir, monkeypatch):
     monkeypatch.setenv("FTS_WORKER_MAX_MEMORY_GB", "0.05")  # 50 MB above the loaded libraries: a real OOM
-    run = jobs.wait_for(jobs.submit(small_config(alpaca, batch_size=8, max_length=512)).id, timeout_s=300)
+    run = jobs.wait_for(submit_training(small_config(alpaca, batch_size=8, max_length=512)).id, timeout_s=300)
     assert run.status == "failed"
     assert run.error.startswith("out of memory:") and "batch_size" in run.error
 

@@ -50,7 +50,7 @@ def test_override_skips_the_warning_but_a_weightless_model_is_still_refused(work
 
 def test_override_starts_a_run_despite_the_warning(workspace, fixtures_dir, default_model_dir, monkeypatch):
     import core.estimate
-    from core import jobs
+    from core import runs as jobs
 
     # a real estimate against a device with (as far as the check is told) only 1 MB free
     real = core.estimate.preflight_check
@@ -61,3 +61,30 @@ def test_override_starts_a_run_despite_the_warning(workspace, fixtures_dir, defa
     msg, run_id = start_run(values, skip_preflight=True)
     assert run_id == 1 and msg.startswith("Run #1") and "**Warning:**" in msg
     assert jobs.stop(1, timeout_s=60).status == "stopped"
+
+
+def test_refresh_reads_only_new_metric_rows(workspace):
+    """A long run with several tabs open stays cheap: each tick reads the rows it has not seen, not all of them."""
+    from sqlalchemy import insert
+
+    from core.runs import store
+    from storage import RunMetric
+    from ui.train import run_details
+
+    job = store.submit("train", {"dataset": "x", "name": "long"}, name="long")
+    with db_session() as s:
+        rows = [{"run_id": job.id, "step": i, "loss": 1.0 / i, "lr": 1e-4} for i in range(1, 5001)]
+        s.exec(insert(RunMetric), params=rows)
+    *_, cache = run_details(str(job.id), None)
+    assert cache["rows_read"] == 5000 and len(cache["loss"]) == 5000
+    *_, cache = run_details(str(job.id), cache)
+    assert cache["rows_read"] == 0  # nothing new: nothing read
+    store.add_metric(job.id, step=5001, loss=0.5, lr=1e-4)
+    head, loss, lr, _log, _cfg, _err, cache = run_details(str(job.id), cache)
+    assert cache["rows_read"] == 1 and len(loss) == 5001 and loss["step"].iloc[-1] == 5001
+    # a resume replaces the rows after its checkpoint: a new attempt reloads the curve from scratch
+    store.drop_metrics_after(job.id, 100)
+    with db_session() as s:
+        s.exec(Run.__table__.update().where(Run.id == job.id).values(attempt=2))
+    *_, cache = run_details(str(job.id), cache)
+    assert cache["rows_read"] == 100 and len(cache["loss"]) == 100

@@ -10,7 +10,9 @@ import html
 import gradio as gr
 import pandas as pd
 
-from core import jobs
+from core import runs
+from core.runs import JobError, RunStatus
+from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from ui.common import fmt_duration, fmt_num, progress_html
 
@@ -37,61 +39,87 @@ def dataset_choices() -> list[tuple[str, str]]:
     return out
 
 
-def runs_frame() -> pd.DataFrame:
-    rows = []
-    for r in jobs.list_runs():
+LIVE = {RunStatus.running, RunStatus.stopping, RunStatus.starting, RunStatus.queued}
+
+
+def train_runs() -> list:
+    return runs.list_runs(kind="train")
+
+
+def runs_frame(rows: list | None = None) -> pd.DataFrame:
+    out = []
+    for r in train_runs() if rows is None else rows:
         prog = f"{r.step}/{r.max_steps}" if r.max_steps else "-"
-        rows.append([r.id, r.name, r.status, r.method, prog, fmt_num(r.last_loss), fmt_num(r.tokens_per_s, "{:.0f}"),
-                     fmt_duration(jobs.duration_s(r))])
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+        out.append([r.id, r.name, r.status.value, r.method, prog, fmt_num(r.last_loss),
+                    fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r))])
+    return pd.DataFrame(out, columns=RUN_COLUMNS)
 
 
-def run_choices() -> list[tuple[str, str]]:
-    return [(f"#{r.id} {r.name} — {r.status}", str(r.id)) for r in jobs.list_runs()]
+def run_choices(rows: list | None = None) -> list[tuple[str, str]]:
+    return [(f"#{r.id} {r.name} — {r.status.value}", str(r.id)) for r in (train_runs() if rows is None else rows)]
 
 
-def default_selected_run() -> str | None:
-    runs = jobs.list_runs()
-    for r in runs:
-        if r.status in ("running", "stopping", "starting", "queued"):
+def default_selected_run(rows: list | None = None) -> str | None:
+    rows = train_runs() if rows is None else rows
+    for r in rows:
+        if r.status in LIVE:
             return str(r.id)
-    return str(runs[0].id) if runs else None
+    return str(rows[0].id) if rows else None
 
 
-def metrics_frames(run_id: int) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    loss_rows, lr_rows = [], []
-    for m in jobs.run_metrics(run_id):
+def new_metrics_cache(run_id: int | None = None, attempt: int = -1) -> dict:
+    return {"run_id": run_id, "attempt": attempt, "last_id": 0, "loss": [], "lr": [], "rows_read": 0}
+
+
+def update_metrics_cache(cache: dict | None, run) -> dict:
+    """Fetch only the metric rows this page has not seen (ids above the last one read). A new attempt of the run
+    (a resume replaces the rows after its checkpoint) or another run starts the cache afresh."""
+    if not cache or cache.get("run_id") != run.id or cache.get("attempt") != run.attempt:
+        cache = new_metrics_cache(run.id, run.attempt)
+    else:
+        cache = {**cache, "loss": list(cache["loss"]), "lr": list(cache["lr"])}
+    rows = runs.run_metrics(run.id, since_id=cache["last_id"])
+    for m in rows:
         if m.loss is not None:
-            loss_rows.append({"step": m.step, "value": m.loss, "series": "train loss"})
+            cache["loss"].append({"step": m.step, "value": m.loss, "series": "train loss"})
         if m.eval_loss is not None:
-            loss_rows.append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
+            cache["loss"].append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
         if m.lr is not None:
-            lr_rows.append({"step": m.step, "lr": m.lr})
+            cache["lr"].append({"step": m.step, "lr": m.lr})
+        cache["last_id"] = max(cache["last_id"], m.id)
+    cache["rows_read"] = len(rows)
+    return cache
+
+
+def metrics_frames(cache: dict) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
     # explicit dtypes: an empty or object-typed frame makes the plot treat values as categories
     # no empty frames: a colour-encoded plot that first receives an empty frame never draws its lines later
-    loss = pd.DataFrame(loss_rows, columns=["step", "value", "series"]).astype(LOSS_DTYPES) if loss_rows else None
-    lr = pd.DataFrame(lr_rows, columns=["step", "lr"]).astype(LR_DTYPES) if lr_rows else None
+    loss_rows, lr_rows = cache["loss"], cache["lr"]
+    loss = (pd.DataFrame(loss_rows, columns=["step", "value", "series"]).sort_values("step", kind="stable")
+            .astype(LOSS_DTYPES) if loss_rows else None)
+    lr = pd.DataFrame(lr_rows, columns=["step", "lr"]).sort_values("step").astype(LR_DTYPES) if lr_rows else None
     return loss, lr
 
 
-def run_details(run_id: str | None):
-    """(progress html, loss df or None, lr df or None, log tail, config yaml, outcome markdown)."""
+def run_details(run_id: str | None, cache: dict | None = None):
+    """(progress html, loss df or None, lr df or None, log tail, config yaml, outcome markdown, metrics cache)."""
     empty = (None, None)
     if not run_id:
-        return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "")
+        return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "", new_metrics_cache())
     try:
-        run = jobs.get_run(int(run_id))
-    except (jobs.JobError, ValueError):
-        return (f"<i>Run {html.escape(str(run_id))} not found.</i>", *empty, "", "", "")
-    loss, lr = metrics_frames(run.id)
+        run = runs.get_run(int(run_id))
+    except (JobError, ValueError):
+        return (f"<i>Run {html.escape(str(run_id))} not found.</i>", *empty, "", "", "", new_metrics_cache())
+    cache = update_metrics_cache(cache, run)
+    loss, lr = metrics_frames(cache)
     config_yaml = TrainConfig.model_validate(run.config).to_yaml()
     err = ""
     if run.error:
         err = f"**Why it ended:**\n\n```\n{run.error[-3000:]}\n```"
-    elif run.status == "succeeded":
+    elif run.status == RunStatus.succeeded:
         err = f"Adapter saved to `{run.adapter_path}`"
-    head = progress_html(run.step, run.max_steps, run.status, run.eta_s, run.tokens_per_s)
-    return head, loss, lr, jobs.log_tail(run.id, max_lines=LOG_LINES), config_yaml, err
+    head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s)
+    return head, loss, lr, runs.log_tail(run.id, max_lines=LOG_LINES), config_yaml, err, cache
 
 
 def config_from_inputs(values: dict) -> TrainConfig:
@@ -121,7 +149,8 @@ def build_tab() -> None:
                 info="'default', a local model folder, or a Hub id (needs network)")
             with gr.Row():
                 dataset = gr.Dropdown(choices=dataset_choices(), value=None, allow_custom_value=True,
-                                      label="Training data", info="a dataset imported in the Data tab, or a file path", scale=4)
+                                      label="Training data", info="a dataset imported in the Data tab, or a file path",
+                                      scale=4)
                 refresh_ds = gr.Button("↻", scale=0, min_width=40, size="sm")
             upload = gr.File(label="…or upload a data file (JSON/JSONL/CSV/Parquet)", file_count="single",
                              type="filepath", height=120)
@@ -158,7 +187,8 @@ def build_tab() -> None:
                     eval_steps = gr.Number(DEFAULTS.eval_steps, label="Eval every N steps", precision=0)
                     save_steps = gr.Number(DEFAULTS.save_steps, label="Checkpoint every N steps", precision=0)
                 with gr.Row():
-                    gradient_checkpointing = gr.Checkbox(DEFAULTS.gradient_checkpointing, label="Gradient checkpointing")
+                    gradient_checkpointing = gr.Checkbox(DEFAULTS.gradient_checkpointing,
+                                                         label="Gradient checkpointing")
                     packing = gr.Checkbox(DEFAULTS.packing, label="Padding-free batching")
                 skip_preflight = gr.Checkbox(False, label="Start even if the memory pre-flight check warns")
             start_btn = gr.Button("Start training", variant="primary")
@@ -168,6 +198,7 @@ def build_tab() -> None:
             gr.Markdown("#### Runs")
             runs_table = gr.Dataframe(value=runs_frame, headers=RUN_COLUMNS, interactive=False, max_height=260,
                                       wrap=True)
+            metrics_cache = gr.State(new_metrics_cache())
             with gr.Row():
                 selected = gr.Dropdown(choices=run_choices(), value=default_selected_run(), label="Selected run",
                                        scale=3)
@@ -190,7 +221,7 @@ def build_tab() -> None:
             with gr.Accordion("Config (YAML)", open=False):
                 config_box = gr.Code(language="yaml", show_label=False)
 
-    detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md]
+    detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, metrics_cache]
     config_inputs = {
         "name": name, "base_model": base_model, "dataset": dataset, "upload": upload, "method": method,
         "num_epochs": num_epochs, "max_steps": max_steps, "learning_rate": learning_rate,
@@ -217,17 +248,17 @@ def build_tab() -> None:
         try:
             rid = int(run_id)
             if action == "stop":
-                run = jobs.stop(rid)
+                run = runs.stop(rid)
                 return f"Run #{rid} {run.status}.", gr.update(choices=run_choices())
             if action == "resume":
-                run = jobs.resume(rid)
+                run = runs.resume(rid)
                 ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
                     " from the start (no checkpoint yet)"
                 return f"Run #{rid} {run.status}{ck}.", gr.update(choices=run_choices())
-            run = jobs.continue_training(rid, int(steps or 0))
+            run = train_jobs.continue_training(rid, int(steps or 0))
             return f"Run #{run.id} continues #{rid} for {int(steps)} steps.", gr.update(choices=run_choices(),
                                                                                        value=str(run.id))
-        except (jobs.JobError, ConfigError, ValueError) as exc:
+        except (JobError, ConfigError, ValueError) as exc:
             return f"**Error:** {exc}", gr.update()
 
     stop_btn.click(lambda r, s: act("stop", r, s), [selected, extra_steps], [action_msg, selected],
@@ -235,18 +266,21 @@ def build_tab() -> None:
     resume_btn.click(lambda r, s: act("resume", r, s), [selected, extra_steps], [action_msg, selected])
     continue_btn.click(lambda r, s: act("continue", r, s), [selected, extra_steps], [action_msg, selected])
 
-    selected.change(run_details, selected, detail_outputs)
+    selected.change(run_details, [selected, metrics_cache], detail_outputs)
     refresh_ds.click(lambda: gr.update(choices=dataset_choices()), None, dataset)
 
-    def tick(current):
-        choices = run_choices()
-        ids = [c[1] for c in choices]
-        value = current if current in ids else default_selected_run()
-        return (runs_frame(), gr.update(choices=choices, value=value), *run_details(value))
-
     timer = gr.Timer(REFRESH_S)
-    timer.tick(tick, selected, [runs_table, selected, *detail_outputs], show_progress="hidden",
+    timer.tick(tick, [selected, metrics_cache], [runs_table, selected, *detail_outputs], show_progress="hidden",
                concurrency_limit=None)
+
+
+def tick(current: str | None, cache: dict | None):
+    """The 1 s refresh: runs table, selection, and the selected run's details (new metric rows only)."""
+    rows = train_runs()
+    choices = run_choices(rows)
+    ids = [c[1] for c in choices]
+    value = current if current in ids else default_selected_run(rows)
+    return (runs_frame(rows), gr.update(choices=choices, value=value), *run_details(value, cache))
 
 
 def start_run(values: dict, *, skip_preflight: bool = False) -> tuple[str, int | None]:
@@ -257,8 +291,8 @@ def start_run(values: dict, *, skip_preflight: bool = False) -> tuple[str, int |
         if warn and not skip_preflight:
             return (f"**Warning:** {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to "
                     "start anyway.", None)
-        run = jobs.submit(config)
-    except (ConfigError, jobs.JobError) as exc:
+        run = train_jobs.submit_training(config)
+    except (ConfigError, JobError) as exc:
         return f"**Error:** {exc}", None
     note = f"\n\n**Warning:** {warn}" if warn else ""
     return f"Run #{run.id} **{run.status}**.{note}", run.id

@@ -1,0 +1,89 @@
+"""Kinds of job: a kind is a worker entry point plus how to launch it. Queue, limit, stop, logs and reconcile are
+shared by all of them (core.runs.scheduler).
+
+The entry point is named as ``"module:function"`` and imported only inside the worker process, so the runs core
+never imports what it runs. The function receives a :class:`core.runs.worker.JobContext` and returns a
+:class:`core.runs.worker.JobResult` (or raises; the runs core turns the exception into the job's error).
+
+Built-in kinds are listed here. ``FTS_JOB_KINDS`` names extra modules (comma-separated) that call :func:`register`
+when imported — in every process, workers included, since they inherit the environment (the tests use it for a
+trivial kind).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage import Run
+
+
+def default_command(job: Run) -> list[str]:
+    return [sys.executable, "-m", "core.runs.worker", "--job-id", str(job.id)]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    entry: str  # "package.module:function", called in the worker process with a JobContext
+    resumable: bool = False  # a failed/stopped/interrupted job can be queued again (continues from a checkpoint)
+    command: Callable[[Run], list[str]] = default_command  # the worker process's argv (the supervisor starts it)
+    description: str = ""
+    # what to change when a job of this kind runs out of memory: f(config, memory limit in bytes or None)
+    oom_advice: Callable[[dict, int | None], str] | None = field(default=None, compare=False)
+
+
+def _train_command(job: Run) -> list[str]:
+    n = int((job.config or {}).get("num_gpus") or 1)
+    if n > 1:
+        # multi-GPU: the same worker under accelerate (DDP); only rank 0 writes to the DB
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
+                "-m", "core.runs.worker", "--job-id", str(job.id)]
+    return default_command(job)
+
+
+def _train_oom_advice(config: dict, limit_bytes: int | None) -> str:
+    from core.train.advice import out_of_memory_advice
+
+    return out_of_memory_advice(config, limit_bytes)
+
+
+_KINDS: dict[str, JobKind] = {}
+_loaded_extra: set[str] = set()
+
+
+def register(kind: JobKind) -> JobKind:
+    _KINDS[kind.name] = kind
+    return kind
+
+
+register(JobKind("train", "core.train.worker:run_job", resumable=True, command=_train_command,
+                 description="supervised fine-tuning (LoRA / QLoRA / full)", oom_advice=_train_oom_advice))
+
+
+def _load_extra() -> None:
+    for module in filter(None, (m.strip() for m in os.environ.get("FTS_JOB_KINDS", "").split(","))):
+        if module not in _loaded_extra:
+            importlib.import_module(module)
+            _loaded_extra.add(module)
+
+
+def get_kind(name: str) -> JobKind:
+    _load_extra()
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown job kind '{name}' (known: {', '.join(sorted(_KINDS))})") from None
+
+
+def all_kinds() -> list[str]:
+    _load_extra()
+    return sorted(_KINDS)
+
+
+def load_entry(kind: JobKind) -> Callable[[Any], Any]:
+    module, _, func = kind.entry.partition(":")
+    return getattr(importlib.import_module(module), func)

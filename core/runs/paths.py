@@ -1,0 +1,135 @@
+"""Where a job's files live, and which of its checkpoints are complete.
+
+Both the scheduler side and the workers import this module; it imports neither. Layout of ``workspace/runs/<id>/``::
+
+    config.yaml          the job's config as submitted
+    worker.log           supervisor + worker output (stdout and stderr), one "===== attempt N" header per start
+    outcome.json         a small file reserved at submit: the job's ending when the database could not take it
+    checkpoints/         checkpoint-<step>/ folders, each complete (written under .staging/, renamed when whole)
+    checkpoints/.staging/ a checkpoint being written (a leftover here is a save that never finished)
+    adapter/ | model/    the trained result (also written under a temporary name and renamed)
+
+A checkpoint is *complete* when it carries the marker file written last (``.fts-complete``), or — for checkpoints
+written before markers existed — when it has its trainer state, weights and optimizer state.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from core.config import get_settings
+
+COMPLETE_MARKER = ".fts-complete"
+STAGING = ".staging"
+CHECKPOINT_PREFIX = "checkpoint-"
+_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+                 "adapter_model.bin", "pytorch_model.bin")
+
+
+def job_dir(job_id: int) -> Path:
+    return get_settings().runs_dir / str(job_id)
+
+
+def log_path(job_id: int) -> Path:
+    return job_dir(job_id) / "worker.log"
+
+
+def outcome_path(job_id: int) -> Path:
+    return job_dir(job_id) / "outcome.json"
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def staging_dir(run_dir: Path) -> Path:
+    return checkpoints_dir(run_dir) / STAGING
+
+
+def checkpoint_step(path: str | Path) -> int:
+    try:
+        return int(Path(path).name.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    if (path / COMPLETE_MARKER).is_file():
+        return True
+    # written before completion markers: whole only if state, weights and optimizer are all there
+    return ((path / "trainer_state.json").is_file() and (path / "optimizer.pt").is_file()
+            and any((path / f).is_file() for f in _WEIGHT_FILES))
+
+
+def _numbered_checkpoints(run_dir: Path) -> list[Path]:
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    return [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest step first."""
+    return sorted((p for p in _numbered_checkpoints(run_dir) if is_complete_checkpoint(p)), key=checkpoint_step)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest *complete* checkpoint (a half-written folder is never picked)."""
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Folders a save left behind unfinished: numbered folders without the marker, and anything in .staging."""
+    partial = [p for p in _numbered_checkpoints(run_dir) if not is_complete_checkpoint(p)]
+    staging = staging_dir(run_dir)
+    if staging.is_dir():
+        partial += [p for p in staging.iterdir() if p.is_dir()]
+    return partial
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete unfinished checkpoint folders; returns what was removed."""
+    removed = []
+    for p in partial_checkpoints(run_dir):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def dir_size_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the filesystem that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def log_tail(job_id: int, max_lines: int = 40, max_chars: int = 6000) -> str:
+    p = log_path(job_id)
+    if not p.is_file():
+        return ""
+    with open(p, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 64_000))
+        text = f.read().decode("utf-8", errors="replace")
+    lines = text.splitlines()[-max_lines:]
+    return "\n".join(lines)[-max_chars:]

@@ -1,0 +1,178 @@
+"""A job's supervisor: ``python -m core.runs.supervise --job-id N`` — the process a backend starts.
+
+It starts the kind's worker process (which dies with it), samples the worker's memory, writes the job's heartbeat,
+and when the worker ends without having recorded its ending — killed by the kernel's out-of-memory killer, by
+``kill -9``, a crash in native code — it records the cause it can see: the signal, the peak memory against the
+limit, what to change. Then it starts the next queued job, so the queue moves with no dashboard open.
+
+It is small (no torch) and lives as long as its worker; the job's ``pid`` is this process, the leader of the job's
+process group, so one signal to the group reaches supervisor and worker alike.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+
+from core.config import REPO_ROOT
+from core.runs import memory, paths, store
+from core.runs.errors import fmt_bytes
+from core.runs.kinds import get_kind
+from core.runs.worker import log
+from storage import RunStatus
+
+SAMPLE_S = 0.5
+HEARTBEAT_S = 5.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def describe_death(returncode: int, *, peak: int | None, last: int | None = None, limit: int | None,
+                   limit_source: str, oom_kills: int, advice: str) -> tuple[RunStatus, str]:
+    """(ending, message) for a worker that ended without recording how. ``peak``/``last``: its largest and its
+    final sampled RSS; ``limit``: how far it could grow at that final sample, and what set that (``limit_source``)."""
+    last = peak if last is None else last
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        mem = ""
+        if peak and limit:
+            mem = f"peak RSS {fmt_bytes(peak)}"
+            mem += (f" of {fmt_bytes(limit)} ({limit_source})" if last == peak else
+                    f"; at the end {fmt_bytes(last)} of the {fmt_bytes(limit)} it could use ({limit_source})")
+        if sig == signal.SIGKILL:
+            near_limit = bool(last and limit and last >= 0.85 * limit)
+            if oom_kills > 0 or near_limit:
+                who = "the kernel's out-of-memory killer" if oom_kills > 0 else "likely out of memory"
+                return RunStatus.failed, (f"killed by signal 9, {who}: {mem or 'memory not sampled'}. "
+                                          f"{advice}".strip())
+            return RunStatus.failed, (f"killed by signal 9 (SIGKILL) from outside the studio; "
+                                      f"{mem + ', ' if mem else ''}so probably not out of memory (killed by hand or "
+                                      "by the system)")
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            return RunStatus.interrupted, f"terminated by {name} before it could save (host shutdown?)"
+        return RunStatus.failed, f"the worker died of {name} (signal {sig}), a crash in native code"
+    if returncode == 0:
+        return RunStatus.failed, "the worker exited without recording how the job ended"
+    return RunStatus.failed, f"the worker exited with code {returncode} without recording how the job ended"
+
+
+def supervise(job_id: int) -> int:
+    import subprocess
+
+    terminating = threading.Event()
+    child: subprocess.Popen | None = None
+
+    def on_term(signum, frame):
+        terminating.set()
+        if child is not None and child.poll() is None:
+            try:
+                os.kill(child.pid, signal.SIGTERM)  # idempotent when the whole group got it too
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        job = store.get(job_id, fold=False)
+    except Exception as exc:  # noqa: BLE001
+        log(f"supervisor: run {job_id} cannot be read from the database: {exc}")
+        return 2
+    if not job.status.is_active:
+        log(f"supervisor: run {job_id} is {job.status}; nothing to start")
+        return 0
+    kind = get_kind(job.kind)
+    cmd = kind.command(job)
+    child = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=dict(os.environ), stdin=subprocess.DEVNULL,
+                             preexec_fn=_die_with_parent)
+    if terminating.is_set():
+        on_term(signal.SIGTERM, None)
+    try:
+        store.report_progress(job_id, worker_pid=child.pid)
+    except Exception as exc:  # noqa: BLE001
+        log(f"supervisor: could not record the worker pid: {exc}")
+    # OOM-kill counter readings of the last few samples: the kernel counts a kill when it picks the victim, a
+    # moment before the process is gone, so "before" is the reading from two samples back
+    oom_counts = deque([memory.oom_kill_count()] * 3, maxlen=3)
+    peak = last = 0
+    limit, limit_source = None, ""  # how far the worker could grow, as of the last sample
+    last_beat = 0.0
+    while child.poll() is None:
+        oom_counts.append(memory.oom_kill_count())
+        time.sleep(SAMPLE_S)
+        rss = memory.tree_rss_bytes(child.pid)
+        if rss:
+            peak, last = max(peak, rss), rss
+            try:  # other processes and cgroup moves change it: read it with every sample
+                limit, limit_source = memory.memory_ceiling(child.pid, rss)
+            except (OSError, ValueError):
+                pass
+        now = time.monotonic()
+        if now - last_beat >= HEARTBEAT_S and child.poll() is None:
+            last_beat = now
+            try:
+                store.heartbeat(job_id, peak_memory_bytes=peak or None, memory_limit_bytes=limit)
+            except Exception:  # noqa: BLE001 - a busy or full database must not stop the supervision
+                pass
+    rc = child.returncode
+    oom_after = memory.oom_kill_count()
+    oom_before = oom_counts[0]
+    try:
+        run = store.get(job_id)  # folds an ending the worker could only write to outcome.json
+    except Exception as exc:  # noqa: BLE001
+        log(f"supervisor: cannot read run {job_id} after its worker ended: {exc}")
+        run = None
+    if run is not None and run.attempt != job.attempt:
+        run = None  # this attempt's ending is recorded and the job has moved on (resumed): nothing of ours to write
+    if run is not None and run.status.is_active:
+        advice = kind.oom_advice(run.config or {}, limit) if kind.oom_advice else ""
+        status, message = describe_death(rc, peak=peak or None, last=last or None, limit=limit,
+                                         limit_source=limit_source,
+                                         oom_kills=oom_after - oom_before, advice=advice)
+        if run.status == RunStatus.stopping and status != RunStatus.failed:
+            status = RunStatus.stopped
+        if run.status == RunStatus.stopping and rc == -signal.SIGKILL:
+            status, message = RunStatus.stopped, "stopped (the worker was killed after the stop timeout)"
+        log(f"supervisor: {message}")
+        tail = paths.log_tail(job_id, max_lines=25)
+        ckpt = paths.latest_checkpoint(paths.job_dir(job_id))
+        store.finish(job_id, status, error=f"{message}\n--- log tail ---\n{tail}" if status != RunStatus.stopped
+                     else None, attempt=run.attempt, resume_from_checkpoint=str(ckpt) if ckpt else None,
+                     peak_memory_bytes=peak or None, memory_limit_bytes=limit)
+    else:
+        try:
+            store.report_progress(job_id, peak_memory_bytes=peak or None, memory_limit_bytes=limit)
+        except Exception:  # noqa: BLE001
+            pass
+    try:  # hand the device to the next queued job
+        from core.runs.scheduler import dispatch
+
+        dispatch()
+    except Exception as exc:  # noqa: BLE001
+        log(f"supervisor: could not start the next queued job: {exc}")
+    return rc if rc >= 0 else 128 - rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.runs.supervise")
+    parser.add_argument("--job-id", type=int, required=True)
+    args = parser.parse_args(argv)
+    return supervise(args.job_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
