@@ -17,7 +17,7 @@ import gradio as gr
 
 from core import runs
 from core.config import get_settings
-from ui import data, estimate, placeholders, train
+from ui import data, estimate, evaluate, placeholders, playground, train
 from ui.common import CSS, THEME
 
 TABS = ("Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy")
@@ -26,7 +26,7 @@ TABS = ("Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy")
 def _tab_builders():
     """One builder per tab. A tab module that fails to import fails the app (and the tests), loudly."""
     return {"Estimate": estimate.build_tab, "Data": data.build_tab, "Train": train.build_tab,
-            "Evaluate": placeholders.build_evaluate_tab, "Playground": placeholders.build_playground_tab,
+            "Evaluate": evaluate.build_tab, "Playground": playground.build_tab,
             "Deploy": placeholders.build_deploy_tab}
 
 
@@ -37,8 +37,12 @@ def build_app() -> gr.Blocks:
                     "Runs live in their own processes: close the tab and come back whenever you like.")
         with gr.Tabs(selected="Train"):
             for tab in TABS:
-                with gr.Tab(tab, id=tab):
-                    builders[tab]()
+                with gr.Tab(tab, id=tab) as tab_item:
+                    loader = builders[tab]()
+                if loader:  # (fn, inputs, outputs): the tab's lists, read when a page opens and when the tab does
+                    fn, inputs, outputs = loader
+                    demo.load(fn, inputs, outputs, show_progress="hidden")
+                    tab_item.select(fn, inputs, outputs, show_progress="hidden")
     return demo
 
 

@@ -4,6 +4,7 @@
     python -m core runs list [--json] | show ID [--json] | stop ID | resume ID | continue ID --steps N | logs ID
     python -m core data import PATH ...        (Data tab)
     python -m core estimate --model REF ...    (Estimate tab)
+    python -m core evaluate --run ID ...       (Evaluate tab)   python -m core generate --model M --prompt T
     python -m core prepare-model               (convert the embedded default model once)
 
 Exit codes: 0 success, 1 the run finished but not successfully, 2 bad input (one-line reason on stderr).
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare_model)
 
     # the other tabs' commands register themselves
-    for module in ("core.data.cli", "core.estimate"):
+    for module in ("core.data.cli", "core.estimate", "core.evaluate.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

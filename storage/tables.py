@@ -144,3 +144,48 @@ class Dataset(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     splits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Evaluation(SQLModel, table=True):
+    """Base vs tuned on one set of examples: the numbers, the settings, and where the per-example outputs are."""
+
+    __tablename__ = "evaluations"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: Optional[int] = Field(default=None, index=True)  # the evaluate job (a row in runs) that produced it
+    run_id: Optional[int] = Field(default=None, index=True)  # the training run evaluated, when it is one
+    kind: str = "generation"  # generation | multiple_choice | lm_eval
+    name: str = ""
+    base_label: str = ""
+    tuned_label: str = ""
+    dataset_ref: str = ""  # a dataset id, "run:<id>" (the run's own held-out rows) or an lm-eval task name
+    split: str = ""
+    n: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # base/tuned/delta
+    headline: str = ""  # the metric the runs list shows
+    headline_base: Optional[float] = None
+    headline_tuned: Optional[float] = None
+    examples_path: str = ""  # JSONL of per-example prompts, references, outputs and scores
+
+
+class Vote(SQLModel, table=True):
+    """One blind A/B judgement in the Playground."""
+
+    __tablename__ = "votes"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    prompt: str = Field(default="", sa_column=Column(Text))
+    system_prompt: str = Field(default="", sa_column=Column(Text))
+    output_a: str = Field(default="", sa_column=Column(Text))
+    output_b: str = Field(default="", sa_column=Column(Text))
+    model_a: str = ""  # the model shown as A (a stable key: "default", "run:7", a path)
+    model_b: str = ""
+    label_a: str = ""
+    label_b: str = ""
+    winner: str = ""  # a | b | tie | both_bad
+    voter: str = "anonymous"
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+

@@ -50,3 +50,115 @@ def tokenizer(default_model_dir):
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, default_model_dir):
+    """A short real LoRA run on the demo task (support message -> JSON), trained once per test session in its own
+    workspace: ``{"ws", "run_id", "dataset_id", "adapter"}``. About 40 s of training on 2 cores."""
+    from storage import reset_engines
+
+    ws = tmp_path_factory.mktemp("demo") / "ws"
+    ws.mkdir()
+    saved = {k: os.environ.get(k) for k in ("FTS_WORKSPACE", "DATABASE_URL")}
+    os.environ["FTS_WORKSPACE"] = str(ws)
+    os.environ.pop("DATABASE_URL", None)
+    reset_engines()
+    try:
+        from core import runs
+        from core.data import import_demo_task
+        from core.train.config import TrainConfig
+        from core.train.jobs import submit_training
+
+        ds = import_demo_task(160, seed=0, model=None)  # 144 train / 16 validation rows
+        cfg = TrainConfig(dataset=str(ds.dataset_id), method="lora", lora_r=16, lora_alpha=32, max_steps=24,
+                          batch_size=4, learning_rate=2e-3, max_length=256, save_steps=0, name="demo-lora")
+        run = runs.wait_for(submit_training(cfg).id, timeout_s=1200)
+        assert run.status == "succeeded", runs.log_tail(run.id)
+        info = {"ws": ws, "run_id": run.id, "dataset_id": ds.dataset_id, "adapter": run.adapter_path}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_engines()
+    return info
+
+
+@pytest.fixture
+def demo_ws(demo_run, monkeypatch):
+    """Point this test at the trained demo run's workspace."""
+    from storage import reset_engines
+
+    monkeypatch.setenv("FTS_WORKSPACE", str(demo_run["ws"]))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    reset_engines()
+    yield demo_run
+    reset_engines()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def start_app():
+    """Start the real dashboard (`python app.py`) on a free loopback port with the current environment's workspace;
+    returns its URL. Every app started is stopped after the test."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    procs = []
+
+    def start(log_path: Path, **env_extra) -> str:
+        port = _free_port()
+        env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False",
+                   **env_extra)
+        log = open(log_path, "w")
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append((proc, log))
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("app exited: " + Path(log_path).read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return url
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("app did not start: " + Path(log_path).read_text()[-3000:])
+
+    yield start
+    for proc, log in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except Exception:  # noqa: BLE001 - a stuck app is killed
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium through Playwright."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Debian chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

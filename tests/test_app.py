@@ -60,7 +60,8 @@ def test_app_builds_and_serves_all_six_tabs(app_server):
     labels = [c.get("props", {}).get("label") for c in config["components"] if c.get("type") == "tabitem"]
     assert labels == TABS
     text = json.dumps(config)
-    assert "not built yet" in text  # Evaluate/Playground/Deploy say so plainly
+    assert "Deploy: not built yet" in text  # Deploy still says so plainly
+    assert "Start evaluation" in text and "Send to both" in text  # Evaluate and Playground are built
     assert "Start training" in text
 
 

@@ -217,7 +217,8 @@ def test_row_level_problems(tmp_path):
     assert c["not_an_object"] == [10]
     summary = {s["code"]: s for s in prep.problem_summary(drop={"duplicate"})}
     assert summary["duplicate"]["action"] == "dropped" and summary["role_order"]["action"] == "kept"
-    assert summary["no_assistant_turn"]["fatal"] and summary["no_assistant_turn"]["action"] == "dropped"
+    # droppable, not fatal: kept on request (a prompts-only evaluation set); dropped unless asked
+    assert not summary["no_assistant_turn"]["fatal"] and summary["no_assistant_turn"]["action"] == "kept"
     # training from the file drops every problem row
     assert len(load_training_rows(str(p))) == 2  # rows 1 and 4 (number converted to text)
 

@@ -25,7 +25,8 @@ from core.data.formats import CANONICAL_FIELDS
 
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created"]
-MASK_COLORS = {"trained": "#22c55e", "masked": "#cbd5e1", "truncated": "#ef4444"}
+MASK_COLORS = {"trained": "#22c55e", "masked": "#cbd5e1", "truncated": "#ef4444",
+               "question": "#e2e8f0", "answer": "#3b82f6"}  # the last two: multiple-choice rows (for Evaluate)
 DEFAULT_DROP = [c for c in PROBLEM_CODES if c not in ("non_string_content", "unfilled_placeholder")]
 
 
@@ -61,9 +62,14 @@ def problems_markdown(problems: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def stats_markdown(st: dict | None) -> str:
+def stats_markdown(st: dict | None, kind: str | None = None) -> str:
     if not st:
         return "No token statistics yet."
+    if kind == "multiple_choice":
+        return (f"**{st['total_tokens']:,} tokens** in {st['rows']:,} train rows — each question with its lettered "
+                f"options and answer (tokenizer: `{st['model']}`)  \n"
+                f"min {st['min']} · mean {st['mean']} · p50 {st['p50']} · p95 {st['p95']} · max {st['max']} tokens "
+                "· scored in Evaluate, never trained on")
     return (f"**{st['total_tokens']:,} training tokens** in {st['rows']:,} train rows (tokenizer: `{st['model']}`)  \n"
             f"min {st['min']} · mean {st['mean']} · p50 {st['p50']} · p95 {st['p95']} · max {st['max']} tokens  \n"
             f"**{st['over_max_length']}** rows over the max length {st['max_length']} (truncated in training)")
@@ -98,8 +104,9 @@ def inspect_source(upload, path, fmt, column_df, template_df):
     except DatasetError as exc:
         return (f"**Cannot use this source:** {exc}", gr.update(), gr.update(), gr.update(), "")
     summary = prep.problem_summary(set(DEFAULT_DROP))
-    kind = ("preference pairs — stored for preference training (DPO), not used for SFT" if prep.kind == "preference"
-            else prep.kind)
+    kind = {"preference": "preference pairs — stored for preference training (DPO), not used for SFT",
+            "multiple_choice": "multiple-choice questions — a benchmark for Evaluate, not used for SFT",
+            }.get(prep.kind, prep.kind)
     head = (f"**{prep.format}** ({kind})"
             f" · {prep.total_records:,} records · {len(prep.rows):,} usable · columns: {', '.join(prep.columns[:12])}"
             + (f" · detected: {prep.detected_format}" if prep.detected_format != prep.format else ""))
@@ -132,7 +139,7 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
     msg += "\n\n" + problems_markdown(result.problems)
     table, dd = refresh_datasets(str(result.dataset_id))
     hist = _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram"))
-    return msg, table, dd, hist, stats_markdown(result.token_stats)
+    return msg, table, dd, hist, stats_markdown(result.token_stats, result.kind)
 
 
 def run_demo_import(progress=gr.Progress()):
@@ -156,6 +163,10 @@ def show_row(dataset_id, split, index, model, max_length):
                          int(max_length) if max_length else None)
     except (DatasetError, ValueError) as exc:
         return None, f"**{exc}**"
+    if "choices" in pv["row"]:
+        return pv["segments"], (f"Row {pv['index']} of {pv['split_rows']} in {split}: a multiple-choice question "
+                                f"({len(pv['row']['choices'])} options, {pv['num_tokens']} tokens as shown) for "
+                                "Evaluate — nothing is trained on it; the gold answer is in blue.")
     trained = sum(1 for _, lab in pv["segments"] if lab == "trained")
     info = (f"Row {pv['index']} of {pv['split_rows']} in {split}: {pv['num_tokens']} tokens, "
             f"~{pv['approx_trained_tokens']} carry loss (green) in {trained} assistant span(s); grey is context "
@@ -171,12 +182,13 @@ def show_dataset(dataset_id):
     except DatasetError as exc:
         return f"**{exc}**", _hist_frame(None), ""
     meta = ds.meta or {}
-    kind = ("preference pairs — **for preference training (DPO)**, not usable for SFT" if ds.kind == "preference"
-            else ds.kind)
+    kind = {"preference": "preference pairs — **for preference training (DPO)**, not usable for SFT",
+            "multiple_choice": "multiple-choice questions — **a benchmark for Evaluate**, not usable for SFT",
+            }.get(ds.kind, ds.kind)
     head = (f"**{ds.name}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} "
             f"· hash `{ds.content_hash[:12]}`"
             f"\n\nsource: `{ds.source}`\n\n" + problems_markdown(meta.get("problems", [])))
-    return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"))
+    return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"), ds.kind)
 
 
 def run_stats(dataset_id, model, max_length, progress=gr.Progress()):
@@ -189,7 +201,7 @@ def run_stats(dataset_id, model, max_length, progress=gr.Progress()):
         return _hist_frame(None), f"**{exc}**"
     except Exception as exc:  # noqa: BLE001 - UI shows any tokenizer load failure as a message
         return _hist_frame(None), f"**Cannot count tokens with '{model}':** {exc}"
-    return _hist_frame(out["histogram"]), stats_markdown(out["token_stats"])
+    return _hist_frame(out["histogram"]), stats_markdown(out["token_stats"], get_dataset(dataset_id).kind)
 
 
 # --------------------------------------------------------------------------------------------------------- layout
@@ -203,8 +215,9 @@ def _demo_available() -> bool:
 
 def build_tab() -> None:
     gr.Markdown("### Bring a dataset\nJSON, JSONL, CSV/TSV, Parquet or TXT — alpaca, ShareGPT, OpenAI `messages`, "
-                "prompt/completion, plain text or preference pairs. Everything becomes chat messages; token counts "
-                "use the selected model's tokenizer.")
+                "prompt/completion, plain text, preference pairs or multiple-choice questions (MMLU, ARC, HellaSwag, "
+                "TruthfulQA layouts; for Evaluate). Everything else becomes chat messages; token counts use the "
+                "selected model's tokenizer.")
     with gr.Row():
         upload = gr.File(label="Upload a file", file_types=FILE_TYPES, type="filepath", elem_id="data-upload")
         with gr.Column():

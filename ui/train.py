@@ -18,7 +18,7 @@ from ui.common import fmt_duration, fmt_num, progress_html
 
 REFRESH_S = 1.0
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
-RUN_COLUMNS = ["id", "name", "status", "method", "progress", "loss", "tokens/s", "duration"]
+RUN_COLUMNS = ["id", "name", "status", "method", "progress", "loss", "tokens/s", "duration", "evaluation"]
 DEFAULTS = TrainConfig(dataset="-")
 LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
 LR_DTYPES = {"step": "int64", "lr": "float64"}
@@ -33,7 +33,7 @@ def dataset_choices() -> list[tuple[str, str]]:
         return []
     out = []
     for d in rows:
-        if getattr(d, "kind", "sft") == "preference":
+        if getattr(d, "kind", "sft") in ("preference", "multiple_choice"):
             continue
         out.append((f"#{d.id} {d.name} ({d.rows} rows, {d.format})", str(d.id)))
     return out
@@ -47,11 +47,18 @@ def train_runs() -> list:
 
 
 def runs_frame(rows: list | None = None) -> pd.DataFrame:
+    from core.evaluate.results import latest_for_runs
+
+    rows = train_runs() if rows is None else rows
+    evals = latest_for_runs([r.id for r in rows])
     out = []
-    for r in train_runs() if rows is None else rows:
+    for r in rows:
         prog = f"{r.step}/{r.max_steps}" if r.max_steps else "-"
+        ev = evals.get(r.id)
+        headline = (f"{ev.headline} {fmt_num(ev.headline_tuned, '{:.3f}')} (base {fmt_num(ev.headline_base, '{:.3f}')})"
+                    if ev and ev.headline else "")
         out.append([r.id, r.name, r.status.value, r.method, prog, fmt_num(r.last_loss),
-                    fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r))])
+                    fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r)), headline])
     return pd.DataFrame(out, columns=RUN_COLUMNS)
 
 
@@ -272,6 +279,11 @@ def build_tab() -> None:
     timer = gr.Timer(REFRESH_S)
     timer.tick(tick, [selected, metrics_cache], [runs_table, selected, *detail_outputs], show_progress="hidden",
                concurrency_limit=None)
+
+    def refresh_lists():
+        return gr.update(choices=dataset_choices())
+
+    return refresh_lists, [], [dataset]  # app.py runs it when a page (or the tab) opens: no stale lists
 
 
 def tick(current: str | None, cache: dict | None):

@@ -7,13 +7,17 @@ Public API
     (format auto-detected and normalised in memory; rows with problems dropped, except over-long rows which the
     trainer truncates; ``split`` other than "train" returns the rows of a ``split`` column, else ``[]``).
     Rows: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...], "tools": [...]?}``;
-    plain-text datasets give ``{"text": str}`` rows. Preference datasets raise DatasetError (SFT cannot use them).
+    plain-text datasets give ``{"text": str}`` rows. Preference and multiple-choice datasets raise DatasetError (SFT
+    cannot use them; read those with ``read_split``).
 
 ``import_dataset(source, *, name=None, format="auto", column_map=None, split=None, drop_invalid=True,
 template_values=None, model="default", max_length=2048, progress=None) -> ImportResult``
     ``source``: a local file (.json array / .jsonl / .csv / .tsv / .parquet / .txt) or a Hub dataset id
     (``owner/name`` or ``hub:owner/name``; offline → DatasetError "the Hugging Face Hub is unreachable").
-    ``format``: "auto" or one of FORMATS (alpaca, sharegpt, openai, prompt_completion, text, preference).
+    ``format``: "auto" or one of FORMATS (alpaca, sharegpt, openai, prompt_completion, text, preference,
+    multiple_choice). A multiple_choice dataset (kind ``multiple_choice``: MMLU / ARC / HellaSwag / TruthfulQA-MC
+    layouts) stores ``{"question": str, "choices": [str, ...], "answer": int (0-based), "context": str?}`` rows for
+    Evaluate; its token stats count the question with its lettered options and the answer, and never flag too_long.
     ``column_map``: {canonical field: source column}, e.g. ``{"prompt": "question_text", "completion": "answer"}``.
     ``split``: ``SplitSpec(validation=0.1, test=0.0, seed=42, use_column=True)`` or the same as a dict; a ``split``
     column (or the Hub dataset's own splits) wins when present.

@@ -77,10 +77,10 @@ def cmd_list(args) -> int:
     if not items:
         print("no datasets yet: python -m core data import PATH")
         return 0
-    print(f"{'id':>4}  {'name':<28} {'format':<18} {'kind':<11} {'rows':>7}  train/val/test")
+    print(f"{'id':>4}  {'name':<28} {'format':<18} {'kind':<15} {'rows':>7}  train/val/test")
     for d in items:
         sp = d["splits"] or {}
-        print(f"{d['id']:>4}  {d['name'][:28]:<28} {d['format']:<18} {d['kind']:<11} {d['rows']:>7}  "
+        print(f"{d['id']:>4}  {d['name'][:28]:<28} {d['format']:<18} {d['kind']:<15} {d['rows']:>7}  "
               f"{sp.get('train', 0)}/{sp.get('validation', 0)}/{sp.get('test', 0)}")
     return 0
 

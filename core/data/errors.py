@@ -25,7 +25,8 @@ PROBLEM_CODES: dict[str, tuple[str, bool]] = {
     "not_an_object": ("row is not a JSON object", True),
     "missing_field": ("required field missing or empty", True),
     "bad_content": ("content is not text", True),
-    "no_assistant_turn": ("conversation has no assistant answer", True),
+    # kept on request: a prompts-only set is something to evaluate or try in the Playground (training skips such rows)
+    "no_assistant_turn": ("conversation has no assistant answer", False),
     "empty_turn": ("a turn has empty content", False),
     "role_order": ("roles out of order", False),
     "non_string_content": ("non-string content converted to text", False),

@@ -8,6 +8,11 @@ Formats (the names the CLI and UI use):
 - ``prompt_completion``: prompt/completion, question/answer, input/output, instruction/response(+context) (Dolly)
 - ``text``: a ``text`` column (or a .txt file) for continued pre-training
 - ``preference``: prompt/chosen/rejected, or conversations + chosen/rejected (stored for DPO; not used for SFT)
+- ``multiple_choice``: benchmark questions for Evaluate (never trained on). Layouts read: ``question`` + ``choices``
+  list + ``answer`` (index, letter or the choice's text; MMLU / generic); ``question`` + letter columns ``A``, ``B``,
+  ... + ``answer`` (MMLU CSV); ARC's ``question: {stem, choices: [{text, label}]}`` + ``answerKey`` and the flat
+  ``choices: {text: [...], label: [...]}`` + ``answerKey`` (also OpenBookQA's ``question_stem``); HellaSwag's
+  ``ctx`` (or ``ctx_a`` + ``ctx_b``) + ``endings`` + ``label``; TruthfulQA-MC's ``question`` + ``mc1_targets``
 
 Normalised rows:
 
@@ -16,15 +21,19 @@ Normalised rows:
   become ``tool`` turns)
 - text: ``{"text": str}``
 - preference: ``{"prompt": [messages...], "chosen": [assistant msg], "rejected": [assistant msg]}`` (TRL layout)
+- multiple_choice: ``{"question": str, "choices": [str, ...], "answer": int (0-based)}`` plus ``"context": str`` when
+  the source has a passage apart from the question. Numbers among the choices become text silently (math answers).
 """
 from __future__ import annotations
 
+import ast
 import json
+import string
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference")
+FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text", "preference", "multiple_choice")
 KIND_OF_FORMAT = {
     "alpaca": "sft",
     "sharegpt": "sft",
@@ -32,6 +41,7 @@ KIND_OF_FORMAT = {
     "prompt_completion": "sft",
     "text": "text",
     "preference": "preference",
+    "multiple_choice": "multiple_choice",
 }
 # the canonical field names a column map may target, per format
 CANONICAL_FIELDS = {
@@ -41,6 +51,7 @@ CANONICAL_FIELDS = {
     "prompt_completion": ("prompt", "completion", "system", "context"),
     "text": ("text",),
     "preference": ("prompt", "chosen", "rejected", "conversations", "system"),
+    "multiple_choice": ("question", "choices", "answer", "context"),
 }
 # prompt/completion-like column pairs, first match wins: (prompt column, completion column, context column)
 PROMPT_COMPLETION_PAIRS = (
@@ -104,6 +115,8 @@ def detect_record_format(rec: dict) -> str | None:
         return "sharegpt"
     if "instruction" in keys and "output" in keys:
         return "alpaca"
+    if _looks_multiple_choice(rec, keys):  # before prompt/completion: question + answer + choices is a benchmark
+        return "multiple_choice"
     for p, c, _ctx in PROMPT_COMPLETION_PAIRS:
         if p in keys and c in keys:
             return "prompt_completion"
@@ -112,6 +125,23 @@ def detect_record_format(rec: dict) -> str | None:
     if "content" in keys and isinstance(rec.get("content"), str) and len(keys) <= 3:
         return "text"
     return None
+
+
+def _looks_multiple_choice(rec: dict, keys: set[str]) -> bool:
+    """One of the multiple-choice benchmark layouts (see the module docstring)."""
+    question = rec.get("question")
+    if isinstance(question, dict) and "stem" in question:  # ARC's original JSONL
+        return True
+    if isinstance(rec.get("mc1_targets"), dict):  # TruthfulQA-MC
+        return True
+    if "endings" in keys and ("ctx" in keys or "ctx_a" in keys):  # HellaSwag
+        return True
+    if "question" not in keys and "question_stem" not in keys:
+        return False
+    choices = rec.get("choices")
+    if isinstance(choices, (list, dict)) or (isinstance(choices, str) and choices.lstrip().startswith("[")):
+        return True
+    return "A" in keys and "B" in keys  # MMLU CSV: one column per lettered option
 
 
 def describe_columns(records: Iterable[Any], sample: int = 200) -> list[str]:
@@ -332,6 +362,172 @@ def _preference(rec: dict, warnings: list) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+MC_ANSWER_FIELDS = ("answer", "answerKey", "label")  # the gold answer's column in the generic layouts, first wins
+LETTERS = string.ascii_uppercase
+
+
+def _choice_list(value: Any, where: str) -> list[str]:
+    """The options of a question as text: a list (or a JSON / Python list written as text, as CSV exports hold)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        parsed: Any = None
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                parsed = ast.literal_eval(value.strip())  # a Python repr such as "['a', 'b']"; literals only
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                raise RowError("bad_content", f"'{where}' is text that is not a list of options") from None
+        value = parsed
+    if value is None:
+        raise RowError("missing_field", f"'{where}' is missing")
+    if not isinstance(value, (list, tuple)):
+        raise RowError("bad_content", f"'{where}' is a {type(value).__name__}, not a list of options")
+    if len(value) < 2:
+        raise RowError("missing_field", f"'{where}' needs at least 2 options (has {len(value)})")
+    out = []
+    for i, option in enumerate(value):
+        if isinstance(option, bool) or not isinstance(option, (str, int, float)):
+            if option is None:
+                raise RowError("missing_field", f"'{where}[{i}]' is empty")
+            raise RowError("bad_content", f"'{where}[{i}]' is a {type(option).__name__}, not text")
+        text = option if isinstance(option, str) else str(option)  # numbers are plain answers in math questions
+        if not text.strip():
+            raise RowError("missing_field", f"'{where}[{i}]' is empty")
+        out.append(text)
+    return out
+
+
+def _resolve_answer(value: Any, where: str, choices: list[str], labels: list[str] | None = None) -> int:
+    """The 0-based index of the gold choice. ``value`` is an index, a letter (A = 0), a label from ``labels`` (ARC)
+    or the text of a choice; a value that could mean two different choices is refused rather than guessed."""
+    n = len(choices)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RowError("missing_field", f"'{where}' is missing" if value is None else f"'{where}' is empty")
+    if isinstance(value, float) and value.is_integer():  # Parquet / pandas give 2.0 for an index column with gaps
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise RowError("bad_content", f"'{where}' is a {type(value).__name__} ({value!r}), not an index, a letter "
+                                      "or the text of a choice")
+    if isinstance(value, int):
+        if 0 <= value < n:
+            return value
+        raise RowError("bad_content", f"'{where}' is {value} but there are only {n} choices (indices 0-{n - 1})")
+    text = value.strip()
+    if labels is not None:
+        if text in labels:
+            return labels.index(text)
+        same_text = [i for i, c in enumerate(choices) if c.strip() == text]
+        if len(same_text) == 1:
+            return same_text[0]
+        raise RowError("bad_content", f"'{where}' is {text!r} but the choices are labelled {', '.join(labels)}")
+    found: dict[int, str] = {}
+    by_text = [i for i, c in enumerate(choices) if c.strip() == text]
+    if by_text:
+        found.setdefault(by_text[0], f"the text of choice {by_text[0]}")
+    letter = len(text) == 1 and text.upper() in LETTERS
+    if letter and LETTERS.index(text.upper()) < n:
+        found.setdefault(LETTERS.index(text.upper()), f"letter {text.upper()}")
+    digits = text.isascii() and text.isdigit()
+    if digits and int(text) < n:
+        found.setdefault(int(text), f"index {int(text)}")
+    if len(found) == 1:
+        return next(iter(found))
+    if len(found) > 1:
+        meanings = " or ".join(f"choice {i} ({how})" for i, how in sorted(found.items()))
+        raise RowError("bad_content", f"'{where}' is {text!r}, which could mean {meanings}; write the 0-based index "
+                                      "as a number")
+    if letter:
+        raise RowError("bad_content", f"'{where}' is {text!r} but there are only {n} choices (A-{LETTERS[n - 1]})")
+    if digits:
+        raise RowError("bad_content", f"'{where}' is {text!r} but there are only {n} choices (indices 0-{n - 1})")
+    raise RowError("bad_content", f"'{where}' is {text!r}, which is not one of the {n} choices, nor a letter "
+                                  f"A-{LETTERS[min(n, 26) - 1]} or an index 0-{n - 1}")
+
+
+def _letter_columns(rec: dict) -> list[str]:
+    """MMLU CSV: options in columns A, B, C, ... (a row may leave the last ones empty, never one in the middle)."""
+    options: list[str] = []
+    for letter in LETTERS:
+        if letter not in rec:
+            break
+        value = rec[letter]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            later = [x for x in LETTERS[LETTERS.index(letter) + 1:] if str(rec.get(x) or "").strip()]
+            if later:
+                raise RowError("missing_field", f"option '{letter}' is empty but option '{later[0]}' is not")
+            break
+        options.append(value if isinstance(value, str) else str(value))
+    if len(options) < 2:
+        raise RowError("missing_field", f"needs at least 2 options in columns A, B, ... (has {len(options)})")
+    return options
+
+
+def _multiple_choice(rec: dict, warnings: list) -> dict:
+    labels: list[str] | None = None
+    question_value = rec.get("question")
+    if isinstance(question_value, dict):  # ARC: {"stem": ..., "choices": [{"text": ..., "label": "A"}, ...]}
+        question = _as_text(question_value.get("stem"), "question.stem", warnings, required=True)
+        raw = question_value.get("choices")
+        if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+            raise RowError("bad_content", "'question.choices' must be a list of {text, label} objects")
+        choices = _choice_list([c.get("text") for c in raw], "question.choices")
+        labels = [str(c.get("label", "")).strip() for c in raw]
+        answer_field = "answerKey"
+    elif isinstance(rec.get("mc1_targets"), dict):  # TruthfulQA-MC: {"choices": [...], "labels": [1, 0, ...]}
+        question = _as_text(question_value, "question", warnings, required=True)
+        targets = rec["mc1_targets"]
+        choices = _choice_list(targets.get("choices"), "mc1_targets.choices")
+        flags = targets.get("labels")
+        if not isinstance(flags, list) or len(flags) != len(choices) or any(f not in (0, 1) for f in flags):
+            raise RowError("bad_content", f"'mc1_targets.labels' must be {len(choices)} flags 0/1, one per choice")
+        if sum(1 for f in flags if f == 1) != 1:
+            raise RowError("bad_content", f"'mc1_targets.labels' marks {sum(1 for f in flags if f == 1)} choices "
+                                          "as correct; MC1 needs exactly one")
+        return _mc_row(rec, question, choices, flags.index(1), warnings)
+    elif "endings" in rec:  # HellaSwag: the context is the question, the endings are the choices
+        if rec.get("ctx") is not None:
+            question = _as_text(rec.get("ctx"), "ctx", warnings, required=True)
+        else:
+            parts = [_as_text(rec.get(k), k, warnings, required=False).strip() for k in ("ctx_a", "ctx_b")]
+            question = " ".join(p for p in parts if p)
+            if not question:
+                raise RowError("missing_field", "'ctx' (or 'ctx_a' + 'ctx_b') is missing")
+        choices = _choice_list(rec.get("endings"), "endings")
+        answer_field = "label"
+    else:
+        key = "question" if question_value is not None or "question_stem" not in rec else "question_stem"
+        question = _as_text(rec.get(key), key, warnings, required=True)
+        if rec.get("choices") is not None:
+            raw = rec["choices"]
+            if isinstance(raw, dict):  # HF ai2_arc / openbookqa: {"text": [...], "label": [...]}
+                choices = _choice_list(raw.get("text"), "choices.text")
+                if raw.get("label") is not None:
+                    if not isinstance(raw["label"], list) or len(raw["label"]) != len(choices):
+                        raise RowError("bad_content", f"'choices.label' must list {len(choices)} labels")
+                    labels = [str(x).strip() for x in raw["label"]]
+            else:
+                choices = _choice_list(raw, "choices")
+        elif "A" in rec:
+            choices = _letter_columns(rec)
+        else:
+            raise RowError("missing_field", "'choices' is missing (or columns A, B, ... with the options)")
+        answer_field = next((f for f in MC_ANSWER_FIELDS if rec.get(f) is not None), "answer")
+    if labels is not None and len(set(labels)) != len(labels):
+        raise RowError("bad_content", f"the choice labels repeat: {', '.join(labels)}")
+    if labels is not None and answer_field not in rec and "answer" in rec:
+        answer_field = "answer"
+    answer = _resolve_answer(rec.get(answer_field), answer_field, choices, labels)
+    return _mc_row(rec, question, choices, answer, warnings)
+
+
+def _mc_row(rec: dict, question: str, choices: list[str], answer: int, warnings: list) -> dict:
+    row: dict = {"question": question, "choices": choices, "answer": answer}
+    context = _as_text(rec.get("context"), "context", warnings, required=False)
+    if context.strip():
+        row["context"] = context
+    return row
+
+
 _NORMALISERS = {
     "alpaca": _alpaca,
     "sharegpt": _sharegpt,
@@ -339,4 +535,5 @@ _NORMALISERS = {
     "prompt_completion": _prompt_completion,
     "text": _text,
     "preference": _preference,
+    "multiple_choice": _multiple_choice,
 }

@@ -32,6 +32,8 @@ DEFAULT_MAX_LENGTH = 2048
 FIRST_ROWS_SHOWN = 10
 # problems that are only reported by default (drop_invalid=True keeps those rows; list them explicitly to drop)
 WARNING_CODES = ("non_string_content", "unfilled_placeholder")  # offending row numbers kept per problem kind
+MULTIPLE_CHOICE_REFUSAL = ("holds multiple-choice questions (for Evaluate); supervised fine-tuning needs "
+                           "conversations with assistant answers")
 
 
 # --------------------------------------------------------------------------------------------------------- prepare
@@ -159,7 +161,8 @@ def prepare_dataset(
     if not rows:
         first = problems[0].reason if problems else "no records"
         what = {"sft": "with an assistant answer", "text": "with text",
-                "preference": "with chosen/rejected answers"}[kind]
+                "preference": "with chosen/rejected answers",
+                "multiple_choice": "with a question, its choices and the answer"}[kind]
         raise DatasetError(f"no rows {what} in {source} (as {fmt}; first problem: {first})")
     placeholders = find_placeholders(r.row for r in rows)
     _progress(progress, 0.5, f"{len(rows):,} rows normalised in {time.time() - started:.1f}s")
@@ -281,7 +284,7 @@ def import_dataset(
     notes = list(prep.notes)
     lengths: list[int] | None = None
     model_label = None
-    if model and prep.kind in ("sft", "text", "preference"):
+    if model and prep.kind in ("sft", "text", "preference", "multiple_choice"):
         try:
             from core.models import load_tokenizer
 
@@ -291,7 +294,7 @@ def import_dataset(
 
             lengths = token_lengths(tok, [r.row for r in prep.rows], progress=progress, progress_range=(0.5, 0.9))
             for pr, n_tok in zip(prep.rows, lengths):
-                if n_tok > max_length:
+                if n_tok > max_length and prep.kind != "multiple_choice":  # questions are scored, never truncated
                     pr.codes.append("too_long")
                     problems.append(RowProblem(pr.row_no, "too_long",
                                                f"row {pr.row_no}: {n_tok} tokens > max length {max_length}"))
@@ -454,6 +457,8 @@ def load_training_rows(ref: str | int, split: str = "train") -> list[dict]:
                 f"dataset {ds.id} holds preference pairs (for DPO); SFT needs conversations with an assistant answer "
                 "(import an SFT dataset, or wait for preference training)"
             )
+        if ds.kind == "multiple_choice":
+            raise DatasetError(f"dataset {ds.id} {MULTIPLE_CHOICE_REFUSAL}")
         rows = read_split(ds, split)
         if not rows and split == "train":
             raise DatasetError(f"dataset {ds.id} has no training rows")
@@ -465,6 +470,8 @@ def load_training_rows(ref: str | int, split: str = "train") -> list[dict]:
         raise DatasetError(
             f"{ref_s} holds preference pairs (for DPO); SFT needs conversations with an assistant answer"
         )
+    if prep.kind == "multiple_choice":
+        raise DatasetError(f"{ref_s} {MULTIPLE_CHOICE_REFUSAL}")
     drop = resolve_drop(True) - {"too_long"}
     usable = [pr for pr in prep.rows if not any(c in drop for c in pr.codes)]
     if not usable:

@@ -9,12 +9,28 @@ Progress = Callable[..., Any]
 TOKEN_STAT_KEYS = ("model", "total_tokens", "rows", "min", "mean", "p50", "p95", "max", "over_max_length", "max_length")
 
 
+def multiple_choice_text(row: dict) -> tuple[str, str]:
+    """A multiple-choice row as a person reads it: (the context, the question and its lettered options ending in
+    "Answer:", then " B. <text of the gold choice>"). For the Data tab's preview and token counts; Evaluate renders
+    the exact benchmark prompts itself (core.evaluate.multiple_choice)."""
+    letters = [chr(ord("A") + i) if i < 26 else str(i) for i in range(len(row["choices"]))]
+    lines = [row["context"].strip(), ""] if (row.get("context") or "").strip() else []
+    lines.append(row["question"].strip())
+    lines += [f"{letter}. {choice}" for letter, choice in zip(letters, row["choices"])]
+    lines.append("Answer:")
+    gold = row["answer"]
+    return "\n".join(lines), f" {letters[gold]}. {row['choices'][gold]}"
+
+
 def training_text(tokenizer, row: dict) -> str:
-    """The exact text a row is trained on (chat template for conversations, the text itself for plain text)."""
+    """The exact text a row is trained on (chat template for conversations, the text itself for plain text).
+    Multiple-choice questions are never trained on: their text is the question with its options and the answer."""
     from core.data.chat import render_text
 
     if "text" in row:
         return row["text"]
+    if "choices" in row:
+        return "".join(multiple_choice_text(row))
     if "messages" in row:
         return render_text(tokenizer, row["messages"], row.get("tools"))
     # preference: prompt + chosen, the longer of the two sequences a DPO step sees
@@ -111,11 +127,15 @@ def histogram(lengths: Sequence[int], bins: int = 30) -> list[dict]:
 
 def loss_mask_segments(tokenizer, row: dict, max_length: int | None = None) -> list[tuple[str, str]]:
     """The row rendered as training text, cut into (text, label) segments: "trained" for tokens that carry loss,
-    "masked" for the rest, "truncated" for tokens past max_length (never seen in training). The mask comes from the
+    "masked" for the rest, "truncated" for tokens past max_length (never seen in training); a multiple-choice row is
+    two segments, "question" (context, question, lettered options) and "answer" (the gold one). The mask comes from the
     training worker's own ``tokenize_conversation``, so the preview is exactly what is trained; the text of each
     segment is cut from the rendered string by token offsets (no re-decoding, so multi-byte characters survive)."""
     from core.data.chat import assistant_char_spans, tokenize_conversation
 
+    if "choices" in row:  # a multiple-choice question (for Evaluate): nothing is trained; show the gold answer
+        question, answer = multiple_choice_text(row)
+        return [(question, "question"), (answer, "answer")]
     if "text" in row:  # plain text: every token is trained
         full = row["text"]
         enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

@@ -15,6 +15,9 @@ def row_strings(row: dict) -> Iterable[str]:
     if "text" in row:
         yield row["text"]
         return
+    if "choices" in row:  # a multiple-choice question
+        yield from (row.get("context") or "", row["question"], *row["choices"])
+        return
     for key in ("messages", "prompt", "chosen", "rejected"):
         for m in row.get(key) or ():
             yield m["content"]
@@ -44,6 +47,11 @@ def fill_placeholders(row: dict, values: dict[str, str]) -> dict:
 
     if "text" in row:
         return {**row, "text": sub(row["text"])}
+    if "choices" in row:
+        filled = {**row, "question": sub(row["question"]), "choices": [sub(c) for c in row["choices"]]}
+        if "context" in row:
+            filled["context"] = sub(row["context"])
+        return filled
     out = dict(row)
     for key in ("messages", "prompt", "chosen", "rejected"):
         if key in row:
@@ -95,6 +103,12 @@ def check_row(row: dict, kind: str) -> list[tuple[str, str]]:
     elif kind == "text":
         if not row["text"].strip():
             problems.append(("missing_field", "'text' is empty"))
+    elif kind == "multiple_choice":  # the normaliser checked the layout; this guards rows built elsewhere
+        choices, answer = row.get("choices"), row.get("answer")
+        if not isinstance(choices, list) or len(choices) < 2:
+            problems.append(("missing_field", "'choices' needs at least 2 options"))
+        elif isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+            problems.append(("bad_content", f"'answer' is {answer!r} but there are only {len(choices)} choices"))
     for s in row_strings(row):
         if "{{" in s:
             found = PLACEHOLDER.findall(s)

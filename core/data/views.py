@@ -12,6 +12,7 @@ from core.data.importer import DEFAULT_MAX_LENGTH, get_dataset, list_datasets, r
 from core.data.splits import SPLITS
 
 Progress = Callable[..., Any]
+KIND_LABELS = {"preference": "preference (for DPO)", "multiple_choice": "multiple choice (for Evaluate)"}
 
 
 def dataset_summary(ds) -> dict:
@@ -34,6 +35,7 @@ def dataset_summary(ds) -> dict:
         "placeholders": meta.get("placeholders", []),
         "split_spec": meta.get("split_spec"),
         "for_preference_training": ds.kind == "preference",
+        "for_evaluation_only": ds.kind == "multiple_choice",
     }
 
 
@@ -43,7 +45,7 @@ def datasets_table() -> list[list]:
     for ds in list_datasets():
         st = (ds.meta or {}).get("token_stats") or {}
         sp = ds.splits or {}
-        kind = "preference (for DPO)" if ds.kind == "preference" else ds.kind
+        kind = KIND_LABELS.get(ds.kind, ds.kind)
         out.append([
             ds.id, ds.name, ds.format, kind, ds.rows,
             f"{sp.get('train', 0)}/{sp.get('validation', 0)}/{sp.get('test', 0)}",
@@ -109,7 +111,8 @@ def _write_lengths_cache(ds, model: str, max_length: int, lengths: list[int]) ->
 def preview_row(dataset_id: int | str, index: int = 0, split: str = "train", model: str = "default",
                 max_length: int | None = None, tokenizer=None) -> dict:
     """Row ``index`` (0-based) of a split rendered through ``model``'s chat template, cut into segments labelled
-    "trained" (assistant tokens, carry loss), "masked" (no loss) and "truncated" (past max_length)."""
+    "trained" (assistant tokens, carry loss), "masked" (no loss) and "truncated" (past max_length); a multiple-choice
+    row gives "question" and "answer" segments (nothing of it is trained)."""
     ds = get_dataset(dataset_id)
     rows = read_split(ds, split)
     if not rows:

@@ -126,6 +126,19 @@ class LocalBackend(Backend):
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
 
+    def worker_gone(self, job: Run) -> bool:
+        """The job's worker process (started by its supervisor) has ended — the supervisor is recording why."""
+        if not job.worker_pid or (job.worker_host and job.worker_host != socket.gethostname()):
+            return False
+        import psutil
+
+        try:
+            return psutil.Process(job.worker_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.AccessDenied:
+            return False
+
     def _signal(self, job: Run, sig: int) -> None:
         if not job.pid or self.is_alive(job) is False:
             return

@@ -71,6 +71,8 @@ def describe_exception(exc: BaseException, *, oom_advice: str = "", disk_free: i
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, DiskFullError):
         return exc.message
+    if isinstance(exc, JobError):  # already worded for a person
+        return str(exc)[:2000]
     if is_disk_full(exc):
         return disk_full_message(disk_free, disk_needed) + f" ({text[:200]})"
     if is_out_of_memory(exc):

@@ -62,6 +62,8 @@ def register(kind: JobKind) -> JobKind:
 
 register(JobKind("train", "core.train.worker:run_job", resumable=True, command=_train_command,
                  description="supervised fine-tuning (LoRA / QLoRA / full)", oom_advice=_train_oom_advice))
+register(JobKind("evaluate", "core.evaluate.job:run_job",
+                 description="base vs fine-tuned on held-out data (generation metrics, multiple choice, lm-eval)"))
 
 
 def _load_extra() -> None:

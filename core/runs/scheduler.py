@@ -172,11 +172,25 @@ def resume(job_id: int) -> Run:
 
 # ---- reads that reconcile ------------------------------------------------------------------------------------------
 
+SUPERVISOR_RECORD_WAIT_S = 3.0
+
+
 def get_run(job_id: int) -> Run:
     run = store.get(job_id)
     if run.status.is_active and reconcile(ids=[job_id]):
         dispatch()
         run = store.get(job_id)
+    if run.status.is_active:
+        # its worker is gone but its supervisor lives: it is writing down why right now — wait for that word
+        backend = get_backend(run.backend)
+        gone = getattr(backend, "worker_gone", None)
+        if gone is not None and gone(run):
+            deadline = time.monotonic() + SUPERVISOR_RECORD_WAIT_S
+            while run.status.is_active and time.monotonic() < deadline:
+                time.sleep(0.05)
+                run = store.get(job_id)
+            if run.status.is_active and reconcile(ids=[job_id]):
+                run = store.get(job_id)
     return run
 
 

@@ -113,7 +113,11 @@ def supervise(job_id: int) -> int:
     last_beat = 0.0
     while child.poll() is None:
         oom_counts.append(memory.oom_kill_count())
-        time.sleep(SAMPLE_S)
+        try:  # returns at once when the worker ends: its ending is recorded within milliseconds
+            child.wait(timeout=SAMPLE_S)
+            break
+        except subprocess.TimeoutExpired:
+            pass
         rss = memory.tree_rss_bytes(child.pid)
         if rss:
             peak, last = max(peak, rss), rss

@@ -132,10 +132,25 @@ def run_job(job_id: int) -> int:
     return 0 if status in (RunStatus.succeeded, RunStatus.stopped, RunStatus.interrupted) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def quiet_library_noise() -> None:
+    """A job's log is for its news: library deprecation chatter, weight-loading progress bars and bitsandbytes'
+    notice that its optional CPU kernels package is absent (printed for every run, QLoRA or not) stay out of it."""
+    import logging
     import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not run news
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_library_noise()
     parser = argparse.ArgumentParser(prog="python -m core.runs.worker")
     parser.add_argument("--job-id", type=int, required=True)
     args = parser.parse_args(argv)

@@ -35,6 +35,9 @@ def validate_references(config: TrainConfig) -> None:
         if ds.kind == "preference":
             raise JobError(f"dataset {ref} holds preference pairs (for DPO); supervised fine-tuning needs "
                            "conversations with assistant answers")
+        if ds.kind == "multiple_choice":
+            raise JobError(f"dataset {ref} holds multiple-choice questions (for Evaluate); supervised fine-tuning "
+                           "needs conversations with assistant answers")
     elif not Path(ref).expanduser().exists():
         raise JobError(f"dataset file not found: {ref}")
     if config.method == "qlora":

@@ -1,0 +1,1 @@
+"""Evaluate: metrics of a base model against its fine-tuned adapters (multiple choice, ...)."""

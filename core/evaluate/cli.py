@@ -1,0 +1,159 @@
+"""``python -m core generate …`` and ``python -m core evaluate …`` (the Playground's and the Evaluate tab's actions).
+
+    python -m core generate --model default|RUN_ID|PATH --prompt TEXT [--system TEXT] [--max-new-tokens N] [--json]
+    python -m core evaluate --run ID [--dataset ID] [--split test] [--limit N] [--multiple-choice] [--json]
+    python -m core evaluate --model PATH --base REF --dataset ID ...
+    python -m core evaluations list [--json] | show ID [--json] [--examples N] | export ID --format csv|jsonl
+
+Exit codes: 0 ok, 1 the evaluation ran but did not succeed, 2 bad input (one line on stderr saying why).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_generate(args) -> int:
+    from core.generate import GenerateError, GenSettings, generate
+
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    try:
+        result = generate(args.model, messages, GenSettings(max_new_tokens=args.max_new_tokens,
+                                                            temperature=args.temperature, top_p=args.top_p,
+                                                            seed=args.seed))
+    except GenerateError as exc:
+        return _fail(str(exc))
+    if args.json:
+        _print_json({"model": args.model, **result.as_dict()})
+    else:
+        print(result.text)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from core import runs
+    from core.evaluate import results
+    from core.evaluate.config import EvalConfig, EvalConfigError
+    from core.evaluate.submit import submit_evaluation
+
+    data = {"run_id": args.run, "tuned": args.model, "base": args.base, "dataset": args.dataset,
+            "split": args.split, "limit": args.limit if args.limit else None, "seed": args.seed,
+            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+    if args.multiple_choice:
+        data.update(mode="multiple_choice", mc_style=args.style)
+    if args.lm_eval_task:
+        data.update(mode="lm_eval", lm_eval_task=args.lm_eval_task)
+    try:
+        cfg = EvalConfig.from_dict({k: v for k, v in data.items() if v is not None})
+        job = submit_evaluation(cfg)
+    except (EvalConfigError, runs.JobError) as exc:
+        return _fail(str(exc))
+
+    def progress(r):
+        if r.max_steps:
+            print(f"evaluation job {r.id} {r.status} {r.step}/{r.max_steps}", file=sys.stderr, flush=True)
+
+    job = runs.wait_for(job.id, on_progress=progress)
+    ev = results.by_job(job.id)
+    if job.status != runs.RunStatus.succeeded or ev is None:
+        if args.json:
+            _print_json({"job": runs.run_to_dict(job)})
+        else:
+            print(f"evaluation job {job.id} {job.status}: {job.error}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json({**results.to_dict(ev), "job_id": job.id})
+    else:
+        _print_table(results.to_dict(ev))
+    return 0
+
+
+def _print_table(d: dict) -> None:
+    print(f"evaluation {d['evaluation_id']}: {d['tuned_model']} vs {d['base_model']} on {d['dataset']} "
+          f"[{d['split']}], n={d['n']}")
+    keys = [k for k in d["base"] if isinstance(d["base"][k], (int, float)) and not isinstance(d["base"][k], bool)]
+    print(f"  {'metric':<18} {'base':>10} {'tuned':>10} {'delta':>10}")
+    for k in keys:
+        b, t = d["base"].get(k), d["tuned"].get(k)
+        dl = d["delta"].get(k)
+        fmt = (lambda v: "-" if v is None else f"{v:.4g}")
+        print(f"  {k:<18} {fmt(b):>10} {fmt(t):>10} {fmt(dl):>10}")
+    for note in d.get("notes") or []:
+        print(f"  note: {note}")
+
+
+def cmd_evaluations(args) -> int:
+    from core.evaluate import results
+
+    try:
+        if args.ev_cmd == "list":
+            rows = results.list_evaluations()
+            if args.json:
+                _print_json([results.to_dict(e) for e in rows])
+            else:
+                for e in rows:
+                    print(f"{e.id:>4}  run {e.run_id or '-':>4}  {e.kind:<15} {e.dataset_ref:<10} {e.split:<10} "
+                          f"n={e.n:<5} {e.headline}: {e.headline_base} -> {e.headline_tuned}")
+            return 0
+        ev = results.get(args.id)
+        if args.ev_cmd == "show":
+            d = results.to_dict(ev, with_examples=args.examples)
+            _print_json(d) if args.json else _print_table(d)
+            return 0
+        sys.stdout.buffer.write(results.export(ev, args.format, args.filter))
+        return 0
+    except (results.EvaluationNotFound, ValueError) as exc:
+        return _fail(str(exc))
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("generate", help="one answer from a model (base, a run, a folder)")
+    p.add_argument("--model", default="default", help="default | RUN_ID | run:ID | a model or adapter folder | Hub id")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="base vs fine-tuned on held-out data (a job; waits for it)")
+    p.add_argument("--run", type=int, default=None, help="the training run to evaluate")
+    p.add_argument("--model", default=None, help="or an adapter / model folder as the tuned side")
+    p.add_argument("--base", default=None, help="the base side (default: the tuned side's base model)")
+    p.add_argument("--dataset", default=None, help="a Data-tab dataset id (default: the run's held-out rows)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=200, help="evaluate a sample of at most N rows (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--multiple-choice", action="store_true", help="score choices by log-likelihood (ARC/MMLU way)")
+    p.add_argument("--style", default="arc", choices=["arc", "mmlu"], help="multiple-choice prompt format")
+    p.add_argument("--lm-eval-task", default=None, help="an lm-evaluation-harness task name (needs its data)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("evaluations", help="stored evaluations")
+    es = p.add_subparsers(dest="ev_cmd", required=True)
+    q = es.add_parser("list")
+    q.add_argument("--json", action="store_true")
+    q = es.add_parser("show")
+    q.add_argument("id", type=int)
+    q.add_argument("--examples", type=int, default=0, help="include the first N per-example records")
+    q.add_argument("--json", action="store_true")
+    q = es.add_parser("export")
+    q.add_argument("id", type=int)
+    q.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
+    q.add_argument("--filter", default="all", help="all | tuned better | tuned worse | both wrong | changed")
+    p.set_defaults(func=cmd_evaluations)

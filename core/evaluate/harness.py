@@ -1,0 +1,122 @@
+"""lm-evaluation-harness's named tasks (arc_easy, hellaswag, mmlu_*, …) for base and tuned, when their data can be had.
+
+The harness downloads each task's dataset from the Hugging Face Hub. On a machine that cannot reach it, the job ends
+with exactly what is missing (the dataset id and config the task reads) and the way around it: import the questions
+as a file in the Data tab and use multiple-choice mode, which scores them the way the harness does.
+"""
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+
+from core.evaluate import metrics as M
+from core.evaluate.config import EvalConfig
+from core.runs.errors import JobError
+from core.runs.worker import JobContext, JobResult, log
+
+_NETWORK_WORDS = ("offline", "connection", "couldn't reach", "could not reach", "resolve", "max retries", "timed out",
+                  "name or service not known", "network", "localentrynotfound", "cannot find the requested files",
+                  "hf_hub_offline", "not reachable", "unreachable", "no such file", "doesn't exist on the hub")
+
+
+@lru_cache(maxsize=1)
+def _task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def task_info(task: str) -> dict:
+    """The task's dataset (what it downloads) and output type, without downloading anything."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise JobError("lm-evaluation-harness is not installed (pip install lm-eval==0.4.13)") from None
+    tm = _task_manager()
+    entry = tm.task_index.get(task)
+    if entry is None:
+        close = sorted(t for t in tm.all_tasks if task.lower() in t.lower())[:8]
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (e.g. arc_easy, hellaswag, mmlu_anatomy)"
+        raise JobError(f"lm-evaluation-harness has no task '{task}'{hint}")
+    cfg = dict(getattr(entry, "cfg", None) or {})
+    return {"task": task, "dataset_path": cfg.get("dataset_path"), "dataset_name": cfg.get("dataset_name"),
+            "output_type": cfg.get("output_type"), "is_group": cfg.get("task") != task and not cfg.get("dataset_path")}
+
+
+def missing_data_message(info: dict, exc: BaseException) -> str:
+    ds = info.get("dataset_path") or "its dataset"
+    if info.get("dataset_name"):
+        ds += f" (config '{info['dataset_name']}')"
+    return (f"lm-eval task '{info['task']}' needs the dataset {ds} from the Hugging Face Hub, which this machine "
+            f"cannot reach ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). Run it on a "
+            "machine with Hub access (or with the dataset in its Hugging Face cache), or import the questions as a "
+            "file in the Data tab and evaluate them in multiple-choice mode, which scores them the way the harness "
+            "does.")
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = f"{type(exc).__name__}: {exc}".lower()
+        if any(w in text for w in _NETWORK_WORDS) or isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _scores(result: dict, task: str) -> dict:
+    """{"acc": …, "acc_norm": …, …} from the harness's results for one task (",none" filter suffix dropped)."""
+    out = {}
+    for key, value in (result.get("results", {}).get(task) or {}).items():
+        if not isinstance(value, (int, float)) or "," not in key:
+            continue
+        metric, _, filt = key.partition(",")
+        if filt == "none" and not metric.endswith("_stderr"):
+            out[metric] = float(value)
+    return out
+
+
+def run_lm_eval_task(ctx: JobContext, cfg: EvalConfig) -> JobResult:
+    from lm_eval import simple_evaluate
+
+    from core.evaluate.job import _store, resolve_sides
+    from core.models import resolve_model
+
+    task = (cfg.lm_eval_task or "").strip()
+    info = task_info(task)
+    base_src, tuned_src = resolve_sides(cfg)
+    t0 = time.time()
+    sides = {}
+    for n, (side, src) in enumerate((("base", base_src), ("tuned", tuned_src))):
+        args = f"pretrained={resolve_model(src.base).path},dtype=float32"
+        if src.adapter:
+            args += f",peft={src.adapter}"
+        ctx.progress(step=n, max_steps=2, eta_s=None)
+        log(f"lm-eval {task} on the {side} model ({src.label})")
+        try:
+            result = simple_evaluate(model="hf", model_args=args, tasks=[task], limit=cfg.limit,
+                                     batch_size=cfg.batch_size, device="cpu" if not _cuda() else "cuda",
+                                     log_samples=False)
+        except Exception as exc:
+            if _is_network_error(exc):
+                raise JobError(missing_data_message(info, exc)) from None
+            raise
+        sides[side] = _scores(result or {}, task)
+        sides[side]["n"] = int(((result or {}).get("n-samples", {}).get(task) or {}).get("effective", 0) or 0)
+    ctx.progress(step=2, max_steps=2, eta_s=0.0)
+    metrics = {"base": sides["base"], "tuned": sides["tuned"], "delta": M.delta(sides["base"], sides["tuned"]),
+               "notes": [f"lm-evaluation-harness task {task} ({info.get('dataset_path')}), limit {cfg.limit}, "
+                         f"{time.time() - t0:.0f}s"]}
+    log(json.dumps(metrics)[:500])
+    return _store(ctx, cfg, "lm_eval", base_src, tuned_src, task, "harness", [], metrics)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,359 @@
+"""The ``evaluate`` job kind: base vs tuned on the same examples, in its own process (the runs core runs it).
+
+Generation mode, per example: the reference answer's loss (and perplexity) under each model, then both models'
+answers — base and tuned rows of a prompt in one batch when they share the base weights (PEFT adapter names),
+length-sorted batches, finished rows leaving the batch — scored with ROUGE/BLEU/chrF/exact match and, for JSON
+answers, valid-JSON rate and per-field accuracy. Multiple-choice mode scores each choice's log-likelihood the way
+lm-evaluation-harness does (core.evaluate.multiple_choice). The numbers go into an Evaluation row, the per-example
+outputs into ``examples.jsonl`` in the job's folder.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from core.evaluate import metrics as M
+from core.evaluate.config import EvalConfig
+from core.generate import (
+    BASE_ADAPTER,
+    GenerateError,
+    GenSettings,
+    ModelCache,
+    ModelSource,
+    decode,
+    generate_rows,
+    prompt_ids,
+    resolve_source,
+    source_for_run,
+)
+from core.runs.errors import JobError
+from core.runs.worker import JobContext, JobResult, StopRequested, log
+
+# ---- what to compare, on what ----------------------------------------------------------------------------------------
+
+def resolve_sides(cfg: EvalConfig) -> tuple[ModelSource, ModelSource]:
+    """(base, tuned). The tuned side is the run (or folder); the base side its base model unless given."""
+    try:
+        tuned = source_for_run(cfg.run_id) if cfg.run_id is not None else resolve_source(cfg.tuned)
+        if cfg.base:
+            base = resolve_source(cfg.base)
+        elif tuned.adapter:
+            base = resolve_source(tuned.base)
+        elif tuned.run_id is not None:  # a full fine-tune: its base is the run's base model
+            from core import runs
+
+            base = resolve_source(runs.get_run(tuned.run_id).base_model or "default")
+        else:
+            raise GenerateError("the tuned side is a whole model folder: name the base model to compare it with")
+    except GenerateError as exc:
+        raise JobError(str(exc)) from None
+    if base.adapter:
+        raise JobError("the base side must be a model, not an adapter")
+    return base, tuned
+
+
+def _sample(rows: list[dict], limit: int | None, seed: int) -> list[tuple[int, dict]]:
+    idx = list(range(len(rows)))
+    if limit is not None and len(idx) > limit:
+        idx = sorted(random.Random(seed).sample(idx, limit))
+    return [(i, rows[i]) for i in idx]
+
+
+def load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
+    """(sampled (row number, row) pairs, dataset reference, split used, dataset kind)."""
+    from core.data import DatasetError, get_dataset, load_training_rows, read_split
+
+    if cfg.dataset:
+        try:
+            ds = get_dataset(cfg.dataset)
+        except DatasetError as exc:
+            raise JobError(f"{exc}: pick one from the Data tab") from None
+        rows = read_split(ds, cfg.split)
+        if not rows:
+            have = ", ".join(f"{k} {v}" for k, v in (ds.splits or {}).items() if v) or "no rows"
+            raise JobError(f"dataset {ds.id} has no {cfg.split} rows ({have}); pick a split that has rows")
+        return _sample(rows, cfg.limit, cfg.seed), str(ds.id), cfg.split, ds.kind
+    from core import runs
+
+    run = runs.get_run(cfg.run_id)
+    ref = run.dataset_ref or (run.config or {}).get("dataset", "")
+    for split in (cfg.split, "validation") if cfg.split == "test" else (cfg.split,):
+        try:
+            if ref.isdigit():
+                ds = get_dataset(ref)
+                rows, kind = read_split(ds, split), ds.kind
+            else:
+                rows, kind = load_training_rows(ref, split=split), "sft"
+        except DatasetError as exc:
+            raise JobError(f"run {run.id}'s dataset cannot be read ({exc}); pick a dataset to evaluate on") from None
+        if rows:
+            return _sample(rows, cfg.limit, cfg.seed), f"run:{run.id}", split, kind
+    raise JobError(f"run {run.id} trained on {'dataset #' + ref if ref.isdigit() else ref}, which has no held-out "
+                   "rows (test or validation split): import it with a test split in the Data tab, or pick another "
+                   "dataset to evaluate on")
+
+
+def split_conversation(row: dict) -> tuple[list[dict], str | None]:
+    """(prompt messages, reference answer or None): everything before the last assistant turn, and that turn."""
+    msgs = row.get("messages") or []
+    last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
+    if last is None:
+        return list(msgs), None
+    return list(msgs[:last]), str(msgs[last].get("content") or "")
+
+
+# ---- reference loss --------------------------------------------------------------------------------------------------
+
+def reference_losses(loaded, examples: list[tuple[list[int], list[int]]], adapters: list[str | None],
+                     batch_size: int = 16) -> list[tuple[float, int]]:
+    """(summed NLL, tokens) of the assistant tokens of each example under its adapter; logits only where a label
+    is (the union of label columns of a batch)."""
+    import torch
+
+    device = next(loaded.model.parameters()).device
+    pad = loaded.tokenizer.pad_token_id or 0
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        longest = max(len(examples[i][0]) for i in idx)
+        ids = torch.full((len(idx), longest), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), longest), dtype=torch.long)
+        lab = torch.zeros((len(idx), longest), dtype=torch.bool)
+        for r, i in enumerate(idx):
+            tok, mask = examples[i]
+            ids[r, :len(tok)] = torch.tensor(tok)
+            att[r, :len(tok)] = 1
+            lab[r, :len(mask)] = torch.tensor(mask, dtype=torch.bool)
+        # position t predicts token t+1: keep column t where token t+1 carries loss
+        target_mask = torch.zeros_like(lab)
+        target_mask[:, :-1] = lab[:, 1:]
+        cols = target_mask.any(0).nonzero().squeeze(-1)
+        if cols.numel() == 0:
+            continue
+        kw: dict[str, Any] = {}
+        if loaded.is_peft:
+            kw["adapter_names"] = [adapters[i] or BASE_ADAPTER for i in idx]
+        with loaded.lock, torch.no_grad():
+            logits = loaded.model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False,
+                                  logits_to_keep=cols.to(device), **kw).logits.float()
+        next_tok = torch.roll(ids, -1, dims=1)[:, cols]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).cpu(), next_tok.reshape(-1),
+                                                reduction="none").view(len(idx), -1)
+        keep = target_mask[:, cols]
+        for r, i in enumerate(idx):
+            out[i] = (float((nll[r] * keep[r]).sum()), int(keep[r].sum()))
+    return out
+
+
+# ---- the job ---------------------------------------------------------------------------------------------------------
+
+def _progress(ctx: JobContext, done: int, total: int, t0: float) -> None:
+    elapsed = time.time() - t0
+    eta = elapsed / done * (total - done) if done else None
+    ctx.progress(step=done, max_steps=total, eta_s=eta)
+
+
+def run_job(ctx: JobContext) -> JobResult:
+    cfg = EvalConfig.model_validate(ctx.config)
+    if cfg.mode == "lm_eval":
+        from core.evaluate.harness import run_lm_eval_task
+
+        return run_lm_eval_task(ctx, cfg)
+    base_src, tuned_src = resolve_sides(cfg)
+    pairs, dataset_ref, split, kind = load_rows(cfg)
+    log(f"evaluating {tuned_src.label} against {base_src.label} on {dataset_ref} [{split}], {len(pairs)} rows, "
+        f"mode {cfg.mode}")
+    cache = ModelCache(budget_bytes=1 << 62)  # this process exists for this job: no sharing to budget for
+    if cfg.mode == "multiple_choice" or kind == "multiple_choice":
+        if kind != "multiple_choice":
+            raise JobError(f"dataset {dataset_ref} holds conversations, not multiple-choice questions; use "
+                           "generation mode")
+        return _run_multiple_choice(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split)
+    return _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split)
+
+
+def _slots(cache: ModelCache, base_src: ModelSource, tuned_src: ModelSource):
+    base_slot = cache.slot(base_src)
+    tuned_slot = cache.slot(tuned_src)
+    if tuned_slot.loaded is base_slot.loaded:  # the adapter loaded into the base: base rows run as "__base__"
+        base_slot = type(base_slot)(base_src, base_slot.loaded, BASE_ADAPTER)
+    return base_slot, tuned_slot
+
+
+def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split) -> JobResult:
+    from core.data.chat import tokenize_conversation
+
+    t0 = time.time()
+    base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
+    settings = GenSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
+    records: list[dict] = []
+    notes: list[str] = []
+    too_long = 0
+    for row_no, row in pairs:
+        prompt, reference = split_conversation(row)
+        rec = {"i": row_no, "prompt": prompt, "reference": reference}
+        limit = base_slot.loaded.max_positions
+        try:
+            ids = prompt_ids(base_slot.loaded.tokenizer, prompt)
+            if limit and len(ids) + cfg.max_new_tokens > limit:
+                raise GenerateError(f"prompt is {len(ids)} tokens; with {cfg.max_new_tokens} new tokens it exceeds "
+                                    f"the model's context of {limit}")
+            rec["_ids"] = ids
+        except GenerateError as exc:
+            rec["note"] = f"skipped: {exc}"
+            too_long += 1
+        records.append(rec)
+    usable = [r for r in records if "_ids" in r]
+    if too_long:
+        first = next(r["i"] for r in records if "note" in r)
+        notes.append(f"{too_long} row(s) skipped (first: row {first}): the prompt does not fit the model's context")
+    if not usable:
+        raise JobError("no row can be evaluated: " + (notes[0] if notes else "the dataset is empty"))
+    with_ref = [r for r in usable if r["reference"] is not None]
+    if not with_ref:
+        notes.append("this dataset has no reference answers: loss, ROUGE/BLEU/chrF and exact match are skipped; "
+                     "only the outputs are shown")
+    total = len(with_ref) + len(usable)
+    _progress(ctx, 0, total, t0)
+
+    # 1) loss of the reference answers under each model
+    side_nll = {"base": [0.0, 0], "tuned": [0.0, 0]}
+    if with_ref:
+        for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
+            toks = []
+            for r in with_ref:
+                tc = tokenize_conversation(slot.loaded.tokenizer, r["prompt"] + [
+                    {"role": "assistant", "content": r["reference"]}])
+                toks.append((tc.input_ids, tc.assistant_mask))
+            losses = reference_losses(slot.loaded, toks, [slot.adapter_name] * len(toks), cfg.batch_size)
+            for r, (nll, n) in zip(with_ref, losses):
+                r.setdefault("loss", {})[side] = nll / n if n else None
+                side_nll[side][0] += nll
+                side_nll[side][1] += n
+            if ctx.should_stop():
+                raise StopRequested()
+        _progress(ctx, len(with_ref), total, t0)
+    log(f"reference loss: base {M.loss_metrics(*side_nll['base'])['loss']}, "
+        f"tuned {M.loss_metrics(*side_nll['tuned'])['loss']}")
+
+    # 2) both models' answers
+    gen_t0 = time.time()
+    done_before = len(with_ref)
+
+    def on_batch(done, n):
+        _progress(ctx, done_before + done * len(usable) // n, total, t0)
+        if ctx.should_stop():
+            raise StopRequested()
+
+    if tuned_slot.loaded is base_slot.loaded:
+        prompts = [r["_ids"] for r in usable] * 2
+        adapters = [BASE_ADAPTER] * len(usable) + [tuned_slot.adapter_name] * len(usable)
+        rows = generate_rows(base_slot.loaded, prompts, adapters, settings, batch_size=2 * cfg.batch_size,
+                             on_batch=on_batch)
+        for k, r in enumerate(usable):
+            r["base"] = decode(base_slot.loaded, rows[k])
+            r["tuned"] = decode(base_slot.loaded, rows[len(usable) + k])
+    else:  # a full fine-tune: two models
+        for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
+            rows = generate_rows(slot.loaded, [r["_ids"] for r in usable], [slot.adapter_name] * len(usable),
+                                 settings, batch_size=cfg.batch_size, on_batch=on_batch)
+            for r, row in zip(usable, rows):
+                r[side] = decode(slot.loaded, row)
+    gen_s = time.time() - gen_t0
+    log(f"generated {2 * len(usable)} answers in {gen_s:.1f}s ({2 * len(usable) / gen_s:.2f} examples/s)")
+
+    # 3) scores
+    result: dict[str, dict] = {"base": {}, "tuned": {}}
+    refs = [r["reference"] for r in with_ref]
+    json_refs = [M.reference_json(x) for x in refs]
+    is_json = bool(refs) and sum(j is not None for j in json_refs) >= 0.5 * len(refs)
+    scorer = M._scorer()
+    for side in ("base", "tuned"):
+        out = result[side]
+        out.update(M.loss_metrics(*side_nll[side]))
+        if with_ref:
+            out.update(M.text_metrics([r[side] for r in with_ref], refs))
+            if is_json:
+                jm = M.json_metrics([r[side] for r, j in zip(with_ref, json_refs) if j is not None],
+                                    [j for j in json_refs if j is not None])
+                out.update(jm)
+        for r, j in zip(with_ref, json_refs):
+            sc = M.example_text_scores(r[side], r["reference"], scorer)
+            if is_json and j is not None:
+                jsc = M.example_json_scores(r[side], j)
+                sc.update(field_accuracy=jsc["field_accuracy"], json_exact_match=jsc["json_exact_match"],
+                          valid_json=jsc["valid_json"])
+            r.setdefault("scores", {})[side] = sc
+        out["n"] = len(usable)
+    metrics = {"base": result["base"], "tuned": result["tuned"],
+               "delta": M.delta(result["base"], result["tuned"]), "notes": notes,
+               "generation_examples_per_s": 2 * len(usable) / gen_s if gen_s > 0 else None}
+    return _store(ctx, cfg, "generation", base_src, tuned_src, dataset_ref, split, records, metrics)
+
+
+def _run_multiple_choice(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split) -> JobResult:
+    from core.evaluate.multiple_choice import score_rows, summarise
+
+    t0 = time.time()
+    base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
+    rows = [r for _, r in pairs]
+    _progress(ctx, 0, 2 * len(rows), t0)
+    if tuned_slot.loaded is base_slot.loaded:
+        both = score_rows(base_slot.loaded.model, base_slot.loaded.tokenizer, rows, cfg.mc_style,
+                          adapter_names=[BASE_ADAPTER, tuned_slot.adapter_name], batch_size=cfg.batch_size)
+        per = {"base": both[BASE_ADAPTER], "tuned": both[tuned_slot.adapter_name]}
+    else:
+        per = {}
+        for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
+            res = score_rows(slot.loaded.model, slot.loaded.tokenizer, rows, cfg.mc_style, batch_size=cfg.batch_size)
+            per[side] = next(iter(res.values()))
+            if ctx.should_stop():
+                raise StopRequested()
+    _progress(ctx, 2 * len(rows), 2 * len(rows), t0)
+    records = []
+    for k, (row_no, row) in enumerate(pairs):
+        b, t = per["base"][k], per["tuned"][k]
+        records.append({"i": row_no, "question": row.get("question", ""), "choices": row.get("choices", []),
+                        "gold": row.get("answer"), "pred": {"base": b["pred"], "tuned": t["pred"]},
+                        "scores": {"base": {"correct": float(b["correct"]), "correct_norm": float(b["correct_norm"])},
+                                   "tuned": {"correct": float(t["correct"]), "correct_norm": float(t["correct_norm"])}},
+                        "lls": {"base": b["lls"], "tuned": t["lls"]}})
+    base_m, tuned_m = summarise(per["base"]), summarise(per["tuned"])
+    metrics = {"base": base_m, "tuned": tuned_m, "delta": M.delta(base_m, tuned_m),
+               "notes": [f"prompt style: {cfg.mc_style} (lm-evaluation-harness's "
+                         f"{'ARC' if cfg.mc_style == 'arc' else 'MMLU'} format)"]}
+    return _store(ctx, cfg, "multiple_choice", base_src, tuned_src, dataset_ref, split, records, metrics)
+
+
+def _store(ctx, cfg, kind, base_src, tuned_src, dataset_ref, split, records, metrics) -> JobResult:
+    from core.evaluate import results
+    from storage import Evaluation
+
+    path = ctx.dir / "examples.jsonl"
+    tmp = path.with_suffix(".jsonl.partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    headline = M.headline_metric(metrics)
+    settings = cfg.model_dump(mode="json")
+    ev = Evaluation(job_id=ctx.job_id, run_id=tuned_src.run_id, kind=kind, name=ctx.job.name,
+                    base_label=base_src.label, tuned_label=tuned_src.label, dataset_ref=dataset_ref, split=split,
+                    n=metrics["base"].get("n", len(records)), settings=settings, metrics=metrics, headline=headline,
+                    headline_base=metrics["base"].get(headline), headline_tuned=metrics["tuned"].get(headline),
+                    examples_path=str(path))
+    if ctx.is_main:
+        ev = results.save(ev)
+    summary = (f"{headline}: base {metrics['base'].get(headline)} -> tuned {metrics['tuned'].get(headline)}"
+               if headline else "done")
+    return JobResult(final_metrics={"evaluation_id": ev.id, "headline": headline,
+                                    "base": metrics["base"].get(headline), "tuned": metrics["tuned"].get(headline)},
+                     summary=summary)
+
+
+def examples_file(job_dir: Path) -> Path:
+    return job_dir / "examples.jsonl"

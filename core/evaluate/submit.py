@@ -1,0 +1,65 @@
+"""Queue an evaluation on the runs core, after checking what it points at (nothing is queued for bad input)."""
+from __future__ import annotations
+
+from core import runs
+from core.evaluate.config import EvalConfig, EvalConfigError
+from core.runs import JobError
+from storage import Run, RunStatus
+
+
+def validate(cfg: EvalConfig) -> None:
+    """A run that has nothing to load, a dataset that does not exist or does not fit the mode: refused now."""
+    from core.generate import GenerateError, resolve_source, source_for_run
+
+    try:
+        if cfg.run_id is not None:
+            run = runs.get_run(cfg.run_id)
+            if run.kind != "train":
+                raise JobError(f"run {cfg.run_id} is a {run.kind} job; evaluate a training run")
+            if run.status != RunStatus.succeeded and not run.adapter_path:
+                raise JobError(f"run {cfg.run_id} is {run.status} and saved no adapter: nothing to evaluate"
+                               + (f" ({run.error.splitlines()[0]})" if run.error else ""))
+            source_for_run(cfg.run_id)
+        else:
+            resolve_source(cfg.tuned)
+        if cfg.base:
+            resolve_source(cfg.base)
+    except GenerateError as exc:
+        raise JobError(str(exc)) from None
+    if cfg.mode == "lm_eval":
+        from core.evaluate.harness import task_info
+
+        task_info(cfg.lm_eval_task.strip())  # an unknown task is refused here, with close names
+        return
+    if cfg.dataset:
+        from core.data import DatasetError, get_dataset
+
+        try:
+            ds = get_dataset(cfg.dataset)
+        except DatasetError:
+            raise JobError(f"dataset {cfg.dataset} not found: import it in the Data tab") from None
+        if ds.kind == "preference":
+            raise JobError(f"dataset {ds.id} holds preference pairs; evaluate on conversations or multiple-choice "
+                           "questions")
+        if cfg.mode == "multiple_choice" and ds.kind != "multiple_choice":
+            raise JobError(f"dataset {ds.id} is not in a multiple-choice layout (question, choices, answer); use "
+                           "generation mode")
+        if ds.kind == "text":
+            raise JobError(f"dataset {ds.id} is plain text with no prompts to answer; evaluate on conversations")
+        if not (ds.splits or {}).get(cfg.split):
+            have = ", ".join(f"{k} {v}" for k, v in (ds.splits or {}).items() if v) or "no rows"
+            raise JobError(f"dataset {ds.id} has no {cfg.split} rows ({have}); pick a split that has rows")
+
+
+def submit_evaluation(cfg: EvalConfig | dict, *, start: bool = True) -> Run:
+    if isinstance(cfg, dict):
+        cfg = EvalConfig.from_dict(cfg)
+    validate(cfg)
+    name = cfg.name or (f"eval-run{cfg.run_id}" if cfg.run_id is not None else "eval")
+    return runs.submit("evaluate", cfg.model_dump(mode="json"), start=start, name=name,
+                       base_model=cfg.base or "", dataset_ref=cfg.dataset or (f"run:{cfg.run_id}" if cfg.run_id
+                                                                              else ""),
+                       method=cfg.mode, parent_run_id=cfg.run_id)
+
+
+__all__ = ["EvalConfig", "EvalConfigError", "submit_evaluation", "validate"]

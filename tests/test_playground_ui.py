@@ -1,0 +1,70 @@
+"""The Evaluate and Playground tabs in headless Chromium against the real app, on the trained demo run: both panes
+stream at once, a blind vote updates the leaderboard, an evaluation started from the tab shows its metrics."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, start_app, browser):
+    url = start_app(demo_ws["ws"] / "app-playground.log")
+    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    page.goto(url)
+    page.get_by_role("tab", name="Playground", exact=True).click()
+    # the newest run is preselected against the base once the page has loaded its lists
+    expect(page.locator("#pg-model-b input")).to_have_value(f"run #{demo_ws['run_id']} demo-lora (lora)",
+                                                            timeout=20_000)
+    page.get_by_text("Generation settings").click()
+    page.get_by_label("Blind A/B: shuffle the sides and vote").check()
+    page.locator("#pg-prompt textarea").fill("I ordered a desk lamp (order A4821) and it arrived broken. "
+                                             "Please help, this is urgent.")
+    page.get_by_role("button", name="Send to both").click()
+    # both panes fill while the other is still going: sample their text as it streams
+    seen_a, seen_b, both_growing = set(), set(), 0
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        a = page.locator("#pg-pane-a").inner_text()
+        b = page.locator("#pg-pane-b").inner_text()
+        if a not in seen_a and b not in seen_b and seen_a and seen_b:
+            both_growing += 1
+        seen_a.add(a)
+        seen_b.add(b)
+        if "tokens/s" in page.locator("#pg-stats-a").inner_text() and \
+                "tokens/s" in page.locator("#pg-stats-b").inner_text():
+            break
+        time.sleep(0.1)
+    assert len(seen_a) > 3 and len(seen_b) > 3, "the answers did not stream"
+    assert both_growing >= 1, "the two panes never grew at the same time"
+    page.screenshot(path=str(demo_ws["ws"] / "playground.png"), full_page=True)
+    expect(page.get_by_text("Vote below")).to_be_visible()
+    page.get_by_role("button", name="B is better").click()
+    expect(page.locator("#pg-reveal")).to_contain_text("Vote stored", timeout=10_000)
+    reveal = page.locator("#pg-reveal").inner_text()
+    assert "demo-lora" in reveal and "SmolLM2" in reveal  # both sides revealed after the vote
+    board = page.locator("#pg-board")
+    expect(board).to_contain_text("demo-lora")
+    expect(board).to_contain_text("1016")  # one vote moved the winner from 1000 to 1016
+    page.screenshot(path=str(demo_ws["ws"] / "playground-voted.png"), full_page=True)
+
+
+def test_an_evaluation_started_from_the_tab_shows_its_metrics(demo_ws, start_app, browser):
+    url = start_app(demo_ws["ws"] / "app-evaluate.log")
+    page = browser.new_page(viewport={"width": 1500, "height": 1500})
+    page.goto(url)
+    page.get_by_role("tab", name="Evaluate", exact=True).click()
+    expect(page.locator("#eval-run input")).to_have_value(f"#{demo_ws['run_id']} demo-lora (lora, succeeded)",
+                                                          timeout=20_000)
+    limit = page.get_by_label("Sample (rows)")
+    limit.fill("6")
+    page.get_by_label("Max new tokens").fill("40")
+    page.get_by_role("button", name="Start evaluation").click()
+    expect(page.locator("#eval-msg")).to_contain_text("Evaluation job", timeout=20_000)
+    expect(page.locator("#eval-summary")).to_contain_text("field_accuracy", timeout=300_000)
+    metrics = page.locator("#eval-metrics")
+    expect(metrics).to_contain_text("json_valid_rate")
+    expect(page.locator("#eval-examples")).to_contain_text("user:")
+    page.screenshot(path=str(demo_ws["ws"] / "evaluate.png"), full_page=True)

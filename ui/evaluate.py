@@ -1,0 +1,259 @@
+"""Evaluate tab: base vs fine-tuned on held-out data — one table of metrics with the delta, every example, filters,
+exports, and runs compared on the same evaluation set.
+
+Evaluations are jobs (core.runs): they run in their own process, survive a closed tab and show progress here. Only
+binds components to core calls: no ML, no SQL here. Handlers are module-level so tests call them without a browser.
+"""
+from __future__ import annotations
+
+import html
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core import runs
+from core.evaluate import results
+from core.evaluate.config import EvalConfig, EvalConfigError
+from core.evaluate.metrics import HIGHER_IS_BETTER
+from core.evaluate.submit import submit_evaluation
+from core.runs import JobError, RunStatus
+from ui.common import fmt_num, progress_html
+
+OWN_SPLIT = "__run__"
+EVAL_COLUMNS = ["id", "model", "on", "n", "metric", "base → tuned", "status"]
+METRIC_COLUMNS = ["metric", "base", "tuned", "delta"]
+EXAMPLE_COLUMNS = ["#", "prompt", "reference", "base", "tuned", "base score", "tuned score", "note"]
+SKIP_METRICS = {"n", "per_field"}
+
+
+def run_choices() -> list[tuple[str, str]]:
+    """Training runs that have something to evaluate (an adapter or a model)."""
+    out = []
+    for r in runs.list_runs(kind="train"):
+        if r.adapter_path:
+            out.append((f"#{r.id} {r.name} ({r.method}, {r.status.value})", str(r.id)))
+    return out
+
+
+def dataset_choices() -> list[tuple[str, str]]:
+    from core.data import list_datasets
+
+    out = [("the run's own held-out rows", OWN_SPLIT)]
+    for d in list_datasets():
+        if d.kind in ("sft", "multiple_choice"):
+            splits = ", ".join(f"{k} {v}" for k, v in (d.splits or {}).items() if v)
+            out.append((f"#{d.id} {d.name} ({d.kind}; {splits})", str(d.id)))
+    return out
+
+
+def evaluation_choices() -> list[tuple[str, str]]:
+    return [(f"#{e.id} {e.tuned_label} on {e.dataset_ref} [{e.split}]", str(e.id))
+            for e in results.list_evaluations()]
+
+
+def evaluations_frame() -> pd.DataFrame:
+    rows = []
+    jobs = {r.id: r for r in runs.list_runs(kind="evaluate")}
+    seen_jobs = set()
+    for e in results.list_evaluations():
+        seen_jobs.add(e.job_id)
+        rows.append([e.id, e.tuned_label, f"{e.dataset_ref} [{e.split}]", e.n, e.headline,
+                     f"{fmt_num(e.headline_base)} → {fmt_num(e.headline_tuned)}", "done"])
+    for j in jobs.values():  # evaluations still running (or that failed) have no row yet
+        if j.id not in seen_jobs:
+            prog = f"{j.step}/{j.max_steps}" if j.max_steps else ""
+            rows.append(["-", j.name, f"{j.dataset_ref} [{(j.config or {}).get('split', '')}]", "", "", "",
+                         f"job #{j.id} {j.status.value} {prog}".strip()])
+    return pd.DataFrame(rows, columns=EVAL_COLUMNS)
+
+
+def start_evaluation(run_id: str | None, folder: str, base: str, dataset: str | None, split: str, limit,
+                     mode: str, mc_style: str, lm_task: str, max_new_tokens) -> tuple[str, str | None]:
+    """The Start button: (message, evaluate job id or None). Bad input: a message, nothing queued."""
+    data = {
+        "run_id": int(run_id) if run_id and str(run_id).isdigit() else None,
+        "tuned": (folder or "").strip() or None,
+        "base": (base or "").strip() or None,
+        "dataset": None if dataset in (None, "", OWN_SPLIT) else str(dataset),
+        "split": split or "test",
+        "limit": int(limit) if limit else None,
+        "mode": {"multiple choice": "multiple_choice", "lm-eval task": "lm_eval"}.get(mode, "generation"),
+        "mc_style": mc_style or "arc",
+        "lm_eval_task": (lm_task or "").strip() or None,
+        "max_new_tokens": int(max_new_tokens or 128),
+    }
+    if data["run_id"] is not None and data["tuned"]:
+        return "**Error:** pick a run *or* type a folder, not both.", None
+    try:
+        cfg = EvalConfig.from_dict({k: v for k, v in data.items() if v is not None})
+        job = submit_evaluation(cfg)
+    except (EvalConfigError, JobError) as exc:
+        return f"**Error:** {html.escape(str(exc))}", None
+    return f"Evaluation job #{job.id} **{job.status.value}**: it runs in its own process; progress below.", str(job.id)
+
+
+def metrics_frame(ev) -> pd.DataFrame:
+    m = ev.metrics or {}
+    base, tuned, delta = m.get("base", {}), m.get("tuned", {}), m.get("delta", {})
+    rows = []
+    for k, v in base.items():
+        if k in SKIP_METRICS or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        d = delta.get(k)
+        better = None if d is None or d == 0 else (d > 0) == HIGHER_IS_BETTER.get(k, True)
+        arrow = "" if better is None else (" (better)" if better else " (worse)")
+        rows.append([k, fmt_num(v), fmt_num(tuned.get(k)), (fmt_num(d) + arrow) if d is not None else "-"])
+    for field, acc in (base.get("per_field") or {}).items():
+        t = (tuned.get("per_field") or {}).get(field)
+        rows.append([f"field: {field}", fmt_num(acc), fmt_num(t), fmt_num(None if t is None else t - acc)])
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def examples_frame(ev, which: str = "all", limit: int = 500) -> pd.DataFrame:
+    rows = [results.flat_row(x) for x in results.examples(ev, which, limit=limit)]
+    return pd.DataFrame([[r.get(c, "") for c in EXAMPLE_COLUMNS] for r in rows], columns=EXAMPLE_COLUMNS)
+
+
+def compare_frame(ev) -> pd.DataFrame:
+    """Every evaluation on the same data and split: runs compared on one evaluation set."""
+    same = [e for e in results.list_evaluations() if e.dataset_ref == ev.dataset_ref and e.split == ev.split
+            and e.kind == ev.kind]
+    rows = [[e.id, e.run_id or "-", e.tuned_label, e.n, e.headline, fmt_num(e.headline_base),
+             fmt_num(e.headline_tuned)] for e in same]
+    return pd.DataFrame(rows, columns=["eval", "run", "model", "n", "metric", "base", "tuned"])
+
+
+def show_evaluation(evaluation_id: str | None, which: str = "all"):
+    """(summary md, metrics df, examples df, compare df)."""
+    empty = pd.DataFrame(columns=METRIC_COLUMNS)
+    if not evaluation_id:
+        return ("_No evaluation selected. Start one on the left; it appears here when it is done._", empty,
+                pd.DataFrame(columns=EXAMPLE_COLUMNS), pd.DataFrame())
+    try:
+        ev = results.get(int(evaluation_id))
+    except (results.EvaluationNotFound, ValueError):
+        return (f"_Evaluation {html.escape(str(evaluation_id))} not found._", empty,
+                pd.DataFrame(columns=EXAMPLE_COLUMNS), pd.DataFrame())
+    s = ev.settings or {}
+    gen = (f"greedy, max {s.get('max_new_tokens')} new tokens" if not s.get("temperature")
+           else f"temperature {s.get('temperature')}, top-p {s.get('top_p')}, max {s.get('max_new_tokens')} new tokens")
+    notes = "".join(f"\n- {html.escape(n)}" for n in (ev.metrics or {}).get("notes", []))
+    head = (f"**{html.escape(ev.tuned_label)}** vs **{html.escape(ev.base_label)}** on `{ev.dataset_ref}` "
+            f"[{ev.split}], {ev.n} examples ({ev.kind}; {gen}; seed {s.get('seed')})."
+            + (f"\n\nHeadline: **{ev.headline}** {fmt_num(ev.headline_base)} → **{fmt_num(ev.headline_tuned)}**"
+               if ev.headline else "") + notes)
+    return head, metrics_frame(ev), examples_frame(ev, which), compare_frame(ev)
+
+
+def job_progress(job_id: str | None) -> str:
+    if not job_id:
+        return ""
+    try:
+        job = runs.get_run(int(job_id))
+    except (JobError, ValueError):
+        return ""
+    text = progress_html(job.step, job.max_steps, job.status.value, job.eta_s, None)
+    if job.status == RunStatus.failed and job.error:
+        text += f'<div class="fts-error">{html.escape(job.error.splitlines()[0])}</div>'
+    return text
+
+
+def export_file(evaluation_id: str | None, fmt: str, which: str) -> str | None:
+    if not evaluation_id:
+        raise gr.Error("Select an evaluation first.")
+    ev = results.get(int(evaluation_id))
+    data = results.export(ev, fmt, which)
+    out = Path(tempfile.mkdtemp(prefix="fts-export-")) / f"evaluation-{ev.id}-{which.replace(' ', '-')}.{fmt}"
+    out.write_bytes(data)
+    return str(out)
+
+
+def build_tab() -> None:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("#### New evaluation\nBase vs fine-tuned on the same examples: loss, ROUGE/BLEU/chrF, exact "
+                        "match, JSON fields — or multiple-choice accuracy scored like lm-evaluation-harness.")
+            with gr.Row():
+                run = gr.Dropdown(choices=[], label="Training run", scale=4, elem_id="eval-run")
+                refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
+            folder = gr.Textbox(label="…or an adapter / model folder", placeholder="/path/to/adapter",
+                                elem_id="eval-folder")
+            base = gr.Textbox(label="Base model (empty: the run's base)", elem_id="eval-base")
+            dataset = gr.Dropdown(choices=[("the run's own held-out rows", OWN_SPLIT)], value=OWN_SPLIT,
+                                  label="Evaluate on", elem_id="eval-dataset")
+            with gr.Row():
+                split = gr.Radio(["test", "validation", "train"], value="test", label="Split",
+                                 info="the run's own rows: test, else validation")
+                limit = gr.Number(100, label="Sample (rows)", precision=0, minimum=1)
+            mode = gr.Radio(["generation", "multiple choice", "lm-eval task"], value="generation", label="Mode")
+            with gr.Row():
+                mc_style = gr.Radio(["arc", "mmlu"], value="arc", label="Multiple-choice prompt",
+                                    info="ARC: 'Question: …\\nAnswer:'; MMLU: lettered options")
+                lm_task = gr.Textbox(label="lm-eval task", placeholder="arc_easy")
+            max_new = gr.Number(128, label="Max new tokens", precision=0, minimum=1)
+            start = gr.Button("Start evaluation", variant="primary", elem_id="eval-start")
+            start_msg = gr.Markdown(elem_id="eval-msg")
+            job_state = gr.State(None)
+            progress = gr.HTML(elem_id="eval-progress")
+        with gr.Column(scale=3, min_width=420):
+            gr.Markdown("#### Evaluations")
+            table = gr.Dataframe(headers=EVAL_COLUMNS, interactive=False, max_height=240, wrap=True,
+                                 elem_id="eval-table")
+            selected = gr.Dropdown(choices=[], label="Evaluation", elem_id="eval-selected")
+            summary = gr.Markdown(elem_id="eval-summary")
+            metrics = gr.Dataframe(headers=METRIC_COLUMNS, interactive=False, label="Metrics (Δ = tuned − base)",
+                                   elem_id="eval-metrics")
+            with gr.Row():
+                which = gr.Dropdown(list(results.FILTERS), value="all", label="Show examples", scale=2)
+                fmt = gr.Radio(["csv", "jsonl"], value="csv", label="Export", scale=1)
+                export_btn = gr.Button("Export", scale=1)
+            export_out = gr.File(label="Download", visible=False)
+            examples = gr.Dataframe(headers=EXAMPLE_COLUMNS, interactive=False, wrap=True, max_height=420,
+                                    column_widths=["5%", "29%", "18%", "18%", "18%", "6%", "6%", "0%"],
+                                    label="Every example (text shown as text)", elem_id="eval-examples")
+            with gr.Accordion("Runs compared on this evaluation set", open=False):
+                compare = gr.Dataframe(interactive=False)
+
+    def refresh_lists(current_run=None, current_sel=None):
+        evs = evaluation_choices()
+        ids = [v for _, v in evs]
+        sel = current_sel if current_sel in ids else (ids[0] if ids else None)
+        run_ch = run_choices()
+        run_ids = [v for _, v in run_ch]
+        run_value = current_run if current_run in run_ids else (run_ids[0] if run_ids else None)
+        return (gr.update(choices=run_ch, value=run_value), gr.update(choices=dataset_choices()),
+                evaluations_frame(), gr.update(choices=evs, value=sel))
+
+    list_outputs = [run, dataset, table, selected]
+    refresh.click(refresh_lists, [run, selected], list_outputs)
+    detail_outputs = [summary, metrics, examples, compare]
+    selected.change(show_evaluation, [selected, which], detail_outputs)
+    which.change(show_evaluation, [selected, which], detail_outputs)
+    export_btn.click(lambda *a: gr.update(value=export_file(*a), visible=True), [selected, fmt, which], export_out)
+
+    def on_start(*values):
+        msg, job_id = start_evaluation(*values)
+        return msg, job_id, job_progress(job_id), evaluations_frame()
+
+    start.click(on_start, [run, folder, base, dataset, split, limit, mode, mc_style, lm_task, max_new],
+                [start_msg, job_state, progress, table])
+
+    def tick(job_id, current_sel):
+        """While an evaluation runs: its progress; when it ends, the new evaluation is selected."""
+        if not job_id:
+            return gr.update(), gr.update(), gr.update(), gr.update(), job_id
+        text = job_progress(job_id)
+        job = runs.get_run(int(job_id))
+        if not job.status.is_finished:
+            return text, gr.update(), gr.update(), gr.update(), job_id
+        ev = results.by_job(job.id)
+        evs = evaluation_choices()
+        return (text, evaluations_frame(), gr.update(choices=evs, value=str(ev.id) if ev else current_sel),
+                gr.update(choices=run_choices()), None)
+
+    timer = gr.Timer(1.0)
+    timer.tick(tick, [job_state, selected], [progress, table, selected, run, job_state], show_progress="hidden",
+               concurrency_limit=None)
+    return refresh_lists, [run, selected], list_outputs  # app.py runs it when a page opens: lists are never stale
