@@ -61,8 +61,20 @@ def reset_engines() -> None:
 
 
 def init_db(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
-    upgrade_schema(engine)
+    """Create missing tables, then add missing columns. Several processes may do this at once on a database that a
+    newer version meets for the first time (workers starting together): a table another process created between our
+    check and our CREATE is not an error — the next pass sees it."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    for attempt in range(5):
+        try:
+            SQLModel.metadata.create_all(engine)
+            upgrade_schema(engine)
+            return
+        except (OperationalError, ProgrammingError) as exc:
+            text_ = str(exc).lower()
+            if attempt == 4 or not ("already exists" in text_ or "duplicate column" in text_):
+                raise
 
 
 def upgrade_schema(engine: Engine) -> list[str]:

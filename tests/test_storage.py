@@ -73,3 +73,28 @@ print("done")
         assert p.returncode == 0 and "done" in out, err
     with db_session() as s:
         assert len(s.exec(select(RunMetric).where(RunMetric.run_id == run.id)).all()) == 600
+
+
+_FIRST_USE = """
+import sys, time
+from storage import get_engine
+start = float(sys.argv[1])
+time.sleep(max(0.0, start - time.time()))
+get_engine(sys.argv[2])
+"""
+
+
+def test_processes_meeting_a_new_database_at_once_all_create_its_tables(workspace):
+    """Workers of a newer version starting together on a database without its tables: a table another process
+    created between our check and our CREATE is no error for anyone."""
+    for attempt in range(3):  # three fresh databases, eight processes each, released at the same instant
+        url = f"sqlite:///{workspace / f'fresh-{attempt}.db'}"
+        start = time.time() + 3.0
+        procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE, str(start), url], cwd=REPO_ROOT,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err[-1500:]
+        with get_engine(url).connect() as conn:
+            names = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
+        assert {"runs", "run_metrics", "datasets", "evaluations", "votes"} <= names
