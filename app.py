@@ -17,7 +17,7 @@ import gradio as gr
 
 from core import runs
 from core.config import get_settings
-from ui import data, estimate, evaluate, placeholders, playground, train
+from ui import data, deploy, estimate, evaluate, playground, train
 from ui.common import CSS, THEME
 
 TABS = ("Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy")
@@ -27,7 +27,7 @@ def _tab_builders():
     """One builder per tab. A tab module that fails to import fails the app (and the tests), loudly."""
     return {"Estimate": estimate.build_tab, "Data": data.build_tab, "Train": train.build_tab,
             "Evaluate": evaluate.build_tab, "Playground": playground.build_tab,
-            "Deploy": placeholders.build_deploy_tab}
+            "Deploy": deploy.build_tab}
 
 
 def build_app() -> gr.Blocks:
@@ -77,6 +77,9 @@ def main() -> None:
 
     ensure_default_model(progress=print)
     monitor = runs.start_monitor()  # reconcile leftovers from a previous start, then watch workers
+    from core.deploy.deployments import reconcile_on_start
+
+    print(f"deployments: {reconcile_on_start()}", flush=True)  # dead servers marked, orphans stopped
     install_shutdown_handler(monitor)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)

@@ -40,13 +40,14 @@ class ModelSource:
     """A model a person can pick: a base model, optionally with a LoRA adapter on top."""
 
     label: str  # what to show: "SmolLM2-135M-Instruct (embedded)", "run #7 demo-lora", "adapter …/adapter"
-    base: str  # a model reference core.models.resolve_model understands
+    base: str  # a model reference core.models.resolve_model understands (an endpoint's served model name)
     adapter: str | None = None  # adapter folder (LoRA/QLoRA runs)
     run_id: int | None = None
+    endpoint: str | None = None  # an OpenAI-compatible server's base URL (…/v1): a running deployment
 
     @property
     def key(self) -> str:
-        return f"{self.base}|{self.adapter or ''}"
+        return f"{self.endpoint}|{self.base}" if self.endpoint else f"{self.base}|{self.adapter or ''}"
 
 
 def _adapter_base(adapter_dir: Path) -> str:
@@ -88,12 +89,32 @@ def source_for_run(run_id: int) -> ModelSource:
     return ModelSource(label, run.base_model or "default", run.adapter_path, run.id)
 
 
+def source_for_deployment(dep_id: int) -> ModelSource:
+    """A running deployment (the Deploy tab's local server, or a TGI / vLLM container) as a Playground side."""
+    from core.deploy.deployments import DeployError, get
+
+    try:
+        dep = get(dep_id)
+    except DeployError as exc:
+        raise GenerateError(str(exc)) from None
+    if dep.status != "running":
+        raise GenerateError(f"deployment {dep_id} is {dep.status}, not running: start it in the Deploy tab")
+    return ModelSource(f"deployment #{dep.id} {dep.served_name} ({dep.target})", dep.served_name, None, dep.run_id,
+                       endpoint=dep.url)
+
+
 def resolve_source(text: str | None) -> ModelSource:
-    """``default`` / a Hub id / a model folder; ``run:7`` or ``7`` (a training run); an adapter folder."""
+    """``default`` / a Hub id / a model folder; ``run:7`` or ``7`` (a training run); an adapter folder;
+    ``deployment:3`` (a running deployment's endpoint)."""
     from core.models import DEFAULT_MODEL_NAME, ModelNotFoundError, resolve_model
 
     ref = (text or "").strip() or "default"
     low = ref.lower()
+    if low.startswith("deployment:"):
+        digits = ref.split(":", 1)[1].strip().lstrip("#")
+        if not digits.isdigit():
+            raise GenerateError(f"'{ref}' is not a deployment id (use deployment:3)")
+        return source_for_deployment(int(digits))
     if low.startswith(("run:", "#")) or ref.isdigit():
         digits = ref.split(":", 1)[-1].lstrip("#").strip()
         if not digits.isdigit():
@@ -135,7 +156,7 @@ class Slot:
     """One side of a comparison: a loaded base and the adapter to run it with (None: the bare model)."""
 
     source: ModelSource
-    loaded: LoadedBase
+    loaded: LoadedBase | None  # None for an endpoint: it is served elsewhere
     adapter_name: str | None
 
     def row_adapter(self) -> str:
@@ -240,6 +261,8 @@ class ModelCache:
         embeddings, …) onto a PEFT copy of the base."""
         from core.inference import UnsupportedAdapter
 
+        if source.endpoint:
+            return Slot(source, None, None)
         loaded = self.base(source.base)
         if not source.adapter:
             return Slot(source, loaded, None)
@@ -538,6 +561,81 @@ class BatchDecoder:
             self.step()
         return self.rows
 
+    def text(self, pos: int) -> str:
+        return self.loaded.tokenizer.decode(self.rows[pos].tokens, skip_special_tokens=True)
+
+
+class EndpointDecoder:
+    """One conversation streamed from an OpenAI-compatible endpoint (a running deployment) through
+    ``huggingface_hub.InferenceClient``, read by a background thread; ``step()`` takes what has arrived, so it
+    interleaves with local decoders in :func:`stream`. Each streamed delta counts as a token."""
+
+    remote = True
+
+    def __init__(self, source: ModelSource, messages: Sequence[dict], settings: GenSettings, *,
+                 started: float | None = None):
+        import queue
+
+        self.settings = settings.validated()
+        self.started = started if started is not None else time.perf_counter()
+        self.rows = [RowState(0, "endpoint")]
+        self._parts: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self.active = [0]
+        self._thread = threading.Thread(target=self._read, args=(source, list(messages)), daemon=True)
+        self._thread.start()
+
+    def _read(self, source: ModelSource, messages: list[dict]) -> None:
+        from huggingface_hub import InferenceClient
+
+        s = self.settings
+        try:
+            client = InferenceClient(base_url=source.endpoint, timeout=300)
+            for chunk in client.chat_completion(messages=messages, model=source.base, max_tokens=s.max_new_tokens,
+                                                temperature=s.temperature, top_p=s.top_p if s.top_p < 1 else None,
+                                                seed=s.seed, stream=True):
+                delta = chunk.choices[0].delta.content if chunk.choices else None
+                if delta:
+                    self._queue.put(delta)
+            self._queue.put(None)
+        except Exception as exc:  # noqa: BLE001 - the endpoint's failure is this side's message
+            self._queue.put(GenerateError(f"the endpoint {source.endpoint} failed: {type(exc).__name__}: "
+                                          f"{str(exc)[:300]}"))
+
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    def step(self, timeout_s: float = 0.0) -> list[tuple[int, int]]:
+        import queue
+
+        if self.done:
+            return []
+        items = []
+        try:
+            items.append(self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait())
+            while True:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        row = self.rows[0]
+        now = time.perf_counter() - self.started
+        for item in items:
+            if item is None:
+                row.done, row.end_s, self.active = True, now, []
+                break
+            if isinstance(item, Exception):
+                self.active = []
+                raise item
+            row.first_token_s = now if row.first_token_s is None else row.first_token_s
+            row.tokens.append(0)
+            self._parts.append(item)
+            row.end_s = now
+        return [(0, 0)] * len(items)
+
+    def text(self, pos: int) -> str:
+        return "".join(self._parts)
+
 
 @dataclass
 class SideResult:
@@ -569,10 +667,13 @@ def stream(slots: Sequence[Slot], conversations: Sequence[Sequence[dict]], setti
     different bases decode in turn, one token each, so every side streams."""
     started = time.perf_counter()
     groups: dict[int, list[int]] = {}
-    for i, slot in enumerate(slots):
-        groups.setdefault(id(slot.loaded), []).append(i)
-    decoders: list[tuple[BatchDecoder, list[int]]] = []
+    decoders: list[tuple[BatchDecoder | EndpointDecoder, list[int]]] = []
     results = [SideResult(s.source.label, "", 0, None, None) for s in slots]
+    for i, slot in enumerate(slots):
+        if slot.loaded is None:  # an endpoint streams on its own
+            decoders.append((EndpointDecoder(slot.source, conversations[i], settings, started=started), [i]))
+        else:
+            groups.setdefault(id(slot.loaded), []).append(i)
     for members in groups.values():
         loaded = slots[members[0]].loaded
         prompts: dict[int, list[int]] = {}
@@ -593,18 +694,24 @@ def stream(slots: Sequence[Slot], conversations: Sequence[Sequence[dict]], setti
             continue
         decoders.append((dec, ok))
     while any(not d.done for d, _ in decoders):
+        # endpoints wait a little for their next delta only when no local model is decoding (no busy loop)
+        only_remote = all(getattr(d, "remote", False) for d, _ in decoders if not d.done)
         for dec, members in decoders:
             if dec.done:
                 continue
             try:
-                dec.step()
+                dec.step(timeout_s=0.05) if only_remote else dec.step()
+            except GenerateError as exc:
+                for i in members:
+                    results[i].error = str(exc)
+                dec.active = []
             except Exception as exc:  # noqa: BLE001 - a model failing mid-way ends that side only, with the reason
                 for i in members:
                     results[i].error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 dec.active = []
             for pos, i in enumerate(members):
                 row = dec.rows[pos]
-                results[i].text = dec.loaded.tokenizer.decode(row.tokens, skip_special_tokens=True)
+                results[i].text = dec.text(pos)
                 results[i].tokens = len(row.tokens)
                 results[i].time_to_first_token_s = row.first_token_s
                 results[i].tokens_per_s = _rate(row)

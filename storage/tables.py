@@ -189,3 +189,32 @@ class Vote(SQLModel, table=True):
     voter: str = "anonymous"
     settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
+
+class Deployment(SQLModel, table=True):
+    """A serving endpoint the studio started or described: a local server process or a TGI / vLLM container.
+
+    Status: ``starting`` (process up, model loading) → ``running`` (health OK) → ``stopped``; ``failed`` (it never
+    became healthy, or could not start: ``error`` says why); ``dead`` (it was running and its process is gone);
+    ``planned`` (no engine here: the command to run on a GPU host is in ``args``)."""
+
+    __tablename__ = "deployments"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: Optional[int] = Field(default=None, index=True)  # the training run served, when it is one
+    target: str = "local"  # local | tgi | vllm
+    model_ref: str = ""  # what was asked for: "run:7", "default", a folder
+    model_dir: str = ""  # the folder the server loads (a merged model)
+    served_name: str = ""  # the model name clients send and /v1/models lists
+    url: str = ""  # base URL of the OpenAI-compatible API (…/v1)
+    host: str = ""
+    port: Optional[int] = None
+    status: str = Field(default="starting", index=True)
+    pid: Optional[int] = None  # local server process (leader of its own process group)
+    container_id: Optional[str] = None
+    log_path: str = ""
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # the exact argv
+    created_by: str = "anonymous"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    stopped_at: Optional[datetime] = None

@@ -12,7 +12,6 @@ CSS = """
 .fts-progress > div {height: 100%; background: #6366f1; transition: width .5s;}
 .fts-status {font-size: 0.92em; color: #374151;}
 .fts-error {color: #b91c1c; white-space: pre-wrap; font-family: monospace; font-size: 0.85em;}
-.fts-notbuilt {padding: 18px; border: 1px dashed #9ca3af; border-radius: 8px; color: #4b5563;}
 """
 
 
@@ -43,11 +42,3 @@ def progress_html(step: int, max_steps: int, status: str, eta_s: float | None, t
         bits.append(f"{tokens_per_s:,.0f} tokens/s")
     return (f'<div class="fts-progress"><div style="width:{pct:.1f}%"></div></div>'
             f'<div class="fts-status">{" · ".join(bits)}</div>')
-
-
-def not_built(tab: str, what: str, issue_hint: str) -> None:
-    """An honest empty tab: says plainly that the capability is not built yet."""
-    gr.Markdown(
-        f"### {tab}: not built yet\n\n{what}\n\n_{issue_hint}_",
-        elem_classes=["fts-notbuilt"],
-    )

@@ -22,10 +22,16 @@ DEFAULT_PROMPT = "Explain in two sentences what fine-tuning a language model mea
 
 
 def model_choices() -> list[tuple[str, str]]:
+    """The base, every finished run, and every running deployment (its endpoint streams as one side)."""
+    from core.deploy.deployments import list_deployments
+
     out = [("SmolLM2-135M-Instruct (embedded base)", "default")]
     for r in runs.list_runs(kind="train"):
         if r.adapter_path and r.status == runs.RunStatus.succeeded:
             out.append((f"run #{r.id} {r.name} ({r.method})", f"run:{r.id}"))
+    for d in list_deployments(active_only=True):
+        if d.status == "running":
+            out.append((f"deployment #{d.id} {d.served_name} ({d.target})", f"deployment:{d.id}"))
     return out
 
 
@@ -157,7 +163,8 @@ def build_tab():
     choices = [("SmolLM2-135M-Instruct (embedded base)", "default")]
     with gr.Row():
         model_a = gr.Dropdown(choices=choices, value="default", allow_custom_value=True, label="Model A",
-                              info="the base, a finished run, or a model / adapter folder", elem_id="pg-model-a")
+                              info="the base, a finished run, a running deployment, or a model / adapter folder",
+                              elem_id="pg-model-a")
         model_b = gr.Dropdown(choices=choices, value="default", allow_custom_value=True, label="Model B",
                               info="the same choices; runs of one base share its weights", elem_id="pg-model-b")
         refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
@@ -206,7 +213,8 @@ def build_tab():
         ch = model_choices()
         keys = [k for _, k in ch]
         # the natural first comparison: the base against the newest fine-tuned run
-        b = current_b if current_b in keys and current_b != "default" else (keys[-1] if len(keys) > 1 else "default")
+        run_keys = [k for k in keys if k.startswith("run:")]
+        b = current_b if current_b in keys and current_b != "default" else (run_keys[-1] if run_keys else "default")
         return gr.update(choices=ch), gr.update(choices=ch, value=b), leaderboard_frame()
 
     refresh.click(refresh_lists, model_b, [model_a, model_b, board])

@@ -52,6 +52,9 @@ def resolve_sides(cfg: EvalConfig) -> tuple[ModelSource, ModelSource]:
         raise JobError(str(exc)) from None
     if base.adapter:
         raise JobError("the base side must be a model, not an adapter")
+    if base.endpoint or tuned.endpoint:
+        raise JobError("a deployment's endpoint cannot be evaluated here (loss and multiple choice need the weights): "
+                       "evaluate the run it serves")
     return base, tuned
 
 

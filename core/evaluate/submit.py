@@ -11,6 +11,7 @@ def validate(cfg: EvalConfig) -> None:
     """A run that has nothing to load, a dataset that does not exist or does not fit the mode: refused now."""
     from core.generate import GenerateError, resolve_source, source_for_run
 
+    sources = []
     try:
         if cfg.run_id is not None:
             run = runs.get_run(cfg.run_id)
@@ -21,9 +22,12 @@ def validate(cfg: EvalConfig) -> None:
                                + (f" ({run.error.splitlines()[0]})" if run.error else ""))
             source_for_run(cfg.run_id)
         else:
-            resolve_source(cfg.tuned)
+            sources = [resolve_source(cfg.tuned)]
         if cfg.base:
-            resolve_source(cfg.base)
+            sources.append(resolve_source(cfg.base))
+        if any(s.endpoint for s in sources):
+            raise JobError("a deployment's endpoint cannot be evaluated here (loss and multiple choice need the "
+                           "weights): evaluate the run it serves")
     except GenerateError as exc:
         raise JobError(str(exc)) from None
     if cfg.mode == "lm_eval":

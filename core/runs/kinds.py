@@ -64,6 +64,8 @@ register(JobKind("train", "core.train.worker:run_job", resumable=True, command=_
                  description="supervised fine-tuning (LoRA / QLoRA / full)", oom_advice=_train_oom_advice))
 register(JobKind("evaluate", "core.evaluate.job:run_job",
                  description="base vs fine-tuned on held-out data (generation metrics, multiple choice, lm-eval)"))
+register(JobKind("export", "core.deploy.export:run_job",
+                 description="merge a LoRA run into its base; safetensors, GGUF (+ Ollama Modelfile) or the adapter"))
 
 
 def _load_extra() -> None:

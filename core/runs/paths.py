@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from core.config import get_settings
+from core.runs.errors import DiskFullError, disk_full_message, is_disk_full
 
 COMPLETE_MARKER = ".fts-complete"
 STAGING = ".staging"
@@ -133,3 +135,35 @@ def log_tail(job_id: int, max_lines: int = 40, max_chars: int = 6000) -> str:
         text = f.read().decode("utf-8", errors="replace")
     lines = text.splitlines()[-max_lines:]
     return "\n".join(lines)[-max_chars:]
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_atomically(target: Path, write, *, needed_bytes: int | None, what: str, tmp: Path | None = None) -> None:
+    """Run ``write(tmp)`` and rename ``tmp`` to ``target`` only when it is whole (marker written last). On failure
+    nothing is left behind; a full disk becomes a DiskFullError that says how much was free and needed."""
+    tmp = tmp or target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        fsync_dir(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(disk_full_message(free_bytes(target.parent), needed_bytes, what)) from exc
+        raise

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from core.runs import paths
 from core.runs.errors import DiskFullError, disk_full_message, is_disk_full
+from core.runs.paths import save_atomically
 from core.runs.worker import JobContext, JobResult, StopRequested, log
 from core.train.config import TrainConfig
 from storage import RunStatus
@@ -55,38 +56,6 @@ def cap_memory() -> None:
     limit = psutil.Process().memory_info().vms + cap
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     log(f"memory cap: {cap / 1024**3:.2f} GB above the loaded libraries")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def save_atomically(target: Path, write, *, needed_bytes: int | None, what: str, tmp: Path | None = None) -> None:
-    """Run ``write(tmp)`` and rename ``tmp`` to ``target`` only when it is whole (marker written last). On failure
-    nothing is left behind; a full disk becomes a DiskFullError that says how much was free and needed."""
-    tmp = tmp or target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        write(tmp)
-        (tmp / paths.COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        _fsync_dir(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
-            raise DiskFullError(disk_full_message(paths.free_bytes(target.parent), needed_bytes, what)) from exc
-        raise
 
 
 def build_trainer(ctx: JobContext, config: TrainConfig):

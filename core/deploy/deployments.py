@@ -1,0 +1,494 @@
+"""Deployments: serving endpoints the studio starts, watches, smoke-tests and stops — each one a ``deployments`` row.
+
+* ``local``: ``transformers serve`` pinned to the merged model (core.deploy.local_server) as a process in its own
+  process group on a free loopback port. A training run that has no merged folder yet is merged by that process
+  first (never by the dashboard). Status: ``starting`` until ``/health`` answers, then ``running``.
+* ``tgi`` / ``vllm``: the exact ``docker run`` argument list (core.deploy.launchers). Where a Docker engine answers,
+  the container is started with the docker SDK and watched; where none does, the row is ``planned`` and holds the
+  command to run on a GPU host.
+
+Every read (:func:`list_deployments`, :func:`get`) checks the processes behind active rows first, so a server that
+died is ``dead`` (was running) or ``failed`` (never became healthy) with its log tail, with or without a dashboard.
+:func:`reconcile_on_start` also stops orphans: server processes of this workspace whose row is no longer active.
+Stopping frees the port.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from sqlmodel import select
+
+from core.config import db_session, get_settings
+from core.runs.errors import JobError
+from storage import Deployment
+from storage.tables import utcnow
+
+ACTIVE = ("starting", "running")
+STATUSES = ("starting", "running", "stopped", "failed", "dead", "planned")
+SERVER_MODULE = "core.deploy.local_server"
+DEFAULT_HEALTH_TIMEOUT_S = float(os.environ.get("FTS_SERVE_HEALTH_TIMEOUT_S", "300"))
+STOP_TIMEOUT_S = 15.0
+
+
+class DeployError(JobError):
+    """A deployment that cannot be made as asked; the message says why and what to do."""
+
+
+# ---- rows ------------------------------------------------------------------------------------------------------------
+
+def _save(dep: Deployment) -> Deployment:
+    dep.updated_at = utcnow()
+    with db_session() as s:
+        s.add(dep)
+        s.flush()
+        s.refresh(dep)
+        return dep
+
+
+def _update(dep_id: int, **fields) -> Deployment:
+    with db_session() as s:
+        dep = s.get(Deployment, dep_id)
+        for k, v in fields.items():
+            setattr(dep, k, v)
+        dep.updated_at = utcnow()
+        s.add(dep)
+        s.flush()
+        s.refresh(dep)
+        return dep
+
+
+def _get_row(dep_id: int) -> Deployment:
+    with db_session() as s:
+        dep = s.get(Deployment, int(dep_id))
+    if dep is None:
+        raise DeployError(f"deployment {dep_id} not found")
+    return dep
+
+
+def peek(dep_id: int) -> Deployment:
+    """The row as stored, without checking its process (to see what a check then changes)."""
+    return _get_row(dep_id)
+
+
+def get(dep_id: int) -> Deployment:
+    """The deployment, its processes checked first."""
+    dep = _get_row(dep_id)
+    return refresh(dep) if dep.status in ACTIVE else dep
+
+
+def list_deployments(active_only: bool = False) -> list[Deployment]:
+    with db_session() as s:
+        rows = list(s.exec(select(Deployment).order_by(Deployment.id.desc())).all())
+    rows = [refresh(d) if d.status in ACTIVE else d for d in rows]
+    return [d for d in rows if d.status in ACTIVE] if active_only else rows
+
+
+def to_dict(dep: Deployment) -> dict:
+    return {"id": dep.id, "run_id": dep.run_id, "target": dep.target, "model": dep.model_ref,
+            "model_dir": dep.model_dir, "served_name": dep.served_name, "url": dep.url, "port": dep.port,
+            "status": dep.status, "pid": dep.pid, "container_id": dep.container_id, "error": dep.error,
+            "args": dep.args, "created_by": dep.created_by, "log_path": dep.log_path,
+            "created_at": dep.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if dep.created_at else None}
+
+
+# ---- what to serve ---------------------------------------------------------------------------------------------------
+
+def resolve_target_model(model_ref: str) -> tuple[int | None, str, str, bool]:
+    """(run id, model folder, served name, needs a merge first) for "run:7" / "7" / "default" / a model folder."""
+    from core.deploy.export import _fresh, merged_dir, trained_run
+    from core.models import ModelNotFoundError, resolve_model
+
+    ref = (model_ref or "").strip() or "default"
+    digits = ref.split(":", 1)[-1].lstrip("#") if ref.lower().startswith(("run:", "#")) else ref
+    if digits.isdigit():
+        run = trained_run(int(digits))
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (run.name or "")).strip("-") or "model"
+        name = f"run-{run.id}-{slug}" if not slug.startswith(f"run-{run.id}") else slug
+        if run.method == "full":
+            return run.id, run.adapter_path, name, False
+        target = merged_dir(run.id)
+        return run.id, str(target), name, not _fresh(target, Path(run.adapter_path))
+    try:
+        resolved = resolve_model(ref)
+    except ModelNotFoundError as exc:
+        raise DeployError(str(exc)) from None
+    if not Path(resolved.path).is_dir():
+        raise DeployError(f"{ref} is not a local model folder; the local server serves folders (download it first)")
+    name = Path(resolved.path).name if resolved.kind != "default" else "smollm2-135m-instruct"
+    return None, resolved.path, name, False
+
+
+# ---- local server processes ------------------------------------------------------------------------------------------
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _server_argv(dep: Deployment, run_id: int | None) -> list[str]:
+    argv = [sys.executable, "-m", SERVER_MODULE, "--model", dep.model_dir, "--name", dep.served_name,
+            "--port", str(dep.port), "--host", dep.host, "--deployment-id", str(dep.id),
+            "--workspace", str(get_settings().workspace)]
+    if run_id is not None:
+        argv += ["--merge-run", str(run_id)]
+    return argv
+
+
+def _is_our_server(pid: int | None, dep_id: int | None = None) -> bool:
+    """The pid is alive and is a local server process of this workspace (of that deployment, when given)."""
+    if not pid:
+        return False
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return _server_cmd_matches(cmd, dep_id)
+
+
+def _server_cmd_matches(cmd: list[str], dep_id: int | None) -> bool:
+    if SERVER_MODULE not in cmd:
+        return False
+    try:
+        ws = cmd[cmd.index("--workspace") + 1]
+        dep = cmd[cmd.index("--deployment-id") + 1]
+    except (ValueError, IndexError):
+        return False
+    return ws == str(get_settings().workspace) and (dep_id is None or dep == str(dep_id))
+
+
+def _health(url_root: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url_root + "/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _root(dep: Deployment) -> str:
+    return dep.url.removesuffix("/v1")
+
+
+def _log_tail(dep: Deployment, lines: int = 20) -> str:
+    try:
+        text = Path(dep.log_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_local(model_ref: str = "default", *, port: int | None = None, created_by: str = "anonymous",
+                wait: bool = True, timeout_s: float | None = None) -> Deployment:
+    """Start a local OpenAI-compatible server for a model; with ``wait``, until it is healthy (or failed)."""
+    run_id, model_dir, name, needs_merge = resolve_target_model(model_ref)
+    if port is not None:
+        if not 1 <= int(port) <= 65535:
+            raise DeployError(f"port must be between 1 and 65535 (got {port})")
+        if not port_is_free(int(port)):
+            raise DeployError(f"port {port} is in use on 127.0.0.1: pick another port or leave it empty for a free one")
+    host = "127.0.0.1"
+    port = int(port) if port is not None else free_port(host)
+    dep = _save(Deployment(run_id=run_id, target="local", model_ref=model_ref, model_dir=model_dir, served_name=name,
+                           host=host, port=port, url=f"http://{host}:{port}/v1", status="starting",
+                           created_by=created_by or "anonymous"))
+    log_dir = get_settings().workspace / "deployments"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{dep.id}.log"
+    argv = _server_argv(dep, run_id if needs_merge else None)
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
+                                    env=_server_env())
+    except OSError as exc:
+        return _update(dep.id, status="failed", error=f"could not start the server process: {exc}",
+                       log_path=str(log_path), args=argv)
+    dep = _update(dep.id, pid=proc.pid, log_path=str(log_path), args=argv)
+    if wait:
+        dep = wait_healthy(dep.id, timeout_s=DEFAULT_HEALTH_TIMEOUT_S if timeout_s is None else timeout_s, proc=proc)
+    return dep
+
+
+def _server_env() -> dict[str, str]:
+    from core.runs.backends import job_environment
+
+    return job_environment()
+
+
+def wait_healthy(dep_id: int, *, timeout_s: float, proc: subprocess.Popen | None = None) -> Deployment:
+    """Poll until the server answers /health (running), dies (failed, log tail) or the timeout passes (stopped and
+    failed, 'health never OK')."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dep = _get_row(dep_id)
+        if dep.status not in ACTIVE:
+            return dep
+        dep = refresh(dep, proc=proc)
+        if dep.status != "starting":
+            return dep
+        if time.monotonic() > deadline:
+            _terminate(dep)
+            return _update(dep_id, status="failed", stopped_at=utcnow(),
+                           error=f"the server did not answer /health within {timeout_s:.0f}s; it was stopped.\n"
+                                 f"--- log tail ---\n{_log_tail(dep)}")
+        time.sleep(0.5)
+
+
+def refresh(dep: Deployment, proc: subprocess.Popen | None = None) -> Deployment:
+    """Check an active deployment's process (or container) and its health; record what changed."""
+    if dep.target != "local":
+        return _refresh_container(dep)
+    if proc is not None:
+        proc.poll()  # reap our own child so a dead server is not a zombie that looks alive
+    if not _is_our_server(dep.pid, dep.id):
+        was = dep.status
+        status = "dead" if was == "running" else "failed"
+        why = ("the server process is gone (killed or crashed)" if was == "running"
+               else "the server process exited before it became healthy")
+        return _update(dep.id, status=status, stopped_at=utcnow(),
+                       error=f"{why}.\n--- log tail ---\n{_log_tail(dep)}")
+    if dep.status == "starting":
+        if _health(_root(dep)):
+            return _update(dep.id, status="running")
+        age_s = (utcnow() - _aware(dep.created_at)).total_seconds()
+        if age_s > DEFAULT_HEALTH_TIMEOUT_S:
+            _terminate(dep)
+            return _update(dep.id, status="failed", stopped_at=utcnow(),
+                           error=f"the server did not answer /health within {DEFAULT_HEALTH_TIMEOUT_S:.0f}s "
+                                 f"(FTS_SERVE_HEALTH_TIMEOUT_S); it was stopped.\n--- log tail ---\n{_log_tail(dep)}")
+    return dep
+
+
+def _terminate(dep: Deployment) -> None:
+    if not _is_our_server(dep.pid, dep.id):
+        return
+    try:
+        os.killpg(dep.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and _is_our_server(dep.pid, dep.id):
+        time.sleep(0.1)
+    if _is_our_server(dep.pid, dep.id):
+        try:
+            os.killpg(dep.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for _ in range(50):
+            if not _is_our_server(dep.pid, dep.id):
+                break
+            time.sleep(0.1)
+
+
+def stop(dep_id: int) -> Deployment:
+    """Stop a deployment's server (or container); its port is free when this returns."""
+    dep = _get_row(dep_id)
+    if dep.target == "local":
+        _terminate(dep)
+        if dep.port:
+            for _ in range(50):
+                if port_is_free(dep.port, dep.host or "127.0.0.1"):
+                    break
+                time.sleep(0.1)
+    elif dep.container_id:
+        from core.deploy.launchers import LaunchError, stop_container
+
+        try:
+            stop_container(dep.container_id)
+        except LaunchError as exc:
+            return _update(dep.id, error=str(exc))
+    if dep.status in ACTIVE or dep.status == "planned":
+        return _update(dep.id, status="stopped", stopped_at=utcnow())
+    return dep
+
+
+def reconcile_on_start() -> dict[str, list[int]]:
+    """On the studio's start: active rows whose process is gone are marked; server processes of this workspace whose
+    row is not active (or missing) are stopped — no orphans hold ports."""
+    import psutil
+
+    marked = [d.id for d in list_deployments() if d.status in ("dead", "failed") and d.stopped_at
+              and (utcnow() - _aware(d.stopped_at)).total_seconds() < 5]
+    active = {d.id for d in list_deployments(active_only=True)}
+    orphans = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if not _server_cmd_matches(cmd, None):
+            continue
+        dep_id = int(cmd[cmd.index("--deployment-id") + 1])
+        if dep_id in active:
+            continue
+        try:
+            os.killpg(proc.pid, signal.SIGTERM) if os.getpgid(proc.pid) == proc.pid else proc.terminate()
+            orphans.append(dep_id)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            pass
+    return {"marked": marked, "orphans_stopped": orphans}
+
+
+def _aware(dt):
+    from storage.tables import as_utc
+
+    return as_utc(dt)
+
+
+# ---- containers (TGI / vLLM) -----------------------------------------------------------------------------------------
+
+def _refresh_container(dep: Deployment) -> Deployment:
+    from core.deploy.launchers import container_status
+
+    if not dep.container_id:
+        return dep
+    state = container_status(dep.container_id)
+    if state is None:  # no engine to ask: keep what we knew
+        return dep
+    if state != "running":
+        return _update(dep.id, status="dead" if dep.status == "running" else "failed", stopped_at=utcnow(),
+                       error=f"container {dep.container_id[:12]} is {state}")
+    if dep.status == "starting" and _health(_root(dep)):
+        return _update(dep.id, status="running")
+    return dep
+
+
+def deploy_container(model_ref: str, target: str, *, gpu: str | None = None, port: int | None = None,
+                     num_gpus: int = 1, quantize_4bit: bool = False, keep_adapter: bool = False,
+                     created_by: str = "anonymous", dry_run: bool = False) -> dict:
+    """TGI or vLLM for a run or a model folder: the exact argument list, sized for the GPU; launched where a Docker
+    engine answers, else a ``planned`` row with the command to run on a GPU host. Returns
+    ``{"deployment": row dict or None, "args": [...], "command": str, "sizing": {...}, "engine": reason or ""}``."""
+    from core.deploy import launchers as L
+
+    if target not in ("tgi", "vllm"):
+        raise DeployError(f"target must be local, tgi or vllm (got '{target}')")
+    run_id, model_dir, name, needs_merge = resolve_target_model(model_ref)
+    adapters: tuple[tuple[str, str], ...] = ()
+    serve_dir = model_dir
+    if keep_adapter and run_id is not None:
+        from core.deploy.export import trained_run
+        from core.models import resolve_model
+
+        run = trained_run(run_id)
+        if run.method == "full":
+            raise DeployError(f"run {run_id} is a full fine-tune: there is no adapter to serve separately")
+        serve_dir = resolve_model(run.base_model or "default").path
+        adapters = ((name, run.adapter_path),)
+        needs_merge = False
+    port = int(port or 8080)
+    try:
+        sizing = L.size_for_gpu(serve_dir if not needs_merge else _base_dir_of(run_id), gpu, num_gpus, quantize_4bit)
+        spec = L.ServeSpec(model_dir=serve_dir, served_name=name, port=port, gpu=gpu, num_gpus=num_gpus,
+                           max_input_tokens=sizing.get("max_input_tokens"),
+                           max_total_tokens=sizing.get("max_total_tokens"), quantize_4bit=quantize_4bit,
+                           lora_adapters=adapters)
+        args = L.tgi_docker_args(spec) if target == "tgi" else L.vllm_docker_args(spec)
+    except L.LaunchError as exc:
+        raise DeployError(str(exc)) from None
+    out = {"args": args, "command": L.docker_command_text(args), "sizing": sizing, "deployment": None, "engine": "",
+           "needs_merge": needs_merge, "model_dir": serve_dir}
+    if needs_merge:
+        out["engine"] = (f"run {run_id} has no merged model yet: export it (safetensors) first, then start "
+                         f"the container; the command above mounts {serve_dir}")
+    if dry_run:
+        return out
+    client, reason = (None, out["engine"]) if needs_merge else L.docker_engine()
+    row = Deployment(run_id=run_id, target=target, model_ref=model_ref, model_dir=serve_dir, served_name=name,
+                     host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}/v1", args=args,
+                     created_by=created_by or "anonymous")
+    if client is None:
+        row.status, row.error = "planned", reason
+        out["engine"] = reason
+        out["deployment"] = to_dict(_save(row))
+        return out
+    try:
+        launched = L.launch_container(spec, target)
+    except L.LaunchError as exc:
+        row.status, row.error = "failed", str(exc)
+        out["deployment"] = to_dict(_save(row))
+        return out
+    row.status, row.container_id = "starting", launched["container_id"]
+    row.url = launched.get("url") or row.url
+    out["deployment"] = to_dict(_save(row))
+    return out
+
+
+def _base_dir_of(run_id: int | None) -> str:
+    from core.deploy.export import trained_run
+    from core.models import resolve_model
+
+    return resolve_model(trained_run(run_id).base_model or "default").path
+
+
+# ---- smoke test and hand-off -----------------------------------------------------------------------------------------
+
+def smoke_test(dep_id: int, prompt: str = "Say hello in one short sentence.", max_tokens: int = 32,
+               timeout_s: float = 120.0) -> dict:
+    """One chat request through huggingface_hub.InferenceClient, plain and streaming: replies and latencies."""
+    from huggingface_hub import InferenceClient
+
+    dep = get(dep_id)
+    if dep.status != "running":
+        raise DeployError(f"deployment {dep_id} is {dep.status}, not running" +
+                          (f": {dep.error.splitlines()[0]}" if dep.error else ""))
+    client = InferenceClient(base_url=dep.url, timeout=timeout_s)
+    messages = [{"role": "user", "content": prompt}]
+    t0 = time.perf_counter()
+    try:
+        out = client.chat_completion(messages=messages, model=dep.served_name, max_tokens=max_tokens)
+        plain_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        first, parts = None, []
+        for chunk in client.chat_completion(messages=messages, model=dep.served_name, max_tokens=max_tokens,
+                                            stream=True):
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                first = first if first is not None else time.perf_counter() - t1
+                parts.append(delta)
+        stream_s = time.perf_counter() - t1
+    except Exception as exc:  # noqa: BLE001 - any client failure is the smoke test's answer, worded
+        raise DeployError(f"the smoke request to {dep.url} failed: {type(exc).__name__}: {str(exc)[:300]}") from None
+    return {"reply": out.choices[0].message.content or "", "latency_s": round(plain_s, 3),
+            "stream_reply": "".join(parts), "stream_chunks": len(parts),
+            "stream_first_token_s": None if first is None else round(first, 3), "stream_s": round(stream_s, 3),
+            "completion_tokens": getattr(out.usage, "completion_tokens", None) if out.usage else None}
+
+
+def snippets(dep: Deployment) -> dict[str, str]:
+    """Copy-paste clients for the endpoint: curl, huggingface_hub's InferenceClient, the openai SDK."""
+    url, name = dep.url, dep.served_name
+    return {
+        "curl": (f"curl {url}/chat/completions -H 'Content-Type: application/json' \\\n"
+                 f"  -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], "
+                 "\"max_tokens\": 64}'"),
+        "python": ("from huggingface_hub import InferenceClient\n\n"
+                   f"client = InferenceClient(base_url=\"{url}\")\n"
+                   f"out = client.chat_completion(model=\"{name}\", messages=[{{\"role\": \"user\", "
+                   "\"content\": \"Hello!\"}], max_tokens=64)\n"
+                   "print(out.choices[0].message.content)"),
+        "openai": ("from openai import OpenAI\n\n"
+                   f"client = OpenAI(base_url=\"{url}\", api_key=\"not-needed\")\n"
+                   f"out = client.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", "
+                   "\"content\": \"Hello!\"}], max_tokens=64)\n"
+                   "print(out.choices[0].message.content)"),
+    }

@@ -1,0 +1,169 @@
+"""The ``export`` job kind: a finished training run as files a server or another tool loads.
+
+Formats (``ExportConfig.format``):
+
+* ``safetensors`` — LoRA/QLoRA merged into the base (core.deploy.merge), with tokenizer, chat template and
+  generation config; a full fine-tune is already such a folder.
+* ``gguf`` — the merged model as one GGUF file (F16 or Q8_0) for llama.cpp / Ollama, plus an Ollama ``Modelfile``.
+* ``adapter`` — the adapter kept separate, for multi-LoRA serving (TGI ``LORA_ADAPTERS``, vLLM ``--lora-modules``).
+
+The merged folder of a run lives at ``runs/<run id>/merged/`` (one per run, reused by later exports and by the local
+server while it is newer than the adapter); other outputs go under the export job's own folder, or ``out_dir``.
+Runs in its own process (the runs core), never in the dashboard's.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.runs import paths
+from core.runs.errors import JobError
+
+Format = Literal["safetensors", "gguf", "adapter"]
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: int
+    format: Format = "safetensors"
+    quant: Literal["f16", "q8_0"] = "f16"
+    out_dir: str | None = Field(None, description="copy the result here too (a new or empty folder)")
+    name: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExportConfig:
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            parts = [f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
+            raise JobError("invalid export: " + "; ".join(parts)) from None
+
+
+def merged_dir(run_id: int) -> Path:
+    return paths.job_dir(run_id) / "merged"
+
+
+def trained_run(run_id: int):
+    """The training run behind an export or a deployment, refused with a reason when it has nothing to export."""
+    from core import runs
+
+    run = runs.get_run(run_id)
+    if run.kind != "train":
+        raise JobError(f"run {run_id} is a {run.kind} job, not a training run")
+    if not run.adapter_path or not Path(run.adapter_path).is_dir():
+        why = f" ({run.error.splitlines()[0]})" if run.error else ""
+        raise JobError(f"run {run_id} is {run.status} and has no trained adapter or model to export{why}")
+    return run
+
+
+def _fresh(merged: Path, adapter: Path) -> bool:
+    from core.deploy.merge import is_complete
+
+    if not is_complete(merged):
+        return False
+    marker = merged / paths.COMPLETE_MARKER
+    return marker.stat().st_mtime >= max(p.stat().st_mtime for p in adapter.iterdir())
+
+
+def ensure_merged(run, progress=None, log=print) -> tuple[Path, str]:
+    """The run as one model folder: (folder, note). Merges LoRA/QLoRA once into ``runs/<id>/merged``."""
+    from core.deploy.merge import merge_lora
+    from core.models import resolve_model
+
+    adapter = Path(run.adapter_path)
+    if run.method == "full":
+        return adapter, "a full fine-tune: the trained model folder is served as it is"
+    note = ("QLoRA adapter merged into the 16-bit base weights (it was trained against their 4-bit quantisation; "
+            "outputs differ slightly from the 4-bit model evaluated)" if run.method == "qlora"
+            else "LoRA adapter merged into the base weights")
+    target = merged_dir(run.id)
+    if _fresh(target, adapter):
+        log(f"reusing the merged model at {target}")
+        return target, note
+    base = resolve_model(run.base_model or "default")
+    log(f"merging {adapter} into {base.display_name} ({base.path}) -> {target}")
+    info = merge_lora(base.path, adapter, target, progress=progress, note=note)
+    log(f"merged {info['merged_modules']} modules of {info['tensors']} tensors in {info['seconds']}s "
+        f"({info['bytes'] / 1e6:.0f} MB)")
+    return target, note
+
+
+def _copy_out(src: Path, out_dir: str) -> Path:
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        raise JobError(f"{out} is not empty: choose a new or empty folder to export into")
+    out.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, out, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, out / src.name)
+    return out
+
+
+def run_job(ctx):
+    """Entry point of the export kind (core.runs.kinds)."""
+    from core.runs.worker import JobResult, log
+
+    cfg = ExportConfig.model_validate(ctx.config)
+    run = trained_run(cfg.run_id)
+    t0 = time.time()
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.time() - t0
+        ctx.progress(step=done, max_steps=total, eta_s=elapsed / done * (total - done) if done else None)
+
+    result: dict = {"format": cfg.format, "run_id": run.id}
+    if cfg.format == "adapter":
+        if run.method == "full":
+            raise JobError(f"run {run.id} is a full fine-tune: it has no adapter to keep separate; export "
+                           "safetensors instead")
+        output, note = Path(run.adapter_path), "the adapter kept separate, for multi-LoRA serving"
+    else:
+        merged, note = ensure_merged(run, progress, log)
+        result["merged_dir"] = str(merged)
+        output = merged
+        if cfg.format == "gguf":
+            from core.deploy.gguf_export import GGUFExportError, export_gguf, write_modelfile
+
+            out_dir = ctx.dir / "gguf"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stem = (run.name or f"run-{run.id}").replace("/", "-").replace(" ", "-")
+            target = out_dir / f"{stem}-{cfg.quant}.gguf"
+            log(f"writing {target.name} ({cfg.quant.upper()})")
+            try:
+                info = export_gguf(merged, target, cfg.quant, progress=progress)
+                modelfile = write_modelfile(target, merged, out_dir)
+            except GGUFExportError as exc:
+                raise JobError(str(exc)) from None
+            result.update(gguf=info["path"], modelfile=str(modelfile), gguf_bytes=info["bytes"])
+            output = out_dir
+    if cfg.out_dir:
+        output = _copy_out(output, cfg.out_dir)
+    result.update(output=str(output), note=note, seconds=round(time.time() - t0, 1),
+                  bytes=paths.dir_size_bytes(output) if output.is_dir() else output.stat().st_size)
+    log(f"export ready: {output}")
+    return JobResult(final_metrics=result, fields={"output_dir": str(output)},
+                     summary=f"{cfg.format} export of run {run.id} at {output}")
+
+
+def submit_export(cfg: ExportConfig | dict, *, start: bool = True):
+    """Queue an export after checking what it points at (nothing is queued for bad input)."""
+    from core import runs
+
+    if isinstance(cfg, dict):
+        cfg = ExportConfig.from_dict(cfg)
+    run = trained_run(cfg.run_id)
+    if cfg.format == "adapter" and run.method == "full":
+        raise JobError(f"run {run.id} is a full fine-tune: it has no adapter to keep separate; export safetensors")
+    if cfg.out_dir:
+        out = Path(cfg.out_dir).expanduser()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise JobError(f"{out} is not an empty folder: choose a new or empty folder to export into")
+    name = cfg.name or f"export-run{run.id}-{cfg.format}" + (f"-{cfg.quant}" if cfg.format == "gguf" else "")
+    return runs.submit("export", cfg.model_dump(mode="json"), start=start, name=name, base_model=run.base_model,
+                       method=cfg.format, parent_run_id=run.id)

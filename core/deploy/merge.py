@@ -1,0 +1,229 @@
+"""Merge a LoRA adapter into its base model, tensor by tensor, into a folder any server loads.
+
+The base model's safetensors files are read one tensor at a time (``safe_open``) and written one tensor at a time
+by :class:`StreamingSafetensorsWriter` (the format is an 8-byte header length, a JSON header, then the raw bytes), so
+the merge holds one weight matrix and the adapter in memory, never the whole model twice — a 7B model merges on a
+machine with a few GB free. ``W' = W + scale · B·A`` is computed in fp32 and stored in the base's own dtype; shards
+and their index keep the base's layout. Tokenizer, chat template and generation config come along (the run's own
+tokenizer files first: they carry the template the run trained with).
+
+A QLoRA adapter is merged into the 16-bit base weights on disk (it was trained against their 4-bit quantisation;
+the merged model is the usual way to serve it, and slightly differs from what was trained — the result says so).
+
+Only safetensors are read; nothing is unpickled. The output is complete or absent (written under a temporary name,
+marked complete, renamed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from core.runs.paths import COMPLETE_MARKER, save_atomically
+
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+MODEL_FILES = ("config.json", "generation_config.json")
+
+
+class MergeError(ValueError):
+    """An adapter or model that cannot be merged as asked; the message says why and what to do."""
+
+
+def _torch_dtype_name(t) -> str:
+    import torch
+
+    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+             torch.bool: "BOOL"}
+    try:
+        return names[t.dtype]
+    except KeyError:
+        raise MergeError(f"tensor dtype {t.dtype} cannot be written") from None
+
+
+class StreamingSafetensorsWriter:
+    """Write a safetensors file whose tensors' names, dtypes and shapes are known up front, one tensor at a time."""
+
+    def __init__(self, path: Path, layout: list[tuple[str, str, list[int]]], metadata: dict[str, str] | None = None):
+        header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+        offset = 0
+        self._expected: list[tuple[str, int]] = []
+        for name, dtype, shape in layout:
+            size = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self._expected.append((name, size))
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * ((8 - len(raw) % 8) % 8)  # the data starts 8-byte aligned
+        self._f = open(path, "wb")
+        self._f.write(len(raw).to_bytes(8, "little"))
+        self._f.write(raw)
+        self._next = 0
+        self.bytes = 8 + len(raw) + offset
+
+    def write(self, name: str, tensor) -> None:
+        want, size = self._expected[self._next]
+        if name != want:
+            raise MergeError(f"internal: tensor {name} written out of order (expected {want})")
+        import torch
+
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+        if data.nbytes != size:
+            raise MergeError(f"internal: tensor {name} has {data.nbytes} bytes, the header says {size}")
+        self._f.write(memoryview(data))
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self._expected):
+            self._f.close()
+            raise MergeError(f"internal: {len(self._expected) - self._next} tensors were not written")
+        self._f.flush()
+        self._f.close()
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The model's safetensors shards in index order (or its single file). Refuses pickled weights."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        return [model_dir / f for f in dict.fromkeys(weight_map.values())]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        return files
+    if list(model_dir.glob("*.bin")) or list(model_dir.glob("*.pt")):
+        raise MergeError(f"{model_dir} holds only pickled weights (.bin/.pt), which the studio does not load; "
+                         "convert the model to safetensors first")
+    raise MergeError(f"{model_dir} has no model weights (*.safetensors)")
+
+
+def read_lora(adapter_dir: Path) -> tuple[dict, dict[str, tuple[object, object]], float]:
+    """(adapter config, {module name: (A, B)}, scale) of a plain LoRA adapter folder."""
+    from safetensors.torch import load_file
+
+    from core.inference import unsupported_reason
+
+    try:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MergeError(f"{adapter_dir} has no readable adapter_config.json ({exc})") from None
+    why = unsupported_reason(cfg)
+    if why:
+        raise MergeError(f"this adapter {why}; merging it is not supported — serve it with PEFT, or keep the "
+                         "adapter separate for multi-LoRA serving")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise MergeError(f"{adapter_dir} has no adapter_model.safetensors")
+    pairs: dict[str, dict[str, object]] = {}
+    for key, t in load_file(str(weights)).items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                module = key.split(marker)[0].removeprefix("base_model.model.")
+                pairs.setdefault(module, {})[part] = t
+                break
+        else:
+            raise MergeError(f"adapter tensor {key} is not a LoRA matrix; only plain LoRA adapters are merged")
+    r, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    out = {}
+    for module, ab in pairs.items():
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise MergeError(f"adapter module {module} lacks its {'lora_B' if 'lora_A' in ab else 'lora_A'} matrix")
+        out[module] = (ab["lora_A"], ab["lora_B"])
+    return cfg, out, scale
+
+
+def _copy_side_files(base_dir: Path, extra_dirs: list[Path], out: Path) -> list[str]:
+    """config + generation config from the base; tokenizer files from the first folder that has a tokenizer."""
+    copied = []
+    for name in MODEL_FILES:
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, out / name)
+            copied.append(name)
+    for src in [*extra_dirs, base_dir]:
+        if (src / "tokenizer.json").is_file() or (src / "tokenizer.model").is_file() or (src / "vocab.json").is_file():
+            for name in TOKENIZER_FILES:
+                if (src / name).is_file():
+                    shutil.copy2(src / name, out / name)
+                    copied.append(name)
+            break
+    return copied
+
+
+def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
+               progress: Callable[[int, int], None] | None = None, note: str = "") -> dict:
+    """Write base + adapter as one model folder. Returns what was written (files, bytes, tensors merged, seconds)."""
+    from safetensors import safe_open
+
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    t0 = time.time()
+    if not (base_dir / "config.json").is_file():
+        raise MergeError(f"the base model folder {base_dir} has no config.json")
+    shards = weight_files(base_dir)
+    cfg, loras, scale = read_lora(adapter_dir)
+    total = 0
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as f:
+            total += len(list(f.keys()))
+    info: dict = {"tensors": total, "merged_modules": 0, "files": []}
+    remaining = set(loras)
+
+    def write(tmp: Path) -> None:
+
+        done = 0
+        for shard in shards:
+            with safe_open(str(shard), framework="pt") as f:
+                names = list(f.keys())
+                layout = []
+                for name in names:
+                    sl = f.get_slice(name)
+                    layout.append((name, sl.get_dtype(), list(sl.get_shape())))
+                writer = StreamingSafetensorsWriter(tmp / shard.name, layout, f.metadata() or {"format": "pt"})
+                try:
+                    for name in names:
+                        t = f.get_tensor(name)
+                        module = name.removesuffix(".weight")
+                        if name.endswith(".weight") and module in loras:
+                            a, b = loras[module]
+                            if t.shape != (b.shape[0], a.shape[1]):
+                                raise MergeError(f"adapter matrices for {module} ({tuple(a.shape)}, {tuple(b.shape)}) "
+                                                 f"do not fit the base weight {tuple(t.shape)}: wrong base model?")
+                            t = (t.float() + scale * (b.float() @ a.float())).to(t.dtype)
+                            remaining.discard(module)
+                            info["merged_modules"] += 1
+                        writer.write(name, t)
+                        del t
+                        done += 1
+                        if progress:
+                            progress(done, total)
+                finally:
+                    writer.close()
+            info["files"].append(shard.name)
+        if remaining:
+            raise MergeError(f"the adapter targets {sorted(remaining)[0]}, which is not a weight of {base_dir} "
+                             f"({len(remaining)} module(s) missing): it was trained on another base model")
+        index = base_dir / "model.safetensors.index.json"
+        if index.is_file():
+            shutil.copy2(index, tmp / index.name)
+        info["files"] += _copy_side_files(base_dir, [adapter_dir], tmp)
+        (tmp / "fts_merge.json").write_text(json.dumps({
+            "base_model": str(base_dir), "adapter": str(adapter_dir), "lora_r": cfg.get("r"),
+            "lora_alpha": cfg.get("lora_alpha"), "scale": scale, "note": note,
+            "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+
+    needed = sum(p.stat().st_size for p in shards)
+    save_atomically(out_dir, write, needed_bytes=needed, what="the merged model")
+    info["bytes"] = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    info["seconds"] = round(time.time() - t0, 2)
+    info["path"] = str(out_dir)
+    return info
+
+
+def is_complete(model_dir: Path) -> bool:
+    return (model_dir / COMPLETE_MARKER).is_file() and (model_dir / "config.json").is_file()

@@ -1,0 +1,301 @@
+"""Deploy tab: export a finished run (merged safetensors, GGUF + Ollama Modelfile, or the adapter), serve it — a
+local OpenAI-compatible server here, or TGI / vLLM containers on a GPU host — smoke-test it and hand it off.
+
+Exports are jobs (core.runs) and servers are managed processes with a row each (core.deploy.deployments): both run
+outside the dashboard, survive a closed tab and are reconciled on the next read. Only binds components to core
+calls. Handlers are module-level so tests call them without a browser.
+"""
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from core import runs
+from core.deploy import deployments as D
+from core.runs import JobError, RunStatus
+from ui.common import progress_html
+
+EXPORT_COLUMNS = ["job", "run", "format", "status", "output"]
+DEPLOY_COLUMNS = ["id", "target", "model", "status", "url", "by"]
+CLOUD_TARGETS = {"Hugging Face Inference Endpoints": "hf_endpoints", "Amazon SageMaker": "sagemaker",
+                 "Google Vertex AI": "vertex"}
+
+
+def run_choices() -> list[tuple[str, str]]:
+    return [(f"#{r.id} {r.name} ({r.method})", str(r.id)) for r in runs.list_runs(kind="train")
+            if r.adapter_path and r.status == RunStatus.succeeded]
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(label, f"run:{rid}") for label, rid in run_choices()] + [
+        ("SmolLM2-135M-Instruct (embedded base)", "default")]
+
+
+def gpu_choices() -> list[tuple[str, str]]:
+    from core.estimate.gpus import GPUS
+
+    return [(g.name, g.key) for g in GPUS]
+
+
+def exports_frame() -> pd.DataFrame:
+    rows = []
+    for j in runs.list_runs(kind="export"):
+        fm = j.final_metrics or {}
+        status = j.status.value + (f" {j.step}/{j.max_steps}" if j.status.is_active and j.max_steps else "")
+        rows.append([j.id, j.parent_run_id, j.method, status, fm.get("output") or (j.error or "").split("\n")[0]])
+    return pd.DataFrame(rows, columns=EXPORT_COLUMNS)
+
+
+def deployments_frame() -> pd.DataFrame:
+    rows = [[d.id, d.target, d.model_ref, d.status, d.url, d.created_by] for d in D.list_deployments()]
+    return pd.DataFrame(rows, columns=DEPLOY_COLUMNS)
+
+
+def deployment_choices() -> list[tuple[str, str]]:
+    return [(f"#{d.id} {d.target} {d.served_name} ({d.status})", str(d.id)) for d in D.list_deployments()]
+
+
+def start_export(run_id: str | None, fmt: str, quant: str) -> tuple[str, str | None]:
+    from core.deploy.export import submit_export
+
+    if not run_id:
+        return "**Error:** pick a finished training run to export.", None
+    try:
+        job = submit_export({"run_id": int(run_id), "format": fmt, "quant": quant})
+    except JobError as exc:
+        return f"**Error:** {html.escape(str(exc))}", None
+    return f"Export job #{job.id} **{job.status.value}**: it runs in its own process.", str(job.id)
+
+
+def export_progress(job_id: str | None) -> str:
+    if not job_id:
+        return ""
+    try:
+        job = runs.get_run(int(job_id))
+    except (JobError, ValueError):
+        return ""
+    text = progress_html(job.step, job.max_steps, job.status.value, job.eta_s, None)
+    fm = job.final_metrics or {}
+    if job.status == RunStatus.succeeded:
+        text += (f"<div>Ready: <code>{html.escape(str(fm.get('output')))}</code> "
+                 f"({(fm.get('bytes') or 0) / 1e6:.0f} MB, {fm.get('seconds')} s). {html.escape(fm.get('note', ''))}"
+                 "</div>")
+    elif job.status == RunStatus.failed and job.error:
+        text += f'<div class="fts-error">{html.escape(job.error.splitlines()[0])}</div>'
+    return text
+
+
+def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_gpus, quantize_4bit: bool,
+                 keep_adapter: bool, request: gr.Request | None = None) -> tuple[str, str, str | None]:
+    """(message, command text, selected deployment id). Local servers start in the background (the tab polls)."""
+    who = getattr(request, "username", None) or "anonymous"
+    ref = model_ref or "default"
+    try:
+        port_n = int(port) if port else None  # an empty number box sends 0: a free port
+        if target == "local":
+            dep = D.start_local(ref, port=port_n, created_by=who, wait=False)
+            return (f"Deployment #{dep.id} **{dep.status}** on `{dep.url}` — loading the model (a run without a "
+                    "merged model is merged first); the status turns **running** when `/health` answers.",
+                    " ".join(dep.args), str(dep.id))
+        res = D.deploy_container(ref, target, gpu=gpu or None, port=port_n, num_gpus=int(num_gpus or 1),
+                                 quantize_4bit=bool(quantize_4bit), keep_adapter=bool(keep_adapter), created_by=who)
+    except (D.DeployError, ValueError) as exc:
+        return f"**Error:** {html.escape(str(exc).splitlines()[0])}", "", None
+    dep = res["deployment"]
+    sizing = res["sizing"]
+    fit = (f"Sized for {html.escape(gpu or 'the default GPU')}: max input {sizing.get('max_input_tokens')}, "
+           f"max total {sizing.get('max_total_tokens')} tokens. {html.escape(sizing.get('why') or '')}")
+    if dep and dep["status"] == "planned":
+        msg = (f"Deployment #{dep['id']} **planned**: {html.escape(res['engine'])}\n\n"
+               f"Run the command below on a GPU host. {fit}")
+    elif dep:
+        msg = f"Deployment #{dep['id']} **{dep['status']}**" + (f": {html.escape(dep['error'] or '')}" if
+                                                               dep.get("error") else "") + f"\n\n{fit}"
+    else:
+        msg = fit
+    return msg, res["command"], str(dep["id"]) if dep else None
+
+
+def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
+    """(status markdown, curl, python, openai snippets)."""
+    if not dep_id:
+        return "_No deployment selected._", "", "", ""
+    try:
+        dep = D.get(int(dep_id))
+    except (D.DeployError, ValueError):
+        return f"_Deployment {html.escape(str(dep_id))} not found._", "", "", ""
+    lines = [f"**#{dep.id} {dep.target}** · {dep.status} · `{dep.url}` · model name `{dep.served_name}` · "
+             f"folder `{dep.model_dir}`"]
+    if dep.pid:
+        lines.append(f"process {dep.pid} · log `{dep.log_path}`")
+    if dep.container_id:
+        lines.append(f"container `{dep.container_id[:12]}`")
+    if dep.error:
+        lines.append(f"```\n{dep.error[-2000:]}\n```")
+    sn = D.snippets(dep)
+    return "\n\n".join(lines), sn["curl"], sn["python"], sn["openai"]
+
+
+def run_smoke(dep_id: str | None, prompt: str) -> str:
+    if not dep_id:
+        return "**Error:** select a deployment first."
+    try:
+        res = D.smoke_test(int(dep_id), prompt=(prompt or "").strip() or "Say hello in one short sentence.")
+    except (D.DeployError, ValueError) as exc:
+        return f"**Error:** {html.escape(str(exc).splitlines()[0])}"
+    return (f"**Reply** ({res['latency_s']} s, {res['completion_tokens']} tokens):\n\n"
+            f"<pre>{html.escape(res['reply'])}</pre>\n\n**Streaming** ({res['stream_chunks']} chunks, first after "
+            f"{res['stream_first_token_s']} s, all in {res['stream_s']} s):\n\n<pre>{html.escape(res['stream_reply'])}"
+            "</pre>")
+
+
+def stop_deployment(dep_id: str | None) -> str:
+    if not dep_id:
+        return "**Error:** select a deployment first."
+    try:
+        dep = D.stop(int(dep_id))
+    except (D.DeployError, ValueError) as exc:
+        return f"**Error:** {html.escape(str(exc))}"
+    return f"Deployment #{dep.id} **{dep.status}**; port {dep.port} is free."
+
+
+def cloud_text(model_ref: str | None, target_label: str, gpu: str | None, num_gpus) -> str:
+    from core.deploy import launchers as L
+
+    try:
+        run_id, model_dir, name, _ = D.resolve_target_model(model_ref or "default")
+        spec = L.ServeSpec(model_dir=model_dir, served_name=name, gpu=gpu or None, num_gpus=int(num_gpus or 1))
+        return L.cloud_settings(spec, CLOUD_TARGETS.get(target_label, "hf_endpoints"))
+    except (D.DeployError, L.LaunchError, ValueError) as exc:
+        return f"# {exc}"
+
+
+def build_tab():
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("#### Export\nMerge a LoRA/QLoRA run into its base (safetensors, tensor by tensor), write "
+                        "GGUF for llama.cpp / Ollama, or keep the adapter for multi-LoRA serving.")
+            with gr.Row():
+                ex_run = gr.Dropdown(choices=[], label="Finished run", scale=4, elem_id="dep-export-run")
+                refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
+            ex_fmt = gr.Radio(["safetensors", "gguf", "adapter"], value="safetensors", label="Format")
+            ex_quant = gr.Radio(["f16", "q8_0"], value="f16", label="GGUF type", info="Q8_0: about half the size")
+            ex_btn = gr.Button("Export", variant="secondary", elem_id="dep-export")
+            ex_msg = gr.Markdown()
+            ex_job = gr.State(None)
+            ex_progress = gr.HTML()
+            ex_table = gr.Dataframe(headers=EXPORT_COLUMNS, interactive=False, wrap=True, max_height=220,
+                                    label="Exports")
+        with gr.Column(scale=3, min_width=420):
+            gr.Markdown("#### Serve\n**local**: an OpenAI-compatible server on this machine (`transformers serve`). "
+                        "**tgi** / **vllm**: the container command for a GPU host, sized from the Estimate tab — "
+                        "started here when a Docker engine answers.")
+            with gr.Row():
+                model = gr.Dropdown(choices=model_choices(), value="default", label="Model", scale=3,
+                                    elem_id="dep-model")
+                target = gr.Radio(["local", "tgi", "vllm"], value="local", label="Target", scale=2,
+                                  elem_id="dep-target")
+            with gr.Row():
+                port = gr.Number(None, label="Port (0: a free one)", precision=0, minimum=0, maximum=65535)
+                gpu = gr.Dropdown(choices=gpu_choices(), value="a10g", label="GPU (tgi / vllm)")
+                num_gpus = gr.Number(1, label="GPUs", precision=0, minimum=1)
+            with gr.Row():
+                quant4 = gr.Checkbox(False, label="4-bit (bitsandbytes NF4)")
+                keep_adapter = gr.Checkbox(False, label="Serve base + adapter (multi-LoRA)")
+            deploy_btn = gr.Button("Deploy", variant="primary", elem_id="dep-start")
+            deploy_msg = gr.Markdown(elem_id="dep-msg")
+            command = gr.Code(label="Command", language="shell", interactive=False, elem_id="dep-command")
+            gr.Markdown("#### Deployments")
+            table = gr.Dataframe(headers=DEPLOY_COLUMNS, interactive=False, wrap=True, max_height=220,
+                                 elem_id="dep-table")
+            with gr.Row():
+                selected = gr.Dropdown(choices=[], label="Deployment", scale=3, elem_id="dep-selected")
+                stop_btn = gr.Button("Stop", scale=1, elem_id="dep-stop")
+                health_btn = gr.Button("Check health", scale=1)
+            details = gr.Markdown(elem_id="dep-details")
+            with gr.Row():
+                smoke_prompt = gr.Textbox("Say hello in one short sentence.", label="Smoke-test prompt", scale=4)
+                smoke_btn = gr.Button("Send", scale=1, elem_id="dep-smoke")
+            smoke_out = gr.Markdown(elem_id="dep-smoke-out")
+            with gr.Accordion("Use it from code", open=False):
+                curl = gr.Code(label="curl", language="shell", interactive=False)
+                py = gr.Code(label="Python (huggingface_hub.InferenceClient)", language="python", interactive=False)
+                oai = gr.Code(label="Python (openai SDK)", language="python", interactive=False)
+            with gr.Accordion("Cloud: Inference Endpoints, SageMaker, Vertex AI (settings to paste)", open=False):
+                cloud_target = gr.Radio(list(CLOUD_TARGETS), value="Hugging Face Inference Endpoints",
+                                        label="Where")
+                cloud_btn = gr.Button("Show settings")
+                cloud = gr.Code(label="Settings", interactive=False)
+
+    def refresh_lists(current_sel=None, current_run=None):
+        deps = deployment_choices()
+        ids = [v for _, v in deps]
+        sel = current_sel if current_sel in ids else (ids[0] if ids else None)
+        rc = run_choices()
+        run_value = current_run if current_run in [v for _, v in rc] else (rc[0][1] if rc else None)
+        return (gr.update(choices=rc, value=run_value), gr.update(choices=model_choices()), exports_frame(),
+                deployments_frame(), gr.update(choices=deps, value=sel))
+
+    list_outputs = [ex_run, model, ex_table, table, selected]
+    refresh.click(refresh_lists, [selected, ex_run], list_outputs)
+
+    def on_export(run_id, fmt, quant):
+        msg, job = start_export(run_id, fmt, quant)
+        return msg, job, export_progress(job), exports_frame()
+
+    ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant], [ex_msg, ex_job, ex_progress, ex_table])
+
+    detail_outputs = [details, curl, py, oai]
+
+    def on_deploy(model_ref, target_, port_, gpu_, num_gpus_, quant4_, keep_adapter_, request: gr.Request):
+        msg, cmd, dep_id = start_deploy(model_ref, target_, port_, gpu_, num_gpus_, quant4_, keep_adapter_,
+                                        request=request)
+        deps = deployment_choices()
+        return (msg, cmd, deployments_frame(), gr.update(choices=deps, value=dep_id) if dep_id else gr.update(),
+                *deployment_details(dep_id))
+
+    deploy_btn.click(on_deploy, [model, target, port, gpu, num_gpus, quant4, keep_adapter],
+                     [deploy_msg, command, table, selected, *detail_outputs])
+    selected.change(deployment_details, selected, detail_outputs)
+    health_btn.click(lambda s: (deployments_frame(), *deployment_details(s)), selected, [table, *detail_outputs])
+
+    def on_stop(dep_id):
+        msg = stop_deployment(dep_id)
+        return msg, deployments_frame(), gr.update(choices=deployment_choices(), value=dep_id), \
+            *deployment_details(dep_id)
+
+    stop_btn.click(on_stop, selected, [smoke_out, table, selected, *detail_outputs])
+    smoke_btn.click(run_smoke, [selected, smoke_prompt], smoke_out)
+    cloud_btn.click(cloud_text, [model, cloud_target, gpu, num_gpus], cloud)
+
+    def tick(job_id, dep_id):
+        """Export progress while it runs; the selected deployment's status while it starts."""
+        out_job = gr.update()
+        prog = gr.update()
+        ex_tab = gr.update()
+        if job_id:
+            prog = export_progress(job_id)
+            ex_tab = exports_frame()
+            try:
+                if runs.get_run(int(job_id)).status.is_finished:
+                    out_job = None
+            except (JobError, ValueError):
+                out_job = None
+        dep_updates = [gr.update()] * 6
+        if dep_id:
+            try:
+                before = D.peek(int(dep_id)).status
+                status = D.get(int(dep_id)).status  # checks the process and /health
+            except (D.DeployError, ValueError):
+                before = status = None
+            if status == "starting" or status != before:  # still coming up, or it just changed (up, died)
+                dep_updates = [deployments_frame(), gr.update(choices=deployment_choices(), value=dep_id),
+                               *deployment_details(dep_id)]
+        return (prog, ex_tab, out_job, *dep_updates)
+
+    timer = gr.Timer(2.0)
+    timer.tick(tick, [ex_job, selected], [ex_progress, ex_table, ex_job, table, selected, *detail_outputs],
+               show_progress="hidden", concurrency_limit=None)
+    return refresh_lists, [selected, ex_run], list_outputs
