@@ -79,12 +79,52 @@ class StreamingSafetensorsWriter:
         self._f.write(memoryview(data))
         self._next += 1
 
+    def abort(self) -> None:
+        """Close without checking (the caller is failing; save_atomically removes the partial folder)."""
+        self._f.close()
+
     def close(self) -> None:
         if self._next != len(self._expected):
             self._f.close()
             raise MergeError(f"internal: {len(self._expected) - self._next} tensors were not written")
         self._f.flush()
         self._f.close()
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """(header, offset of the data) of a safetensors file: its tensors' dtypes, shapes and byte ranges."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise MergeError(f"{path} is not a safetensors file (too short)")
+        n = int.from_bytes(raw, "little")
+        if not 2 <= n <= 100 * 1024**2:
+            raise MergeError(f"{path} is not a safetensors file (header size {n})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as exc:
+            raise MergeError(f"{path} is not a safetensors file ({exc})") from None
+    return header, 8 + n
+
+
+def read_tensor(f, data_start: int, info: dict):
+    """One tensor read into its own memory (no memory map: a merge's RSS holds the tensor at hand, not every page of
+    the file read so far)."""
+    import torch
+
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+    if info["dtype"] not in dtypes:
+        raise MergeError(f"tensor dtype {info['dtype']} cannot be merged")
+    begin, end = info["data_offsets"]
+    f.seek(data_start + begin)
+    buf = bytearray(end - begin)
+    if f.readinto(buf) != len(buf):
+        raise MergeError(f"{f.name} is truncated")
+    if not buf:
+        return torch.empty(info["shape"], dtype=dtypes[info["dtype"]])
+    return torch.frombuffer(buf, dtype=dtypes[info["dtype"]]).reshape(info["shape"])
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -159,35 +199,29 @@ def _copy_side_files(base_dir: Path, extra_dirs: list[Path], out: Path) -> list[
 def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
                progress: Callable[[int, int], None] | None = None, note: str = "") -> dict:
     """Write base + adapter as one model folder. Returns what was written (files, bytes, tensors merged, seconds)."""
-    from safetensors import safe_open
-
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     t0 = time.time()
     if not (base_dir / "config.json").is_file():
         raise MergeError(f"the base model folder {base_dir} has no config.json")
     shards = weight_files(base_dir)
     cfg, loras, scale = read_lora(adapter_dir)
-    total = 0
-    for shard in shards:
-        with safe_open(str(shard), framework="pt") as f:
-            total += len(list(f.keys()))
+    headers = {shard: read_header(shard) for shard in shards}
+    total = sum(len([k for k in h if k != "__metadata__"]) for h, _ in headers.values())
     info: dict = {"tensors": total, "merged_modules": 0, "files": []}
     remaining = set(loras)
 
     def write(tmp: Path) -> None:
-
         done = 0
         for shard in shards:
-            with safe_open(str(shard), framework="pt") as f:
-                names = list(f.keys())
-                layout = []
-                for name in names:
-                    sl = f.get_slice(name)
-                    layout.append((name, sl.get_dtype(), list(sl.get_shape())))
-                writer = StreamingSafetensorsWriter(tmp / shard.name, layout, f.metadata() or {"format": "pt"})
+            header, data_start = headers[shard]
+            names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+            layout = [(name, header[name]["dtype"], list(header[name]["shape"])) for name in names]
+            with open(shard, "rb") as f:
+                writer = StreamingSafetensorsWriter(tmp / shard.name, layout, header.get("__metadata__")
+                                                    or {"format": "pt"})
                 try:
                     for name in names:
-                        t = f.get_tensor(name)
+                        t = read_tensor(f, data_start, header[name])
                         module = name.removesuffix(".weight")
                         if name.endswith(".weight") and module in loras:
                             a, b = loras[module]
@@ -202,8 +236,10 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
                         done += 1
                         if progress:
                             progress(done, total)
-                finally:
-                    writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                writer.close()
             info["files"].append(shard.name)
         if remaining:
             raise MergeError(f"the adapter targets {sorted(remaining)[0]}, which is not a weight of {base_dir} "
