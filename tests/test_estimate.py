@@ -346,6 +346,15 @@ def test_cli_json(capsys):
     assert data["time_cost"]["tokens"] == 1_000_000
 
 
+def test_cli_accepts_torch_and_accelerate_dtype_spellings(capsys):
+    for spelling, precision in (("float32", "fp32"), ("torch.bfloat16", "bf16"), ("float16", "fp16"), ("fp32", "fp32")):
+        assert _cli(["estimate", "--model", "default", "--dtype", spelling, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["plan"]["precision_requested"] == precision, spelling
+    with pytest.raises(SystemExit):
+        _cli(["estimate", "--model", "default", "--dtype", "int4"])
+    assert "unknown dtype 'int4'" in capsys.readouterr().err
+
+
 def test_cli_errors_exit_2(capsys, offline_hub):
     assert _cli(["estimate", "--model", "nobody-here/not-a-model", "--json"]) == 2
     err = capsys.readouterr().err

@@ -115,13 +115,30 @@ def _gb(n: Optional[float]) -> str:
     return "—" if n is None else f"{n / GIB:.2f} GB"
 
 
+PRECISION_SPELLINGS = {"float32": "fp32", "fp32": "fp32", "f32": "fp32", "float": "fp32",
+                       "bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "f16": "fp16",
+                       "half": "fp16", "auto": "auto"}
+
+
+def precision_arg(text: str) -> str:
+    """``--dtype`` as people bring it from torch (``torch.float32``) and ``accelerate estimate-memory``."""
+    import argparse
+
+    key = text.strip().lower().removeprefix("torch.")
+    if key not in PRECISION_SPELLINGS or PRECISION_SPELLINGS[key] not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"unknown dtype '{text}': use one of {', '.join(PRECISIONS)} "
+                                         "(or float32, bfloat16, float16)")
+    return PRECISION_SPELLINGS[key]
+
+
 def register_cli(subparsers) -> None:
     """Add ``estimate`` to an argparse subparsers object (``python -m core estimate --model REF ...``)."""
     p = subparsers.add_parser("estimate", help="memory / GPU fit / time / cost estimate for fine-tuning a model",
                               description="Estimate training and inference memory from a model's config (no weights).")
     p.add_argument("--model", default="default", help="catalog name, 'default', a local model dir or a Hub id")
     p.add_argument("--method", default="lora", choices=list(METHODS))
-    p.add_argument("--dtype", "--precision", dest="dtype", default="auto", choices=list(PRECISIONS))
+    p.add_argument("--dtype", "--precision", dest="dtype", default="auto", type=precision_arg,
+                   help="auto | fp32 | bf16 | fp16 (also torch's and accelerate's float32 / bfloat16 / float16)")
     p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=512)
