@@ -35,6 +35,25 @@ def test_handler_flow(workspace, fixtures_dir):
     assert "not found" in bad
 
 
+def test_an_upload_is_named_by_its_own_file_name_not_the_temp_path(workspace, tmp_path):
+    """Gradio hands uploads over as …/gradio/<hash>/<name>; that path is gone once it cleans its cache."""
+    from core.data import get_dataset
+    from ui import data as ui
+
+    tmp = tmp_path / "gradio" / "0123abcd"
+    tmp.mkdir(parents=True)
+    broken = tmp / "broken.json"
+    broken.write_text('[{"instruction": "a", "output": "b"},')  # cut off
+    report, *_ = ui.inspect_source(str(broken), "", "auto", None, None)
+    assert "broken.json" in report and str(tmp) not in report
+    good = tmp / "support.jsonl"
+    good.write_text('{"instruction": "Say hi", "output": "Hi"}\n{"instruction": "Say bye", "output": "Bye"}\n')
+    msg, table, dd, hist, stats = ui.run_import(str(good), "", "auto", "", None, None, ui.DEFAULT_DROP, 0.0, 0.0, 1,
+                                                "default", 2048, progress=lambda *a, **k: None)
+    ds = get_dataset(dd["value"])
+    assert ds.source == "support.jsonl" and ds.name.startswith("support") and str(tmp) not in msg
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,9 @@ call them without a browser.
 """
 from __future__ import annotations
 
+import html
 import json
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -95,6 +97,17 @@ def refresh_datasets(selected: str | None = None):
 
 
 # ------------------------------------------------------------------------------------------------------ handlers
+def _upload_label(upload) -> str | None:
+    """An upload's own file name: Gradio's temporary path (…/gradio/<hash>/name.json) is gone once it cleans up."""
+    return Path(_source(upload, "")).name if upload else None
+
+
+def _shown(text: str, upload) -> str:
+    """A message with the upload's temporary path replaced by its file name."""
+    text = text.replace(_source(upload, ""), _upload_label(upload)) if upload else text
+    return html.escape(text)
+
+
 def inspect_source(upload, path, fmt, column_df, template_df):
     """Check a source without storing it: detected format, problems, placeholders, columns."""
     source = _source(upload, path)
@@ -102,7 +115,7 @@ def inspect_source(upload, path, fmt, column_df, template_df):
         prep = prepare_dataset(source, format=fmt or "auto", column_map=_pairs(column_df) or None,
                                template_values=_pairs(template_df) or None)
     except DatasetError as exc:
-        return (f"**Cannot use this source:** {exc}", gr.update(), gr.update(), gr.update(), "")
+        return (f"**Cannot use this source:** {_shown(str(exc), upload)}", gr.update(), gr.update(), gr.update(), "")
     summary = prep.problem_summary(set(DEFAULT_DROP))
     kind = {"preference": "preference pairs — stored for preference training (DPO), not used for SFT",
             "multiple_choice": "multiple-choice questions — a benchmark for Evaluate, not used for SFT",
@@ -131,10 +144,11 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
             split={"validation": float(val or 0), "test": float(test or 0), "seed": int(seed or 0)},
             drop_invalid=list(drop_codes or []), template_values=_pairs(template_df) or None,
             model=(model or "").strip() or "default", max_length=int(max_length or 2048), progress=progress,
+            source_label=_upload_label(upload),
         )
     except (DatasetError, ValueError) as exc:
         table, dd = refresh_datasets()
-        return f"**Import failed:** {exc}", table, dd, gr.update(), ""
+        return f"**Import failed:** {_shown(str(exc), upload)}", table, dd, gr.update(), ""
     msg = f"**{result.message}**" + "".join(f"\n\n_{n}_" for n in result.notes)
     msg += "\n\n" + problems_markdown(result.problems)
     table, dd = refresh_datasets(str(result.dataset_id))

@@ -269,8 +269,10 @@ def import_dataset(
     max_length: int = DEFAULT_MAX_LENGTH,
     progress: Progress | None = None,
     prepared: PreparedData | None = None,
+    source_label: str | None = None,
 ) -> ImportResult:
-    """Import a file / Hub dataset as a stored dataset version (see the package docstring)."""
+    """Import a file / Hub dataset as a stored dataset version (see the package docstring). ``source_label``: what to
+    record and show as the source instead of ``source`` (an upload's own file name, not the server's temp path)."""
     from sqlmodel import select
 
     from core.config import db_session, get_settings
@@ -280,6 +282,8 @@ def import_dataset(
     drop = resolve_drop(drop_invalid)
     prep = prepared or prepare_dataset(source, format=format, column_map=column_map,
                                        template_values=template_values, progress=progress)
+    if source_label:
+        prep.source = source_label
     problems = list(prep.problems)
     notes = list(prep.notes)
     lengths: list[int] | None = None
