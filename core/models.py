@@ -151,6 +151,54 @@ def check_trainable(resolved: ResolvedModel) -> None:
         raise ModelNotFoundError(f"model folder {p} has no tokenizer files (tokenizer.json or tokenizer.model)")
 
 
+HUB_CHECK_TIMEOUT_S = 5.0
+_hub_ok: set[str] = set()
+
+
+def check_hub_model(resolved: ResolvedModel, timeout_s: float = HUB_CHECK_TIMEOUT_S) -> None:
+    """A Hub id must be reachable before a run is queued for it: its ``config.json`` is in the local cache, or one
+    HEAD request (no retries, ``timeout_s``) finds it. Unreachable, misspelt and gated ids raise ModelNotFoundError
+    at once with what to do, instead of a run that fails a minute later. The token (``HF_TOKEN``) is sent, never
+    shown."""
+    if resolved.kind != "hub" or resolved.ref in _hub_ok:
+        return
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import get_token
+
+    cached = try_to_load_from_cache(resolved.ref, "config.json")
+    if isinstance(cached, str):
+        _hub_ok.add(resolved.ref)
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotFoundError(f"'{resolved.ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                                 "download it first, or use 'default' or a local directory")
+    url = f"{constants.ENDPOINT.rstrip('/')}/{resolved.ref}/resolve/main/config.json"
+    req = urllib.request.Request(url, method="HEAD")
+    token = get_token()
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ModelNotFoundError(f"'{resolved.ref}' is gated or private on the Hugging Face Hub (HTTP {exc.code}): "
+                                     "accept its license on the Hub and set HF_TOKEN") from None
+        if exc.code == 404:
+            raise ModelNotFoundError(f"'{resolved.ref}' was not found on the Hugging Face Hub (is the id misspelt?)"
+                                     ) from None
+        raise ModelNotFoundError(f"the Hugging Face Hub answered HTTP {exc.code} for '{resolved.ref}'") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ModelNotFoundError(f"the Hugging Face Hub is unreachable from this machine ({reason}), so "
+                                 f"'{resolved.ref}' cannot be loaded: use 'default' or a local model directory"
+                                 ) from None
+    _hub_ok.add(resolved.ref)
+
+
 def load_tokenizer(ref: str | ResolvedModel):
     from transformers import AutoTokenizer
 

@@ -235,6 +235,8 @@ def test_cli_json_round_trip(workspace, alpaca, default_model_dir, tmp_path):
         ("dataset: '{alpaca}'\nlora_r: 0\n", "LoRA rank r must be at least 1"),
         ("dataset: '{alpaca}'\nmax_length: 4\n", "max length must be at least 8"),
         ("dataset: '99'\n", "dataset 99 not found"),
+        # no network here: a Hub id is refused at once (one HEAD, no retries), no run row for it
+        ("dataset: '{alpaca}'\nbase_model: nobody-here/not-a-model\n", "'nobody-here/not-a-model' cannot be loaded"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_nothing_is_queued(workspace, alpaca, tmp_path, yaml_text, needle):

@@ -15,12 +15,13 @@ from storage import Run
 
 def validate_references(config: TrainConfig) -> None:
     """Fail fast, before queueing, on a model or dataset that cannot exist."""
-    from core.models import ModelNotFoundError, check_trainable, resolve_model
+    from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
 
     try:
         resolved = resolve_model(config.base_model, prepare_default=False)
         if resolved.kind == "local":
             check_trainable(resolved)
+        check_hub_model(resolved)  # an unreachable, misspelt or gated Hub id: refused now, not a minute into the run
     except ModelNotFoundError as exc:
         raise JobError(str(exc)) from None
     ref = config.dataset.strip()
