@@ -79,7 +79,10 @@ def main() -> None:
     monitor = runs.start_monitor()  # reconcile leftovers from a previous start, then watch workers
     from core.deploy.deployments import reconcile_on_start
 
-    print(f"deployments: {reconcile_on_start()}", flush=True)  # dead servers marked, orphans stopped
+    try:
+        print(f"deployments: {reconcile_on_start()}", flush=True)  # dead servers marked, orphans stopped
+    except Exception as exc:  # noqa: BLE001 - the dashboard starts anyway; the next read of a row checks it again
+        print(f"deployments could not be reconciled: {exc}", file=sys.stderr, flush=True)
     install_shutdown_handler(monitor)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)

@@ -581,19 +581,25 @@ class EndpointDecoder:
         self.rows = [RowState(0, "endpoint")]
         self._parts: list[str] = []
         self._queue: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        self._endpoint = source.endpoint
         self.active = [0]
         self._thread = threading.Thread(target=self._read, args=(source, list(messages)), daemon=True)
         self._thread.start()
 
     def _read(self, source: ModelSource, messages: list[dict]) -> None:
-        from huggingface_hub import InferenceClient
-
         s = self.settings
+        chunks = None
         try:
+            from huggingface_hub import InferenceClient
+
             client = InferenceClient(base_url=source.endpoint, timeout=300)
-            for chunk in client.chat_completion(messages=messages, model=source.base, max_tokens=s.max_new_tokens,
-                                                temperature=s.temperature, top_p=s.top_p if s.top_p < 1 else None,
-                                                seed=s.seed, stream=True):
+            chunks = client.chat_completion(messages=messages, model=source.base, max_tokens=s.max_new_tokens,
+                                            temperature=s.temperature, top_p=s.top_p if s.top_p < 1 else None,
+                                            seed=s.seed, stream=True)
+            for chunk in chunks:
+                if self._cancel.is_set():  # the page went away: stop reading, so the server stops generating
+                    break
                 delta = chunk.choices[0].delta.content if chunk.choices else None
                 if delta:
                     self._queue.put(delta)
@@ -601,6 +607,18 @@ class EndpointDecoder:
         except Exception as exc:  # noqa: BLE001 - the endpoint's failure is this side's message
             self._queue.put(GenerateError(f"the endpoint {source.endpoint} failed: {type(exc).__name__}: "
                                           f"{str(exc)[:300]}"))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - closing a finished or broken stream
+                    pass
+
+    def close(self) -> None:
+        """Stop reading the stream (the consumer is gone)."""
+        self._cancel.set()
+        self.active = []
 
     @property
     def done(self) -> bool:
@@ -618,6 +636,9 @@ class EndpointDecoder:
                 items.append(self._queue.get_nowait())
         except queue.Empty:
             pass
+        if not items and not self._thread.is_alive() and self._queue.empty():
+            self.active = []
+            raise GenerateError(f"the stream from {self._endpoint} ended without a word")
         row = self.rows[0]
         now = time.perf_counter() - self.started
         for item in items:
@@ -693,31 +714,40 @@ def stream(slots: Sequence[Slot], conversations: Sequence[Sequence[dict]], setti
                 results[i].error = str(exc)
             continue
         decoders.append((dec, ok))
-    while any(not d.done for d, _ in decoders):
-        # endpoints wait a little for their next delta only when no local model is decoding (no busy loop)
-        only_remote = all(getattr(d, "remote", False) for d, _ in decoders if not d.done)
-        for dec, members in decoders:
-            if dec.done:
-                continue
-            try:
-                dec.step(timeout_s=0.05) if only_remote else dec.step()
-            except GenerateError as exc:
-                for i in members:
-                    results[i].error = str(exc)
-                dec.active = []
-            except Exception as exc:  # noqa: BLE001 - a model failing mid-way ends that side only, with the reason
-                for i in members:
-                    results[i].error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                dec.active = []
-            for pos, i in enumerate(members):
-                row = dec.rows[pos]
-                results[i].text = dec.text(pos)
-                results[i].tokens = len(row.tokens)
-                results[i].time_to_first_token_s = row.first_token_s
-                results[i].tokens_per_s = _rate(row)
-        yield [SideResult(**r.__dict__) for r in results]
-    if not decoders:
-        yield results
+    try:
+        while any(not d.done for d, _ in decoders):
+            # endpoints wait a little for their next delta only when no local model is decoding (no busy loop)
+            only_remote = all(getattr(d, "remote", False) for d, _ in decoders if not d.done)
+            changed = False
+            for dec, members in decoders:
+                if dec.done:
+                    continue
+                try:
+                    produced = dec.step(timeout_s=0.05) if only_remote else dec.step()
+                    changed = changed or bool(produced) or dec.done
+                except GenerateError as exc:
+                    for i in members:
+                        results[i].error = str(exc)
+                    dec.active, changed = [], True
+                except Exception as exc:  # noqa: BLE001 - a model failing mid-way ends that side only, with why
+                    for i in members:
+                        results[i].error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    dec.active, changed = [], True
+                for pos, i in enumerate(members):
+                    row = dec.rows[pos]
+                    results[i].text = dec.text(pos)
+                    results[i].tokens = len(row.tokens)
+                    results[i].time_to_first_token_s = row.first_token_s
+                    results[i].tokens_per_s = _rate(row)
+            if changed:
+                yield [SideResult(**r.__dict__) for r in results]
+        if not decoders:
+            yield results
+    finally:  # the consumer stopped early (a closed page) or we are done: no endpoint keeps streaming
+        for dec, _ in decoders:
+            close = getattr(dec, "close", None)
+            if close is not None:
+                close()
 
 
 def generate(source: ModelSource | str, messages: Sequence[dict], settings: GenSettings | None = None, *,

@@ -193,9 +193,10 @@ class Vote(SQLModel, table=True):
 class Deployment(SQLModel, table=True):
     """A serving endpoint the studio started or described: a local server process or a TGI / vLLM container.
 
-    Status: ``starting`` (process up, model loading) → ``running`` (health OK) → ``stopped``; ``failed`` (it never
-    became healthy, or could not start: ``error`` says why); ``dead`` (it was running and its process is gone);
-    ``planned`` (no engine here: the command to run on a GPU host is in ``args``)."""
+    Status: ``starting`` (process up: merging, loading) → ``running`` (health OK) → ``stopping`` → ``stopped``;
+    ``failed`` (it never became healthy, or could not start: ``error`` says why); ``dead`` (it was running and its
+    process is gone); ``planned`` (no engine here: the command to run on a GPU host is in ``args``). Status changes
+    are compare-and-set on the status they were decided from (core.deploy.deployments)."""
 
     __tablename__ = "deployments"
 
@@ -214,6 +215,7 @@ class Deployment(SQLModel, table=True):
     log_path: str = ""
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     args: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # the exact argv
+    health_timeout_s: Optional[float] = None  # from the start of loading the model (after any merge) to /health OK
     created_by: str = "anonymous"
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

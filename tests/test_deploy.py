@@ -72,6 +72,16 @@ def test_export_job_and_bad_input_through_the_cli(demo_ws, tmp_path):
     assert gguf.is_file() and gguf.name.endswith("-q8_0.gguf") and out["gguf_bytes"] < 0.35 * merged_bytes  # fp32
     assert f"FROM ./{gguf.name}" in modelfile.read_text() and "<|im_end|>" in modelfile.read_text()
     assert "reusing the merged model" in cli("runs", "logs", str(out["job_id"])).stdout
+    # a merged folder is reused only while it was made from the adapter's weights as they are now
+    from core.deploy.export import _fresh
+
+    weights = Path(demo_ws["adapter"]) / "adapter_model.safetensors"
+    assert _fresh(merged, Path(demo_ws["adapter"]))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # as a retrained adapter would be
+    assert not _fresh(merged, Path(demo_ws["adapter"]))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _fresh(merged, Path(demo_ws["adapter"]))
     # the adapter kept separate, copied into a folder of the user's choosing
     dest = tmp_path / "adapter-out"
     proc = cli("export", "--run", str(run_id), "--format", "adapter", "--out", str(dest), "--json")
@@ -159,12 +169,19 @@ def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(served, demo
     port = dep.port
     with pytest.raises(D.DeployError, match=f"port {port} is in use"):
         D.start_local("default", port=port)
+    stale = D.peek(dep.id)  # what a tick of another page read just before the stop
     stopped = D.stop(dep.id)
     assert stopped.status == "stopped" and D.port_is_free(port)
     assert not D._is_our_server(dep.pid, dep.id)
+    # that page's check then finds no process: it decided from 'running', so it changes nothing (no false 'dead')
+    assert D.refresh(stale).status == "stopped" and D.get(dep.id).error is None
+    assert D.stop(dep.id).status == "stopped"  # stopping twice is harmless
     # the run's server killed from outside: the next read marks it dead, with its log tail
     os.killpg(served["pid"], signal.SIGKILL)
-    time.sleep(0.5)
+    for _ in range(100):
+        if not D._is_our_server(served["pid"], served["id"]):
+            break
+        time.sleep(0.05)
     row = D.get(served["id"])
     assert row.status == "dead" and "the server process is gone" in row.error and "log tail" in row.error
     proc = cli("deployments", "list", "--all", "--json")
@@ -208,6 +225,18 @@ def test_deployment_faults_each_end_in_a_clear_status(demo_ws, tmp_path, monkeyp
             break
         time.sleep(0.1)
     assert not D._is_our_server(orphan.pid, orphan.id)
+
+
+def test_deployment_details_show_paths_and_logs_as_text(workspace):
+    from core.deploy import deployments as D
+    from storage import Deployment
+    from ui.deploy import deployment_details
+
+    dep = D._save(Deployment(target="local", model_ref="x", model_dir="/m/`a`<b>", served_name="n<i>",
+                             url="http://127.0.0.1:1/v1", status="failed", port=1,
+                             error="boom\n```\n</pre><script>alert(1)</script>"))
+    text, curl, py, oai = deployment_details(str(dep.id))
+    assert "<script>" not in text and "&lt;script&gt;" in text and "&lt;b&gt;" in text and "n&lt;i&gt;" in text
 
 
 def test_container_targets_without_a_docker_engine(demo_ws, monkeypatch):

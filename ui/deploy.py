@@ -126,14 +126,15 @@ def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
         dep = D.get(int(dep_id))
     except (D.DeployError, ValueError):
         return f"_Deployment {html.escape(str(dep_id))} not found._", "", "", ""
-    lines = [f"**#{dep.id} {dep.target}** · {dep.status} · `{dep.url}` · model name `{dep.served_name}` · "
-             f"folder `{dep.model_dir}`"]
+    e = html.escape
+    lines = [f"**#{dep.id} {e(dep.target)}** · {e(dep.status)} · <code>{e(dep.url)}</code> · model name "
+             f"<code>{e(dep.served_name)}</code> · folder <code>{e(dep.model_dir)}</code>"]
     if dep.pid:
-        lines.append(f"process {dep.pid} · log `{dep.log_path}`")
+        lines.append(f"process {dep.pid} · log <code>{e(dep.log_path)}</code>")
     if dep.container_id:
-        lines.append(f"container `{dep.container_id[:12]}`")
-    if dep.error:
-        lines.append(f"```\n{dep.error[-2000:]}\n```")
+        lines.append(f"container <code>{e(dep.container_id[:12])}</code>")
+    if dep.error:  # log tails hold anything: shown as text
+        lines.append(f"<pre>{e(dep.error[-2000:])}</pre>")
     sn = D.snippets(dep)
     return "\n\n".join(lines), sn["curl"], sn["python"], sn["openai"]
 
@@ -158,7 +159,9 @@ def stop_deployment(dep_id: str | None) -> str:
         dep = D.stop(int(dep_id))
     except (D.DeployError, ValueError) as exc:
         return f"**Error:** {html.escape(str(exc))}"
-    return f"Deployment #{dep.id} **{dep.status}**; port {dep.port} is free."
+    if dep.status != "stopped":
+        return f"Deployment #{dep.id} is **{dep.status}** (nothing to stop)."
+    return f"Deployment #{dep.id} **stopped**" + (f"; port {dep.port} is free." if dep.target == "local" else ".")
 
 
 def cloud_text(model_ref: str | None, target_label: str, gpu: str | None, num_gpus) -> str:
@@ -271,7 +274,14 @@ def build_tab():
     cloud_btn.click(cloud_text, [model, cloud_target, gpu, num_gpus], cloud)
 
     def tick(job_id, dep_id):
-        """Export progress while it runs; the selected deployment's status while it starts."""
+        """Export progress while it runs; the selected deployment's status while it starts. A tick never fails the
+        page: a busy database or a vanished row leaves the view as it was until the next one."""
+        try:
+            return _tick(job_id, dep_id)
+        except Exception:  # noqa: BLE001 - the next tick tries again
+            return (gr.update(),) * 9
+
+    def _tick(job_id, dep_id):
         out_job = gr.update()
         prog = gr.update()
         ex_tab = gr.update()

@@ -26,8 +26,9 @@ def cmd_export(args) -> int:
     from core import runs
     from core.deploy.export import submit_export
 
-    data = {"run_id": args.run, "format": "safetensors" if args.merge and args.format == "adapter" else args.format,
-            "quant": args.quant, "out_dir": args.out}
+    if args.merge and args.format == "adapter":
+        return _fail("--merge and --format adapter contradict each other: the adapter format keeps it separate")
+    data = {"run_id": args.run, "format": args.format, "quant": args.quant, "out_dir": args.out}
     try:
         job = submit_export({k: v for k, v in data.items() if v is not None})
     except runs.JobError as exc:
@@ -60,8 +61,8 @@ def cmd_deploy(args) -> int:
             if args.dry_run:
                 run_id, model_dir, name, needs_merge = D.resolve_target_model(ref)
                 out = {"target": "local", "model_dir": model_dir, "served_name": name, "needs_merge": needs_merge,
-                       "args": [sys.executable, "-m", D.SERVER_MODULE, "--model", model_dir, "--name", name,
-                                "--port", str(args.port or "<free port>"), "--host", "127.0.0.1"]}
+                       "args": D.server_argv(model_dir, name, args.port or "<free port>",
+                                             merge_run=run_id if needs_merge else None)}
                 _print_json(out) if args.json else print(" ".join(out["args"]))
                 return 0
             dep = D.start_local(ref, port=args.port, timeout_s=args.timeout)

@@ -14,7 +14,9 @@ Stopping frees the port.
 """
 from __future__ import annotations
 
+import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sqlalchemy import update
 from sqlmodel import select
 
 from core.config import db_session, get_settings
@@ -30,11 +33,12 @@ from core.runs.errors import JobError
 from storage import Deployment
 from storage.tables import utcnow
 
-ACTIVE = ("starting", "running")
-STATUSES = ("starting", "running", "stopped", "failed", "dead", "planned")
+ACTIVE = ("starting", "running", "stopping")
+STATUSES = ("starting", "running", "stopping", "stopped", "failed", "dead", "planned")
 SERVER_MODULE = "core.deploy.local_server"
 DEFAULT_HEALTH_TIMEOUT_S = float(os.environ.get("FTS_SERVE_HEALTH_TIMEOUT_S", "300"))
 STOP_TIMEOUT_S = 15.0
+SPAWN_GRACE_S = 30.0  # a row saved just before its process is spawned has no pid yet
 
 
 class DeployError(JobError):
@@ -52,16 +56,16 @@ def _save(dep: Deployment) -> Deployment:
         return dep
 
 
-def _update(dep_id: int, **fields) -> Deployment:
+def _update(dep_id: int, *, expect: tuple[str, ...] | None = None, **fields) -> Deployment:
+    """Change a row; with ``expect``, only while its status is one of those (compare-and-set: a reader that decided
+    from a stale status — a tick racing a stop, two dashboards — changes nothing). Returns the row as stored."""
+    fields["updated_at"] = utcnow()
     with db_session() as s:
-        dep = s.get(Deployment, dep_id)
-        for k, v in fields.items():
-            setattr(dep, k, v)
-        dep.updated_at = utcnow()
-        s.add(dep)
-        s.flush()
-        s.refresh(dep)
-        return dep
+        q = update(Deployment).where(Deployment.id == dep_id)
+        if expect is not None:
+            q = q.where(Deployment.status.in_(list(expect)))
+        s.exec(q.values(**fields))
+    return _get_row(dep_id)
 
 
 def _get_row(dep_id: int) -> Deployment:
@@ -110,7 +114,7 @@ def resolve_target_model(model_ref: str) -> tuple[int | None, str, str, bool]:
     if digits.isdigit():
         run = trained_run(int(digits))
         slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in (run.name or "")).strip("-") or "model"
-        name = f"run-{run.id}-{slug}" if not slug.startswith(f"run-{run.id}") else slug
+        name = slug if re.match(rf"run-{run.id}(\D|$)", slug) else f"run-{run.id}-{slug}"
         if run.method == "full":
             return run.id, run.adapter_path, name, False
         target = merged_dir(run.id)
@@ -127,10 +131,22 @@ def resolve_target_model(model_ref: str) -> tuple[int | None, str, str, bool]:
 
 # ---- local server processes ------------------------------------------------------------------------------------------
 
+def _reserved_ports() -> set[int]:
+    """Ports of active rows: a server still merging or loading has not bound its port yet."""
+    with db_session() as s:
+        rows = s.exec(select(Deployment.port).where(Deployment.status.in_(list(ACTIVE)))).all()
+    return {int(p) for p in rows if p}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    reserved = _reserved_ports()
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in reserved:
+            return port
+    raise DeployError("no free port found on 127.0.0.1")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -143,13 +159,22 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def _server_argv(dep: Deployment, run_id: int | None) -> list[str]:
-    argv = [sys.executable, "-m", SERVER_MODULE, "--model", dep.model_dir, "--name", dep.served_name,
-            "--port", str(dep.port), "--host", dep.host, "--deployment-id", str(dep.id),
-            "--workspace", str(get_settings().workspace)]
-    if run_id is not None:
-        argv += ["--merge-run", str(run_id)]
+def server_argv(model_dir: str, name: str, port: int | str, host: str = "127.0.0.1", *, dep_id: int | str | None = None,
+                merge_run: int | None = None) -> list[str]:
+    """The local server's argument list (``--merge-run``: merge that run into ``model_dir`` first)."""
+    argv = [sys.executable, "-m", SERVER_MODULE, "--model", model_dir, "--name", name, "--port", str(port),
+            "--host", host]
+    if dep_id is not None:
+        argv += ["--deployment-id", str(dep_id), "--workspace", str(get_settings().workspace)]
+    if merge_run is not None:
+        argv += ["--merge-run", str(merge_run)]
     return argv
+
+
+def loading_marker(dep_id: int) -> Path:
+    """Touched by the server process when it starts loading the model (after any merge): the health timeout runs
+    from here, so a long merge is not cut short."""
+    return get_settings().workspace / "deployments" / f"{dep_id}.loading"
 
 
 def _is_our_server(pid: int | None, dep_id: int | None = None) -> bool:
@@ -183,7 +208,7 @@ def _health(url_root: str, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url_root + "/health", timeout=timeout_s) as r:
             return r.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException, ValueError):  # refused, reset, or something not HTTP on the port
         return False
 
 
@@ -192,11 +217,9 @@ def _root(dep: Deployment) -> str:
 
 
 def _log_tail(dep: Deployment, lines: int = 20) -> str:
-    try:
-        text = Path(dep.log_path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    from core.runs.paths import file_tail
+
+    return file_tail(Path(dep.log_path), max_lines=lines) if dep.log_path else ""
 
 
 def start_local(model_ref: str = "default", *, port: int | None = None, created_by: str = "anonymous",
@@ -206,17 +229,18 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
     if port is not None:
         if not 1 <= int(port) <= 65535:
             raise DeployError(f"port must be between 1 and 65535 (got {port})")
-        if not port_is_free(int(port)):
+        if int(port) in _reserved_ports() or not port_is_free(int(port)):
             raise DeployError(f"port {port} is in use on 127.0.0.1: pick another port or leave it empty for a free one")
     host = "127.0.0.1"
     port = int(port) if port is not None else free_port(host)
     dep = _save(Deployment(run_id=run_id, target="local", model_ref=model_ref, model_dir=model_dir, served_name=name,
                            host=host, port=port, url=f"http://{host}:{port}/v1", status="starting",
-                           created_by=created_by or "anonymous"))
+                           created_by=created_by or "anonymous",
+                           health_timeout_s=DEFAULT_HEALTH_TIMEOUT_S if timeout_s is None else float(timeout_s)))
     log_dir = get_settings().workspace / "deployments"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{dep.id}.log"
-    argv = _server_argv(dep, run_id if needs_merge else None)
+    argv = server_argv(model_dir, name, port, host, dep_id=dep.id, merge_run=run_id if needs_merge else None)
     try:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -224,10 +248,10 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
                                     env=_server_env())
     except OSError as exc:
         return _update(dep.id, status="failed", error=f"could not start the server process: {exc}",
-                       log_path=str(log_path), args=argv)
+                       log_path=str(log_path), args=argv, stopped_at=utcnow())
     dep = _update(dep.id, pid=proc.pid, log_path=str(log_path), args=argv)
     if wait:
-        dep = wait_healthy(dep.id, timeout_s=DEFAULT_HEALTH_TIMEOUT_S if timeout_s is None else timeout_s, proc=proc)
+        dep = wait_healthy(dep.id, proc=proc)
     return dep
 
 
@@ -237,91 +261,120 @@ def _server_env() -> dict[str, str]:
     return job_environment()
 
 
-def wait_healthy(dep_id: int, *, timeout_s: float, proc: subprocess.Popen | None = None) -> Deployment:
-    """Poll until the server answers /health (running), dies (failed, log tail) or the timeout passes (stopped and
-    failed, 'health never OK')."""
-    deadline = time.monotonic() + timeout_s
+def wait_healthy(dep_id: int, *, proc: subprocess.Popen | None = None) -> Deployment:
+    """Poll until the server answers /health (running), dies (failed, log tail) or its health timeout passes
+    (stopped and failed); the timeout is the row's and runs from the start of loading (see :func:`refresh`)."""
     while True:
         dep = _get_row(dep_id)
-        if dep.status not in ACTIVE:
+        if dep.status != "starting":
             return dep
         dep = refresh(dep, proc=proc)
         if dep.status != "starting":
             return dep
-        if time.monotonic() > deadline:
-            _terminate(dep)
-            return _update(dep_id, status="failed", stopped_at=utcnow(),
-                           error=f"the server did not answer /health within {timeout_s:.0f}s; it was stopped.\n"
-                                 f"--- log tail ---\n{_log_tail(dep)}")
         time.sleep(0.5)
 
 
 def refresh(dep: Deployment, proc: subprocess.Popen | None = None) -> Deployment:
-    """Check an active deployment's process (or container) and its health; record what changed."""
+    """Check an active deployment's process (or container) and its health; record what changed, compare-and-set on
+    the status this was decided from."""
     if dep.target != "local":
         return _refresh_container(dep)
     if proc is not None:
         proc.poll()  # reap our own child so a dead server is not a zombie that looks alive
+    now = utcnow()
+    if dep.pid is None and dep.status == "starting":
+        if (now - _aware(dep.created_at)).total_seconds() < SPAWN_GRACE_S:
+            return dep  # being spawned right now
     if not _is_our_server(dep.pid, dep.id):
+        if dep.status == "stopping":  # a stop that did not get to write its ending
+            return _update(dep.id, expect=("stopping",), status="stopped", stopped_at=now)
         was = dep.status
         status = "dead" if was == "running" else "failed"
         why = ("the server process is gone (killed or crashed)" if was == "running"
                else "the server process exited before it became healthy")
-        return _update(dep.id, status=status, stopped_at=utcnow(),
+        return _update(dep.id, expect=(was,), status=status, stopped_at=now,
                        error=f"{why}.\n--- log tail ---\n{_log_tail(dep)}")
     if dep.status == "starting":
         if _health(_root(dep)):
-            return _update(dep.id, status="running")
-        age_s = (utcnow() - _aware(dep.created_at)).total_seconds()
-        if age_s > DEFAULT_HEALTH_TIMEOUT_S:
-            _terminate(dep)
-            return _update(dep.id, status="failed", stopped_at=utcnow(),
-                           error=f"the server did not answer /health within {DEFAULT_HEALTH_TIMEOUT_S:.0f}s "
-                                 f"(FTS_SERVE_HEALTH_TIMEOUT_S); it was stopped.\n--- log tail ---\n{_log_tail(dep)}")
+            return _update(dep.id, expect=("starting",), status="running")
+        marker = loading_marker(dep.id)
+        timeout_s = dep.health_timeout_s if dep.health_timeout_s is not None else DEFAULT_HEALTH_TIMEOUT_S
+        if marker.exists() and time.time() - marker.stat().st_mtime > timeout_s:
+            moved = _update(dep.id, expect=("starting",), status="stopping")
+            if moved.status != "stopping":
+                return moved
+            _terminate(moved)
+            return _update(dep.id, expect=("stopping",), status="failed", stopped_at=utcnow(),
+                           error=f"the server did not answer /health within {timeout_s:.0f}s of loading the model "
+                                 "(FTS_SERVE_HEALTH_TIMEOUT_S); it was stopped.\n--- log tail ---\n"
+                                 f"{_log_tail(dep)}")
     return dep
 
 
-def _terminate(dep: Deployment) -> None:
-    if not _is_our_server(dep.pid, dep.id):
-        return
+def _signal(pid: int, sig: int) -> None:
+    """The server's process group (it leads one: started with start_new_session), else the process alone."""
     try:
-        os.killpg(dep.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _is_our_server(dep.pid, dep.id):
-        time.sleep(0.1)
-    if _is_our_server(dep.pid, dep.id):
-        try:
-            os.killpg(dep.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        for _ in range(50):
-            if not _is_our_server(dep.pid, dep.id):
-                break
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _terminate(dep: Deployment) -> bool:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S. Returns whether the process is gone."""
+    if not _is_our_server(dep.pid, dep.id):
+        return True
+    try:
+        _signal(dep.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline and _is_our_server(dep.pid, dep.id):
             time.sleep(0.1)
+        if _is_our_server(dep.pid, dep.id):
+            _signal(dep.pid, signal.SIGKILL)
+            for _ in range(50):
+                if not _is_our_server(dep.pid, dep.id):
+                    break
+                time.sleep(0.1)
+    except PermissionError:
+        return False
+    return not _is_our_server(dep.pid, dep.id)
 
 
 def stop(dep_id: int) -> Deployment:
-    """Stop a deployment's server (or container); its port is free when this returns."""
+    """Stop a deployment's server (or container). Returns when it is gone and its port is free; if it cannot be
+    stopped, the row keeps its status and DeployError says why."""
     dep = _get_row(dep_id)
+    if dep.status not in (*ACTIVE, "planned"):
+        return dep
+    was = dep.status
+    dep = _update(dep.id, expect=(was,), status="stopping")
+    if dep.status != "stopping":  # something else decided first (it died, another stop): report that
+        return dep
     if dep.target == "local":
-        _terminate(dep)
+        if not _terminate(dep):
+            _update(dep.id, expect=("stopping",), status=was)
+            raise DeployError(f"deployment {dep.id}: process {dep.pid} could not be stopped (permission denied)")
         if dep.port:
             for _ in range(50):
                 if port_is_free(dep.port, dep.host or "127.0.0.1"):
                     break
                 time.sleep(0.1)
+            else:
+                _update(dep.id, expect=("stopping",), status="stopped", stopped_at=utcnow(),
+                        error=f"the server stopped, but port {dep.port} is still taken by another process")
+                raise DeployError(f"deployment {dep.id} stopped, but port {dep.port} is still in use by another "
+                                  "process")
     elif dep.container_id:
         from core.deploy.launchers import LaunchError, stop_container
 
         try:
             stop_container(dep.container_id)
         except LaunchError as exc:
-            return _update(dep.id, error=str(exc))
-    if dep.status in ACTIVE or dep.status == "planned":
-        return _update(dep.id, status="stopped", stopped_at=utcnow())
-    return dep
+            _update(dep.id, expect=("stopping",), status=was, error=str(exc))
+            raise DeployError(str(exc)) from None
+    return _update(dep.id, expect=("stopping",), status="stopped", stopped_at=utcnow())
 
 
 def reconcile_on_start() -> dict[str, list[int]]:
@@ -329,21 +382,26 @@ def reconcile_on_start() -> dict[str, list[int]]:
     row is not active (or missing) are stopped — no orphans hold ports."""
     import psutil
 
-    marked = [d.id for d in list_deployments() if d.status in ("dead", "failed") and d.stopped_at
-              and (utcnow() - _aware(d.stopped_at)).total_seconds() < 5]
-    active = {d.id for d in list_deployments(active_only=True)}
+    with db_session() as s:
+        before = {d.id: d.status for d in s.exec(select(Deployment).where(Deployment.status.in_(list(ACTIVE))))}
+    after = {d.id: d.status for d in list_deployments()}
+    marked = [i for i, st in before.items() if after.get(i) != st]
+    active = {i for i, st in after.items() if st in ACTIVE}
     orphans = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = proc.info.get("cmdline") or []
         if not _server_cmd_matches(cmd, None):
             continue
-        dep_id = int(cmd[cmd.index("--deployment-id") + 1])
+        try:
+            dep_id = int(cmd[cmd.index("--deployment-id") + 1])
+        except ValueError:
+            continue
         if dep_id in active:
             continue
         try:
-            os.killpg(proc.pid, signal.SIGTERM) if os.getpgid(proc.pid) == proc.pid else proc.terminate()
+            _signal(proc.pid, signal.SIGTERM)
             orphans.append(dep_id)
-        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+        except PermissionError:
             pass
     return {"marked": marked, "orphans_stopped": orphans}
 
@@ -364,11 +422,13 @@ def _refresh_container(dep: Deployment) -> Deployment:
     state = container_status(dep.container_id)
     if state is None:  # no engine to ask: keep what we knew
         return dep
+    if dep.status == "stopping":
+        return dep
     if state != "running":
-        return _update(dep.id, status="dead" if dep.status == "running" else "failed", stopped_at=utcnow(),
-                       error=f"container {dep.container_id[:12]} is {state}")
+        return _update(dep.id, expect=(dep.status,), status="dead" if dep.status == "running" else "failed",
+                       stopped_at=utcnow(), error=f"container {dep.container_id[:12]} is {state}")
     if dep.status == "starting" and _health(_root(dep)):
-        return _update(dep.id, status="running")
+        return _update(dep.id, expect=("starting",), status="running")
     return dep
 
 
@@ -456,6 +516,7 @@ def smoke_test(dep_id: int, prompt: str = "Say hello in one short sentence.", ma
     t0 = time.perf_counter()
     try:
         out = client.chat_completion(messages=messages, model=dep.served_name, max_tokens=max_tokens)
+        reply = out.choices[0].message.content or ""
         plain_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         first, parts = None, []
@@ -468,7 +529,7 @@ def smoke_test(dep_id: int, prompt: str = "Say hello in one short sentence.", ma
         stream_s = time.perf_counter() - t1
     except Exception as exc:  # noqa: BLE001 - any client failure is the smoke test's answer, worded
         raise DeployError(f"the smoke request to {dep.url} failed: {type(exc).__name__}: {str(exc)[:300]}") from None
-    return {"reply": out.choices[0].message.content or "", "latency_s": round(plain_s, 3),
+    return {"reply": reply, "latency_s": round(plain_s, 3),
             "stream_reply": "".join(parts), "stream_chunks": len(parts),
             "stream_first_token_s": None if first is None else round(first, 3), "stream_s": round(stream_s, 3),
             "completion_tokens": getattr(out.usage, "completion_tokens", None) if out.usage else None}

@@ -62,12 +62,18 @@ def trained_run(run_id: int):
 
 
 def _fresh(merged: Path, adapter: Path) -> bool:
-    from core.deploy.merge import is_complete
+    """The merged folder is complete and was made from this adapter's weights as they are now."""
+    import json
+
+    from core.deploy.merge import adapter_fingerprint, is_complete
 
     if not is_complete(merged):
         return False
-    marker = merged / paths.COMPLETE_MARKER
-    return marker.stat().st_mtime >= max(p.stat().st_mtime for p in adapter.iterdir())
+    try:
+        made_from = json.loads((merged / "fts_merge.json").read_text(encoding="utf-8")).get("adapter_weights")
+    except (OSError, ValueError):
+        return False
+    return made_from is not None and made_from == adapter_fingerprint(adapter)
 
 
 def ensure_merged(run, progress=None, log=print) -> tuple[Path, str]:
@@ -85,9 +91,17 @@ def ensure_merged(run, progress=None, log=print) -> tuple[Path, str]:
     if _fresh(target, adapter):
         log(f"reusing the merged model at {target}")
         return target, note
-    base = resolve_model(run.base_model or "default")
-    log(f"merging {adapter} into {base.display_name} ({base.path}) -> {target}")
-    info = merge_lora(base.path, adapter, target, progress=progress, note=note)
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".merge.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one merge of a run at a time (an export and a server, two clicks)
+        if _fresh(target, adapter):
+            log(f"reusing the merged model at {target} (merged meanwhile)")
+            return target, note
+        base = resolve_model(run.base_model or "default")
+        log(f"merging {adapter} into {base.display_name} ({base.path}) -> {target}")
+        info = merge_lora(base.path, adapter, target, progress=progress, note=note)
     log(f"merged {info['merged_modules']} modules of {info['tensors']} tensors in {info['seconds']}s "
         f"({info['bytes'] / 1e6:.0f} MB)")
     return target, note

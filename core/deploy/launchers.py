@@ -804,8 +804,8 @@ def launch_container(spec: ServeSpec, target: str, image: str | None = None) -> 
 
 
 def container_status(container_id: str) -> str | None:
-    """The container's state (``running``, ``exited``, ``created``, ...), or None when no engine answers or it is
-    unknown to the engine."""
+    """The container's state (``running``, ``exited``, ``created``, ...); ``"removed"`` when the engine no longer
+    knows it; None when no engine answers (nothing can be said)."""
     client, _reason = docker_engine()
     if client is None or not container_id:
         return None
@@ -815,7 +815,7 @@ def container_status(container_id: str) -> str | None:
     try:
         return str(client.containers.get(container_id).status)
     except NotFound:
-        return None
+        return "removed"
     except (DockerException, RequestException):
         return None
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
+from pathlib import Path
 
 
 def patch_transformers_serve(model_dir: str, name: str) -> None:
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workspace", default=None, help="the studio workspace that started it (for reconcile)")
     ap.add_argument("--merge-run", type=int, default=None, help="merge this training run's adapter into --model first")
     args = ap.parse_args(argv)
+    # a stop during the merge: exit through Python so a half-written merged folder is removed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     model_dir = os.path.abspath(args.model)
     if args.merge_run is not None:
         from core.deploy.export import ensure_merged, trained_run
@@ -60,11 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             merged, note = ensure_merged(trained_run(args.merge_run), log=lambda m: print(f"[local server] {m}",
                                                                                           flush=True))
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             print(f"error: cannot merge run {args.merge_run}: {exc}", file=sys.stderr, flush=True)
             return 2
         model_dir = str(merged)
         print(f"[local server] {note}", flush=True)
+    if args.deployment_id is not None and args.workspace:
+        marker = Path(args.workspace) / "deployments" / f"{args.deployment_id}.loading"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()  # the health timeout runs from here (after the merge)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         print(f"error: {model_dir} is not a model folder (no config.json)", file=sys.stderr, flush=True)
         return 2

@@ -179,6 +179,15 @@ def read_lora(adapter_dir: Path) -> tuple[dict, dict[str, tuple[object, object]]
     return cfg, out, scale
 
 
+def adapter_fingerprint(adapter_dir: Path) -> dict | None:
+    """What identifies an adapter's weights as they are now (size and modification time of its weights file)."""
+    try:
+        st = (Path(adapter_dir) / "adapter_model.safetensors").stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _copy_side_files(base_dir: Path, extra_dirs: list[Path], out: Path) -> list[str]:
     """config + generation config from the base; tokenizer files from the first folder that has a tokenizer."""
     copied = []
@@ -204,6 +213,7 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
     if not (base_dir / "config.json").is_file():
         raise MergeError(f"the base model folder {base_dir} has no config.json")
     shards = weight_files(base_dir)
+    fingerprint = adapter_fingerprint(adapter_dir)  # taken before reading: a newer adapter makes this merge stale
     cfg, loras, scale = read_lora(adapter_dir)
     headers = {shard: read_header(shard) for shard in shards}
     total = sum(len([k for k in h if k != "__metadata__"]) for h, _ in headers.values())
@@ -249,7 +259,8 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
             shutil.copy2(index, tmp / index.name)
         info["files"] += _copy_side_files(base_dir, [adapter_dir], tmp)
         (tmp / "fts_merge.json").write_text(json.dumps({
-            "base_model": str(base_dir), "adapter": str(adapter_dir), "lora_r": cfg.get("r"),
+            "base_model": str(base_dir), "adapter": str(adapter_dir), "adapter_weights": fingerprint,
+            "lora_r": cfg.get("r"),
             "lora_alpha": cfg.get("lora_alpha"), "scale": scale, "note": note,
             "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
 

@@ -125,7 +125,11 @@ def free_bytes(path: Path) -> int:
 
 
 def log_tail(job_id: int, max_lines: int = 40, max_chars: int = 6000) -> str:
-    p = log_path(job_id)
+    return file_tail(log_path(job_id), max_lines, max_chars)
+
+
+def file_tail(p: Path, max_lines: int = 40, max_chars: int = 6000) -> str:
+    """The last lines of a log file, reading only its end (logs grow without bound)."""
     if not p.is_file():
         return ""
     with open(p, "rb") as f:
