@@ -253,3 +253,34 @@ def test_container_targets_without_a_docker_engine(demo_ws, monkeypatch):
     assert dep["status"] == "planned" and "--enable-lora" in out["args"]
     assert "GPU host" in dep["error"] or "Docker" in dep["error"]
 
+
+
+def test_hub_push_model_card_offline_and_the_token_never_stored(demo_ws, monkeypatch):
+    from core import runs
+    from core.deploy.hub import model_card
+    from core.runs import paths
+
+    run = runs.get_run(demo_ws["run_id"])
+    card = model_card(run, what="merged", repo_id="me/support-json")
+    assert card.startswith("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\nlibrary_name: transformers")
+    assert "| lora_r | 16 |" in card and "## Use" in card and 'from_pretrained("me/support-json")' in card
+    # no token: refused at submit, nothing queued
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(demo_ws["ws"] / "hf-home"))  # no cached login either
+    before = len(runs.list_runs(kind="export"))
+    proc = cli("export", "--run", str(run.id), "--format", "hub", "--repo-id", "me/support-json")
+    assert proc.returncode == 2 and "no Hugging Face token" in proc.stderr, proc.stderr
+    proc = cli("export", "--run", str(run.id), "--format", "hub", "--repo-id", "not a repo")
+    assert proc.returncode == 2 and "not a Hub repository id" in proc.stderr
+    assert len(runs.list_runs(kind="export")) == before
+    # a token, no network here: the job fails with one line saying so; the token is in no row, log or output
+    secret = "hf_studioTestSecret0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    proc = cli("export", "--run", str(run.id), "--format", "hub", "--repo-id", "me/support-json", "--json")
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "failed" and "unreachable" in out["error"] and "me/support-json" in out["error"]
+    job = runs.get_run(out["job_id"])
+    stored = (json.dumps(runs.run_to_dict(job, with_config=True), default=str)
+              + paths.log_tail(job.id, max_lines=10_000, max_chars=10**7))
+    assert secret not in stored and secret not in proc.stdout + proc.stderr

@@ -57,13 +57,17 @@ def deployment_choices() -> list[tuple[str, str]]:
     return [(f"#{d.id} {d.target} {d.served_name} ({d.status})", str(d.id)) for d in D.list_deployments()]
 
 
-def start_export(run_id: str | None, fmt: str, quant: str) -> tuple[str, str | None]:
+def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", private: bool = True
+                 ) -> tuple[str, str | None]:
     from core.deploy.export import submit_export
 
     if not run_id:
         return "**Error:** pick a finished training run to export.", None
+    data = {"run_id": int(run_id), "format": fmt, "quant": quant}
+    if fmt == "hub":
+        data.update(repo_id=(repo_id or "").strip(), private=bool(private))
     try:
-        job = submit_export({"run_id": int(run_id), "format": fmt, "quant": quant})
+        job = submit_export(data)
     except JobError as exc:
         return f"**Error:** {html.escape(str(exc))}", None
     return f"Export job #{job.id} **{job.status.value}**: it runs in its own process.", str(job.id)
@@ -78,7 +82,10 @@ def export_progress(job_id: str | None) -> str:
         return ""
     text = progress_html(job.step, job.max_steps, job.status.value, job.eta_s, None)
     fm = job.final_metrics or {}
-    if job.status == RunStatus.succeeded:
+    if job.status == RunStatus.succeeded and fm.get("url"):
+        text += (f"<div>Pushed to <code>{html.escape(str(fm.get('url')))}</code> "
+                 f"({html.escape(fm.get('what', ''))})</div>")
+    elif job.status == RunStatus.succeeded:
         text += (f"<div>Ready: <code>{html.escape(str(fm.get('output')))}</code> "
                  f"({(fm.get('bytes') or 0) / 1e6:.0f} MB, {fm.get('seconds')} s). {html.escape(fm.get('note', ''))}"
                  "</div>")
@@ -183,8 +190,12 @@ def build_tab():
             with gr.Row():
                 ex_run = gr.Dropdown(choices=[], label="Finished run", scale=4, elem_id="dep-export-run")
                 refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
-            ex_fmt = gr.Radio(["safetensors", "gguf", "adapter"], value="safetensors", label="Format")
+            ex_fmt = gr.Radio(["safetensors", "gguf", "adapter", "hub"], value="safetensors", label="Format",
+                              info="hub: push the merged model with a model card (token: HF_TOKEN on the server)")
             ex_quant = gr.Radio(["f16", "q8_0"], value="f16", label="GGUF type", info="Q8_0: about half the size")
+            with gr.Row():
+                ex_repo = gr.Textbox(label="Hub repository (hub)", placeholder="my-org/support-json-lora", scale=3)
+                ex_private = gr.Checkbox(True, label="private", scale=1)
             ex_btn = gr.Button("Export", variant="secondary", elem_id="dep-export")
             ex_msg = gr.Markdown()
             ex_job = gr.State(None)
@@ -244,11 +255,11 @@ def build_tab():
     list_outputs = [ex_run, model, ex_table, table, selected]
     refresh.click(refresh_lists, [selected, ex_run], list_outputs)
 
-    def on_export(run_id, fmt, quant):
-        msg, job = start_export(run_id, fmt, quant)
+    def on_export(run_id, fmt, quant, repo_id, private):
+        msg, job = start_export(run_id, fmt, quant, repo_id, private)
         return msg, job, export_progress(job), exports_frame()
 
-    ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant], [ex_msg, ex_job, ex_progress, ex_table])
+    ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private], [ex_msg, ex_job, ex_progress, ex_table])
 
     detail_outputs = [details, curl, py, oai]
 

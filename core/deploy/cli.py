@@ -1,6 +1,7 @@
 """``python -m core export|deploy|deployments`` (the Deploy tab's actions).
 
-    python -m core export --run ID [--format safetensors|gguf|adapter] [--quant f16|q8_0] [--out DIR] [--json]
+    python -m core export --run ID [--format safetensors|gguf|adapter|hub] [--quant f16|q8_0] [--out DIR]
+                          [--repo-id OWNER/NAME [--public] [--push-adapter]] [--json]
     python -m core deploy --run ID|--model REF --target local|tgi|vllm [--dry-run] [--port N] [--gpu NAME]
                           [--num-gpus N] [--quantize-4bit] [--keep-adapter] [--smoke] [--json]
     python -m core deployments list [--all] [--json] | show ID [--json] | stop ID | smoke ID [--prompt T] [--json]
@@ -28,7 +29,8 @@ def cmd_export(args) -> int:
 
     if args.merge and args.format == "adapter":
         return _fail("--merge and --format adapter contradict each other: the adapter format keeps it separate")
-    data = {"run_id": args.run, "format": args.format, "quant": args.quant, "out_dir": args.out}
+    data = {"run_id": args.run, "format": args.format, "quant": args.quant, "out_dir": args.out,
+            "repo_id": args.repo_id, "private": not args.public, "push_adapter": args.push_adapter}
     try:
         job = submit_export({k: v for k, v in data.items() if v is not None})
     except runs.JobError as exc:
@@ -123,10 +125,13 @@ def cmd_deployments(args) -> int:
 def register_cli(sub) -> None:
     p = sub.add_parser("export", help="merge / export a finished run (a job; waits for it)")
     p.add_argument("--run", type=int, required=True)
-    p.add_argument("--format", default="safetensors", choices=["safetensors", "gguf", "adapter"])
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "gguf", "adapter", "hub"])
     p.add_argument("--merge", action="store_true", help="merge the adapter (the default for safetensors and gguf)")
     p.add_argument("--quant", default="f16", choices=["f16", "q8_0"], help="GGUF tensor type")
     p.add_argument("--out", default=None, help="also copy the result into this new or empty folder")
+    p.add_argument("--repo-id", default=None, help="hub: owner/name to push to (token: HF_TOKEN)")
+    p.add_argument("--public", action="store_true", help="hub: a public repository (default private)")
+    p.add_argument("--push-adapter", action="store_true", help="hub: push the adapter alone, not the merged model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 

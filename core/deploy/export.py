@@ -6,6 +6,8 @@ Formats (``ExportConfig.format``):
   generation config; a full fine-tune is already such a folder.
 * ``gguf`` — the merged model as one GGUF file (F16 or Q8_0) for llama.cpp / Ollama, plus an Ollama ``Modelfile``.
 * ``adapter`` — the adapter kept separate, for multi-LoRA serving (TGI ``LORA_ADAPTERS``, vLLM ``--lora-modules``).
+* ``hub`` — the merged model (or, with ``push_adapter``, the adapter) pushed to a Hugging Face Hub repository with a
+  model card made from the run (core.deploy.hub); the token comes from the environment, never from the config.
 
 The merged folder of a run lives at ``runs/<run id>/merged/`` (one per run, reused by later exports and by the local
 server while it is newer than the adapter); other outputs go under the export job's own folder, or ``out_dir``.
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from core.runs import paths
 from core.runs.errors import JobError
 
-Format = Literal["safetensors", "gguf", "adapter"]
+Format = Literal["safetensors", "gguf", "adapter", "hub"]
 
 
 class ExportConfig(BaseModel):
@@ -34,6 +36,9 @@ class ExportConfig(BaseModel):
     quant: Literal["f16", "q8_0"] = "f16"
     out_dir: str | None = Field(None, description="copy the result here too (a new or empty folder)")
     name: str = ""
+    repo_id: str | None = Field(None, description="hub: the repository to push to (owner/name)")
+    private: bool = True
+    push_adapter: bool = Field(False, description="hub: push the adapter alone instead of the merged model")
 
     @classmethod
     def from_dict(cls, data: dict) -> ExportConfig:
@@ -132,6 +137,17 @@ def run_job(ctx):
         ctx.progress(step=done, max_steps=total, eta_s=elapsed / done * (total - done) if done else None)
 
     result: dict = {"format": cfg.format, "run_id": run.id}
+    if cfg.format == "hub":
+        from core.deploy.hub import push
+
+        if cfg.push_adapter and run.method != "full":
+            folder, what = Path(run.adapter_path), "adapter"
+        else:
+            folder, what = ensure_merged(run, progress, log)[0], "merged"
+        pushed = push(run, folder, repo_id=cfg.repo_id or "", what=what, private=cfg.private, log=log)
+        log(f"pushed to {pushed['url']}")
+        return JobResult(final_metrics={**result, **pushed, "what": what, "seconds": round(time.time() - t0, 1)},
+                         summary=f"run {run.id} pushed to {pushed['repo_id']}")
     if cfg.format == "adapter":
         if run.method == "full":
             raise JobError(f"run {run.id} is a full fine-tune: it has no adapter to keep separate; export "
@@ -174,6 +190,15 @@ def submit_export(cfg: ExportConfig | dict, *, start: bool = True):
     run = trained_run(cfg.run_id)
     if cfg.format == "adapter" and run.method == "full":
         raise JobError(f"run {run.id} is a full fine-tune: it has no adapter to keep separate; export safetensors")
+    if cfg.format == "hub":
+        from huggingface_hub.utils import get_token
+
+        from core.deploy.hub import check_repo_id
+
+        cfg = cfg.model_copy(update={"repo_id": check_repo_id(cfg.repo_id)})
+        if not get_token():
+            raise JobError("no Hugging Face token: set HF_TOKEN in the studio's environment (a write token), then "
+                           "push again")
     if cfg.out_dir:
         out = Path(cfg.out_dir).expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
