@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from core.config import REPO_ROOT, get_settings
@@ -28,25 +29,27 @@ class Handle:
     external_id: str | None = None
 
 
-class Backend:
+class Backend(ABC):
     """The interface. ``is_alive`` answers None when this process cannot tell (the job runs on another host):
     the scheduler then judges by the job's heartbeat."""
 
     name = "base"
 
+    @abstractmethod
     def start(self, job: Run) -> Handle:
-        raise NotImplementedError
+        """Start the job's supervisor; return where it runs."""
 
+    @abstractmethod
     def is_alive(self, job: Run) -> bool | None:
-        raise NotImplementedError
+        """Whether the job's processes still run (None: cannot tell from here)."""
 
+    @abstractmethod
     def terminate(self, job: Run) -> None:
         """Ask for a graceful stop (the worker checkpoints, then exits)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def kill(self, job: Run) -> None:
         """Stop it now, with everything it started."""
-        raise NotImplementedError
 
     def logs(self, job: Run, max_lines: int = 40, max_chars: int = 6000) -> str:
         return paths.log_tail(job.id, max_lines=max_lines, max_chars=max_chars)
