@@ -113,11 +113,16 @@ def served(demo_run):
             os.environ["FTS_WORKSPACE"] = saved
         reset_engines()
     yield dep
-    if dep.get("pid"):
-        try:
-            os.killpg(dep["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # no server of this module outlives it, whatever failed: every local server of the demo workspace is killed
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if "core.deploy.local_server" in cmd and str(Path(demo_run["ws"]).resolve()) in cmd:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def test_local_server_answers_through_inference_client(served, demo_ws):

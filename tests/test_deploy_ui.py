@@ -12,6 +12,16 @@ def test_deploy_a_run_locally_from_the_tab_and_see_the_smoke_reply(demo_ws, star
     from core.deploy import deployments as D
 
     url = start_app(demo_ws["ws"] / "app-deploy.log")
+    try:
+        _deploy_from_the_tab(demo_ws, url, browser)
+    finally:  # a failing step must not leave a server behind (servers outlive the app by design)
+        for dep in D.list_deployments(active_only=True):
+            D.stop(dep.id)
+
+
+def _deploy_from_the_tab(demo_ws, url, browser):
+    from core.deploy import deployments as D
+
     page = browser.new_page(viewport={"width": 1500, "height": 1600})
     page.goto(url)
     page.get_by_role("tab", name="Deploy", exact=True).click()
