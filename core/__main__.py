@@ -38,6 +38,10 @@ def cmd_train(args) -> int:
             overrides["dataset"] = args.dataset
         if args.max_steps is not None:
             overrides["max_steps"] = args.max_steps
+        if args.base_model:
+            overrides["base_model"] = args.base_model
+        if args.chat_template:
+            overrides["chat_template"] = args.chat_template
         if overrides:
             config = TrainConfig.from_dict({**config.model_dump(), **overrides})
         run = submit_training(config)
@@ -158,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
     p.add_argument("--dataset", help="override the config's dataset (id or path)")
     p.add_argument("--max-steps", type=int, help="override max_steps")
+    p.add_argument("--base-model", help="override the config's base model")
+    p.add_argument("--chat-template", help="prompt template for a base model without one: chatml, llama3, mistral, "
+                   "alpaca, or a model id / folder to copy it from")
     p.add_argument("--wait", action="store_true", help="block until the run finishes, printing progress to stderr")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)

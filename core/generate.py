@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +158,27 @@ class Slot:
     source: ModelSource
     loaded: LoadedBase | None  # None for an endpoint: it is served elsewhere
     adapter_name: str | None
+    tokenizer: Any = None  # the prompt format: the adapter's own tokenizer (its training template), else the base's
+    template_from: str | None = None  # set when this side borrows another side's prompt template
 
     def row_adapter(self) -> str:
         return self.adapter_name or BASE_ADAPTER
+
+    @property
+    def tok(self):
+        return self.tokenizer if self.tokenizer is not None else (self.loaded.tokenizer if self.loaded else None)
+
+
+def share_prompt_format(base: Slot, tuned: Slot) -> Slot:
+    """A base model without a chat template is prompted with the template its fine-tuned run trained with (same
+    loaded model), so base and tuned answer the same prompt; a base with its own template keeps it."""
+    if base.loaded is None or tuned.loaded is None or tuned.tok is None or base.tok is tuned.tok:
+        return base
+    if getattr(base.tok, "chat_template", None) or not getattr(tuned.tok, "chat_template", None):
+        return base
+    if base.loaded.path != tuned.loaded.path:
+        return base
+    return replace(base, tokenizer=tuned.tok, template_from=tuned.source.label)
 
 
 def _default_budget_bytes() -> int:
@@ -186,6 +204,7 @@ class ModelCache:
     def __init__(self, budget_bytes: int | None = None):
         self.budget_bytes = budget_bytes if budget_bytes is not None else _default_budget_bytes()
         self._items: OrderedDict[str, LoadedBase] = OrderedDict()
+        self._tokenizers: dict[tuple, Any] = {}
         self._lock = threading.RLock()
 
     def loaded(self) -> list[LoadedBase]:
@@ -266,11 +285,34 @@ class ModelCache:
         loaded = self.base(source.base)
         if not source.adapter:
             return Slot(source, loaded, None)
+        tok = self._adapter_tokenizer(source.adapter)
         try:
-            return Slot(source, loaded, self._attach(loaded, source))
+            return Slot(source, loaded, self._attach(loaded, source), tok)
         except UnsupportedAdapter:
             peft_loaded = self.base(source.base, engine="peft")
-            return Slot(source, peft_loaded, self._attach(peft_loaded, source))
+            return Slot(source, peft_loaded, self._attach(peft_loaded, source), tok)
+
+    def _adapter_tokenizer(self, adapter_dir: str):
+        """The tokenizer saved with an adapter (the template it was trained with), or None to use the base's."""
+        d = Path(adapter_dir)
+        if not ((d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()):
+            return None
+        key = (str(d), (d / "tokenizer_config.json").stat().st_mtime_ns
+               if (d / "tokenizer_config.json").is_file() else 0)
+        with self._lock:
+            tok = self._tokenizers.get(key)
+        if tok is None:
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(str(d))
+            except (OSError, ValueError) as exc:
+                raise GenerateError(f"could not load the tokenizer saved with {d}: {exc}") from None
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            with self._lock:
+                self._tokenizers[key] = tok
+        return tok
 
     @staticmethod
     def _attach(loaded: LoadedBase, source: ModelSource) -> str:
@@ -282,6 +324,7 @@ class ModelCache:
                 return name
             name = f"a{len(loaded.adapters) + 1}"
             try:
+                _grow_for_adapter(loaded, source.adapter)
                 if loaded.engine == "fast":
                     loaded.model.load_adapter(source.adapter, name)
                 else:
@@ -299,6 +342,24 @@ class ModelCache:
                                     f"{type(exc).__name__}: {str(exc)[:300]}") from None
             loaded.adapters[source.adapter] = name
             return name
+
+
+def _grow_for_adapter(loaded: LoadedBase, adapter_dir: str) -> None:
+    """An adapter trained with new template tokens needs the base's vocabulary grown to its size first (new rows =
+    the mean row, exactly as training grew it; the adapter carries the trained values)."""
+    from core.data.templates import grow_vocab, read_meta
+
+    meta = read_meta(adapter_dir)
+    if not meta or not meta.get("vocab_size"):
+        return
+    model = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
+    if loaded.engine != "fast" and loaded.adapters:
+        rows = model.get_input_embeddings().weight.shape[0]
+        if int(meta["vocab_size"]) > rows:
+            raise GenerateError(f"{adapter_dir} needs the base grown to {meta['vocab_size']} tokens; load it first "
+                                "or on its own")
+        return
+    grow_vocab(model, int(meta["vocab_size"]))
 
 
 _CACHE: ModelCache | None = None
@@ -328,9 +389,9 @@ def prompt_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
-def stop_token_ids(loaded: LoadedBase) -> set[int]:
+def stop_token_ids(loaded: LoadedBase, tokenizer=None) -> set[int]:
     ids: set[int] = set()
-    tok = loaded.tokenizer
+    tok = tokenizer if tokenizer is not None else loaded.tokenizer
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
     gen = getattr(loaded.model, "generation_config", None)
@@ -398,14 +459,21 @@ class BatchDecoder:
     leave the batch. ``step()`` advances every unfinished row by one token."""
 
     def __init__(self, loaded: LoadedBase, prompts: Sequence[Sequence[int]], adapters: Sequence[str | None],
-                 settings: GenSettings, *, started: float | None = None):
+                 settings: GenSettings, *, started: float | None = None, tokenizers: Sequence[Any] | None = None):
         import torch
 
         self.loaded = loaded
         self.settings = settings.validated()
         self.started = started if started is not None else time.perf_counter()
         self.rows = [RowState(len(p), a or BASE_ADAPTER) for p, a in zip(prompts, adapters)]
-        self.stop_ids = stop_token_ids(loaded)
+        self.tokenizers = [t if t is not None else loaded.tokenizer
+                           for t in (tokenizers or [None] * len(self.rows))]
+        stops: dict[int, set[int]] = {}
+        for t in self.tokenizers:
+            if id(t) not in stops:
+                stops[id(t)] = stop_token_ids(loaded, t)
+        self.row_stop_ids = [stops[id(t)] for t in self.tokenizers]
+        self.stop_ids = set().union(*self.row_stop_ids) if self.row_stop_ids else set()
         limit = loaded.max_positions
         for p in prompts:
             if not p:
@@ -528,7 +596,7 @@ class BatchDecoder:
             row = self.rows[row_i]
             if row.first_token_s is None:
                 row.first_token_s = now - self.started
-            if tok in self.stop_ids:
+            if tok in self.row_stop_ids[row_i]:
                 row.done, row.end_s = True, now - self.started
                 continue
             row.tokens.append(tok)
@@ -562,7 +630,7 @@ class BatchDecoder:
         return self.rows
 
     def text(self, pos: int) -> str:
-        return self.loaded.tokenizer.decode(self.rows[pos].tokens, skip_special_tokens=True)
+        return self.tokenizers[pos].decode(self.rows[pos].tokens, skip_special_tokens=True)
 
 
 class EndpointDecoder:
@@ -700,7 +768,7 @@ def stream(slots: Sequence[Slot], conversations: Sequence[Sequence[dict]], setti
         prompts: dict[int, list[int]] = {}
         for i in members:
             try:
-                prompts[i] = prompt_ids(loaded.tokenizer, conversations[i])
+                prompts[i] = prompt_ids(slots[i].tok, conversations[i])
             except GenerateError as exc:
                 results[i].error = str(exc)
         ok = [i for i in members if i in prompts]
@@ -708,7 +776,7 @@ def stream(slots: Sequence[Slot], conversations: Sequence[Sequence[dict]], setti
             continue
         try:
             dec = BatchDecoder(loaded, [prompts[i] for i in ok], [slots[i].adapter_name for i in ok], settings,
-                               started=started)
+                               started=started, tokenizers=[slots[i].tok for i in ok])
         except GenerateError as exc:
             for i in ok:
                 results[i].error = str(exc)
@@ -764,14 +832,16 @@ def generate(source: ModelSource | str, messages: Sequence[dict], settings: GenS
 
 
 def generate_rows(loaded: LoadedBase, prompts: Sequence[Sequence[int]], adapters: Sequence[str | None],
-                  settings: GenSettings, *, batch_size: int = 16, on_batch=None) -> list[RowState]:
+                  settings: GenSettings, *, batch_size: int = 16, on_batch=None,
+                  tokenizers: Sequence[Any] | None = None) -> list[RowState]:
     """Many prompts, length-sorted into batches (similar lengths pad less), each row with its adapter; returns the
     rows in the input order. Evaluate uses it with every prompt twice: once per adapter (base and tuned)."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[RowState | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        dec = BatchDecoder(loaded, [prompts[i] for i in idx], [adapters[i] for i in idx], settings)
+        dec = BatchDecoder(loaded, [prompts[i] for i in idx], [adapters[i] for i in idx], settings,
+                           tokenizers=[tokenizers[i] for i in idx] if tokenizers else None)
         for i, row in zip(idx, dec.run()):
             out[i] = row
         if on_batch:
@@ -779,5 +849,5 @@ def generate_rows(loaded: LoadedBase, prompts: Sequence[Sequence[int]], adapters
     return out  # type: ignore[return-value]
 
 
-def decode(loaded: LoadedBase, row: RowState) -> str:
-    return loaded.tokenizer.decode(row.tokens, skip_special_tokens=True)
+def decode(loaded: LoadedBase, row: RowState, tokenizer=None) -> str:
+    return (tokenizer if tokenizer is not None else loaded.tokenizer).decode(row.tokens, skip_special_tokens=True)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from core import runs
 from core.evaluate import arena
-from core.generate import GenerateError, GenSettings, model_cache, resolve_source, stream
+from core.generate import GenerateError, GenSettings, model_cache, resolve_source, share_prompt_format, stream
 
 LEADERBOARD_COLUMNS = ["model", "Elo", "votes", "wins", "losses", "ties", "both bad"]
 DEFAULT_PROMPT = "Explain in two sentences what fine-tuning a language model means."
@@ -105,7 +105,12 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
             sides[i] = model_cache().slot(resolve_source(key))
         except GenerateError as exc:
             errors[i] = str(exc)
+    if sides[0] is not None and sides[1] is not None:  # a base model without a template borrows the run's
+        sides[0], sides[1] = share_prompt_format(sides[0], sides[1]), share_prompt_format(sides[1], sides[0])
     live = [i for i in (0, 1) if sides[i] is not None]
+    borrowed = ["" if blind or sides[i] is None or not sides[i].template_from
+                else f" · no chat template of its own: prompted as {sides[i].template_from} was trained"
+                for i in (0, 1)]
     for i in (0, 1):
         panes[i][-1] = {"role": "assistant", "content": f"⚠ {errors[i]}" if errors[i] else ""}
     stats = ["", ""]
@@ -116,7 +121,7 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
             last = results
             for r, i in zip(results, live):
                 panes[i][-1] = {"role": "assistant", "content": f"⚠ {r.error}" if r.error else r.text}
-                stats[i] = _stats(r)
+                stats[i] = _stats(r) + (borrowed[i] if not r.error else "")
             yield *pane_updates(panes, sides, keys, blind), stats[0], stats[1], state, gr.update(visible=False), ""
     except GenerateError as exc:
         for i in live:

@@ -20,8 +20,10 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.data.templates import TEMPLATE_META
 from core.runs.paths import COMPLETE_MARKER, save_atomically
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -142,11 +144,28 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise MergeError(f"{model_dir} has no model weights (*.safetensors)")
 
 
-def read_lora(adapter_dir: Path) -> tuple[dict, dict[str, tuple[object, object]], float]:
-    """(adapter config, {module name: (A, B)}, scale) of a plain LoRA adapter folder."""
+@dataclass
+class AdapterWeights:
+    """A plain LoRA adapter folder, read: its config, {module: (A, B)}, the scale, and (for runs trained with a
+    prompt template's new tokens) {module: (token ids, trained rows)} plus the template record."""
+
+    cfg: dict
+    loras: dict[str, tuple[object, object]]
+    scale: float
+    token_rows: dict[str, tuple[list[int], object]] = field(default_factory=dict)
+    meta: dict | None = None
+
+    @property
+    def fan_in_fan_out(self) -> bool:  # GPT-2's Conv1D stores weights as (in, out)
+        return bool(self.cfg.get("fan_in_fan_out"))
+
+
+def read_lora(adapter_dir: Path) -> AdapterWeights:
+    """Read a plain LoRA adapter folder (trainable token rows included)."""
     from safetensors.torch import load_file
 
-    from core.inference import unsupported_reason
+    from core.data.templates import read_meta
+    from core.inference import lora_scale, split_adapter_tensors, token_ids_for, unsupported_reason
 
     try:
         cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
@@ -159,24 +178,59 @@ def read_lora(adapter_dir: Path) -> tuple[dict, dict[str, tuple[object, object]]
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():
         raise MergeError(f"{adapter_dir} has no adapter_model.safetensors")
-    pairs: dict[str, dict[str, object]] = {}
-    for key, t in load_file(str(weights)).items():
-        for part in ("lora_A", "lora_B"):
-            marker = f".{part}."
-            if marker in key:
-                module = key.split(marker)[0].removeprefix("base_model.model.")
-                pairs.setdefault(module, {})[part] = t
-                break
-        else:
-            raise MergeError(f"adapter tensor {key} is not a LoRA matrix; only plain LoRA adapters are merged")
-    r, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
-    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    try:
+        pairs, saved_rows = split_adapter_tensors(load_file(str(weights)))
+    except ValueError as exc:
+        raise MergeError(f"{exc}; only plain LoRA adapters are merged") from None
     out = {}
     for module, ab in pairs.items():
         if set(ab) != {"lora_A", "lora_B"}:
             raise MergeError(f"adapter module {module} lacks its {'lora_B' if 'lora_A' in ab else 'lora_A'} matrix")
         out[module] = (ab["lora_A"], ab["lora_B"])
-    return cfg, out, scale
+    token_rows = {}
+    for module, rows in saved_rows.items():
+        ids = token_ids_for(cfg.get("trainable_token_indices"), module)
+        if ids is None or len(ids) != rows.shape[0]:
+            raise MergeError(f"the adapter's trained token rows for {module} do not match its trainable_token_indices")
+        token_rows[module] = (ids, rows)
+    return AdapterWeights(cfg, out, lora_scale(cfg), token_rows, read_meta(adapter_dir))
+
+
+class _Names:
+    """Adapter module names (PEFT's, under the model class: ``transformer.h.0.attn.c_attn``) matched to checkpoint
+    tensor names, which some checkpoints store without the base-model prefix (GPT-2's ``h.0.attn.c_attn.weight``)."""
+
+    def __init__(self, modules):
+        self.modules = set(modules)
+        self.prefixes = {m.split(".", 1)[0] for m in self.modules if "." in m}
+
+    def module(self, tensor_name: str, suffix: str = ".weight") -> str | None:
+        if not tensor_name.endswith(suffix):
+            return None
+        m = tensor_name.removesuffix(suffix)
+        if m in self.modules:
+            return m
+        for p in self.prefixes:
+            if f"{p}.{m}" in self.modules:
+                return f"{p}.{m}"
+        return None
+
+
+def _grow_rows(t, vocab: int, ids: list[int] | None, rows):
+    """A vocabulary tensor (embedding / LM head weight, or head bias) grown to ``vocab`` rows the way training grew
+    it (new rows = the mean of the old), then the trained rows put in."""
+    import torch
+
+    if t.shape[0] < vocab:
+        mean = t.float().mean(0, keepdim=True).to(t.dtype)
+        t = torch.cat([t, mean.expand(vocab - t.shape[0], *t.shape[1:])])
+    if ids:
+        if max(ids) >= t.shape[0] or tuple(rows.shape[1:]) != tuple(t.shape[1:]):
+            raise MergeError(f"trained token rows {tuple(rows.shape)} do not fit the base tensor {tuple(t.shape)}: "
+                             "wrong base model?")
+        t = t.clone()
+        t[torch.tensor(ids)] = rows.to(t.dtype)
+    return t
 
 
 def adapter_fingerprint(adapter_dir: Path) -> dict | None:
@@ -205,6 +259,62 @@ def _copy_side_files(base_dir: Path, extra_dirs: list[Path], out: Path) -> list[
     return copied
 
 
+def _vocab_plan(base_dir: Path, headers: dict, ad: AdapterWeights) -> tuple[int, dict[str, tuple]]:
+    """(vocabulary size of the merged model, {tensor name: (token ids, rows) or (None, None)} for every tensor that
+    grows with it): the embedding and LM head (weight and bias) of a run trained with new template tokens."""
+    cfg = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    text_cfg = cfg.get("text_config") or cfg
+    old = int(text_cfg.get("vocab_size") or 0)
+    vocab = int((ad.meta or {}).get("vocab_size") or 0)
+    if not ad.token_rows and vocab <= old:
+        return old, {}
+    if not old:
+        raise MergeError(f"{base_dir}/config.json has no vocab_size; the adapter's new tokens cannot be added")
+    names = _Names(ad.token_rows)
+    plan: dict[str, tuple] = {}
+    emb_rows = None
+    for header, _ in headers.values():
+        for name, info in header.items():
+            if name == "__metadata__" or not info.get("shape") or info["shape"][0] != old:
+                continue
+            module = names.module(name)
+            if module is not None:
+                plan[name] = ad.token_rows[module]
+                if not module.endswith("lm_head"):
+                    emb_rows = ad.token_rows[module]
+            elif name.removeprefix("model.") in ("lm_head.weight", "lm_head.bias"):
+                plan[name] = (None, None)
+    if emb_rows is None and ad.token_rows:
+        raise MergeError(f"the adapter's trained token rows ({sorted(ad.token_rows)[0]}) match no tensor of "
+                         f"{base_dir}: it was trained on another base model")
+    tied = bool(text_cfg.get("tie_word_embeddings", cfg.get("tie_word_embeddings", True)))
+    for name, (ids, _rows) in list(plan.items()):
+        if ids is None and name.endswith("lm_head.weight") and tied:
+            plan[name] = emb_rows  # a tied head stored separately carries the embedding's rows
+    return max(vocab, old), plan
+
+
+def _write_model_config(base_dir: Path, out: Path, vocab: int, meta: dict | None) -> None:
+    """config.json / generation_config.json with the merged vocabulary and the template's end-of-turn token as EOS
+    (a server stops there, as the run learned to)."""
+    cfg = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    target = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    target["vocab_size"] = vocab
+    eos = (meta or {}).get("eos_token_id")
+    if eos is not None:
+        target["eos_token_id"] = int(eos)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    gen_path = base_dir / "generation_config.json"
+    gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+    if eos is not None:
+        old = gen.get("eos_token_id")
+        olds = old if isinstance(old, list) else ([old] if old is not None else [])
+        ids = list(dict.fromkeys([int(eos), *[int(x) for x in olds]]))
+        gen["eos_token_id"] = ids[0] if len(ids) == 1 else ids
+    if gen or gen_path.is_file():
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
+
+
 def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, *,
                progress: Callable[[int, int], None] | None = None, note: str = "") -> dict:
     """Write base + adapter as one model folder. Returns what was written (files, bytes, tensors merged, seconds)."""
@@ -214,33 +324,45 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
         raise MergeError(f"the base model folder {base_dir} has no config.json")
     shards = weight_files(base_dir)
     fingerprint = adapter_fingerprint(adapter_dir)  # taken before reading: a newer adapter makes this merge stale
-    cfg, loras, scale = read_lora(adapter_dir)
+    ad = read_lora(adapter_dir)
+    loras, scale = ad.loras, ad.scale
     headers = {shard: read_header(shard) for shard in shards}
+    vocab, grow = _vocab_plan(base_dir, headers, ad)
+    names = _Names(loras)
     total = sum(len([k for k in h if k != "__metadata__"]) for h, _ in headers.values())
-    info: dict = {"tensors": total, "merged_modules": 0, "files": []}
+    info: dict = {"tensors": total, "merged_modules": 0, "files": [], "vocab_size": vocab,
+                  "token_rows": sum(len(ids) for ids, _ in ad.token_rows.values())}
     remaining = set(loras)
 
     def write(tmp: Path) -> None:
         done = 0
         for shard in shards:
             header, data_start = headers[shard]
-            names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
-            layout = [(name, header[name]["dtype"], list(header[name]["shape"])) for name in names]
+            names_here = sorted((k for k in header if k != "__metadata__"),
+                                key=lambda k: header[k]["data_offsets"][0])
+            layout = [(name, header[name]["dtype"],
+                       [vocab, *header[name]["shape"][1:]] if name in grow else list(header[name]["shape"]))
+                      for name in names_here]
             with open(shard, "rb") as f:
                 writer = StreamingSafetensorsWriter(tmp / shard.name, layout, header.get("__metadata__")
                                                     or {"format": "pt"})
                 try:
-                    for name in names:
+                    for name in names_here:
                         t = read_tensor(f, data_start, header[name])
-                        module = name.removesuffix(".weight")
-                        if name.endswith(".weight") and module in loras:
+                        module = names.module(name)
+                        if module is not None:
                             a, b = loras[module]
-                            if t.shape != (b.shape[0], a.shape[1]):
+                            want = (a.shape[1], b.shape[0]) if ad.fan_in_fan_out else (b.shape[0], a.shape[1])
+                            if tuple(t.shape) != want:
                                 raise MergeError(f"adapter matrices for {module} ({tuple(a.shape)}, {tuple(b.shape)}) "
                                                  f"do not fit the base weight {tuple(t.shape)}: wrong base model?")
-                            t = (t.float() + scale * (b.float() @ a.float())).to(t.dtype)
+                            delta = b.float() @ a.float()
+                            t = (t.float() + scale * (delta.T if ad.fan_in_fan_out else delta)).to(t.dtype)
                             remaining.discard(module)
                             info["merged_modules"] += 1
+                        if name in grow:
+                            ids, rows = grow[name]
+                            t = _grow_rows(t, vocab, ids, rows)
                         writer.write(name, t)
                         del t
                         done += 1
@@ -256,12 +378,19 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
                              f"({len(remaining)} module(s) missing): it was trained on another base model")
         index = base_dir / "model.safetensors.index.json"
         if index.is_file():
-            shutil.copy2(index, tmp / index.name)
+            data = json.loads(index.read_text(encoding="utf-8"))
+            if grow and isinstance(data.get("metadata"), dict):
+                data["metadata"]["total_size"] = sum((tmp / f).stat().st_size for f in info["files"])
+            (tmp / index.name).write_text(json.dumps(data, indent=2), encoding="utf-8")
         info["files"] += _copy_side_files(base_dir, [adapter_dir], tmp)
+        if grow or ad.meta:
+            _write_model_config(base_dir, tmp, vocab, ad.meta)
+        if ad.meta:
+            shutil.copy2(adapter_dir / TEMPLATE_META, tmp / TEMPLATE_META)
         (tmp / "fts_merge.json").write_text(json.dumps({
             "base_model": str(base_dir), "adapter": str(adapter_dir), "adapter_weights": fingerprint,
-            "lora_r": cfg.get("r"),
-            "lora_alpha": cfg.get("lora_alpha"), "scale": scale, "note": note,
+            "lora_r": ad.cfg.get("r"), "lora_alpha": ad.cfg.get("lora_alpha"), "scale": scale,
+            "vocab_size": vocab, "prompt_template": (ad.meta or {}).get("template"), "note": note,
             "merged_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
 
     needed = sum(p.stat().st_size for p in shards)

@@ -63,6 +63,9 @@ class TrainingPlan:
     grad_accum: int = 1
     double_quant: bool = True  # QLoRA: bnb_4bit_use_double_quant
     device: str = "cuda"  # cuda | cpu (CPU: no CUDA context, allocator slack not modelled)
+    # embedding rows a prompt template adds / trains (core.data.templates): they grow the vocabulary; LoRA/QLoRA
+    # train them with PEFT trainable tokens (core.train.worker), a full fine-tune as ordinary parameters
+    new_tokens: int = 0
 
     def validated(self) -> TrainingPlan:
         if self.method not in METHODS:
@@ -77,6 +80,8 @@ class TrainingPlan:
                              ("gradient accumulation", self.grad_accum), ("LoRA rank", self.lora_r)):
             if not isinstance(value, int) or value < 1:
                 raise EstimateError(f"{label} must be a whole number of at least 1 (got {value!r})")
+        if not isinstance(self.new_tokens, int) or isinstance(self.new_tokens, bool) or self.new_tokens < 0:
+            raise EstimateError(f"new tokens must be a whole number of at least 0 (got {self.new_tokens!r})")
         return replace(self, lora_targets=tuple(self.lora_targets))
 
 
@@ -279,6 +284,10 @@ def _optimizer_state_bytes(plan: TrainingPlan, trainable: list[tuple[tuple[int, 
 def estimate_training_memory(spec: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     """Peak memory of one training step: max over forward / loss / backward / optimizer-step phases."""
     plan = plan.validated()
+    n_new = plan.new_tokens
+    base_vocab = spec.vocab_size
+    if n_new:  # the template's tokens grow the vocabulary (core.data.templates.grow_vocab): V rows → V + n
+        spec = replace(spec, vocab_size=spec.vocab_size + n_new)
     counts = count_parameters(spec)
     inv = param_inventory(spec)
     a = _act_bytes(plan.precision)
@@ -420,6 +429,23 @@ def estimate_training_memory(spec: ModelSpec, plan: TrainingPlan) -> MemoryEstim
                            + (" + one dequantised weight" if plan.method in ("qlora", "int8") else ""), "backward",
                            _alive(bwd_transient, BACKWARD, BACKWARD_END)))
 
+    # --- new-token embedding rows (a prompt template's special tokens)
+    token_params = 0
+    if n_new and plan.method == "full":
+        rows = n_new * h * (1 if spec.tie_word_embeddings else 2)
+        per = (weight_bytes + grad_bytes + opt_bytes) / max(counts.total, 1)
+        notes.append(f"{n_new} new token(s) grow the vocabulary {base_vocab:,} → {V:,}: {rows:,} embedding"
+                     f"{'' if spec.tie_word_embeddings else ' + lm_head'} parameters trained like the rest "
+                     f"(≈{rows * per / MIB:,.1f} MiB of weights, gradients and optimizer states, counted above)")
+    elif n_new:
+        token_comps, token_params = _trainable_tokens_components(spec, plan, n_new, cb, T)
+        comps += token_comps
+        copies = ("the tied embedding for the embedding and for the lm_head" if spec.tie_word_embeddings
+                  else "the embedding and of the lm_head")
+        notes.append(f"{n_new} new token(s) grow the vocabulary {base_vocab:,} → {V:,}; PEFT trainable tokens "
+                     f"train just those rows but build a merged V×h copy of {copies} every step (and a dense V×h "
+                     "gradient for each)")
+
     # --- phases: each phase's total is the sum of what the components hold then
     phases = phase_totals(comps)
     peak_phase = max(phases, key=phases.get)
@@ -442,8 +468,50 @@ def estimate_training_memory(spec: ModelSpec, plan: TrainingPlan) -> MemoryEstim
     return MemoryEstimate(
         components=comps, phases=phases, peak_phase=peak_phase,
         peak_tensor_bytes=peak_tensor, overhead_bytes=int(overhead), peak_bytes=int(peak_tensor + overhead),
-        params=counts.total, trainable_params=int(trainable), notes=notes,
+        params=counts.total, trainable_params=int(trainable + token_params), notes=notes,
     )
+
+
+def _trainable_tokens_components(spec: ModelSpec, plan: TrainingPlan, n_new: int, cb: int,
+                                 tokens: int) -> tuple[list[Component], int]:
+    """What PEFT's trainable tokens (``LoraConfig(trainable_token_indices=...)``, peft/tuners/trainable_tokens) hold,
+    for LoRA/QLoRA/int8 runs whose template adds tokens (the worker targets the input embedding, and the lm_head
+    when untied; with tied weights PEFT wraps the lm_head with a tied copy of the embedding's adapter).
+
+    Each wrapped layer's forward builds ``W = base.weight.index_copy(0, rows, delta)``: a full V×h copy in the
+    weight dtype. The embedding's is used by ``F.embedding`` and freed at once, but its backward produces a dense
+    V×h gradient for W (end of backward) before ``index_copy``'s backward keeps the n rows. The lm_head's copy is
+    saved by ``F.linear`` for backward (forward → lm_head backward), as is the lm_head's input (its weight now needs
+    a gradient), and the lm_head backward adds a dense V×h gradient next to it. The n×h delta rows (one set per
+    adapter: 1 tied, 2 untied) are fp32 (peft upcasts adapter weights) with an fp32 copy of the originals, an fp32
+    gradient and the optimizer's states. Returns (components, trainable delta parameters)."""
+    V, h = spec.vocab_size, spec.hidden_size
+    a = _act_bytes(plan.precision)
+    sets = 1 if spec.tie_word_embeddings else 2
+    delta = n_new * h * sets
+    opt, _ = _optimizer_state_bytes(plan, [((n_new, h), sets)], 4)
+    kept = 4 * delta + 4 * delta + opt  # fp32 delta + fp32 originals buffer + states
+    grads = 4 * delta
+    carried = grads if plan.grad_accum > 1 else 0
+    rows_comp = Component(
+        "new_token_rows", f"New-token embedding rows ({n_new} tokens, trainable tokens)", int(kept + grads),
+        f"{n_new}·h·{sets} set{'s' if sets > 1 else ''} ({'tied' if sets == 1 else 'embedding + lm_head'}) = "
+        f"{delta:,} fp32 values × (4 B delta + 4 B originals + 4 B grad) + {opt:,} B optimizer states",
+        "all (gradient from backward on)",
+        {FORWARD: kept + carried, BACKWARD_START: kept + carried, BACKWARD: kept + grads,
+         BACKWARD_END: kept + grads, OPTIMIZER_STEP: kept + grads})
+    merged = cb * V * h
+    head_input = a * h * tokens if a == 4 else 0  # under autocast the cast input copy is already counted
+    merged_comp = Component(
+        "new_token_merged_copies", "Trainable-tokens merged V×h weight copies + dense V×h gradients",
+        int(2 * merged + head_input),
+        f"{cb}·V·h = {cb}·{V}·{h} per copy: the lm_head's merged copy is saved forward → lm_head backward "
+        f"(2 copies with its dense gradient then); the embedding's dense gradient at the end of backward"
+        + (f"; + lm_head input {a}·h·tokens kept for its weight gradient" if head_input else ""),
+        "forward → backward",
+        {FORWARD: merged + head_input, BACKWARD_START: merged + head_input, BACKWARD: 2 * merged + head_input,
+         BACKWARD_END: merged})
+    return [rows_comp, merged_comp], delta
 
 
 def estimate_inference_memory(spec: ModelSpec, dtype: str = "bf16", batch_size: int = 1, context_tokens: int = 2048,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 from core.estimate.device import worker_device
@@ -68,9 +69,55 @@ class PreflightResult:
     message: str
 
 
+def _local_path(ref: str) -> Optional[str]:
+    """The folder of a model reference when it is on this machine already (default or a local dir), else None:
+    an estimate never downloads a tokenizer."""
+    from core.models import resolve_model
+
+    resolved = resolve_model(ref, prepare_default=False)
+    if resolved.kind == "hub":
+        return None
+    path = Path(resolved.path)
+    return str(path) if (path / "config.json").is_file() else None
+
+
+def template_new_tokens(base_model: Optional[str], chat_template: Optional[str]) -> int:
+    """How many embedding rows a prompt template makes the worker train (``TrainingPlan.new_tokens``).
+
+    As core.train.worker does: the template's tokens missing from the vocabulary, plus — when the base model had no
+    chat template of its own — the template tokens it already has (untrained rows, Llama-3 base's ``<|eot_id|>``).
+    Exact when the base model is on this machine (its tokenizer is read, nothing downloaded); otherwise a built-in
+    template counts all its special tokens and a template copied from another model counts 0. Never raises."""
+    try:
+        from core.data.templates import TEMPLATES, apply_template, normalise_choice
+
+        choice = normalise_choice(chat_template)
+    except Exception:  # noqa: BLE001 - the estimate must not break on a template question
+        return 0
+    if choice is None:
+        return 0
+    fallback = len(TEMPLATES[choice].special_tokens) if choice in TEMPLATES else 0
+    try:
+        path = _local_path(base_model or "default")
+        if path is None or (choice not in TEMPLATES and _local_path(choice) is None):
+            return fallback
+        from core.models import load_tokenizer
+
+        tok = load_tokenizer(path)
+        base_had_template = bool(getattr(tok, "chat_template", None))
+        applied = apply_template(tok, choice if choice in TEMPLATES else _local_path(choice))
+        if applied is None:
+            return 0
+        wanted = applied.new_tokens + ([] if base_had_template else applied.template_tokens)
+        return len({int(tok.convert_tokens_to_ids(t)) for t in wanted})
+    except Exception:  # noqa: BLE001 - unreadable tokenizer, template error: the worker will say; estimate on
+        return fallback
+
+
 def plan_for_config(config, device: Optional[str] = None, bf16_supported: Optional[bool] = None) -> TrainingPlan:
     """The estimator's plan for a TrainConfig, on the worker's device (probed when not given). Gradient
-    checkpointing is taken as configured — the worker honours it for every method (core.train.setup)."""
+    checkpointing is taken as configured — the worker honours it for every method (core.train.setup). A prompt
+    template (``config.chat_template``) adds its new-token rows (:func:`template_new_tokens`)."""
     if device is None or bf16_supported is None:
         probed, _free, bf16_ok = worker_device()
         device = device or ("cpu" if probed == "cpu" else "cuda")
@@ -81,6 +128,7 @@ def plan_for_config(config, device: Optional[str] = None, bf16_supported: Option
         seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing, attention="sdpa",
         lora_r=config.lora_r, lora_targets=tuple(config.lora_target_modules), grad_accum=config.grad_accum,
         device=device,
+        new_tokens=template_new_tokens(getattr(config, "base_model", None), getattr(config, "chat_template", None)),
     )
 
 
@@ -147,6 +195,11 @@ def register_cli(subparsers) -> None:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-targets", default="all-linear", help="comma-separated module names, or all-linear")
     p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="embedding rows a prompt template adds and trains (LoRA/QLoRA: PEFT trainable tokens)")
+    p.add_argument("--chat-template", default=None,
+                   help="prompt template for a base model (chatml, llama3, mistral, alpaca, or a model to copy "
+                        "from): counts its new tokens, as --new-tokens")
     p.add_argument("--tokens", type=int, default=None, help="dataset tokens (for time and cost)")
     p.add_argument("--dataset", default=None, help="Data-tab dataset id: read its token count")
     p.add_argument("--epochs", type=float, default=1.0)
@@ -166,6 +219,8 @@ def run_cli(args) -> int:
             seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing, attention=args.attention,
             lora_r=args.lora_r, lora_targets=tuple(t.strip() for t in args.lora_targets.split(",")),
             grad_accum=args.grad_accum,
+            new_tokens=(args.new_tokens if args.new_tokens is not None
+                        else template_new_tokens(args.model, args.chat_template)),
         )
         tokens = args.tokens
         if tokens is None and args.dataset:
@@ -183,10 +238,13 @@ def run_cli(args) -> int:
         return 0
     print(report["architecture"])
     print(f"params {report['params']:,}  trainable {report['trainable_params']:,}  ({plan.method}, {plan.precision}, "
-          f"batch {plan.batch_size} × seq {plan.seq_len}{', checkpointing' if plan.gradient_checkpointing else ''})")
+          f"batch {plan.batch_size} × seq {plan.seq_len}{', checkpointing' if plan.gradient_checkpointing else ''}"
+          f"{f', {plan.new_tokens} new tokens' if plan.new_tokens else ''})")
     for key, value in report["components"].items():
         print(f"  {key:<24} {_gb(value):>12}")
     print(f"peak {_gb(report['peak_bytes'])} (at: {report['peak_phase']});  inference {_gb(report['inference_bytes'])}")
+    for note in report["notes"]:
+        print(f"  note: {note}")
     acc = report["accelerate_style"]
     print(f"accelerate-style: {acc['fp32_gb']:.2f} GB fp32 / {acc['adam_gb']:.2f} GB Adam (ignores {acc['ignores']})")
     for g in report["gpus"]:

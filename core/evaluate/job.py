@@ -180,10 +180,17 @@ def run_job(ctx: JobContext) -> JobResult:
 
 
 def _slots(cache: ModelCache, base_src: ModelSource, tuned_src: ModelSource):
+    from dataclasses import replace
+
+    from core.generate import share_prompt_format
+
     base_slot = cache.slot(base_src)
     tuned_slot = cache.slot(tuned_src)
     if tuned_slot.loaded is base_slot.loaded:  # the adapter loaded into the base: base rows run as "__base__"
-        base_slot = type(base_slot)(base_src, base_slot.loaded, BASE_ADAPTER)
+        base_slot = replace(base_slot, adapter_name=BASE_ADAPTER)
+    base_slot = share_prompt_format(base_slot, tuned_slot)
+    if base_slot.template_from:
+        log(f"the base model has no chat template: it is prompted with the template of {base_slot.template_from}")
     return base_slot, tuned_slot
 
 
@@ -201,9 +208,10 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
         rec = {"i": row_no, "prompt": prompt, "reference": reference}
         limit = base_slot.loaded.max_positions
         try:
-            ids = prompt_ids(base_slot.loaded.tokenizer, prompt)
-            if limit and len(ids) + cfg.max_new_tokens > limit:
-                raise GenerateError(f"prompt is {len(ids)} tokens; with {cfg.max_new_tokens} new tokens it exceeds "
+            ids = {side: prompt_ids(slot.tok, prompt) for side, slot in (("base", base_slot), ("tuned", tuned_slot))}
+            longest = max(len(x) for x in ids.values())
+            if limit and longest + cfg.max_new_tokens > limit:
+                raise GenerateError(f"prompt is {longest} tokens; with {cfg.max_new_tokens} new tokens it exceeds "
                                     f"the model's context of {limit}")
             rec["_ids"] = ids
         except GenerateError as exc:
@@ -229,7 +237,7 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
         for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
             toks = []
             for r in with_ref:
-                tc = tokenize_conversation(slot.loaded.tokenizer, r["prompt"] + [
+                tc = tokenize_conversation(slot.tok, r["prompt"] + [
                     {"role": "assistant", "content": r["reference"]}])
                 toks.append((tc.input_ids, tc.assistant_mask))
             losses = reference_losses(slot.loaded, toks, [slot.adapter_name] * len(toks), cfg.batch_size)
@@ -253,19 +261,21 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
             raise StopRequested()
 
     if tuned_slot.loaded is base_slot.loaded:
-        prompts = [r["_ids"] for r in usable] * 2
+        prompts = [r["_ids"]["base"] for r in usable] + [r["_ids"]["tuned"] for r in usable]
         adapters = [BASE_ADAPTER] * len(usable) + [tuned_slot.adapter_name] * len(usable)
+        toks = [base_slot.tok] * len(usable) + [tuned_slot.tok] * len(usable)
         rows = generate_rows(base_slot.loaded, prompts, adapters, settings, batch_size=2 * cfg.batch_size,
-                             on_batch=on_batch)
+                             on_batch=on_batch, tokenizers=toks)
         for k, r in enumerate(usable):
-            r["base"] = decode(base_slot.loaded, rows[k])
-            r["tuned"] = decode(base_slot.loaded, rows[len(usable) + k])
+            r["base"] = decode(base_slot.loaded, rows[k], base_slot.tok)
+            r["tuned"] = decode(base_slot.loaded, rows[len(usable) + k], tuned_slot.tok)
     else:  # a full fine-tune: two models
         for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
-            rows = generate_rows(slot.loaded, [r["_ids"] for r in usable], [slot.adapter_name] * len(usable),
-                                 settings, batch_size=cfg.batch_size, on_batch=on_batch)
+            rows = generate_rows(slot.loaded, [r["_ids"][side] for r in usable], [slot.adapter_name] * len(usable),
+                                 settings, batch_size=cfg.batch_size, on_batch=on_batch,
+                                 tokenizers=[slot.tok] * len(usable))
             for r, row in zip(usable, rows):
-                r[side] = decode(slot.loaded, row)
+                r[side] = decode(slot.loaded, row, slot.tok)
     gen_s = time.time() - gen_t0
     log(f"generated {2 * len(usable)} answers in {gen_s:.1f}s ({2 * len(usable) / gen_s:.2f} examples/s)")
 
@@ -305,14 +315,20 @@ def _run_multiple_choice(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_re
     base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
     rows = [r for _, r in pairs]
     _progress(ctx, 0, 2 * len(rows), t0)
-    if tuned_slot.loaded is base_slot.loaded:
+    if tuned_slot.loaded is base_slot.loaded and base_slot.tok is not tuned_slot.tok:
+        per = {}
+        for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
+            res = score_rows(slot.loaded.model, slot.tok, rows, cfg.mc_style, adapter_names=[slot.row_adapter()],
+                             batch_size=cfg.batch_size)
+            per[side] = res[slot.row_adapter()]
+    elif tuned_slot.loaded is base_slot.loaded:
         both = score_rows(base_slot.loaded.model, base_slot.loaded.tokenizer, rows, cfg.mc_style,
                           adapter_names=[BASE_ADAPTER, tuned_slot.adapter_name], batch_size=cfg.batch_size)
         per = {"base": both[BASE_ADAPTER], "tuned": both[tuned_slot.adapter_name]}
     else:
         per = {}
         for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
-            res = score_rows(slot.loaded.model, slot.loaded.tokenizer, rows, cfg.mc_style, batch_size=cfg.batch_size)
+            res = score_rows(slot.loaded.model, slot.tok, rows, cfg.mc_style, batch_size=cfg.batch_size)
             per[side] = next(iter(res.values()))
             if ctx.should_stop():
                 raise StopRequested()

@@ -27,6 +27,10 @@ class TrainConfig(BaseModel):
                             description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a Hub id")
     dataset: str = Field(..., description="dataset id from the Data tab (e.g. '3') or a path to a data file")
     method: Method = "lora"
+    chat_template: Optional[str] = Field(
+        None, description="prompt template for a model without one (or to replace its own): chatml, llama3, "
+                          "mistral, alpaca, or a model id / folder to copy the chat template from; empty = the "
+                          "model's own")
 
     max_length: int = Field(512, description="tokens per example; longer rows are truncated")
     num_epochs: float = 1.0
@@ -132,6 +136,13 @@ class TrainConfig(BaseModel):
         if not v:
             raise ValueError(f"{info.field_name} is required")
         return v
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, v: Optional[str]) -> Optional[str]:
+        from core.data.templates import normalise_choice
+
+        return normalise_choice(v)
 
     @field_validator("lora_target_modules")
     @classmethod

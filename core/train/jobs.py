@@ -25,6 +25,7 @@ def validate_references(config: TrainConfig) -> None:
     except ModelNotFoundError as exc:
         raise JobError(str(exc)) from None
     ref = config.dataset.strip()
+    kind = None
     if ref.isdigit():
         from core.data import DatasetError, get_dataset
 
@@ -33,6 +34,7 @@ def validate_references(config: TrainConfig) -> None:
         except DatasetError:
             raise JobError(f"dataset {ref} not found: import it in the Data tab or "
                            "`python -m core data import`") from None
+        kind = ds.kind
         if ds.kind == "preference":
             raise JobError(f"dataset {ref} holds preference pairs (for DPO); supervised fine-tuning needs "
                            "conversations with assistant answers")
@@ -41,12 +43,50 @@ def validate_references(config: TrainConfig) -> None:
                            "needs conversations with assistant answers")
     elif not Path(ref).expanduser().exists():
         raise JobError(f"dataset file not found: {ref}")
+    else:
+        kind = _file_kind(ref)
+    check_template(config, kind)
     if config.method == "qlora":
         from core.train.device import qlora_support_error
 
         err = qlora_support_error()
         if err:
             raise JobError(err)
+
+
+def _file_kind(ref: str) -> str | None:
+    from core.data import DatasetError
+    from core.data.importer import prepare_dataset
+
+    try:
+        return prepare_dataset(str(Path(ref).expanduser())).kind
+    except DatasetError:
+        return None  # the worker reports what is wrong with the file
+
+
+def check_template(config: TrainConfig, dataset_kind: str | None) -> None:
+    """Conversations need a prompt template: a base model without a chat template is refused here, naming the
+    choices, instead of a run that fails at step 0; a template to copy must exist."""
+    from core.data.templates import CHOICE_HELP, TEMPLATES, model_has_chat_template
+
+    choice = config.chat_template
+    if choice and choice not in TEMPLATES:
+        from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
+
+        try:
+            src = resolve_model(choice, prepare_default=False)
+            if src.kind == "local":
+                check_trainable(src) if (Path(src.path) / "config.json").is_file() else None
+            check_hub_model(src)
+        except ModelNotFoundError as exc:
+            raise JobError(f"chat_template '{choice}' is not a built-in template ({', '.join(TEMPLATES)}) and "
+                           f"not a model to copy one from: {exc}") from None
+    if dataset_kind != "sft" or choice:
+        return
+    if model_has_chat_template(config.base_model) is False:
+        raise JobError(f"base model '{config.base_model}' has no chat template and the dataset holds conversations: "
+                       f"choose a prompt template (chat_template / --chat-template): {CHOICE_HELP}. "
+                       "'alpaca' is plain text and adds no tokens")
 
 
 def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, start: bool = True) -> Run:

@@ -43,16 +43,23 @@ class EffectiveSetup:
     lora_targets: str
     lora_r: int | None
     quantization: str
+    prompt_template: str = "model's own"
+    trained_token_rows: int = 0
 
     def line(self) -> str:
         lora = f", LoRA r={self.lora_r} on {self.lora_targets}" if self.lora_r else ""
+        rows = ""
+        if self.trained_token_rows:
+            rows = (f" + {self.trained_token_rows} new-token embedding row(s) trained"
+                    + (" (whole model trained)" if self.method == "full" else " (PEFT trainable tokens)"))
         return (f"effective setup: method {self.method}, device {self.device}, precision {self.precision} "
                 f"(weights loaded {self.load_dtype}{', ' + self.quantization if self.quantization else ''}), "
                 f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}, "
-                f"packing {'on' if self.packing else 'off'}, attention {self.attention}{lora}")
+                f"packing {'on' if self.packing else 'off'}, attention {self.attention}{lora}, "
+                f"prompt template {self.prompt_template}{rows}")
 
 
-def effective_setup(config: TrainConfig, plan: DevicePlan) -> EffectiveSetup:
+def effective_setup(config: TrainConfig, plan: DevicePlan, trained_token_rows: int = 0) -> EffectiveSetup:
     return EffectiveSetup(
         method=config.method,
         device=plan.description,
@@ -64,6 +71,8 @@ def effective_setup(config: TrainConfig, plan: DevicePlan) -> EffectiveSetup:
         lora_targets=lora_targets_text(config),
         lora_r=None if config.method == "full" else config.lora_r,
         quantization="4-bit NF4 base (bitsandbytes)" if config.method == "qlora" else "",
+        prompt_template=config.chat_template or "model's own",
+        trained_token_rows=trained_token_rows,
     )
 
 

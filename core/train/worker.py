@@ -74,11 +74,22 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
 
     plan = pick_precision(config.precision)
     setup = effective_setup(config, plan)
-    log(setup.line())
     resolved = resolve_model(config.base_model)
     tokenizer = load_tokenizer(resolved)
-
+    base_had_template = bool(getattr(tokenizer, "chat_template", None))
+    applied = None
     rows = load_training_rows(config.dataset, split="train")
+    if config.chat_template:
+        from core.data.templates import apply_template, check_renders
+
+        applied = apply_template(tokenizer, config.chat_template)
+        check_renders(tokenizer)
+        log(applied.summary())
+    elif not base_had_template and any("messages" in r for r in rows):
+        from core.data.templates import CHOICE_HELP
+
+        raise ValueError(f"the base model {resolved.display_name} has no chat template, so its conversations cannot "
+                         f"be turned into training text: set chat_template ({CHOICE_HELP})")
     examples, counts = tokenize_rows(tokenizer, rows, config.max_length)
     log(f"dataset: {counts}")
     if not examples:
@@ -124,6 +135,23 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
             model_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     model = AutoModelForCausalLM.from_pretrained(resolved.path, **model_kwargs)
     model.config.use_cache = False
+    trained_ids: list[int] = []
+    if applied is not None:
+        from core.data.templates import grow_vocab
+
+        grow_vocab(model, len(tokenizer))
+        # rows that need training: tokens new to this vocabulary, and the template's tokens when the base model
+        # never used a chat template (Llama-3 base has <|eot_id|> in its vocabulary, untrained)
+        wanted = applied.new_tokens + ([] if base_had_template else applied.template_tokens)
+        trained_ids = sorted({int(tokenizer.convert_tokens_to_ids(t)) for t in wanted})
+        eos_id = tokenizer.eos_token_id
+        model.config.eos_token_id = eos_id
+        if model.generation_config is not None:
+            model.generation_config.eos_token_id = eos_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    vocab_rows = int(model.get_input_embeddings().weight.shape[0])
+    setup = effective_setup(config, plan, trained_token_rows=len(trained_ids))
+    log(setup.line())
 
     if config.method in ("lora", "qlora"):
         # QLoRA: no prepare_model_for_kbit_training — its fp32 upcast of embeddings/lm_head costs memory the
@@ -133,14 +161,29 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
             model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
         else:
             targets = config.lora_target_modules
+            token_rows = None
+            if trained_ids:
+                from core.data.templates import embedding_module_names
+
+                emb_name, head_name, tied = embedding_module_names(model)
+                token_rows = {emb_name.rsplit(".", 1)[-1]: trained_ids}
+                if head_name and not tied:  # an untied LM head must learn to emit the new tokens too
+                    token_rows[head_name.rsplit(".", 1)[-1]] = trained_ids
             lora = LoraConfig(
                 r=config.lora_r,
                 lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout,
                 target_modules="all-linear" if targets == ["all-linear"] else targets,
                 task_type="CAUSAL_LM",
+                trainable_token_indices=token_rows,
             )
             model = get_peft_model(model, lora)
+        if trained_ids:
+            # the new rows' trained values are in the adapter (trainable tokens); the grown embedding matrix itself
+            # is the base's plus mean rows, which every loader recreates — PEFT would otherwise save it whole
+            import functools
+
+            model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(f"trainable params {trainable:,} of {total:,}")
@@ -222,6 +265,7 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
         n4 = sum(1 for m in trainer.model.modules()
                  if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes"))
         log(f"QLoRA: {n4} linear layers in 4-bit NF4")
+    trainer.studio_template = (applied, trained_ids, vocab_rows)
     return trainer, tokenizer, counts
 
 
@@ -353,6 +397,11 @@ def run_job(ctx: JobContext) -> JobResult:
             def write(tmp: Path) -> None:
                 trainer.save_model(str(tmp))
                 tokenizer.save_pretrained(str(tmp))
+                applied, trained_ids, vocab_size = trainer.studio_template
+                if applied is not None:
+                    from core.data.templates import write_meta
+
+                    write_meta(tmp, applied, trained_token_ids=trained_ids, vocab_size=vocab_size, tokenizer=tokenizer)
                 (tmp / "train_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
 
             save_atomically(out_dir, write, needed_bytes=trainer.checkpoint_bytes_needed(), what="the adapter")
