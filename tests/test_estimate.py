@@ -394,3 +394,131 @@ def test_phases_are_the_sums_of_what_the_components_hold():
         for c in est.components:  # a component's size is the most it holds in any phase
             if c.by_phase:
                 assert c.bytes == int(max(c.by_phase.values()))
+
+
+# ---------------------------------------------------------------------------------------------------- new tokens
+def _with_tokens(spec, plan, n):
+    from dataclasses import replace
+
+    return estimate_training_memory(spec, replace(plan, new_tokens=n))
+
+
+def test_no_new_tokens_changes_nothing():
+    """new_tokens=0 (the default, every run without a template) keeps the vocabulary-sized terms at V."""
+    for name, method in (("Llama-3.1-8B", "lora"), ("Mistral-7B-v0.1", "qlora"), ("default", "full")):
+        spec = load_model_spec(name)
+        plan = TrainingPlan(method=method, precision="bf16", batch_size=2, seq_len=512)
+        est = _with_tokens(spec, plan, 0)
+        comps = est.component_bytes()
+        assert not any(k.startswith("new_token") for k in comps), name
+        assert comps["logits_loss"] == 12 * 2 * 512 * spec.vocab_size
+        assert est.params == count_parameters(spec).total
+        assert est.peak_bytes == estimate_training_memory(spec, plan).peak_bytes
+        assert not any("new token" in n for n in est.notes)
+    with pytest.raises(EstimateError, match="new tokens"):
+        estimate_training_memory(load_model_spec("default"), TrainingPlan(new_tokens=-1))
+
+
+def test_new_tokens_lora_costs_trainable_tokens_copies():
+    """LoRA + 2 new tokens on Llama-3.1-8B (untied, V=128,256, h=4,096): the vocabulary grows to V+2, PEFT trainable
+    tokens hold the lm_head's merged V×h copy from forward to its backward (two with its dense gradient), and the
+    embedding's dense V×h gradient at the end of backward; the delta rows are n·h per adapted layer, fp32."""
+    from core.estimate.memory import BACKWARD, BACKWARD_END, BACKWARD_START, FORWARD, OPTIMIZER_STEP
+
+    spec = load_model_spec("Llama-3.1-8B")
+    plan = TrainingPlan(method="lora", precision="bf16", batch_size=4, seq_len=2048)
+    before, after = estimate_training_memory(spec, plan), _with_tokens(spec, plan, 2)
+    V, h, T = 128_256 + 2, 4096, 4 * 2048
+    copy = 2 * V * h  # bf16 weights
+    merged = next(c for c in after.components if c.key == "new_token_merged_copies")
+    assert merged.by_phase[FORWARD] == merged.by_phase[BACKWARD_START] == copy  # bf16: the cast input is counted
+    assert merged.by_phase[BACKWARD] == 2 * copy == merged.bytes
+    assert merged.by_phase[BACKWARD_END] == copy and merged.by_phase.get(OPTIMIZER_STEP, 0) == 0
+    rows = next(c for c in after.components if c.key == "new_token_rows")
+    delta = 2 * h * 2  # embedding + lm_head adapters
+    assert rows.bytes == delta * (4 + 4 + 4 + 8)  # fp32 delta, originals, grad, two AdamW states
+    assert "2 tokens" in rows.label
+    assert after.trainable_params - before.trainable_params == delta
+    assert after.component_bytes()["logits_loss"] == 12 * T * V
+    assert after.component_bytes()["weights"] - before.component_bytes()["weights"] == 2 * (2 * 2 * h)  # 2 rows × 2
+    # the peak (backward start here) carries the lm_head's merged copy on top of the grown vocabulary
+    grown_logits = 12 * T * 2
+    assert after.peak_phase == BACKWARD_START
+    assert after.peak_tensor_bytes - before.peak_tensor_bytes == copy + rows.by_phase[BACKWARD_START] + \
+        grown_logits + 2 * 2 * 2 * h
+    # scales with V·h: the same plan on Mistral-7B (V=32,000, same h) pays a quarter of the copy
+    mistral = _with_tokens(load_model_spec("Mistral-7B-v0.1"), plan, 2).component_bytes()
+    assert mistral["new_token_merged_copies"] == 2 * 2 * (32_000 + 2) * 4096
+
+
+def test_new_tokens_tied_vs_untied_and_fp32_head_input():
+    """Tied embeddings: one shared set of delta rows, but PEFT wraps the lm_head with a tied adapter that builds its
+    own merged copy, so the V×h copies are the same; fp32 (no autocast copy) adds the lm_head input kept for its
+    weight gradient."""
+    from dataclasses import replace
+
+    untied = load_model_spec("Mistral-7B-v0.1")
+    tied = replace(untied, tie_word_embeddings=True)
+    plan = TrainingPlan(method="lora", precision="fp32", batch_size=2, seq_len=256, device="cpu")
+    u, t = _with_tokens(untied, plan, 3).component_bytes(), _with_tokens(tied, plan, 3).component_bytes()
+    V, h, T = 32_003, 4096, 2 * 256
+    assert u["new_token_merged_copies"] == t["new_token_merged_copies"] == 2 * 4 * V * h + 4 * h * T
+    assert u["new_token_rows"] == 2 * t["new_token_rows"] == 2 * 3 * h * 20
+    tied_est = _with_tokens(tied, plan, 3)
+    assert tied_est.trainable_params - estimate_training_memory(tied, plan).trainable_params == 3 * h
+
+
+def test_new_tokens_full_fine_tune_grows_the_vocabulary():
+    """Full fine-tuning trains every row anyway: new tokens are n more embedding (+ lm_head) rows — weights,
+    gradients, optimizer states and logits grow, no trainable-tokens terms."""
+    spec = load_model_spec("Mistral-7B-v0.1")  # untied
+    plan = TrainingPlan(method="full", precision="bf16", batch_size=1, seq_len=512)
+    before, after = estimate_training_memory(spec, plan).component_bytes(), _with_tokens(spec, plan, 2)
+    comps = after.component_bytes()
+    rows = 2 * 2 * 4096  # 2 tokens × (embedding + lm_head) × h
+    assert not any(k.startswith("new_token") for k in comps)
+    assert comps["weights"] - before["weights"] == 2 * rows
+    assert comps["gradients"] - before["gradients"] == 2 * rows
+    assert comps["optimizer_states"] - before["optimizer_states"] == 2 * 2 * rows
+    assert comps["lm_head_grad"] == 2 * 32_002 * 4096
+    assert comps["logits_loss"] - before["logits_loss"] == 12 * 512 * 2
+    assert after.params == count_parameters(spec).total + rows
+    assert any("32,000 → 32,002" in n for n in after.notes)
+
+
+def test_plan_for_config_counts_the_template_tokens(tmp_path, default_model_dir):
+    from core.estimate import plan_for_config
+    from core.estimate.report import template_new_tokens
+    from tests.base_models import make_base_model
+
+    base = make_base_model(tmp_path / "gpt2", "gpt2")  # byte-level BPE whose only special token is <|endoftext|>
+    plan = lambda **kw: plan_for_config(_train_config(base_model=str(base), **kw), device="cpu",
+                                        bf16_supported=False)
+    assert plan(chat_template="chatml").new_tokens == 2  # <|im_start|>, <|im_end|>: new to this vocabulary
+    assert plan(chat_template="llama3").new_tokens == 3
+    assert plan(chat_template="alpaca").new_tokens == 0  # plain text, the tokenizer's own EOS
+    assert plan(chat_template="mistral").new_tokens == 0
+    assert plan().new_tokens == 0
+    # the embedded SmolLM2 already has ChatML's tokens and a chat template: nothing to train
+    assert template_new_tokens("default", "chatml") == 0
+    # a Hub model that is not on this machine is not downloaded: the template's own token count
+    assert template_new_tokens("nobody-here/not-a-model", "chatml") == 2
+    assert template_new_tokens("nobody-here/not-a-model", "nobody-here/another") == 0
+    assert template_new_tokens(str(base), str(tmp_path / "missing")) == 0  # never raises
+    spec = load_model_spec(str(base))
+    est = estimate_training_memory(spec, plan(chat_template="chatml"))
+    assert est.component_bytes()["new_token_merged_copies"] == 2 * 4 * (spec.vocab_size + 2) * 64 + 4 * 64 * 4 * 512
+    res = preflight_check(_train_config(base_model=str(base), chat_template="chatml"), free_bytes=64 * 2**30)
+    assert res.ok and res.estimate_bytes > preflight_check(_train_config(base_model=str(base)),
+                                                           free_bytes=64 * 2**30).estimate_bytes
+
+
+def test_cli_new_tokens(capsys):
+    assert _cli(["estimate", "--model", "Mistral-7B-v0.1", "--new-tokens", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["plan"]["new_tokens"] == 2
+    assert data["components"]["new_token_merged_copies"] == 2 * 2 * 32_002 * 4096
+    assert _cli(["estimate", "--model", "Mistral-7B-v0.1", "--chat-template", "llama3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["new_tokens"] == 3
+    assert _cli(["estimate", "--model", "default", "--new-tokens", "-1"]) == 2
+    assert "new tokens" in capsys.readouterr().err

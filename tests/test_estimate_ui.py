@@ -46,3 +46,26 @@ def test_dataset_without_token_stats(workspace):
     assert "no token stats" in time_md
     choices = ui._dataset_choices()
     assert any(value == "1" for _label, value in choices)
+
+
+def test_prompt_template_adds_the_new_token_line():
+    labels = dict(ui._template_choices())
+    assert labels["ChatML (+2 new tokens)"] == "chatml"
+    assert labels["Alpaca-style plain text (no new tokens)"] == "alpaca"
+    assert ui._template_choices()[0][1] == ""  # the model's own
+    own = ui.run_estimate(**ARGS)
+    chatml = ui.run_estimate(**ARGS, prompt_template="chatml")
+    alpaca = ui.run_estimate(**ARGS, prompt_template="alpaca")
+    labels_of = lambda rows: [r[0] for r in rows]
+    assert not any("New-token" in label for label in labels_of(own[1]))
+    assert "New-token embedding rows (2 tokens, trainable tokens)" in labels_of(chatml[1])
+    assert any("merged V×h" in label for label in labels_of(chatml[1]))
+    assert labels_of(alpaca[1]) == labels_of(own[1])
+
+    def peak(summary: str) -> float:
+        import re
+
+        return float(re.search(r"Training peak \(ours\).*?\| \*\*([\d,.]+)\*\*", summary).group(1).replace(",", ""))
+
+    assert peak(chatml[0]) > peak(own[0]) == peak(alpaca[0])
+    assert "+2 new-token embedding row" in chatml[0] and "Prompt template** alpaca: no new tokens" in alpaca[0]

@@ -4,9 +4,12 @@ Binds components to :mod:`core.estimate`; no ML and no SQL here.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gradio as gr
 
 from core import estimate as est
+from core.estimate.report import template_new_tokens
 
 GIB = est.GIB
 COMPONENT_HEADERS = ["Component", "Bytes", "GB", "Alive during", "Formula"]
@@ -30,25 +33,39 @@ def _dataset_choices() -> list[tuple[str, str]]:
     return [(NO_DATASET, "")] + [(label, str(ds_id)) for label, ds_id, _tokens in rows]
 
 
+def _template_choices() -> list[tuple[str, str]]:
+    """("model's own" + the built-in prompt templates with what they add to the vocabulary, value)."""
+    from core.data.templates import TEMPLATES
+
+    out = [("model's own (no new tokens)", "")]
+    for t in TEMPLATES.values():
+        n = len(t.special_tokens)
+        out.append((f"{t.label.split(' (')[0]} ({f'+{n} new tokens' if n else 'no new tokens'})", t.name))
+    return out
+
+
 def _empty():
     return (gr.update(), [], [], [], [], "")
 
 
 def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimizer, precision, batch_size, seq_len,
                  gradient_checkpointing, attention, inference_dtype, inference_tokens, dataset_id, tokens, epochs, gpu,
-                 mfu, price):
+                 mfu, price, prompt_template=""):
     """All outputs for one click: (summary md, components, phases, inference, fit table, time/cost md)."""
     ref = (model_ref or "").strip() or (catalog_model or "").strip()
     try:
         spec = est.load_model_spec(ref)
+        new_tokens = template_new_tokens(ref, prompt_template) if prompt_template else 0
         plan = est.TrainingPlan(
             method=method, precision=est.resolve_precision(precision, "cuda", True), optimizer=optimizer,
             batch_size=_as_int(batch_size, "batch size"), seq_len=_as_int(seq_len, "sequence length"),
             gradient_checkpointing=bool(gradient_checkpointing), attention=attention,
             lora_r=_as_int(lora_r, "LoRA rank"),
             lora_targets=tuple(t.strip() for t in (lora_targets or "all-linear").split(",") if t.strip()),
+            new_tokens=new_tokens,
         )
         training = est.estimate_training_memory(spec, plan)
+        without = est.estimate_training_memory(spec, replace(plan, new_tokens=0)) if new_tokens else training
         inference = est.estimate_inference_memory(spec, inference_dtype, plan.batch_size,
                                                   _as_int(inference_tokens or plan.seq_len, "context length"),
                                                   plan.attention)
@@ -66,6 +83,14 @@ def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimiz
     moe = (f" · active per token **{counts.active:,}** (experts {counts.experts_active:,} of {counts.experts_total:,})"
            if spec.is_moe else "")
     notes = "".join(f"\n- {n}" for n in training.notes)
+    template_md = ""
+    if prompt_template:
+        how = ("trained as ordinary parameters" if plan.method == "full" else
+               "PEFT trainable tokens: merged V×h weight copies and dense V×h gradients each step")
+        template_md = (f"**Prompt template** {prompt_template}: "
+                       + (f"+{new_tokens} new-token embedding row(s), {how}; peak "
+                          f"+{_gb(training.peak_bytes - without.peak_bytes)} GB over no new tokens\n\n"
+                          if new_tokens else "no new tokens (the vocabulary has them, or it writes plain text)\n\n"))
     summary = (
         f"### {spec.name}\n{spec.describe()}\n\n"
         f"**Parameters** {counts.total:,}{moe} · embeddings {counts.embeddings:,} · attention {counts.attention:,} · "
@@ -74,6 +99,7 @@ def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimiz
         f"**Trainable** {training.trainable_params:,} ({est.METHOD_LABELS[plan.method]}, {plan.precision}, "
         f"batch {plan.batch_size} × {plan.seq_len} tokens"
         f"{', gradient checkpointing' if plan.gradient_checkpointing else ''})\n\n"
+        f"{template_md}"
         f"| | GB |\n|---|---:|\n"
         f"| **Training peak (ours)** — at *{training.peak_phase}* | **{_gb(training.peak_bytes)}** |\n"
         f"| ↳ tensors (what `torch.cuda.max_memory_allocated` sees) | {_gb(training.peak_tensor_bytes)} |\n"
@@ -156,6 +182,9 @@ def build_tab() -> None:
         attention = gr.Radio(list(est.ATTENTIONS), value="sdpa", label="Attention")
         inference_dtype = gr.Dropdown(list(est.INFERENCE_DTYPES), value="bf16", label="Inference dtype")
         inference_tokens = gr.Number(4096, label="Inference context (tokens)", precision=0)
+        prompt_template = gr.Dropdown(_template_choices(), value="", label="Prompt template (base models)",
+                                      info="a template's new tokens grow the vocabulary; LoRA trains their rows "
+                                           "with PEFT trainable tokens")
     with gr.Accordion("Time and cost", open=True):
         with gr.Row():
             dataset = gr.Dropdown(_dataset_choices(), value="", label="Dataset (Data tab)", scale=3)
@@ -179,7 +208,8 @@ def build_tab() -> None:
         inference = gr.Dataframe(headers=INFERENCE_HEADERS, wrap=True, interactive=False)
 
     inputs = [catalog, model_ref, method, lora_r, lora_targets, optimizer, precision, batch_size, seq_len,
-              checkpointing, attention, inference_dtype, inference_tokens, dataset, tokens, epochs, gpu, mfu, price]
+              checkpointing, attention, inference_dtype, inference_tokens, dataset, tokens, epochs, gpu, mfu, price,
+              prompt_template]
     outputs = [summary, components, phases, inference, fit, time_cost]
     go.click(run_estimate, inputs, outputs)
     refresh.click(lambda: gr.update(choices=_dataset_choices()), None, dataset)

@@ -434,7 +434,7 @@ def estimate_training_memory(spec: ModelSpec, plan: TrainingPlan) -> MemoryEstim
     if n_new and plan.method == "full":
         rows = n_new * h * (1 if spec.tie_word_embeddings else 2)
         per = (weight_bytes + grad_bytes + opt_bytes) / max(counts.total, 1)
-        notes.append(f"{n_new} new token(s) grow the vocabulary {base_vocab:,} → {V:,}: {rows:,} embedding"
+        notes.append(f"{n_new} new token(s) grow the vocabulary {base_vocab:,} → {V:,} (at most): {rows:,} embedding"
                      f"{'' if spec.tie_word_embeddings else ' + lm_head'} parameters trained like the rest "
                      f"(≈{rows * per / MIB:,.1f} MiB of weights, gradients and optimizer states, counted above)")
     elif n_new:
@@ -442,9 +442,10 @@ def estimate_training_memory(spec: ModelSpec, plan: TrainingPlan) -> MemoryEstim
         comps += token_comps
         copies = ("the tied embedding for the embedding and for the lm_head" if spec.tie_word_embeddings
                   else "the embedding and of the lm_head")
-        notes.append(f"{n_new} new token(s) grow the vocabulary {base_vocab:,} → {V:,}; PEFT trainable tokens "
-                     f"train just those rows but build a merged V×h copy of {copies} every step (and a dense V×h "
-                     "gradient for each)")
+        notes.append(f"{n_new} new-token row(s) (counted as growing the vocabulary {base_vocab:,} → {V:,}; a "
+                     "template token the vocabulary already has is trained in place); PEFT trainable tokens "
+                     f"train just those rows but build a merged V×h copy of {copies} every step, and a dense V×h "
+                     "gradient for each (the lm_head's is one more b·s·V·h matmul per step)")
 
     # --- phases: each phase's total is the sum of what the components hold then
     phases = phase_totals(comps)
