@@ -24,6 +24,7 @@ from core.data import (
     preview_row,
 )
 from core.data.formats import CANONICAL_FIELDS
+from core.data.templates import OWN, template_menu
 
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created"]
@@ -169,12 +170,12 @@ def run_demo_import(progress=gr.Progress()):
             stats_markdown(result.token_stats))
 
 
-def show_row(dataset_id, split, index, model, max_length):
+def show_row(dataset_id, split, index, model, max_length, template=None):
     if not dataset_id:
         return None, "Pick a dataset first."
     try:
         pv = preview_row(dataset_id, int(index or 0), split or "train", (model or "").strip() or "default",
-                         int(max_length) if max_length else None)
+                         int(max_length) if max_length else None, template=template)
     except (DatasetError, ValueError) as exc:
         return None, f"**{exc}**"
     if "choices" in pv["row"]:
@@ -205,12 +206,12 @@ def show_dataset(dataset_id):
     return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"), ds.kind)
 
 
-def run_stats(dataset_id, model, max_length, progress=gr.Progress()):
+def run_stats(dataset_id, model, max_length, template=None, progress=gr.Progress()):
     if not dataset_id:
         return _hist_frame(None), "Pick a dataset first."
     try:
         out = compute_token_stats(dataset_id, (model or "").strip() or "default", int(max_length or 2048),
-                                  progress=progress)
+                                  progress=progress, template=template)
     except DatasetError as exc:
         return _hist_frame(None), f"**{exc}**"
     except Exception as exc:  # noqa: BLE001 - UI shows any tokenizer load failure as a message
@@ -243,6 +244,8 @@ def build_tab() -> None:
             with gr.Row():
                 model = gr.Textbox(value="default", label="Model (tokenizer & chat template)", elem_id="data-model")
                 max_length = gr.Number(value=2048, precision=0, label="Max length (tokens)", elem_id="data-maxlen")
+            template = gr.Dropdown(template_menu(), value=OWN, label="Prompt template (for a base model without "
+                                   "one: pick what the run will train with)", elem_id="data-template")
     with gr.Accordion("Column mapping and {{placeholders}}", open=False):
         with gr.Row():
             column_df = gr.Dataframe(headers=["field", "source column"], value=[["", ""]], column_count=2,
@@ -294,10 +297,11 @@ def build_tab() -> None:
     import_btn.click(
         run_import, [upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length],
         [report, table, dataset, hist, stats_md],
-    ).then(show_row, [dataset, split, index, model, max_length], [preview, preview_info])
+    ).then(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
     demo_btn.click(run_demo_import, None, [report, table, dataset, hist, stats_md]).then(
-        show_row, [dataset, split, index, model, max_length], [preview, preview_info])
+        show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
     refresh_btn.click(lambda d: refresh_datasets(d), [dataset], [table, dataset])
     dataset.change(show_dataset, [dataset], [detail, hist, stats_md])
-    stats_btn.click(run_stats, [dataset, model, max_length], [hist, stats_md])
-    preview_btn.click(show_row, [dataset, split, index, model, max_length], [preview, preview_info])
+    stats_btn.click(run_stats, [dataset, model, max_length, template], [hist, stats_md])
+    preview_btn.click(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
+    template.change(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])

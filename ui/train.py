@@ -11,9 +11,11 @@ import gradio as gr
 import pandas as pd
 
 from core import runs
+from core.data.templates import OWN, TEMPLATES, template_menu
 from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
+from core.train.recipes import get_recipe, recipe_menu, recipe_needs
 from ui.common import fmt_duration, fmt_num, progress_html
 
 REFRESH_S = 1.0
@@ -146,14 +148,79 @@ def config_from_inputs(values: dict) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+def template_hint(base_model: str | None, current: str | None = None):
+    """The Prompt template choice and its note for a base model: a model without a chat template gets one
+    preselected (ChatML/Llama-3 when its vocabulary already has their tokens, else plain-text Alpaca)."""
+    from core.data.templates import model_has_chat_template, suggest_choice
+
+    ref = (base_model or "").strip() or "default"
+    try:
+        has = model_has_chat_template(ref)
+    except Exception:  # noqa: BLE001 - a hint must never break the form
+        has = None
+    if has:
+        return gr.update(value=OWN), (f"`{html.escape(ref)}` has its own chat template; pick another only to "
+                                      "replace it.")
+    if has is None:
+        return gr.update(), (f"Whether `{html.escape(ref)}` has a chat template is not known here (not downloaded "
+                             "yet). For a base model, pick a prompt template.")
+    if current and current != OWN:
+        choice = current  # a choice already made (by hand or by a recipe) stays
+    else:
+        try:
+            from core.models import load_tokenizer
+
+            choice = suggest_choice(load_tokenizer(ref))
+        except Exception:  # noqa: BLE001
+            choice = "alpaca"
+    label = TEMPLATES[choice].label if choice in TEMPLATES else f"copied from {html.escape(choice)}"
+    return gr.update(value=choice), (f"**`{html.escape(ref)}` has no chat template** (a base model): its prompts "
+                                     f"will use the **{label}** template — {template_cost(choice)}. "
+                                     "It is saved with the adapter and used by Evaluate, the Playground and Deploy.")
+
+
+def template_cost(choice: str | None) -> str:
+    t = TEMPLATES.get(choice or "")
+    if t is None:
+        return "copied from that model; any special tokens it writes that the vocabulary lacks are added and trained"
+    if not t.special_tokens:
+        return "plain text, no new tokens, no extra memory"
+    return (f"{len(t.special_tokens)} special tokens; those new to the vocabulary get embedding rows trained "
+            "(PEFT trainable tokens: extra memory, see Estimate)")
+
+
+RECIPE_FIELDS = ("method", "chat_template", "learning_rate", "batch_size", "grad_accum", "max_length", "num_epochs",
+                 "max_steps", "lora_r", "lora_alpha", "gradient_checkpointing")
+
+
+def recipe_values(name: str | None) -> tuple[dict, str]:
+    """(field values, note) of a recipe for the form; the note says what this machine lacks to run it."""
+    if not name:
+        return {}, ""
+    r = get_recipe(name)
+    values = {"base_model": r.base_model, **{k: r.settings[k] for k in RECIPE_FIELDS if k in r.settings}}
+    needs = recipe_needs(r)
+    lack = ("\n\n**This machine lacks:** " + "; ".join(needs)) if needs else "\n\nEverything it needs is here."
+    return values, f"**{r.label}** — `{r.base_model}`, {r.settings.get('method')}. {r.note}{lack}"
+
+
 def build_tab() -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("#### New run")
+            with gr.Row():
+                recipe = gr.Dropdown(choices=recipe_menu(), value=None, label="Recipe (fills the form)",
+                                     elem_id="train-recipe", scale=4)
+            recipe_md = gr.Markdown(elem_id="train-recipe-note")
             base_model = gr.Dropdown(
                 choices=[("SmolLM2-135M-Instruct (embedded default)", "default")], value="default",
                 allow_custom_value=True, label="Base model",
                 info="'default', a local model folder, or a Hub id (needs network)")
+            chat_template = gr.Dropdown(
+                choices=template_menu(), value=OWN, allow_custom_value=True, label="Prompt template",
+                info="how conversations become text; for a base model without one — or type a model id / folder "
+                     "to copy its chat template", elem_id="train-template")
+            template_md = gr.Markdown(elem_id="train-template-note")
             with gr.Row():
                 dataset = gr.Dropdown(choices=dataset_choices(), value=None, allow_custom_value=True,
                                       label="Training data", info="a dataset imported in the Data tab, or a file path",
@@ -230,7 +297,8 @@ def build_tab() -> None:
 
     detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, metrics_cache]
     config_inputs = {
-        "name": name, "base_model": base_model, "dataset": dataset, "upload": upload, "method": method,
+        "name": name, "base_model": base_model, "chat_template": chat_template, "dataset": dataset, "upload": upload,
+        "method": method,
         "num_epochs": num_epochs, "max_steps": max_steps, "learning_rate": learning_rate,
         "batch_size": batch_size, "max_length": max_length, "grad_accum": grad_accum,
         "lr_scheduler": lr_scheduler, "warmup_ratio": warmup_ratio, "lora_r": lora_r, "lora_alpha": lora_alpha,
@@ -272,6 +340,18 @@ def build_tab() -> None:
                    concurrency_limit=None)
     resume_btn.click(lambda r, s: act("resume", r, s), [selected, extra_steps], [action_msg, selected])
     continue_btn.click(lambda r, s: act("continue", r, s), [selected, extra_steps], [action_msg, selected])
+
+    base_model.change(template_hint, [base_model, chat_template], [chat_template, template_md])
+    chat_template.change(lambda c: "" if c in (OWN, None, "") else template_cost(c), [chat_template], [template_md],
+                         show_progress="hidden")
+    recipe_targets = {"base_model": base_model, **{k: config_inputs[k] for k in RECIPE_FIELDS if k in config_inputs},
+                      "chat_template": chat_template}
+
+    def apply_recipe(name):
+        values, note = recipe_values(name)
+        return [note, *[gr.update(value=values[k]) if k in values else gr.update() for k in recipe_targets]]
+
+    recipe.change(apply_recipe, [recipe], [recipe_md, *recipe_targets.values()])
 
     selected.change(run_details, [selected, metrics_cache], detail_outputs)
     refresh_ds.click(lambda: gr.update(choices=dataset_choices()), None, dataset)

@@ -294,6 +294,14 @@ def import_dataset(
 
             tok = load_tokenizer(model)
             model_label = _model_label(model)
+            if not getattr(tok, "chat_template", None) and any("messages" in r.row for r in prep.rows):
+                from core.data.templates import apply_template, suggest_choice
+
+                choice = suggest_choice(tok)  # what the Train tab preselects for this model
+                apply_template(tok, choice)
+                model_label = f"{model_label} + {choice} template"
+                notes.append(f"{model_label.split(' + ')[0]} has no chat template: token counts use the {choice} "
+                             "prompt template (the Train tab's suggestion for it)")
             from core.data.stats import token_lengths
 
             lengths = token_lengths(tok, [r.row for r in prep.rows], progress=progress, progress_range=(0.5, 0.9))

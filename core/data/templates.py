@@ -117,6 +117,18 @@ def describe_choices() -> list[tuple[str, str]]:
     return [(t.name, t.label) for t in TEMPLATES.values()]
 
 
+OWN = "model"  # the menu value for "the model's own chat template"
+
+
+def template_menu() -> list[tuple[str, str]]:
+    """(label, value) pairs for a "Prompt template" dropdown: the model's own, then the built-ins with their cost."""
+    out = [("the model's own chat template", OWN)]
+    for t in TEMPLATES.values():
+        cost = f"+{len(t.special_tokens)} new tokens to train" if t.special_tokens else "no new tokens"
+        out.append((f"{t.label} · {cost}", t.name))
+    return out
+
+
 def normalise_choice(choice: str | None) -> str | None:
     """None / '' / 'none' / 'model' (the model's own template) → None; a built-in name in any case → its name;
     anything else is a model reference to copy from (kept as typed)."""

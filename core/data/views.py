@@ -63,24 +63,50 @@ def _lengths_cache(ds) -> dict:
         return {}
 
 
+def _prompt_tokenizer(model: str, template: str | None):
+    """``model``'s tokenizer rendering prompts as a run with prompt template ``template`` trains on them."""
+    from core.data.templates import TemplateError, template_for_model
+
+    try:
+        tok, _applied = template_for_model(model, template)
+    except TemplateError as exc:
+        raise DatasetError(str(exc)) from None
+    return tok
+
+
+def _needs_template(tok, rows) -> bool:
+    return not getattr(tok, "chat_template", None) and any("messages" in r for r in rows)
+
+
+def _no_template_error(model: str) -> DatasetError:
+    from core.data.templates import CHOICE_HELP
+
+    return DatasetError(f"'{model}' has no chat template, so a conversation cannot be rendered for it: pick a prompt "
+                        f"template ({CHOICE_HELP}) — the one the run will train with")
+
+
 def compute_token_stats(dataset_id: int | str, model: str = "default", max_length: int = DEFAULT_MAX_LENGTH, *,
-                        save: bool = True, progress: Progress | None = None) -> dict:
+                        save: bool = True, progress: Progress | None = None, template: str | None = None) -> dict:
     """Token-length stats of the train split with ``model``'s tokenizer: {"token_stats": {...}, "histogram": [...]}.
     With ``save`` the stats become ``Dataset.meta["token_stats"]`` (what Estimate reads)."""
     from core.data.stats import histogram, summarise_lengths, token_lengths
-    from core.models import load_tokenizer
+    from core.data.templates import normalise_choice
 
+    template = normalise_choice(template)
+    label = f"{model} + {template} template" if template else model
     ds = get_dataset(dataset_id)
     cache = _lengths_cache(ds)
-    if (cache.get("model") == model and isinstance(cache.get("train"), list)
+    if (cache.get("model") == label and isinstance(cache.get("train"), list)
             and len(cache["train"]) == (ds.splits or {}).get("train")):
         lengths = cache["train"]
     else:
-        tok = load_tokenizer(model)
+        tok = _prompt_tokenizer(model, template)
         rows = read_split(ds, "train")
+        if _needs_template(tok, rows):
+            raise _no_template_error(model)
         lengths = token_lengths(tok, rows, progress=progress)
-        _write_lengths_cache(ds, model, max_length, lengths)
-    stats = summarise_lengths(lengths, model=model, max_length=max_length)
+        _write_lengths_cache(ds, label, max_length, lengths)
+    stats = summarise_lengths(lengths, model=label, max_length=max_length)
     hist = histogram(lengths)
     if save:
         from core.config import db_session
@@ -109,7 +135,7 @@ def _write_lengths_cache(ds, model: str, max_length: int, lengths: list[int]) ->
 
 
 def preview_row(dataset_id: int | str, index: int = 0, split: str = "train", model: str = "default",
-                max_length: int | None = None, tokenizer=None) -> dict:
+                max_length: int | None = None, tokenizer=None, template: str | None = None) -> dict:
     """Row ``index`` (0-based) of a split rendered through ``model``'s chat template, cut into segments labelled
     "trained" (assistant tokens, carry loss), "masked" (no loss) and "truncated" (past max_length); a multiple-choice
     row gives "question" and "answer" segments (nothing of it is trained)."""
@@ -122,15 +148,19 @@ def preview_row(dataset_id: int | str, index: int = 0, split: str = "train", mod
             f"row {index} is out of range: the {split} split of dataset {ds.id} has {len(rows)} rows "
             f"(0-{len(rows) - 1})"
         )
-    preview = preview_of(rows[index], model=model, max_length=max_length, tokenizer=tokenizer)
+    preview = preview_of(rows[index], model=model, max_length=max_length, tokenizer=tokenizer, template=template)
     return preview | {"index": index, "split_rows": len(rows)}
 
 
-def preview_of(row: dict, *, model: str = "default", max_length: int | None = None, tokenizer=None) -> dict:
+def preview_of(row: dict, *, model: str = "default", max_length: int | None = None, tokenizer=None,
+               template: str | None = None) -> dict:
+    """One row as training sees it: rendered through ``model``'s chat template, or through prompt template
+    ``template`` (what a run with that ``chat_template`` trains on)."""
     from core.data.stats import loss_mask_segments
-    from core.models import load_tokenizer
 
-    tok = tokenizer or load_tokenizer(model)
+    tok = tokenizer or _prompt_tokenizer(model, template)
+    if _needs_template(tok, [row]):
+        raise _no_template_error(model)
     segments = loss_mask_segments(tok, row, max_length)
     n_tokens = len(tok("".join(t for t, _ in segments), add_special_tokens=False)["input_ids"])
     trained = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t, lab in segments if lab == "trained")
