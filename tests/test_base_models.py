@@ -199,6 +199,8 @@ def test_the_same_prompt_in_training_data_preview_evaluate_playground_merge_and_
     info = merge_lora(t["base"], t["adapter"], merged)
     mtok = AutoTokenizer.from_pretrained(merged)
     assert mtok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) == rendered
+    # servers that read only tokenizer_config.json (TGI) see the same template
+    assert json.loads((merged / "tokenizer_config.json").read_text())["chat_template"] == mtok.chat_template
     mcfg = json.loads((merged / "config.json").read_text())
     assert mcfg["vocab_size"] == info["vocab_size"] == len(mtok)
     assert mcfg["eos_token_id"] == mtok.eos_token_id

@@ -148,24 +148,49 @@ def config_from_inputs(values: dict) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+def _has_template(ref: str) -> bool | None:
+    from core.data.templates import model_has_chat_template
+
+    try:
+        return model_has_chat_template(ref)
+    except Exception:  # noqa: BLE001 - a hint must never break the form
+        return None
+
+
+def template_note(base_model: str | None, choice: str | None) -> str:
+    """What the Prompt template choice means for this base model, in one line (the same whichever input changed)."""
+    ref = (base_model or "").strip() or "default"
+    name = html.escape(ref)
+    has = _has_template(ref)
+    own = not choice or choice == OWN
+    label = (TEMPLATES[choice].label if choice in TEMPLATES else f"copied from {html.escape(str(choice))}") \
+        if not own else ""
+    if has:
+        return (f"`{name}` has its own chat template; pick another only to replace it." if own else
+                f"`{name}` has its own chat template; it is replaced by **{label}** — {template_cost(choice)}.")
+    if has is None:
+        head = f"Whether `{name}` has a chat template is not known here (not downloaded yet)."
+        return (f"{head} For a base model, pick a prompt template." if own else
+                f"{head} Prompts will use **{label}** — {template_cost(choice)}.")
+    if own:
+        return (f"**`{name}` has no chat template** (a base model): pick a prompt template — a conversation dataset "
+                "is refused without one.")
+    return (f"**`{name}` has no chat template** (a base model): its prompts will use the **{label}** template — "
+            f"{template_cost(choice)}. It is saved with the adapter and used by Evaluate, the Playground and Deploy.")
+
+
 def template_hint(base_model: str | None, current: str | None = None):
     """The Prompt template choice and its note for a base model: a model without a chat template gets one
-    preselected (ChatML/Llama-3 when its vocabulary already has their tokens, else plain-text Alpaca)."""
-    from core.data.templates import model_has_chat_template, suggest_choice
+    preselected (ChatML/Llama-3 when its vocabulary already has their tokens, else plain-text Alpaca); a choice
+    already made (by hand or by a recipe) stays."""
+    from core.data.templates import suggest_choice
 
     ref = (base_model or "").strip() or "default"
-    try:
-        has = model_has_chat_template(ref)
-    except Exception:  # noqa: BLE001 - a hint must never break the form
-        has = None
+    has = _has_template(ref)
     if has:
-        return gr.update(value=OWN), (f"`{html.escape(ref)}` has its own chat template; pick another only to "
-                                      "replace it.")
-    if has is None:
-        return gr.update(), (f"Whether `{html.escape(ref)}` has a chat template is not known here (not downloaded "
-                             "yet). For a base model, pick a prompt template.")
-    if current and current != OWN:
-        choice = current  # a choice already made (by hand or by a recipe) stays
+        choice = OWN
+    elif has is None or (current and current != OWN):
+        choice = current or OWN
     else:
         try:
             from core.models import load_tokenizer
@@ -173,10 +198,7 @@ def template_hint(base_model: str | None, current: str | None = None):
             choice = suggest_choice(load_tokenizer(ref))
         except Exception:  # noqa: BLE001
             choice = "alpaca"
-    label = TEMPLATES[choice].label if choice in TEMPLATES else f"copied from {html.escape(choice)}"
-    return gr.update(value=choice), (f"**`{html.escape(ref)}` has no chat template** (a base model): its prompts "
-                                     f"will use the **{label}** template — {template_cost(choice)}. "
-                                     "It is saved with the adapter and used by Evaluate, the Playground and Deploy.")
+    return gr.update(value=choice), template_note(ref, choice)
 
 
 def template_cost(choice: str | None) -> str:
@@ -342,8 +364,7 @@ def build_tab() -> None:
     continue_btn.click(lambda r, s: act("continue", r, s), [selected, extra_steps], [action_msg, selected])
 
     base_model.change(template_hint, [base_model, chat_template], [chat_template, template_md])
-    chat_template.change(lambda c: "" if c in (OWN, None, "") else template_cost(c), [chat_template], [template_md],
-                         show_progress="hidden")
+    chat_template.change(template_note, [base_model, chat_template], [template_md], show_progress="hidden")
     recipe_targets = {"base_model": base_model, **{k: config_inputs[k] for k in RECIPE_FIELDS if k in config_inputs},
                       "chat_template": chat_template}
 

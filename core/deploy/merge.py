@@ -256,7 +256,24 @@ def _copy_side_files(base_dir: Path, extra_dirs: list[Path], out: Path) -> list[
                     shutil.copy2(src / name, out / name)
                     copied.append(name)
             break
+    _template_in_tokenizer_config(out)
     return copied
+
+
+def _template_in_tokenizer_config(out: Path) -> None:
+    """transformers 5 saves the chat template as chat_template.jinja; servers that read only tokenizer_config.json
+    (TGI's router, older transformers) would serve without it — a model answering with another template than it was
+    trained on. The same text goes into tokenizer_config.json too."""
+    jinja, cfg_path = out / "chat_template.jinja", out / "tokenizer_config.json"
+    if not jinja.is_file() or not cfg_path.is_file():
+        return
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError:
+        return
+    if not cfg.get("chat_template"):
+        cfg["chat_template"] = jinja.read_text(encoding="utf-8")
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _vocab_plan(base_dir: Path, headers: dict, ad: AdapterWeights) -> tuple[int, dict[str, tuple]]:
