@@ -327,7 +327,7 @@ def test_a_busy_database_loses_nothing(workspace, alpaca, default_model_dir, mon
     threads = [threading.Thread(target=hammer), threading.Thread(target=reader)]
     for t in threads:
         t.start()
-    time.sleep(30)  # ~3000 hammer writes, ~15 CLI reads and ~60 worker steps overlap in that time
+    time.sleep(30)  # two workers, the monitor, the CLI loop and the writer all overlapping for 30 s
     stop.set()
     for t in threads:
         t.join(timeout=120)
