@@ -31,11 +31,17 @@ def _tab_builders():
 
 
 def build_app() -> gr.Blocks:
+    from core.space import banner_markdown, in_space
+    from ui import quickstart
+
     builders = _tab_builders()
     with gr.Blocks(title="Finetune Studio") as demo:
         gr.Markdown("## Finetune Studio\nEstimate → Data → Train → Evaluate → Playground → Deploy. "
                     "Runs live in their own processes: close the tab and come back whenever you like.")
-        with gr.Tabs(selected="Train"):
+        if in_space():
+            gr.Markdown(banner_markdown(), elem_id="space-banner")
+        panel = quickstart.build_panel(open_=_first_visit())
+        with gr.Tabs(selected="Train") as tabs:
             for tab in TABS:
                 with gr.Tab(tab, id=tab) as tab_item:
                     loader = builders[tab]()
@@ -43,7 +49,16 @@ def build_app() -> gr.Blocks:
                     fn, inputs, outputs = loader
                     demo.load(fn, inputs, outputs, show_progress="hidden")
                     tab_item.select(fn, inputs, outputs, show_progress="hidden")
+        quickstart.wire(demo, panel, tabs)
     return demo
+
+
+def _first_visit() -> bool:
+    """The quick start opens by itself until the workspace has a training run."""
+    try:
+        return not runs.list_runs(kind="train", limit=1)
+    except Exception:  # noqa: BLE001 - a page is built even when the DB is not readable yet
+        return True
 
 
 def _terminate_local_jobs() -> None:
@@ -84,6 +99,13 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the dashboard starts anyway; the next read of a row checks it again
         print(f"deployments could not be reconciled: {exc}", file=sys.stderr, flush=True)
     install_shutdown_handler(monitor)
+    from core.space import in_space, preload_demo
+
+    if in_space():
+        try:
+            print(f"space: {preload_demo()}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - the studio starts without it; the quick start can load it
+            print(f"space: the demo task could not be preloaded: {exc}", file=sys.stderr, flush=True)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
     try:

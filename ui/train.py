@@ -126,9 +126,26 @@ def run_details(run_id: str | None, cache: dict | None = None):
     if run.error:
         err = f"**Why it ended:**\n\n```\n{run.error[-3000:]}\n```"
     elif run.status == RunStatus.succeeded:
-        err = f"Adapter saved to `{run.adapter_path}`"
+        err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
     head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s)
     return head, loss, lr, runs.log_tail(run.id, max_lines=LOG_LINES), config_yaml, err, cache
+
+
+def _what_changed(run_id: int, cache: dict) -> str:
+    """The run page's closing report once the run is evaluated (recomputed only when a newer evaluation lands)."""
+    from core.evaluate.results import latest_for_runs
+
+    try:
+        ev = latest_for_runs([run_id]).get(run_id)
+    except Exception:  # noqa: BLE001 - the page keeps refreshing without it
+        return ""
+    if ev is None:
+        return "\n\nNot evaluated yet: the **Evaluate** tab compares it with its base on held-out rows."
+    if cache.get("report_eval") != ev.id:
+        from ui.quickstart import report_markdown
+
+        cache["report_eval"], cache["report"] = ev.id, report_markdown(ev)
+    return "\n\n" + cache["report"]
 
 
 def config_from_inputs(values: dict) -> TrainConfig:
@@ -330,9 +347,12 @@ def build_tab() -> None:
     }
     keys = list(config_inputs)
 
-    def start(*values):
+    def start(request: gr.Request, *values):  # the request first: gradio injects only positional special args
+        from core.space import visitor_id
+
         *cfg_values, skip = values
-        message, run_id = start_run(dict(zip(keys, cfg_values)), skip_preflight=bool(skip))
+        message, run_id = start_run(dict(zip(keys, cfg_values)), skip_preflight=bool(skip),
+                                    owner=visitor_id(request))
         if run_id is None:
             return message, gr.update()
         return message, gr.update(choices=run_choices(), value=str(run_id))
@@ -396,7 +416,7 @@ def tick(current: str | None, cache: dict | None):
     return (runs_frame(rows), gr.update(choices=choices, value=value), *run_details(value, cache))
 
 
-def start_run(values: dict, *, skip_preflight: bool = False) -> tuple[str, int | None]:
+def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") -> tuple[str, int | None]:
     """Start button: build the config, run the memory pre-flight check, queue the run. (message, run id or None)."""
     try:
         config = config_from_inputs(values)
@@ -404,7 +424,7 @@ def start_run(values: dict, *, skip_preflight: bool = False) -> tuple[str, int |
         if warn and not skip_preflight:
             return (f"**Warning:** {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to "
                     "start anyway.", None)
-        run = train_jobs.submit_training(config)
+        run = train_jobs.submit_training(config, owner=owner)
     except (ConfigError, JobError) as exc:
         return f"**Error:** {exc}", None
     note = f"\n\n**Warning:** {warn}" if warn else ""

@@ -319,6 +319,12 @@ def import_dataset(
             f"no usable rows left in {prep.source}: every row has a problem you chose to drop "
             f"({', '.join(sorted({c for pr in prep.rows for c in pr.codes}))}); keep some kinds or fix the file"
         )
+    from core.space import SpaceLimitError, check_rows
+
+    try:
+        check_rows(len(kept_idx))
+    except SpaceLimitError as exc:
+        raise DatasetError(str(exc)) from None
     kept_rows = [prep.rows[i].row for i in kept_idx]
     digest = content_hash_of_hashes((prep.rows[i].hash for i in kept_idx), prep.kind)
     dropped = prep.total_records - len(kept_rows)

@@ -472,7 +472,13 @@ def deploy_container(model_ref: str, target: str, *, gpu: str | None = None, por
                          f"the container; the command above mounts {serve_dir}")
     if dry_run:
         return out
-    client, reason = (None, out["engine"]) if needs_merge else L.docker_engine()
+    from core.space import in_space
+
+    if in_space():
+        client, reason = None, ("this Space serves through the local server only: run the command above on a GPU "
+                                "host with Docker")
+    else:
+        client, reason = (None, out["engine"]) if needs_merge else L.docker_engine()
     row = Deployment(run_id=run_id, target=target, model_ref=model_ref, model_dir=serve_dir, served_name=name,
                      host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}/v1", args=args,
                      created_by=created_by or "anonymous")

@@ -246,12 +246,12 @@ def claim_next(limit: int, kinds: Iterable[str] | None = None) -> Run | None:
 # ---- lifecycle writes ----------------------------------------------------------------------------------------------
 
 def submit(kind: str, config: dict, *, name: str = "", base_model: str = "", dataset_ref: str = "", method: str = "",
-           parent_run_id: int | None = None) -> Run:
+           parent_run_id: int | None = None, owner: str = "") -> Run:
     """Store a queued job and its files' folder. Returns the row (status queued)."""
     def _once() -> Run:
         with db_session() as s:
             run = Run(kind=kind, name=name, status=RunStatus.queued, config=dict(config), base_model=base_model,
-                      dataset_ref=dataset_ref, method=method, parent_run_id=parent_run_id)
+                      dataset_ref=dataset_ref, method=method, parent_run_id=parent_run_id, owner=owner)
             s.add(run)
             s.flush()
             if not run.name:

@@ -89,14 +89,22 @@ def check_template(config: TrainConfig, dataset_kind: str | None) -> None:
                        "'alpaca' is plain text and adds no tokens")
 
 
-def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, start: bool = True) -> Run:
-    """Check the config's references and queue the run (it starts at once when there is room)."""
+def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, start: bool = True,
+                    owner: str = "") -> Run:
+    """Check the config's references and queue the run (it starts at once when there is room). ``owner``: who
+    submitted it (a Space visitor's anonymous id; a Space's caps count per owner)."""
+    from core.space import SpaceLimitError, check_training
+
+    try:
+        check_training(config, owner)
+    except SpaceLimitError as exc:
+        raise JobError(str(exc)) from None
     validate_references(config)
     if not config.dataset.strip().isdigit():  # a file path: store it absolute
         config = config.model_copy(update={"dataset": str(Path(config.dataset).expanduser().resolve())})
     return runs.submit("train", config.model_dump(mode="json"), start=start, name=config.name,
                        base_model=config.base_model, dataset_ref=config.dataset, method=config.method,
-                       parent_run_id=parent_run_id)
+                       parent_run_id=parent_run_id, owner=owner)
 
 
 def continue_training(run_id: int, extra_steps: int) -> Run:

