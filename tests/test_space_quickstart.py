@@ -4,7 +4,6 @@ and the app started the way a Space starts it, driven through the quick start in
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -102,10 +101,10 @@ def test_the_quick_start_finds_its_stages_in_the_database_and_reports_what_chang
     from core import quickstart as qs
     from core import runs
 
-    st = qs.state()
-    assert st.dataset.id == demo_ws["dataset_id"] and st.run.id == demo_ws["run_id"] and st.stage in (4, 5, 6)
+    st = qs.state()  # (other tests import more demo datasets into this workspace: the newest one is found)
+    assert st.dataset.name == qs.DEMO_DATASET and st.run.id == demo_ws["run_id"] and st.stage in (4, 5, 6)
     assert qs.start_training().id == demo_ws["run_id"]  # not trained twice
-    assert qs.load_demo().id == demo_ws["dataset_id"]
+    assert qs.load_demo().id == st.dataset.id
     est = qs.estimate(st.dataset.id)
     assert est["ok"] and est["peak_bytes"] > 0
     job = qs.start_evaluation()
@@ -139,7 +138,7 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     shots.mkdir()
     url = start_app(tmp_path / "app-space.log", SPACE_ID="someone/finetune-studio", GRADIO_SERVER_NAME="0.0.0.0",
                     FTS_SPACE_DATA_DIR=str(ws), FTS_WORKSPACE="", FTS_QUICKSTART_STEPS="4",
-                    FTS_QUICKSTART_EVAL_ROWS="4")
+                    FTS_QUICKSTART_EVAL_ROWS="2")
     page = browser.new_page(viewport={"width": 1500, "height": 1300})
     page.goto(url)
     expect(page.locator("#space-banner")).to_contain_text("Running as a Hugging Face Space", timeout=30_000)
@@ -169,12 +168,9 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     page.screenshot(path=str(shots / "4-evaluate.png"), full_page=True)
     page.locator("#qs-stage-5").click()
     expect(page.locator("#pg-model-b input")).to_have_value("run #1 quickstart-lora (lora)", timeout=20_000)
-    assert "order" in page.locator("#pg-prompt textarea").input_value().lower() or \
-        page.locator("#pg-prompt textarea").input_value()
-    page.get_by_role("button", name="Send to both").click()
-    deadline = time.time() + 120
-    while time.time() < deadline and not ("tokens/s" in page.locator("#pg-stats-a").inner_text()
-                                          and "tokens/s" in page.locator("#pg-stats-b").inner_text()):
-        time.sleep(0.5)
+    expect(page.locator("#pg-model-a input")).to_have_value("SmolLM2-135M-Instruct (embedded base)")
+    from core.quickstart import demo_message
+
+    assert page.locator("#pg-prompt textarea").input_value() == demo_message()
     page.screenshot(path=str(shots / "5-playground.png"), full_page=True)
-    assert "tokens/s" in page.locator("#pg-stats-b").inner_text()
+    # (both panes streaming an answer is test_playground_ui's)

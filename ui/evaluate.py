@@ -178,6 +178,7 @@ def build_tab() -> None:
             with gr.Row():
                 run = gr.Dropdown(choices=[], label="Training run", scale=4, elem_id="eval-run")
                 refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
+            empty_hint = gr.Markdown(elem_id="eval-empty")
             folder = gr.Textbox(label="…or an adapter / model folder", placeholder="/path/to/adapter",
                                 elem_id="eval-folder")
             base = gr.Textbox(label="Base model (empty: the run's base)", elem_id="eval-base")
@@ -223,10 +224,12 @@ def build_tab() -> None:
         run_ch = run_choices()
         run_ids = [v for _, v in run_ch]
         run_value = current_run if current_run in run_ids else (run_ids[0] if run_ids else None)
+        hint = ("" if run_ch else "No finished training run yet: train one in the **Train** tab (or run the "
+                "**Quick start** above), or point at an adapter / model folder below.")
         return (gr.update(choices=run_ch, value=run_value), gr.update(choices=dataset_choices()),
-                evaluations_frame(), gr.update(choices=evs, value=sel))
+                evaluations_frame(), gr.update(choices=evs, value=sel), hint)
 
-    list_outputs = [run, dataset, table, selected]
+    list_outputs = [run, dataset, table, selected, empty_hint]
     refresh.click(refresh_lists, [run, selected], list_outputs)
     detail_outputs = [summary, metrics, examples, compare]
     selected.change(show_evaluation, [selected, which], detail_outputs)

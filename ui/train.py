@@ -265,6 +265,7 @@ def build_tab() -> None:
                                       label="Training data", info="a dataset imported in the Data tab, or a file path",
                                       scale=4)
                 refresh_ds = gr.Button("↻", scale=0, min_width=40, size="sm")
+            data_hint = gr.Markdown(elem_id="train-data-hint")
             upload = gr.File(label="…or upload a data file (JSON/JSONL/CSV/Parquet)", file_count="single",
                              type="filepath", height=120)
             method = gr.Radio(["lora", "qlora", "full"], value="lora", label="Method",
@@ -395,16 +396,19 @@ def build_tab() -> None:
     recipe.change(apply_recipe, [recipe], [recipe_md, *recipe_targets.values()])
 
     selected.change(run_details, [selected, metrics_cache], detail_outputs)
-    refresh_ds.click(lambda: gr.update(choices=dataset_choices()), None, dataset)
+    refresh_ds.click(lambda: refresh_lists(), None, [dataset, data_hint])  # defined below
 
     timer = gr.Timer(REFRESH_S)
     timer.tick(tick, [selected, metrics_cache], [runs_table, selected, *detail_outputs], show_progress="hidden",
                concurrency_limit=None)
 
     def refresh_lists():
-        return gr.update(choices=dataset_choices())
+        choices = dataset_choices()
+        hint = ("" if choices else "No datasets yet: **Load the demo task** or import a file in the **Data** tab (or "
+                "run the **Quick start** above) — or upload a file here.")
+        return gr.update(choices=choices), hint
 
-    return refresh_lists, [], [dataset]  # app.py runs it when a page (or the tab) opens: no stale lists
+    return refresh_lists, [], [dataset, data_hint]  # app.py runs it when a page (or the tab) opens: no stale lists
 
 
 def tick(current: str | None, cache: dict | None):
