@@ -35,9 +35,15 @@ DEFAULT_DROP = [c for c in PROBLEM_CODES if c not in ("non_string_content", "unf
 
 # ------------------------------------------------------------------------------------------------------- helpers
 def _source(upload, path: str) -> str:
+    """The file to read: an upload, else the typed path / Hub id (a server path only where this studio allows it)."""
     if upload:
         return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
-    return (path or "").strip()
+    from core.access import PathNotAllowed, check_user_path
+
+    try:
+        return check_user_path((path or "").strip(), "the path")
+    except PathNotAllowed as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _pairs(df) -> dict[str, str]:
@@ -111,8 +117,8 @@ def _shown(text: str, upload) -> str:
 
 def inspect_source(upload, path, fmt, column_df, template_df):
     """Check a source without storing it: detected format, problems, placeholders, columns."""
-    source = _source(upload, path)
     try:
+        source = _source(upload, path)
         prep = prepare_dataset(source, format=fmt or "auto", column_map=_pairs(column_df) or None,
                                template_values=_pairs(template_df) or None)
     except DatasetError as exc:
@@ -138,8 +144,8 @@ def inspect_source(upload, path, fmt, column_df, template_df):
 
 def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length,
                progress=gr.Progress()):
-    source = _source(upload, path)
     try:
+        source = _source(upload, path)
         result = import_dataset(
             source, name=(name or "").strip() or None, format=fmt or "auto", column_map=_pairs(column_df) or None,
             split={"validation": float(val or 0), "test": float(test or 0), "seed": int(seed or 0)},

@@ -101,6 +101,9 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
     ref = model_ref or "default"
     try:
         port_n = int(port) if port else None  # an empty number box sends 0: a free port
+        from core.access import check_user_path
+
+        check_user_path(ref, "the model folder")  # PathNotAllowed is a ValueError: shown below
         if target == "local":
             dep = D.start_local(ref, port=port_n, created_by=who, wait=False)
             return (f"Deployment #{dep.id} **{dep.status}** on `{dep.url}` — loading the model (a run without a "

@@ -86,6 +86,13 @@ def start_evaluation(run_id: str | None, folder: str, base: str, dataset: str | 
     }
     if data["run_id"] is not None and data["tuned"]:
         return "**Error:** pick a run *or* type a folder, not both.", None
+    from core.access import PathNotAllowed, check_user_path
+
+    try:
+        check_user_path(data["tuned"], "the adapter / model folder")
+        check_user_path(data["base"], "the base model")
+    except PathNotAllowed as exc:
+        return f"**Error:** {exc}", None
     try:
         cfg = EvalConfig.from_dict({k: v for k, v in data.items() if v is not None})
         job = submit_evaluation(cfg)

@@ -103,8 +103,11 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
     yield *pane_updates(panes, sides, keys, blind), "", "", state, gr.update(visible=False), ""
     for i, key in enumerate(keys):
         try:
+            from core.access import check_user_path
+
+            check_user_path(key, "the model folder")
             sides[i] = model_cache().slot(resolve_source(key))
-        except GenerateError as exc:
+        except (GenerateError, ValueError) as exc:
             errors[i] = str(exc)
     if sides[0] is not None and sides[1] is not None:  # a base model without a template borrows the run's
         sides[0], sides[1] = share_prompt_format(sides[0], sides[1]), share_prompt_format(sides[1], sides[0])

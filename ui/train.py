@@ -422,14 +422,20 @@ def tick(current: str | None, cache: dict | None):
 
 def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") -> tuple[str, int | None]:
     """Start button: build the config, run the memory pre-flight check, queue the run. (message, run id or None)."""
+    from core.access import PathNotAllowed, check_user_path
+
     try:
         config = config_from_inputs(values)
+        if not values.get("upload"):
+            check_user_path(config.dataset, "the training data")
+        check_user_path(config.base_model, "the base model")
+        check_user_path(config.chat_template, "the template to copy")
         warn = _preflight_warning(config)
         if warn and not skip_preflight:
             return (f"**Warning:** {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to "
                     "start anyway.", None)
         run = train_jobs.submit_training(config, owner=owner)
-    except (ConfigError, JobError) as exc:
+    except (ConfigError, JobError, PathNotAllowed) as exc:
         return f"**Error:** {exc}", None
     note = f"\n\n**Warning:** {warn}" if warn else ""
     return f"Run #{run.id} **{run.status}**.{note}", run.id
