@@ -99,7 +99,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the dashboard starts anyway; the next read of a row checks it again
         print(f"deployments could not be reconciled: {exc}", file=sys.stderr, flush=True)
     install_shutdown_handler(monitor)
-    from core.space import in_space, preload_demo
+    from core.space import in_space, max_upload_mb, preload_demo
 
     if in_space():
         try:
@@ -113,6 +113,7 @@ def main() -> None:
             server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
             server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
             auth=settings.auth,
+            max_file_size=f"{max_upload_mb()}mb",  # a bigger upload is refused (413) before it is written
             theme=THEME,
             css=CSS,
             show_error=True,

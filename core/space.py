@@ -32,6 +32,11 @@ class Limits:
     runs_per_visitor: int
 
 
+def max_upload_mb() -> int:
+    """``FTS_MAX_UPLOAD_MB``: the largest file a browser may upload (default 1024 MB locally, 100 MB on a Space)."""
+    return _int("FTS_MAX_UPLOAD_MB", 100 if in_space() else 1024)
+
+
 def space_id() -> str | None:
     return os.environ.get("SPACE_ID") or None
 

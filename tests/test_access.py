@@ -74,3 +74,47 @@ def test_the_train_tab_refuses_a_server_model_folder_before_queueing(shared, tmp
                              "max_steps": 1})
     assert run_id is None and "the training data" in msg
     assert runs.list_runs() == []
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_written(workspace, start_app):
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    url = start_app(workspace / "app-upload.log", FTS_MAX_UPLOAD_MB="1")
+
+    def upload(size: int) -> int:
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"data.jsonl\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * size + \
+            f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert upload(2 * 1024 * 1024) == 413
+    assert upload(1000) == 200
+
+
+def test_a_chat_template_that_reaches_for_python_internals_fails_clearly_and_runs_nothing(tmp_path):
+    """A model folder a user points at as the template to copy: its template is rendered only through transformers'
+    sandboxed Jinja, so attribute tricks fail with a message and nothing runs."""
+    from core.data.templates import TemplateError, apply_template, check_renders
+    from tests.base_models import base_tokenizer
+
+    marker = tmp_path / "pwned"
+    src = tmp_path / "evil-model"
+    tok = base_tokenizer()
+    tok.chat_template = ("{{ ''.__class__.__mro__[1].__subclasses__() }}"
+                         "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}")
+    tok.save_pretrained(src)
+    (src / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    target = base_tokenizer()
+    apply_template(target, str(src))  # copying the text is harmless
+    with pytest.raises(TemplateError, match="cannot render"):
+        check_renders(target)  # what the worker runs before training: the sandbox refuses
+    assert not marker.exists()
