@@ -50,6 +50,9 @@ def build_app() -> gr.Blocks:
                     demo.load(fn, inputs, outputs, show_progress="hidden")
                     tab_item.select(fn, inputs, outputs, show_progress="hidden")
         quickstart.wire(demo, panel, tabs)
+        from core.access import mode_line
+
+        gr.Markdown(f"Finetune Studio · {mode_line()}", elem_id="fts-mode")
     return demo
 
 

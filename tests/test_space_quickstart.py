@@ -143,6 +143,7 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     page.goto(url)
     expect(page.locator("#space-banner")).to_contain_text("Running as a Hugging Face Space", timeout=30_000)
     expect(page.locator("#space-banner")).to_contain_text("60 steps")
+    expect(page.locator("#fts-mode")).to_contain_text("shared mode")  # the page says which mode it is in
     status = page.locator("#qs-status")
     expect(status).to_contain_text("✓ 1 · Demo task", timeout=30_000)  # preloaded at start
     assert (ws / "workspace" / "studio.db").is_file()  # the workspace is on the persistent storage
