@@ -13,6 +13,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def positive_int_env(name: str, default: int) -> int:
+    """A whole number of at least 1 from the environment; unset or not a number: ``default`` (caps and sizes a
+    Space admin sets, where a typo must not stop the page)."""
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":

@@ -7,9 +7,10 @@ done by hand in its tab — the quick start only finds what is there.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from core.config import positive_int_env
 
 DEMO_DATASET = "demo-support-json"
 RUN_NAME = "quickstart-lora"
@@ -72,16 +73,9 @@ def load_demo():
     return get_dataset(import_demo_task(DEMO_ROWS, seed=0).dataset_id)
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return max(1, int(os.environ.get(name, default)))
-    except ValueError:
-        return default
-
-
 def eval_rows() -> int:
     """Held-out rows the quick start evaluates: ``FTS_QUICKSTART_EVAL_ROWS`` (default 16, the demo's validation)."""
-    return _env_int("FTS_QUICKSTART_EVAL_ROWS", EVAL["limit"])
+    return positive_int_env("FTS_QUICKSTART_EVAL_ROWS", EVAL["limit"])
 
 
 def train_config(dataset_id: int | str):
@@ -90,7 +84,7 @@ def train_config(dataset_id: int | str):
     from core.train.config import TrainConfig
 
     return TrainConfig(dataset=str(dataset_id), name=RUN_NAME,
-                       **{**TRAIN, "max_steps": _env_int("FTS_QUICKSTART_STEPS", TRAIN["max_steps"])})
+                       **{**TRAIN, "max_steps": positive_int_env("FTS_QUICKSTART_STEPS", TRAIN["max_steps"])})
 
 
 def estimate(dataset_id: int | str) -> dict:

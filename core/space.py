@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import positive_int_env
+
 
 class SpaceLimitError(ValueError):
     """Something a Space visitor asked for that is over this Space's caps; the message says the cap."""
@@ -34,7 +36,7 @@ class Limits:
 
 def max_upload_mb() -> int:
     """``FTS_MAX_UPLOAD_MB``: the largest file a browser may upload (default 1024 MB locally, 100 MB on a Space)."""
-    return _int("FTS_MAX_UPLOAD_MB", 100 if in_space() else 1024)
+    return positive_int_env("FTS_MAX_UPLOAD_MB", 100 if in_space() else 1024)
 
 
 def space_id() -> str | None:
@@ -45,16 +47,9 @@ def in_space() -> bool:
     return space_id() is not None
 
 
-def _int(name: str, default: int) -> int:
-    try:
-        return max(1, int(os.environ.get(name, default)))
-    except ValueError:
-        return default
-
-
 def limits() -> Limits:
-    return Limits(_int("FTS_SPACE_MAX_STEPS", 60), _int("FTS_SPACE_MAX_ROWS", 2000),
-                  _int("FTS_SPACE_RUNS_PER_VISITOR", 1))
+    return Limits(positive_int_env("FTS_SPACE_MAX_STEPS", 60), positive_int_env("FTS_SPACE_MAX_ROWS", 2000),
+                  positive_int_env("FTS_SPACE_RUNS_PER_VISITOR", 1))
 
 
 def persistent_root() -> Path | None:

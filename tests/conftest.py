@@ -5,6 +5,7 @@ The embedded SmolLM2 is converted from GGUF once into ``FTS_TEST_MODELS_DIR`` (d
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -52,26 +53,18 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, default_model_dir):
-    """A short real LoRA run on the demo task (support message -> JSON), trained once per test session in its own
-    workspace: ``{"ws", "run_id", "dataset_id", "adapter"}``. About 40 s of training on 2 cores."""
+@contextlib.contextmanager
+def workspace_env(ws: Path):
+    """Point this process (and the workers it starts) at workspace ``ws`` with its own SQLite DB, for a fixture wider
+    than one test (monkeypatch is per test); the environment is restored afterwards."""
     from storage import reset_engines
 
-    ws = tmp_path_factory.mktemp("demo") / "ws"
-    ws.mkdir()
     saved = {k: os.environ.get(k) for k in ("FTS_WORKSPACE", "DATABASE_URL")}
     os.environ["FTS_WORKSPACE"] = str(ws)
     os.environ.pop("DATABASE_URL", None)
     reset_engines()
     try:
-        from core import quickstart, runs
-
-        # the quick start's own stages and settings: 160 demo rows (144 train / 16 validation), 24 LoRA steps
-        ds = quickstart.load_demo()
-        run = runs.wait_for(quickstart.start_training().id, timeout_s=1200)
-        assert run.status == "succeeded", runs.log_tail(run.id)
-        info = {"ws": ws, "run_id": run.id, "dataset_id": ds.id, "adapter": run.adapter_path}
+        yield ws
     finally:
         for k, v in saved.items():
             if v is None:
@@ -79,6 +72,23 @@ def demo_run(tmp_path_factory, default_model_dir):
             else:
                 os.environ[k] = v
         reset_engines()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, default_model_dir):
+    """A short real LoRA run on the demo task (support message -> JSON), trained once per test session in its own
+    workspace: ``{"ws", "run_id", "dataset_id", "adapter"}``. About 40 s of training on 2 cores."""
+
+    ws = tmp_path_factory.mktemp("demo") / "ws"
+    ws.mkdir()
+    with workspace_env(ws):
+        from core import quickstart, runs
+
+        # the quick start's own stages and settings: 160 demo rows (144 train / 16 validation), 24 LoRA steps
+        ds = quickstart.load_demo()
+        run = runs.wait_for(quickstart.start_training().id, timeout_s=1200)
+        assert run.status == "succeeded", runs.log_tail(run.id)
+        info = {"ws": ws, "run_id": run.id, "dataset_id": ds.id, "adapter": run.adapter_path}
     return info
 
 

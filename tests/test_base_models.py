@@ -9,7 +9,6 @@ preview, Evaluate/the Playground (both sides), the merged model folder and the G
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,15 +32,11 @@ def base_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, base_dirs):
     """One workspace with the four LoRA runs: {(arch, template): {"ws", "run_id", "adapter", "base"}}."""
-    from storage import reset_engines
+    from tests.conftest import workspace_env
 
     ws = tmp_path_factory.mktemp("base-runs") / "ws"
     ws.mkdir()
-    saved = {k: os.environ.get(k) for k in ("FTS_WORKSPACE", "DATABASE_URL")}
-    os.environ["FTS_WORKSPACE"] = str(ws)
-    os.environ.pop("DATABASE_URL", None)
-    reset_engines()
-    try:
+    with workspace_env(ws):
         from core import runs
         from core.train.config import TrainConfig
         from core.train.jobs import submit_training
@@ -59,13 +54,6 @@ def trained(tmp_path_factory, base_dirs):
             assert run.status == "succeeded", runs.log_tail(run_id)
             out[key] = {"ws": ws, "run_id": run_id, "adapter": Path(run.adapter_path), "base": base_dirs[key[0]]}
         yield out
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        reset_engines()
 
 
 @pytest.fixture

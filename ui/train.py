@@ -174,11 +174,13 @@ def _has_template(ref: str) -> bool | None:
         return None
 
 
-def template_note(base_model: str | None, choice: str | None) -> str:
-    """What the Prompt template choice means for this base model, in one line (the same whichever input changed)."""
+def template_note(base_model: str | None, choice: str | None, has: bool | None = ...) -> str:
+    """What the Prompt template choice means for this base model, in one line (the same whichever input changed).
+    ``has``: whether the model has a chat template, when the caller looked it up already."""
     ref = (base_model or "").strip() or "default"
     name = html.escape(ref)
-    has = _has_template(ref)
+    if has is ...:
+        has = _has_template(ref)
     own = not choice or choice == OWN
     label = (TEMPLATES[choice].label if choice in TEMPLATES else f"copied from {html.escape(str(choice))}") \
         if not own else ""
@@ -215,7 +217,7 @@ def template_hint(base_model: str | None, current: str | None = None):
             choice = suggest_choice(load_tokenizer(ref))
         except Exception:  # noqa: BLE001
             choice = "alpaca"
-    return gr.update(value=choice), template_note(ref, choice)
+    return gr.update(value=choice), template_note(ref, choice, has)
 
 
 def template_cost(choice: str | None) -> str:
