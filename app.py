@@ -41,15 +41,18 @@ def build_app() -> gr.Blocks:
         if in_space():
             gr.Markdown(banner_markdown(), elem_id="space-banner")
         panel = quickstart.build_panel(open_=_first_visit())
+        loaders = {}
         with gr.Tabs(selected="Train") as tabs:
             for tab in TABS:
                 with gr.Tab(tab, id=tab) as tab_item:
                     loader = builders[tab]()
-                if loader:  # (fn, inputs, outputs): the tab's lists, read when a page opens and when the tab does
+                if loader:
+                    # (fn, inputs, outputs): the tab's lists, read when a page opens and when the tab does
+                    loaders[tab] = loader
                     fn, inputs, outputs = loader
                     demo.load(fn, inputs, outputs, show_progress="hidden")
                     tab_item.select(fn, inputs, outputs, show_progress="hidden")
-        quickstart.wire(demo, panel, tabs)
+        quickstart.wire(demo, panel, tabs, loaders)
         from core.access import mode_line
 
         gr.Markdown(f"Finetune Studio · {mode_line()}", elem_id="fts-mode")

@@ -10,8 +10,8 @@ What changes there:
 * the demo task is preloaded, so the quick start and the Train tab have data on the first visit;
 * Deploy serves through the local server only; TGI / vLLM give the command to run on a GPU host.
 
-A visitor is told apart by a salted hash of their address (``x-forwarded-for`` behind the Spaces proxy): the raw
-address is never stored.
+A visitor is the login name when the studio has one (``FTS_AUTH``), else a salted hash of their address
+(``x-forwarded-for`` behind the Spaces proxy): the raw address is never stored.
 """
 from __future__ import annotations
 
@@ -67,10 +67,18 @@ def default_workspace() -> Path | None:
     return root / "workspace" if root is not None else None
 
 
+def signed_in_name(request) -> str:
+    """The account behind a request (Gradio's login, ``FTS_AUTH``); '' for an anonymous visitor."""
+    return str(getattr(request, "username", None) or "")
+
+
 def visitor_id(request) -> str:
     """A stable, anonymous id for the browser behind a Gradio request ('' outside a request)."""
     if request is None:
         return ""
+    name = signed_in_name(request)
+    if name:
+        return "u-" + name
     headers = getattr(request, "headers", None) or {}
     forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
     client = getattr(getattr(request, "client", None), "host", "") or ""

@@ -67,6 +67,9 @@ def test_visitor_ids_are_anonymous_and_stable():
     a = visitor_id(Req("203.0.113.7, 10.0.0.1", "10.0.0.1"))
     assert a == visitor_id(Req("203.0.113.7", "10.0.0.2")) and "203.0.113.7" not in a and a.startswith("v-")
     assert a != visitor_id(Req("198.51.100.1", "10.0.0.1")) and visitor_id(None) == ""
+    named = Req("203.0.113.7", "10.0.0.1")
+    named.username = "alice"  # behind a login (FTS_AUTH) the visitor is the account, wherever it connects from
+    assert visitor_id(named) == "u-alice"
 
 
 def test_deploy_on_a_space_gives_the_container_command_and_starts_nothing(workspace, space, default_model_dir):
@@ -167,6 +170,10 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     page.locator("#qs-stage-4").click()
     expect(page.locator("#qs-report")).to_contain_text("What changed", timeout=300_000)
     page.screenshot(path=str(shots / "4-evaluate.png"), full_page=True)
+    # each stage links to the tab that did it: the Evaluate tab opens with the new evaluation listed
+    page.locator("#qs-go-Evaluate").click()
+    expect(page.locator("#eval-table")).to_contain_text("field_accuracy", timeout=20_000)
+    expect(page.locator("#eval-run")).to_be_visible()
     page.locator("#qs-stage-5").click()
     expect(page.locator("#pg-model-b input")).to_have_value("run #1 quickstart-lora (lora)", timeout=20_000)
     expect(page.locator("#pg-model-a input")).to_have_value("SmolLM2-135M-Instruct (embedded base)")

@@ -15,6 +15,7 @@ from core.runs import JobError
 from ui.common import fmt_num
 
 REFRESH_S = 2.0
+GOTO_TABS = ["Data", "Estimate", "Train", "Evaluate"]  # the tabs stages 1-4 stand for (stage 5 opens its own)
 STAGES = ["Load the demo task", "Estimate", "Train (LoRA, ~1 min on a CPU)", "Evaluate base vs tuned",
           "Open the Playground"]
 
@@ -142,15 +143,33 @@ def build_panel(open_: bool) -> dict:
         message = gr.Markdown(elem_id="qs-message")
         status = gr.Markdown(elem_id="qs-status")
         with gr.Row():
+            gr.Markdown("See each stage where it happened:")
+            goto = {tab: gr.Button(f"→ {tab} tab", size="sm", variant="secondary", elem_id=f"qs-go-{tab}")
+                    for tab in GOTO_TABS}
+        with gr.Row():
             report = gr.Markdown(elem_id="qs-report")
             curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=220, visible=False,
                                 elem_id="qs-curve")
     return {"panel": panel, "buttons": buttons, "message": message, "status": status, "report": report,
-            "curve": curve}
+            "curve": curve, "goto": goto}
 
 
-def wire(demo: gr.Blocks, parts: dict, tabs: gr.Tabs) -> None:
+def _select(tab: str):
+    return lambda: gr.update(selected=tab)
+
+
+def wire(demo: gr.Blocks, parts: dict, tabs: gr.Tabs, loaders: dict | None = None) -> None:
+    """Stage buttons, the "→ tab" links (switch tab, then read its lists as opening it by hand does), the timer.
+
+    ``loaders``: tab name → (fn, inputs, outputs), the lists a tab reads when it is opened."""
     from ui import playground
+
+    loaders = loaders or {}
+    for tab, btn in parts["goto"].items():
+        event = btn.click(_select(tab), None, tabs, show_progress="hidden")
+        if tab in loaders:
+            fn, inputs, outputs = loaders[tab]
+            event.then(fn, inputs, outputs, show_progress="hidden")
 
     status, message = parts["status"], parts["message"]
     def stage_handler(i: int):
