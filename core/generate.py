@@ -122,6 +122,12 @@ def resolve_source(text: str | None) -> ModelSource:
         return source_for_run(int(digits))
     p = Path(ref).expanduser()
     if p.is_dir() and (p / "adapter_config.json").is_file():
+        from core.models import check_safe_to_load
+
+        try:
+            check_safe_to_load(p)  # safetensors only, as for every folder a user points at
+        except ModelNotFoundError as exc:
+            raise GenerateError(str(exc)) from None
         return ModelSource(f"adapter {p}", _adapter_base(p), str(p.resolve()))
     try:
         resolved = resolve_model(ref, prepare_default=False)
@@ -240,8 +246,11 @@ class ModelCache:
         if torch.cuda.is_available():
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         try:
-            model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype, attn_implementation="sdpa")
-        except OSError as exc:
+            from core.models import load_kwargs
+
+            model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype, attn_implementation="sdpa",
+                                                         **load_kwargs())
+        except (OSError, ValueError) as exc:
             raise GenerateError(f"could not load {resolved.display_name}: {exc}") from None
         if torch.cuda.is_available():
             model = model.to("cuda")
@@ -680,7 +689,7 @@ class EndpointDecoder:
             if close is not None:
                 try:
                     close()
-                except Exception:  # noqa: BLE001 - closing a finished or broken stream
+                except Exception:  # noqa: BLE001, S110 - closing a finished or broken stream
                     pass
 
     def close(self) -> None:

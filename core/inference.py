@@ -29,7 +29,7 @@ from torch import nn
 BASE_ADAPTER = "__base__"
 FEW_ROWS = 64  # up to this many rows the mm form is as fast or faster (measured: M=2..64)
 WIDE_OUTPUT = 16384  # a one-row product this wide runs faster as a two-row one
-TOKEN_DELTA = ".token_adapter.trainable_tokens_delta"  # PEFT's name for trained new-token rows
+TOKEN_DELTA = ".token_adapter.trainable_tokens_delta"  # PEFT's name for trained new-token rows  # noqa: S105 - a module name, not a password
 
 
 class UnsupportedAdapter(ValueError):

@@ -156,6 +156,7 @@ def resolve_model(ref: str | None, *, prepare_default: bool = True) -> ResolvedM
             raise ModelNotFoundError(f"model path {p} is a file; point at the directory that holds config.json")
         if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"model directory {p} has no config.json (is it a Hugging Face model folder?)")
+        check_safe_to_load(p)
         return ResolvedModel(ref, "local", str(p.resolve()), p.name)
     if ref.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(ref):
         raise ModelNotFoundError(
@@ -163,6 +164,90 @@ def resolve_model(ref: str | None, *, prepare_default: bool = True) -> ResolvedM
             "like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
         )
     return ResolvedModel(ref, "hub", ref, ref)
+
+
+# ---- what the studio agrees to load (issue 15): safetensors only, no model code from model files ----------------
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt"}  # Trainer state
+
+
+class UnsafeModelError(ModelNotFoundError):
+    """A model the studio will not load as it is (pickled weights, model code); the message says the way out."""
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def pickle_allowed() -> bool:
+    """``FTS_ALLOW_PICKLE=1``: the host's own opt-in to pickled weights; never in a shared studio."""
+    from core.access import shared_mode
+
+    return _env_on("FTS_ALLOW_PICKLE") and not shared_mode()
+
+
+def remote_code_allowed() -> bool:
+    """``FTS_TRUST_REMOTE_CODE=1``: the admin lets models that ship their own Python code load; never on a Space."""
+    from core.space import in_space
+
+    return _env_on("FTS_TRUST_REMOTE_CODE") and not in_space()
+
+
+def load_kwargs() -> dict:
+    """Keyword arguments for every ``from_pretrained`` of model weights: safetensors only unless pickles are opted
+    into, and model code only where the admin allowed it."""
+    kwargs: dict = {"trust_remote_code": remote_code_allowed()}
+    if not pickle_allowed():
+        kwargs["use_safetensors"] = True
+    return kwargs
+
+
+def _pickle_message(where: str, names: list[str]) -> str:
+    from core.access import shared_mode
+
+    msg = (f"{where} holds only pickled weights ({', '.join(names[:3])}), which can run code when loaded; the studio "
+           "loads safetensors only: re-save it with `save_pretrained(folder, safe_serialization=True)` where it came "
+           "from and point at that folder")
+    if not shared_mode():
+        msg += ", or — on your own machine, for a file you trust — set FTS_ALLOW_PICKLE=1 to load it anyway"
+    return msg
+
+
+def remote_code_error(config: dict, where: str) -> str | None:
+    """Why a model config needs code the studio will not run (``auto_map`` and an architecture transformers does
+    not have), or None."""
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map or remote_code_allowed():
+        return None
+    from transformers import CONFIG_MAPPING
+
+    model_type = str(config.get("model_type") or "")
+    if model_type and model_type in CONFIG_MAPPING:
+        return None  # transformers has the architecture: it loads without the repo's code
+    names = sorted(auto_map)[:2] if isinstance(auto_map, dict) else []
+    return (f"{where} needs its own Python code to load (trust_remote_code; config.json's auto_map: "
+            f"{', '.join(map(str, names)) or auto_map}, model_type '{model_type or '?'}'), and the studio does not run "
+            "code from model files. An admin can allow it with FTS_TRUST_REMOTE_CODE=1 (never honoured on a Space)")
+
+
+def check_safe_to_load(folder: Path) -> None:
+    """Refuse a model or adapter folder with pickled weights only, or one whose config needs model code."""
+    p = Path(folder)
+    if not any(p.glob("*.safetensors")):
+        pickles = sorted({f.name for pat in PICKLE_PATTERNS for f in p.glob(pat)} - NOT_WEIGHTS)
+        if pickles and not pickle_allowed():
+            raise UnsafeModelError(_pickle_message(f"model folder {p.name}", pickles))
+    cfg = p / "config.json"
+    if cfg.is_file() and cfg.stat().st_size < 4 * 1024 * 1024:
+        import json
+
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return  # transformers reports a broken config when it reads it
+        err = remote_code_error(data, f"model folder {p.name}")
+        if err:
+            raise UnsafeModelError(err)
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -188,11 +273,12 @@ _hub_ok: set[str] = set()
 
 def check_hub_model(resolved: ResolvedModel, timeout_s: float = HUB_CHECK_TIMEOUT_S) -> None:
     """A Hub id must be reachable before a run is queued for it: its ``config.json`` is in the local cache, or one
-    HEAD request (no retries, ``timeout_s``) finds it. Unreachable, misspelt and gated ids raise ModelNotFoundError
-    at once with what to do, instead of a run that fails a minute later. The token (``HF_TOKEN``) is sent, never
-    shown."""
+    GET of it (no retries, ``timeout_s``) finds it; a model that needs its own code is refused here too.
+    Unreachable, misspelt and gated ids raise ModelNotFoundError at once with what to do, instead of a run that
+    fails a minute later. The token (``HF_TOKEN``) is sent, never shown."""
     if resolved.kind != "hub" or resolved.ref in _hub_ok:
         return
+    import json
     import urllib.error
     import urllib.request
 
@@ -201,19 +287,24 @@ def check_hub_model(resolved: ResolvedModel, timeout_s: float = HUB_CHECK_TIMEOU
 
     cached = try_to_load_from_cache(resolved.ref, "config.json")
     if isinstance(cached, str):
+        try:
+            config = json.loads(Path(cached).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        _check_hub_config(resolved.ref, config)
         _hub_ok.add(resolved.ref)
         return
     if constants.HF_HUB_OFFLINE:
         raise ModelNotFoundError(f"'{resolved.ref}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                                  "download it first, or use 'default' or a local directory")
     url = f"{constants.ENDPOINT.rstrip('/')}/{resolved.ref}/resolve/main/config.json"
-    req = urllib.request.Request(url, method="HEAD")
+    req = urllib.request.Request(url)  # noqa: S310 - the Hub endpoint (https, or HF_ENDPOINT set by the admin)
     token = get_token()
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s):
-            pass
+        with urllib.request.urlopen(req, timeout=timeout_s) as answer:  # noqa: S310 - see above
+            body = answer.read(4 * 1024 * 1024)
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise ModelNotFoundError(f"'{resolved.ref}' is gated or private on the Hugging Face Hub (HTTP {exc.code}): "
@@ -227,7 +318,18 @@ def check_hub_model(resolved: ResolvedModel, timeout_s: float = HUB_CHECK_TIMEOU
         raise ModelNotFoundError(f"the Hugging Face Hub is unreachable from this machine ({reason}), so "
                                  f"'{resolved.ref}' cannot be loaded: use 'default' or a local model directory"
                                  ) from None
+    try:
+        config = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        config = {}  # transformers reports a broken config when it loads it
+    _check_hub_config(resolved.ref, config)
     _hub_ok.add(resolved.ref)
+
+
+def _check_hub_config(ref: str, config: dict) -> None:
+    err = remote_code_error(config, f"'{ref}'")
+    if err:
+        raise UnsafeModelError(err)
 
 
 def load_tokenizer(ref: str | ResolvedModel):
@@ -235,8 +337,8 @@ def load_tokenizer(ref: str | ResolvedModel):
 
     resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
     try:
-        tok = AutoTokenizer.from_pretrained(resolved.path)
-    except OSError as exc:
+        tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=remote_code_allowed())
+    except (OSError, ValueError) as exc:
         raise ModelNotFoundError(_hub_error(resolved, exc)) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -248,12 +350,16 @@ def load_config(ref: str | ResolvedModel):
 
     resolved = ref if isinstance(ref, ResolvedModel) else resolve_model(ref)
     try:
-        return AutoConfig.from_pretrained(resolved.path)
-    except OSError as exc:
+        return AutoConfig.from_pretrained(resolved.path, trust_remote_code=remote_code_allowed())
+    except (OSError, ValueError) as exc:
         raise ModelNotFoundError(_hub_error(resolved, exc)) from exc
 
 
 def _hub_error(resolved: ResolvedModel, exc: Exception) -> str:
+    if "trust_remote_code" in str(exc):
+        return (f"{resolved.display_name} needs its own Python code to load (trust_remote_code), and the studio does "
+                "not run code from model files. An admin can allow it with FTS_TRUST_REMOTE_CODE=1 (never honoured "
+                "on a Space)")
     if resolved.kind == "hub":
         return (
             f"could not load '{resolved.ref}' from the Hugging Face Hub ({type(exc).__name__}): the Hub may be "

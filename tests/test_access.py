@@ -118,3 +118,148 @@ def test_a_chat_template_that_reaches_for_python_internals_fails_clearly_and_run
     with pytest.raises(TemplateError, match="cannot render"):
         check_renders(target)  # what the worker runs before training: the sandbox refuses
     assert not marker.exists()
+
+
+# ---- what the studio loads: safetensors only, no model code from model files ------------------------------------
+
+def _pickled_model(folder):
+    """A real tiny model saved the old way: pytorch_model.bin (a pickle) and no safetensors."""
+    from tests.base_models import make_base_model
+
+    make_base_model(folder, "llama", hidden=32, layers=1)
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_pickle_only_folders_are_refused_shared_and_opt_in_locally(workspace, tmp_path, monkeypatch, fixtures_dir):
+    from core import runs
+    from core.generate import GenerateError, resolve_source
+    from core.models import UnsafeModelError, resolve_model
+    from core.runs import JobError
+    from core.train.config import TrainConfig
+    from core.train.jobs import submit_training
+
+    model = _pickled_model(tmp_path / "old-model")
+    adapter = tmp_path / "old-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model),
+                                                             "peft_type": "LORA"}))
+    (adapter / "adapter_model.bin").write_bytes(b"not even read")
+    for k in ("FTS_SHARED", "SPACE_ID", "FTS_AUTH", "GRADIO_SERVER_NAME", "FTS_ALLOW_PICKLE"):
+        monkeypatch.delenv(k, raising=False)
+    # locally: refused, with the opt-in named
+    with pytest.raises(UnsafeModelError, match=r"only pickled weights \(pytorch_model.bin\).*FTS_ALLOW_PICKLE=1"):
+        resolve_model(str(model))
+    with pytest.raises(GenerateError, match="adapter_model.bin"):
+        resolve_source(str(adapter))  # the Playground / Evaluate way in
+    cfg = dict(base_model=str(model), dataset=str(fixtures_dir / "alpaca_en_demo.json"), max_steps=1,
+               chat_template="alpaca")
+    with pytest.raises(JobError, match="pickled weights"):
+        submit_training(TrainConfig(**cfg), start=False)
+    assert runs.list_runs() == []  # no run row
+    # the host's explicit opt-in loads it (transformers' weights-only unpickler), and the checks pass
+    monkeypatch.setenv("FTS_ALLOW_PICKLE", "1")
+    from core.models import load_kwargs
+
+    assert resolve_model(str(model)).kind == "local" and "use_safetensors" not in load_kwargs()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(str(model), **load_kwargs()).config.hidden_size == 32
+    # a shared studio never honours it, and its message offers no opt-in
+    monkeypatch.setenv("FTS_SHARED", "1")
+    assert load_kwargs()["use_safetensors"] is True
+    with pytest.raises(UnsafeModelError) as err:
+        resolve_model(str(model))
+    assert "FTS_ALLOW_PICKLE" not in str(err.value) and "safe_serialization=True" in str(err.value)
+    # and with use_safetensors a pickle is never opened, even if a check were bypassed
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained(str(model), **load_kwargs())
+
+
+def _remote_code_model(folder, marker):
+    """A model folder whose config asks for its own code; that code would leave a marker file if it ever ran."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil_arch", "architectures": ["EvilForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig",
+                     "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}}))
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (folder / "configuration_evil.py").write_text(code)
+    (folder / "modeling_evil.py").write_text(code)
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_a_model_that_needs_its_own_code_is_refused_naming_the_admin_setting(workspace, tmp_path, monkeypatch,
+                                                                             fixtures_dir):
+    from core import runs
+    from core.models import UnsafeModelError, load_config, remote_code_allowed, resolve_model
+    from core.runs import JobError
+    from core.train.config import TrainConfig
+    from core.train.jobs import submit_training
+
+    marker = tmp_path / "code-ran"
+    model = _remote_code_model(tmp_path / "custom", marker)
+    for k in ("SPACE_ID", "FTS_TRUST_REMOTE_CODE"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(UnsafeModelError, match=r"trust_remote_code.*FTS_TRUST_REMOTE_CODE=1 \(never honoured on a "
+                                               r"Space\)"):
+        resolve_model(str(model))
+    with pytest.raises(JobError, match="FTS_TRUST_REMOTE_CODE"):
+        submit_training(TrainConfig(base_model=str(model), dataset=str(fixtures_dir / "alpaca_en_demo.json"),
+                                    max_steps=1), start=False)
+    assert runs.list_runs() == [] and not marker.exists()
+    # the admin setting lets it through the studio's check; transformers is then told to trust it
+    monkeypatch.setenv("FTS_TRUST_REMOTE_CODE", "1")
+    assert remote_code_allowed() and resolve_model(str(model)).kind == "local"
+    # ... but never on a Space, and transformers itself refuses without the flag
+    monkeypatch.setenv("SPACE_ID", "someone/studio")
+    assert not remote_code_allowed()
+    with pytest.raises(UnsafeModelError):
+        resolve_model(str(model))
+    from core.models import ModelNotFoundError, ResolvedModel
+
+    with pytest.raises(ModelNotFoundError, match="FTS_TRUST_REMOTE_CODE"):
+        load_config(ResolvedModel(str(model), "local", str(model), "custom"))
+    assert not marker.exists()  # nothing from the folder ran, at any step
+
+
+def test_a_hub_model_that_needs_its_own_code_is_refused_at_submit(monkeypatch, tmp_path):
+    """check_hub_model reads the Hub's config.json (here a loopback server standing in for the endpoint)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from huggingface_hub import constants
+
+    from core.models import ResolvedModel, UnsafeModelError, check_hub_model
+
+    configs = {"/acme/custom/resolve/main/config.json": {"model_type": "acme", "auto_map": {"AutoModel": "m.M"}},
+               "/acme/plain/resolve/main/config.json": {"model_type": "llama"}}
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(configs[self.path]).encode() if self.path in configs else b"{}"
+            self.send_response(200 if self.path in configs else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.delenv("FTS_TRUST_REMOTE_CODE", raising=False)
+    try:
+        with pytest.raises(UnsafeModelError, match="'acme/custom' needs its own Python code"):
+            check_hub_model(ResolvedModel("acme/custom", "hub", "acme/custom", "acme/custom"))
+        check_hub_model(ResolvedModel("acme/plain", "hub", "acme/plain", "acme/plain"))  # transformers has llama
+    finally:
+        server.shutdown()

@@ -337,7 +337,7 @@ def generate_demo_rows(n: int, seed: int = 0) -> list[dict]:
     """
     if n < 0:
         raise ValueError(f"n must be >= 0 (got {n})")
-    rng = random.Random(f"finetune-studio-demo:{seed}")
+    rng = random.Random(f"finetune-studio-demo:{seed}")  # noqa: S311 - seeded demo rows, not secrets
     return [_one_row(rng) for _ in range(n)]
 
 

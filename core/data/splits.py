@@ -66,7 +66,7 @@ def assign_splits(n: int, spec: SplitSpec, given: list[str | None] | None = None
             out[i] = "train"
         return out  # type: ignore[return-value]
     order = list(range(n))
-    random.Random(spec.seed).shuffle(order)
+    random.Random(spec.seed).shuffle(order)  # noqa: S311 - a reproducible split, not a secret
     n_val = int(round(n * spec.validation))
     n_test = int(round(n * spec.test))
     if n - n_val - n_test < 1:  # tiny datasets: training keeps at least one row

@@ -206,7 +206,7 @@ def _server_cmd_matches(cmd: list[str], dep_id: int | None) -> bool:
 
 def _health(url_root: str, timeout_s: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url_root + "/health", timeout=timeout_s) as r:
+        with urllib.request.urlopen(url_root + "/health", timeout=timeout_s) as r:  # noqa: S310 - http://127.0.0.1:<port> of a server the studio started
             return r.status == 200
     except (OSError, http.client.HTTPException, ValueError):  # refused, reset, or something not HTTP on the port
         return False
@@ -243,7 +243,8 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
     argv = server_argv(model_dir, name, port, host, dep_id=dep.id, merge_run=run_id if needs_merge else None)
     try:
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # argv is the studio's own list (server_argv: fixed program, checked values), never a shell line
+            proc = subprocess.Popen(argv, stdout=log,  # noqa: S603 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
                                     env=_server_env())
     except OSError as exc:

@@ -573,7 +573,7 @@ def _detect_chat_format(template: str | None, bos: str, eos: str) -> tuple[str |
                        for gen in (True, False)):
                 continue
             rendered = variants(_render(template, no_system, True, bos, eos))
-        except Exception:  # noqa: BLE001 - a template that does not render for this format is just not this format
+        except Exception:  # noqa: BLE001, S112 - a template that does not render for this format is just not this format
             continue
         tail = _turns(fmt, no_system, True)
         if tail in rendered:

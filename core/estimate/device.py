@@ -14,7 +14,7 @@ def worker_device() -> tuple[str, Optional[int], bool]:
             free, _total = torch.cuda.mem_get_info(idx)
             name = torch.cuda.get_device_name(idx)
             return f"cuda:{idx} ({name})", int(free), bool(torch.cuda.is_bf16_supported())
-    except Exception:  # noqa: BLE001 - a broken driver must not stop the check; fall back to CPU
+    except Exception:  # noqa: BLE001, S110 - a broken driver must not stop the check; fall back to CPU
         pass
     try:
         import psutil

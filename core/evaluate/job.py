@@ -61,7 +61,7 @@ def resolve_sides(cfg: EvalConfig) -> tuple[ModelSource, ModelSource]:
 def _sample(rows: list[dict], limit: int | None, seed: int) -> list[tuple[int, dict]]:
     idx = list(range(len(rows)))
     if limit is not None and len(idx) > limit:
-        idx = sorted(random.Random(seed).sample(idx, limit))
+        idx = sorted(random.Random(seed).sample(idx, limit))  # noqa: S311 - a reproducible sample, not a secret
     return [(i, rows[i]) for i in idx]
 
 

@@ -91,7 +91,7 @@ class LocalBackend(Backend):
         with open(paths.log_path(job.id), "ab") as logf:
             logf.write(f"\n===== attempt {job.attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
             logf.flush()
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # noqa: S603 - sys.executable -m core.runs.supervise <id>, no shell
                 supervisor_command(job.id),
                 cwd=str(REPO_ROOT),
                 env=job_environment(),

@@ -88,7 +88,7 @@ def retrying(fn: Callable[[], T], window_s: float | None = None) -> T:
         except (OperationalError, DBAPIError) as exc:
             if not is_transient_db_error(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(delay * (1 + random.random()))
+            time.sleep(delay * (1 + random.random()))  # noqa: S311 - retry jitter
             delay = min(delay * 2, 2.0)
 
 

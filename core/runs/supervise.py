@@ -97,7 +97,8 @@ def supervise(job_id: int) -> int:
         return 0
     kind = get_kind(job.kind)
     cmd = kind.command(job)
-    child = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=dict(os.environ), stdin=subprocess.DEVNULL,
+    # the job kind's own argv (python -m core.<kind>.worker <id>), no shell
+    child = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=dict(os.environ), stdin=subprocess.DEVNULL,  # noqa: S603
                              preexec_fn=_die_with_parent)
     if terminating.is_set():
         on_term(signal.SIGTERM, None)
@@ -130,7 +131,7 @@ def supervise(job_id: int) -> int:
             last_beat = now
             try:
                 store.heartbeat(job_id, peak_memory_bytes=peak or None, memory_limit_bytes=limit)
-            except Exception:  # noqa: BLE001 - a busy or full database must not stop the supervision
+            except Exception:  # noqa: BLE001, S110 - a busy or full database must not stop the supervision
                 pass
     rc = child.returncode
     oom_after = memory.oom_kill_count()
@@ -160,7 +161,7 @@ def supervise(job_id: int) -> int:
     else:
         try:
             store.report_progress(job_id, peak_memory_bytes=peak or None, memory_limit_bytes=limit)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - best effort; the next tick reports
             pass
     try:  # hand the device to the next queued job
         from core.runs.scheduler import dispatch

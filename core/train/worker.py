@@ -98,7 +98,7 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
     if config.eval_split > 0:
         import random
 
-        rnd = random.Random(config.seed)
+        rnd = random.Random(config.seed)  # noqa: S311 - a seeded data order
         rnd.shuffle(examples)
         n_eval = max(1, int(len(examples) * config.eval_split))
         eval_examples, examples = examples[:n_eval], examples[n_eval:]
@@ -116,7 +116,9 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
         from core.train.attention import register as register_packed_attention
 
         register_packed_attention()
-    model_kwargs: dict = {"dtype": load_dtype, "attn_implementation": setup.attention}
+    from core.models import load_kwargs
+
+    model_kwargs: dict = {"dtype": load_dtype, "attn_implementation": setup.attention, **load_kwargs()}
     if config.method == "qlora":
         err = qlora_support_error()
         if err:
@@ -158,6 +160,10 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
         # estimator (and QLoRA's point) does not budget; non-reentrant checkpointing needs no input gradients.
         if config.init_adapter:
             log(f"continuing from adapter {config.init_adapter}")
+            from core.models import check_safe_to_load
+
+            if Path(config.init_adapter).is_dir():
+                check_safe_to_load(Path(config.init_adapter))  # safetensors only, as for every model folder
             model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
         else:
             targets = config.lora_target_modules
