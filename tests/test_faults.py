@@ -102,13 +102,21 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_one_and_resumes(small_disk, al
     ws, resize = small_disk
     cfg = ws.parent.parent / "run.yaml"
     cfg.write_text(small_config(alpaca, max_steps=8, save_total_limit=2).to_yaml())
-    # an 18 MB checkpoint; two kept + the one being written do not fit in 40 MB
-    proc = cli("train", "--config", str(cfg), "--wait", "--json")
-    assert proc.returncode == 1, proc.stderr
+    # an 18 MB checkpoint; two kept + the one being written do not fit in 40 MB. The disk pre-check at submit
+    # refuses such a run at once (test_a_run_the_disk_cannot_hold_is_refused_at_submit), so here the disk shrinks
+    # after the run started, as when something else fills it
+    refused = cli("train", "--config", str(cfg), "--json")
+    assert refused.returncode == 2 and "not enough disk space for this run" in refused.stderr, refused.stderr
+    resize("200m")
+    started = cli("train", "--config", str(cfg), "--json")
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["id"]
+    resize("40m")
+    final = runs.wait_for(run_id, timeout_s=300)
+    proc = cli("runs", "show", str(run_id), "--json")
     assert "Traceback" not in proc.stderr
     out = json.loads(proc.stdout)
-    run_id = out["id"]
-    assert out["status"] == "failed"
+    assert out["status"] == "failed" and final.status == RunStatus.failed
     print(f"\n{out['error']}")
     assert re.match(r"disk full: \d+ MB free in the workspace; a checkpoint of this run needs ~1\d MB", out["error"])
     rd = ws / "runs" / str(run_id)
@@ -131,6 +139,7 @@ def test_disk_full_when_the_database_cannot_write_either(small_disk, alpaca):
     ws, resize = small_disk
     cfg = ws.parent.parent / "run.yaml"
     cfg.write_text(small_config(alpaca, max_steps=400, save_steps=2, save_total_limit=1).to_yaml())
+    resize("200m")  # room for the run at submit (the disk pre-check); then the disk fills up while it trains
     waiter = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(cfg), "--wait", "--json"],
                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ))
@@ -373,3 +382,47 @@ def _start_app(workspace: Path, log_name: str = "app.log"):
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError("app did not start: " + log.read_text()[-3000:])
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_at_submit(small_disk, alpaca):
+    """The pre-check (issue 15): checkpoints kept × their size + the final adapter, from the estimator, against the
+    workspace's free space — refused up front with the numbers and what to change; no run row."""
+    from core.runs import JobError
+    from core.train.jobs import submit_training
+
+    ws, resize = small_disk
+    config = small_config(alpaca, max_steps=8, save_total_limit=2)
+    with pytest.raises(JobError) as err:
+        submit_training(config, start=False)
+    msg = str(err.value)
+    print(f"\n{msg}")
+    assert re.match(r"not enough disk space for this run: it writes up to \d+ MB \(3 checkpoint\(s\) of ~18 MB on "
+                    r"disk at once \(save_total_limit=2, each with the optimizer state\) and the final adapter of "
+                    r"~\d+ MB\) and \d+ MB is free in the workspace; keep fewer checkpoints \(save_total_limit=1\), "
+                    r"or save only at the end \(save_steps=0\), or free space under ", msg), msg
+    assert runs.list_runs() == []
+    # what the message suggests fits: one checkpoint at the end and the adapter
+    resize("60m")
+    run = submit_training(small_config(alpaca, max_steps=8, save_steps=0, save_total_limit=1), start=False)
+    assert run.status == RunStatus.queued
+
+
+def test_an_export_the_disk_cannot_hold_is_refused_before_it_writes(demo_ws):
+    from core.deploy.export import check_export_disk, export_disk_bytes
+
+    run = runs.get_run(demo_ws["run_id"])
+    merged = export_disk_bytes(run, "safetensors")
+    base_bytes = sum(f.stat().st_size for f in Path(default_model_dir_of(run)).glob("*.safetensors"))
+    assert merged in (0, base_bytes)  # 0 when a fresh merge exists already
+    assert export_disk_bytes(run, "gguf") >= base_bytes and export_disk_bytes(run, "adapter") == 0
+    with pytest.raises(runs.JobError, match=r"not enough disk space for this export: it writes about [\d.]+ [MG]B "
+                                            r"\(the merged model and the GGUF file\) and 10 MB is free.*adapter"):
+        check_export_disk(run, "gguf", free_bytes=10 * MB)
+    check_export_disk(run, "adapter", free_bytes=0)  # the adapter is already on disk: nothing to write
+    check_export_disk(run, "gguf")  # this machine's real free space holds it
+
+
+def default_model_dir_of(run) -> str:
+    from core.models import resolve_model
+
+    return resolve_model(run.base_model or "default").path

@@ -80,6 +80,19 @@ def test_deploy_on_a_space_gives_the_container_command_and_starts_nothing(worksp
     assert "local server only" in out["engine"] and out["command"].startswith("docker run")
 
 
+def test_a_space_visitor_cannot_push_with_the_owners_token(demo_ws, monkeypatch):
+    from core import runs
+    from core.deploy.export import submit_export
+
+    monkeypatch.setenv("SPACE_ID", "someone/finetune-studio")
+    monkeypatch.setenv("HF_TOKEN", "hf_PlantedOwnerToken123")
+    before = len(runs.list_runs(kind="export"))
+    with pytest.raises(runs.JobError, match="does not push to the Hugging Face Hub with its owner's token") as exc:
+        submit_export({"run_id": demo_ws["run_id"], "format": "hub", "repo_id": "visitor/stolen"})
+    assert "hf_PlantedOwnerToken123" not in str(exc.value)
+    assert len(runs.list_runs(kind="export")) == before  # nothing queued
+
+
 def test_without_the_embedded_package_the_default_model_comes_from_the_hub_or_says_how(tmp_path, monkeypatch):
     import core.models as models
 

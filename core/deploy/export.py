@@ -181,6 +181,47 @@ def run_job(ctx):
                      summary=f"{cfg.format} export of run {run.id} at {output}")
 
 
+def export_disk_bytes(run, fmt: str) -> int | None:
+    """What an export of ``run`` writes to the workspace: the merged model (the base's safetensors, unless a fresh
+    merge exists) and, for GGUF, a file no larger than that. None when the base's size is not known here."""
+    if fmt == "adapter" or (run.method == "full" and fmt != "gguf"):
+        return 0
+    from core.models import ModelNotFoundError, resolve_model
+
+    if run.method == "full":
+        merged_bytes, need = paths.dir_size_bytes(Path(run.adapter_path)), 0
+    else:
+        try:
+            base = resolve_model(run.base_model or "default", prepare_default=False)
+        except ModelNotFoundError:
+            return None
+        if not base.is_local:
+            return None
+        merged_bytes = sum(f.stat().st_size for f in Path(base.path).glob("*.safetensors"))
+        need = 0 if _fresh(merged_dir(run.id), Path(run.adapter_path)) else merged_bytes
+    if fmt == "gguf":
+        need += merged_bytes
+    return need
+
+
+def check_export_disk(run, fmt: str, free_bytes: int | None = None) -> None:
+    """Refuse an export the workspace's disk cannot hold, before anything is written."""
+    from core.config import get_settings
+    from core.runs.errors import fmt_bytes
+
+    need = export_disk_bytes(run, fmt)
+    if not need:
+        return
+    where = get_settings().runs_dir
+    free = paths.free_bytes(where) if free_bytes is None else free_bytes
+    if need + 16 * 1024**2 <= free:
+        return
+    raise JobError(f"not enough disk space for this export: it writes about {fmt_bytes(need)} (the merged model"
+                   + (" and the GGUF file" if fmt == "gguf" else "") + f") and {fmt_bytes(free)} is free in the "
+                   f"workspace; free space under {where}" + ("" if fmt == "adapter" else
+                                                             ", or export the adapter alone (format adapter)"))
+
+
 def submit_export(cfg: ExportConfig | dict, *, start: bool = True):
     """Queue an export after checking what it points at (nothing is queued for bad input)."""
     from core import runs
@@ -191,6 +232,11 @@ def submit_export(cfg: ExportConfig | dict, *, start: bool = True):
     if cfg.format == "adapter" and run.method == "full":
         raise JobError(f"run {run.id} is a full fine-tune: it has no adapter to keep separate; export safetensors")
     if cfg.format == "hub":
+        from core.space import in_space
+
+        if in_space():  # a visitor must not publish with the Space owner's token
+            raise JobError("a Space does not push to the Hugging Face Hub with its owner's token: export safetensors "
+                           "or the adapter here, or run the studio on your own machine to push")
         from huggingface_hub.utils import get_token
 
         from core.deploy.hub import check_repo_id
@@ -199,6 +245,7 @@ def submit_export(cfg: ExportConfig | dict, *, start: bool = True):
         if not get_token():
             raise JobError("no Hugging Face token: set HF_TOKEN in the studio's environment (a write token), then "
                            "push again")
+    check_export_disk(run, cfg.format)
     if cfg.out_dir:
         out = Path(cfg.out_dir).expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -254,3 +254,59 @@ def run_cli(args) -> int:
         print(f"time {tc['seconds'] / 3600:.2f} h on {tc['gpus']}× {tc['gpu']}, cost ${tc['cost_usd']:.2f}  "
               f"({tc['formula']})")
     return 0
+
+
+@dataclass
+class DiskPlan:
+    """What a training run writes to the workspace at its fullest (checkpoints kept + the one being written, then
+    the final adapter / model), from the estimator's parameter counts."""
+    need_bytes: int
+    checkpoint_bytes: int
+    checkpoints: int  # on disk at once at the worst moment
+    final_bytes: int
+    text: str
+
+
+def _tokenizer_bytes(base_model: Optional[str]) -> int:
+    """The tokenizer files every checkpoint and the final folder carry (5 MB when the model is not on this
+    machine)."""
+    try:
+        path = _local_path(base_model or "default")
+    except Exception:  # noqa: BLE001 - an unknown model: the worker reports it
+        path = None
+    if path is None:
+        return 5 * 1024**2
+    names = ("tokenizer", "vocab", "merges", "special_tokens", "chat_template", "added_tokens", "spiece")
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file() and f.name.startswith(names))
+
+
+def disk_plan(config) -> DiskPlan:
+    """Bytes a TrainConfig's run writes under ``runs/<id>/`` at its fullest. A checkpoint holds the trainable
+    weights (LoRA adapters are saved in fp32; a full fine-tune's weights in its training precision), the optimizer's
+    states and the tokenizer; ``save_total_limit`` of them are kept, and the next is written (atomically, beside
+    them) before the oldest goes. Raises EstimateError when the model's config cannot be read."""
+    spec = load_model_spec(config.base_model)
+    est = estimate_training_memory(spec, plan_for_config(config, device="cpu", bf16_supported=False))
+    comps = est.component_bytes()
+    tok = _tokenizer_bytes(config.base_model)
+    if config.method == "full":
+        weights = comps.get("weights", 0)
+    else:  # LoRA / QLoRA: the adapter (+ any trained token rows), 4 B per trainable parameter
+        weights = 4 * est.trainable_params
+    small = 1024**2  # trainer state, rng, scheduler, configs, model card
+    ckpt = int(weights + comps.get("optimizer_states", 0) + tok + small)
+    final = int(weights + tok + small)
+    limit = max(1, int(config.save_total_limit or 1))
+    if config.save_steps and config.save_steps > 0:
+        saves = -(-config.max_steps // config.save_steps) if config.max_steps and config.max_steps > 0 else limit + 1
+    else:
+        saves = 1  # the end-of-training checkpoint
+    at_once = min(saves, limit + 1)
+    need = max(at_once * ckpt, min(saves, limit) * ckpt + final)
+    text = (f"{at_once} checkpoint(s) of ~{_mb(ckpt)} on disk at once (save_total_limit={limit}, each with the "
+            f"optimizer state) and the final {'model' if config.method == 'full' else 'adapter'} of ~{_mb(final)}")
+    return DiskPlan(int(need), ckpt, at_once, final, text)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{max(1, round(n / 1024**2))} MB"

@@ -100,11 +100,42 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
     except SpaceLimitError as exc:
         raise JobError(str(exc)) from None
     validate_references(config)
+    check_disk(config)
     if not config.dataset.strip().isdigit():  # a file path: store it absolute
         config = config.model_copy(update={"dataset": str(Path(config.dataset).expanduser().resolve())})
     return runs.submit("train", config.model_dump(mode="json"), start=start, name=config.name,
                        base_model=config.base_model, dataset_ref=config.dataset, method=config.method,
                        parent_run_id=parent_run_id, owner=owner)
+
+
+DISK_RESERVE_BYTES = 16 * 1024**2  # the database, logs and metrics grow too
+
+
+def check_disk(config: TrainConfig, free_bytes: int | None = None) -> None:
+    """Refuse a run the workspace's disk cannot hold (checkpoints kept × their size + the final adapter, from the
+    estimator), up front instead of a disk-full failure halfway through a checkpoint. Unknown sizes pass."""
+    from core.config import get_settings
+    from core.estimate.report import disk_plan
+    from core.estimate.spec import EstimateError
+    from core.runs import paths
+    from core.runs.errors import fmt_bytes
+
+    try:
+        plan = disk_plan(config)
+    except (EstimateError, ValueError, OSError):
+        return  # no config to count from: the worker's own checks report
+    where = get_settings().runs_dir
+    free = paths.free_bytes(where) if free_bytes is None else free_bytes
+    if plan.need_bytes + DISK_RESERVE_BYTES <= free:
+        return
+    fixes = []
+    if config.save_steps and config.save_total_limit > 1:
+        fixes.append("keep fewer checkpoints (save_total_limit=1)")
+    if config.save_steps:
+        fixes.append("save only at the end (save_steps=0)")
+    fixes.append(f"free space under {where}")
+    raise JobError(f"not enough disk space for this run: it writes up to {fmt_bytes(plan.need_bytes)} "
+                   f"({plan.text}) and {fmt_bytes(free)} is free in the workspace; " + ", or ".join(fixes))
 
 
 def continue_training(run_id: int, extra_steps: int) -> Run:
