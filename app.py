@@ -92,6 +92,9 @@ def install_shutdown_handler(monitor: runs.Monitor) -> None:
 
 
 def main() -> None:
+    from core.secrets import install_redaction
+
+    install_redaction()  # the app's own log never holds a token either
     settings = get_settings()
     settings.workspace.mkdir(parents=True, exist_ok=True)
     from core.models import ensure_default_model
@@ -116,7 +119,7 @@ def main() -> None:
     demo.queue(default_concurrency_limit=4)
     try:
         demo.launch(
-            server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            server_name=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",  # loopback unless told otherwise
             server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
             auth=settings.auth,
             max_file_size=f"{max_upload_mb()}mb",  # a bigger upload is refused (413) before it is written

@@ -81,7 +81,7 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_written(workspace, sta
     import urllib.request
     import uuid
 
-    url = start_app(workspace / "app-upload.log", FTS_MAX_UPLOAD_MB="1")
+    url = start_app(workspace / "app-upload.log", FTS_MAX_UPLOAD_MB="1", GRADIO_SERVER_NAME="")
 
     def upload(size: int) -> int:
         boundary = uuid.uuid4().hex
@@ -98,6 +98,24 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_written(workspace, sta
 
     assert upload(2 * 1024 * 1024) == 413
     assert upload(1000) == 200
+
+    # already right, kept so: the page listens on loopback unless told otherwise (GRADIO_SERVER_NAME unset/empty)
+    import psutil
+
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}, listening
+
+    # ... and Gradio's file route serves no file of the host's nor the studio's own database
+    def fetch(path: str) -> int:
+        try:
+            with urllib.request.urlopen(url + "gradio_api/file=" + path, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    for secret in ("/etc/passwd", str(workspace / "studio.db"), "/proc/self/environ", str(workspace / "runs")):
+        assert fetch(secret) in (403, 404), secret
 
 
 def test_a_chat_template_that_reaches_for_python_internals_fails_clearly_and_runs_nothing(tmp_path):

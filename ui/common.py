@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
 import gradio as gr
 
@@ -13,6 +14,18 @@ CSS = """
 .fts-status {font-size: 0.92em; color: #374151;}
 .fts-error {color: #b91c1c; white-space: pre-wrap; font-family: monospace; font-size: 0.85em;}
 """
+
+
+_MD_SPECIALS = re.compile(r"([\\`*_\[\]()!|~#])")
+
+
+def md_text(text, limit: int | None = None) -> str:
+    """Untrusted text (a dataset or run name, a row, a model's answer) placed inside Markdown: HTML escaped, the
+    Markdown syntax that makes links, images, emphasis and code neutralised, one line. Shown as the text it is."""
+    s = " ".join(str(text if text is not None else "").split())
+    if limit is not None and len(s) > limit:
+        s = s[:limit] + "…"
+    return _MD_SPECIALS.sub(r"\\\1", html.escape(s, quote=False))
 
 
 def fmt_duration(seconds: float | None) -> str:

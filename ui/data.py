@@ -5,7 +5,6 @@ call them without a browser.
 """
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from core.data import (
 )
 from core.data.formats import CANONICAL_FIELDS
 from core.data.templates import OWN, template_menu
+from ui.common import md_text
 
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created"]
@@ -64,7 +64,7 @@ def problems_markdown(problems: list[dict]) -> str:
     lines = ["| problem | rows | first rows | example | what happens |", "|---|---:|---|---|---|"]
     for p in problems:
         more = "…" if p["count"] > len(p["rows"]) else ""
-        example = (p["examples"][0] if p["examples"] else "").replace("|", "\\|")[:120]
+        example = md_text(p["examples"][0] if p["examples"] else "", 120)
         action = "dropped (cannot be used)" if p["fatal"] else p["action"]
         lines.append(f"| {p['title']} (`{p['code']}`) | {p['count']} | {', '.join(map(str, p['rows']))}{more} "
                      f"| {example} | {action} |")
@@ -111,7 +111,7 @@ def _upload_label(upload) -> str | None:
 def _shown(text: str, upload) -> str:
     """A message with the upload's temporary path replaced by its file name."""
     text = text.replace(_source(upload, ""), _upload_label(upload)) if upload else text
-    return html.escape(text)
+    return md_text(text)
 
 
 def inspect_source(upload, path, fmt, column_df, template_df):
@@ -126,10 +126,11 @@ def inspect_source(upload, path, fmt, column_df, template_df):
     kind = {"preference": "preference pairs — stored for preference training (DPO), not used for SFT",
             "multiple_choice": "multiple-choice questions — a benchmark for Evaluate, not used for SFT",
             }.get(prep.kind, prep.kind)
+    columns = md_text(", ".join(map(str, prep.columns[:12])))
     head = (f"**{prep.format}** ({kind})"
-            f" · {prep.total_records:,} records · {len(prep.rows):,} usable · columns: {', '.join(prep.columns[:12])}"
+            f" · {prep.total_records:,} records · {len(prep.rows):,} usable · columns: {columns}"
             + (f" · detected: {prep.detected_format}" if prep.detected_format != prep.format else ""))
-    notes = "".join(f"\n\n_{n}_" for n in prep.notes)
+    notes = "".join(f"\n\n_{md_text(n)}_" for n in prep.notes)
     report = head + notes + "\n\n" + problems_markdown(summary)
     found = [p["code"] for p in summary if not p["fatal"]]
     drop_update = gr.update(choices=found, value=[c for c in found if c in DEFAULT_DROP])
@@ -155,7 +156,7 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
     except (DatasetError, ValueError) as exc:
         table, dd = refresh_datasets()
         return f"**Import failed:** {_shown(str(exc), upload)}", table, dd, gr.update(), ""
-    msg = f"**{result.message}**" + "".join(f"\n\n_{n}_" for n in result.notes)
+    msg = f"**{md_text(result.message)}**" + "".join(f"\n\n_{md_text(n)}_" for n in result.notes)
     msg += "\n\n" + problems_markdown(result.problems)
     table, dd = refresh_datasets(str(result.dataset_id))
     hist = _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram"))
@@ -169,10 +170,10 @@ def run_demo_import(progress=gr.Progress()):
         result = import_demo_task(progress=progress)
     except DatasetError as exc:
         table, dd = refresh_datasets()
-        return f"**Demo task unavailable:** {exc}", table, dd, gr.update(), ""
+        return f"**Demo task unavailable:** {md_text(exc)}", table, dd, gr.update(), ""
     table, dd = refresh_datasets(str(result.dataset_id))
-    return (f"**{result.message}**", table, dd, _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram")),
-            stats_markdown(result.token_stats))
+    hist = _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram"))
+    return f"**{md_text(result.message)}**", table, dd, hist, stats_markdown(result.token_stats)
 
 
 def show_row(dataset_id, split, index, model, max_length, template=None):
@@ -182,7 +183,7 @@ def show_row(dataset_id, split, index, model, max_length, template=None):
         pv = preview_row(dataset_id, int(index or 0), split or "train", (model or "").strip() or "default",
                          int(max_length) if max_length else None, template=template)
     except (DatasetError, ValueError) as exc:
-        return None, f"**{exc}**"
+        return None, f"**{md_text(exc)}**"
     if "choices" in pv["row"]:
         return pv["segments"], (f"Row {pv['index']} of {pv['split_rows']} in {split}: a multiple-choice question "
                                 f"({len(pv['row']['choices'])} options, {pv['num_tokens']} tokens as shown) for "
@@ -200,14 +201,14 @@ def show_dataset(dataset_id):
     try:
         ds = get_dataset(dataset_id)
     except DatasetError as exc:
-        return f"**{exc}**", _hist_frame(None), ""
+        return f"**{md_text(exc)}**", _hist_frame(None), ""
     meta = ds.meta or {}
     kind = {"preference": "preference pairs — **for preference training (DPO)**, not usable for SFT",
             "multiple_choice": "multiple-choice questions — **a benchmark for Evaluate**, not usable for SFT",
             }.get(ds.kind, ds.kind)
-    head = (f"**{ds.name}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} "
+    head = (f"**{md_text(ds.name)}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} "
             f"· hash `{ds.content_hash[:12]}`"
-            f"\n\nsource: `{ds.source}`\n\n" + problems_markdown(meta.get("problems", [])))
+            f"\n\nsource: {md_text(ds.source)}\n\n" + problems_markdown(meta.get("problems", [])))
     return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"), ds.kind)
 
 
@@ -218,9 +219,9 @@ def run_stats(dataset_id, model, max_length, template=None, progress=gr.Progress
         out = compute_token_stats(dataset_id, (model or "").strip() or "default", int(max_length or 2048),
                                   progress=progress, template=template)
     except DatasetError as exc:
-        return _hist_frame(None), f"**{exc}**"
+        return _hist_frame(None), f"**{md_text(exc)}**"
     except Exception as exc:  # noqa: BLE001 - UI shows any tokenizer load failure as a message
-        return _hist_frame(None), f"**Cannot count tokens with '{model}':** {exc}"
+        return _hist_frame(None), f"**Cannot count tokens with '{md_text(model)}':** {md_text(exc)}"
     return _hist_frame(out["histogram"]), stats_markdown(out["token_stats"], get_dataset(dataset_id).kind)
 
 
@@ -233,7 +234,7 @@ def _demo_available() -> bool:
     return True
 
 
-def build_tab() -> None:
+def build_tab():
     gr.Markdown("### Bring a dataset\nJSON, JSONL, CSV/TSV, Parquet or TXT — alpaca, ShareGPT, OpenAI `messages`, "
                 "prompt/completion, plain text, preference pairs or multiple-choice questions (MMLU, ARC, HellaSwag, "
                 "TruthfulQA layouts; for Evaluate). Everything else becomes chat messages; token counts use the "
@@ -309,3 +310,11 @@ def build_tab() -> None:
     stats_btn.click(run_stats, [dataset, model, max_length, template], [hist, stats_md])
     preview_btn.click(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
     template.change(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
+
+    def load_lists(current):
+        """Page load / tab open: the datasets as they are now (a CLI import, another browser's) and the selected
+        one's details (a value set by the page itself fires no change event)."""
+        table_u, dd_u = refresh_datasets(current)
+        return (table_u, dd_u, *show_dataset(dd_u.get("value")))
+
+    return load_lists, [dataset], [table, dataset, detail, hist, stats_md]

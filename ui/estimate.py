@@ -10,6 +10,7 @@ import gradio as gr
 
 from core import estimate as est
 from core.estimate.report import template_new_tokens
+from ui.common import md_text
 
 GIB = est.GIB
 COMPONENT_HEADERS = ["Component", "Bytes", "GB", "Alive during", "Formula"]
@@ -75,10 +76,10 @@ def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimiz
         time_md = _time_cost_md(spec, plan, dataset_id, tokens, epochs, gpu, mfu, price)
     except est.EstimateError as exc:
         gr.Warning(str(exc))
-        return (f"### ⚠️ Cannot estimate\n{exc}", [], [], [], [], "")
+        return (f"### ⚠️ Cannot estimate\n{md_text(exc)}", [], [], [], [], "")
     except Exception as exc:  # noqa: BLE001 - never a traceback in the page
         gr.Warning(f"estimate failed: {exc}")
-        return (f"### ⚠️ Estimate failed\n{type(exc).__name__}: {exc}", [], [], [], [], "")
+        return (f"### ⚠️ Estimate failed\n{type(exc).__name__}: {md_text(exc)}", [], [], [], [], "")
 
     moe = (f" · active per token **{counts.active:,}** (experts {counts.experts_active:,} of {counts.experts_total:,})"
            if spec.is_moe else "")

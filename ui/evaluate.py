@@ -19,7 +19,7 @@ from core.evaluate.config import EvalConfig, EvalConfigError
 from core.evaluate.metrics import HIGHER_IS_BETTER
 from core.evaluate.submit import submit_evaluation
 from core.runs import JobError, RunStatus
-from ui.common import fmt_num, progress_html
+from ui.common import fmt_num, md_text, progress_html
 
 OWN_SPLIT = "__run__"
 EVAL_COLUMNS = ["id", "model", "on", "n", "metric", "base → tuned", "status"]
@@ -92,7 +92,7 @@ def start_evaluation(run_id: str | None, folder: str, base: str, dataset: str | 
         check_user_path(data["tuned"], "the adapter / model folder")
         check_user_path(data["base"], "the base model")
     except PathNotAllowed as exc:
-        return f"**Error:** {exc}", None
+        return f"**Error:** {md_text(exc)}", None
     try:
         cfg = EvalConfig.from_dict({k: v for k, v in data.items() if v is not None})
         job = submit_evaluation(cfg)
@@ -146,8 +146,8 @@ def show_evaluation(evaluation_id: str | None, which: str = "all"):
     s = ev.settings or {}
     gen = (f"greedy, max {s.get('max_new_tokens')} new tokens" if not s.get("temperature")
            else f"temperature {s.get('temperature')}, top-p {s.get('top_p')}, max {s.get('max_new_tokens')} new tokens")
-    notes = "".join(f"\n- {html.escape(n)}" for n in (ev.metrics or {}).get("notes", []))
-    head = (f"**{html.escape(ev.tuned_label)}** vs **{html.escape(ev.base_label)}** on `{ev.dataset_ref}` "
+    notes = "".join(f"\n- {md_text(n)}" for n in (ev.metrics or {}).get("notes", []))
+    head = (f"**{md_text(ev.tuned_label)}** vs **{md_text(ev.base_label)}** on {md_text(ev.dataset_ref)} "
             f"[{ev.split}], {ev.n} examples ({ev.kind}; {gen}; seed {s.get('seed')})."
             + (f"\n\nHeadline: **{ev.headline}** {fmt_num(ev.headline_base)} → **{fmt_num(ev.headline_tuned)}**"
                if ev.headline else "") + notes)

@@ -58,9 +58,23 @@ def _stats(r) -> str:
     return " · ".join(bits)
 
 
+def _shown(text: str) -> str:
+    """A pane message: the Chatbot renders HTML (sanitised, but an <img> still loads and a <a> still links), so
+    prompts and answers go in escaped and show as the text they are; :func:`_conversation` reads them back."""
+    return html.escape(text or "", quote=False)
+
+
+def _said(content) -> str:
+    """What a pane message said, unescaped (multi-turn chat sends the model what was typed, not its escaping)."""
+    if isinstance(content, list):  # Gradio's structured content: [{"type": "text", "text": ...}]
+        content = "".join(c.get("text", "") for c in content if isinstance(c, dict))
+    return html.unescape(str(content or ""))
+
+
 def _conversation(system: str, history: list[dict], prompt: str) -> list[dict]:
     msgs = [{"role": "system", "content": system}] if (system or "").strip() else []
-    msgs += [{"role": m["role"], "content": m["content"]} for m in history if m.get("role") in ("user", "assistant")]
+    msgs += [{"role": m["role"], "content": _said(m["content"])} for m in history
+             if m.get("role") in ("user", "assistant")]
     return msgs + [{"role": "user", "content": prompt}]
 
 
@@ -96,7 +110,8 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
     settings = GenSettings(int(max_new_tokens or 256), float(temperature or 0.0), float(top_p or 1.0), int(seed or 0))
     sides = [None, None]
     errors = ["", ""]
-    panes = [hist_a + [{"role": "user", "content": prompt}], hist_b + [{"role": "user", "content": prompt}]]
+    panes = [hist_a + [{"role": "user", "content": _shown(prompt)}],
+             hist_b + [{"role": "user", "content": _shown(prompt)}]]
     convs = [_conversation(system, hist_a, prompt), _conversation(system, hist_b, prompt)]
     for i in (0, 1):
         panes[i].append({"role": "assistant", "content": "…loading the model"})
@@ -116,7 +131,7 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
                 else f" · no chat template of its own: prompted as {sides[i].template_from} was trained"
                 for i in (0, 1)]
     for i in (0, 1):
-        panes[i][-1] = {"role": "assistant", "content": f"⚠ {errors[i]}" if errors[i] else ""}
+        panes[i][-1] = {"role": "assistant", "content": _shown(f"⚠ {errors[i]}") if errors[i] else ""}
     stats = ["", ""]
     last = None
     try:
@@ -124,15 +139,15 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
         for results in stream([sides[i] for i in live], [convs[i] for i in live], settings):
             last = results
             for r, i in zip(results, live):
-                panes[i][-1] = {"role": "assistant", "content": f"⚠ {r.error}" if r.error else r.text}
+                panes[i][-1] = {"role": "assistant", "content": _shown(f"⚠ {r.error}" if r.error else r.text)}
                 stats[i] = _stats(r) + (borrowed[i] if not r.error else "")
             yield *pane_updates(panes, sides, keys, blind), stats[0], stats[1], state, gr.update(visible=False), ""
     except GenerateError as exc:
         for i in live:
-            panes[i][-1] = {"role": "assistant", "content": f"⚠ {exc}"}
+            panes[i][-1] = {"role": "assistant", "content": _shown(f"⚠ {exc}")}
         yield *pane_updates(panes, sides, keys, blind), "", "", state, gr.update(visible=False), ""
         return
-    outputs = [panes[0][-1]["content"], panes[1][-1]["content"]]
+    outputs = [_said(panes[0][-1]["content"]), _said(panes[1][-1]["content"])]
     labels = _labels(sides, keys)
     ok = last is not None and all(sides) and not any(r.error for r in last) and keys[0] != keys[1]
     state["last"] = {"prompt": prompt, "system": system or "", "keys": keys, "labels": labels, "outputs": outputs,

@@ -16,7 +16,7 @@ from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.recipes import get_recipe, recipe_menu, recipe_needs
-from ui.common import fmt_duration, fmt_num, progress_html
+from ui.common import fmt_duration, fmt_num, md_text, progress_html
 
 REFRESH_S = 1.0
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
@@ -124,7 +124,7 @@ def run_details(run_id: str | None, cache: dict | None = None):
     config_yaml = TrainConfig.model_validate(run.config).to_yaml()
     err = ""
     if run.error:
-        err = f"**Why it ended:**\n\n```\n{run.error[-3000:]}\n```"
+        err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
     elif run.status == RunStatus.succeeded:
         err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
     head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s)
@@ -178,7 +178,7 @@ def template_note(base_model: str | None, choice: str | None, has: bool | None =
     """What the Prompt template choice means for this base model, in one line (the same whichever input changed).
     ``has``: whether the model has a chat template, when the caller looked it up already."""
     ref = (base_model or "").strip() or "default"
-    name = html.escape(ref)
+    name = html.escape(ref).replace("`", "'")
     if has is ...:
         has = _has_template(ref)
     own = not choice or choice == OWN
@@ -379,7 +379,7 @@ def build_tab() -> None:
             return f"Run #{run.id} continues #{rid} for {int(steps)} steps.", gr.update(choices=run_choices(),
                                                                                        value=str(run.id))
         except (JobError, ConfigError, ValueError) as exc:
-            return f"**Error:** {exc}", gr.update()
+            return f"**Error:** {md_text(exc)}", gr.update()
 
     stop_btn.click(lambda r, s: act("stop", r, s), [selected, extra_steps], [action_msg, selected],
                    concurrency_limit=None)
@@ -438,7 +438,7 @@ def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") ->
                     "start anyway.", None)
         run = train_jobs.submit_training(config, owner=owner)
     except (ConfigError, JobError, PathNotAllowed) as exc:
-        return f"**Error:** {exc}", None
+        return f"**Error:** {md_text(exc)}", None
     note = f"\n\n**Warning:** {warn}" if warn else ""
     return f"Run #{run.id} **{run.status}**.{note}", run.id
 

@@ -49,6 +49,10 @@ class DeployError(JobError):
 
 def _save(dep: Deployment) -> Deployment:
     dep.updated_at = utcnow()
+    if dep.error:
+        from core.secrets import redact
+
+        dep.error = redact(dep.error)
     with db_session() as s:
         s.add(dep)
         s.flush()
@@ -60,6 +64,10 @@ def _update(dep_id: int, *, expect: tuple[str, ...] | None = None, **fields) -> 
     """Change a row; with ``expect``, only while its status is one of those (compare-and-set: a reader that decided
     from a stale status — a tick racing a stop, two dashboards — changes nothing). Returns the row as stored."""
     fields["updated_at"] = utcnow()
+    if fields.get("error"):
+        from core.secrets import redact
+
+        fields["error"] = redact(fields["error"])
     with db_session() as s:
         q = update(Deployment).where(Deployment.id == dep_id)
         if expect is not None:

@@ -138,7 +138,9 @@ def file_tail(p: Path, max_lines: int = 40, max_chars: int = 6000) -> str:
         f.seek(max(0, size - 64_000))
         text = f.read().decode("utf-8", errors="replace")
     lines = text.splitlines()[-max_lines:]
-    return "\n".join(lines)[-max_chars:]
+    from core.secrets import redact
+
+    return redact("\n".join(lines)[-max_chars:]) or ""
 
 
 def fsync_dir(path: Path) -> None:

@@ -175,6 +175,10 @@ def transition(job_id: int, new: RunStatus | str, *, expect: Iterable[RunStatus]
     """
     new = RunStatus(new)
     expect_set = None if expect is None else {RunStatus(x) for x in expect}
+    if fields.get("error"):
+        from core.secrets import redact
+
+        fields["error"] = redact(fields["error"])
 
     def _once() -> Run | None:
         while True:
@@ -322,6 +326,9 @@ def finish(job_id: int, status: RunStatus | str, *, error: str | None = None, at
     status = RunStatus(status)
     if not status.is_finished:
         raise TransitionError(f"{status} is not an ending")
+    from core.secrets import redact
+
+    error = redact(error)
     values = dict(error=error, finished_at=utcnow(), stop_requested=False, **fields)
     try:
         transition(job_id, status, expect=RunStatus.active(), attempt=attempt, **values)

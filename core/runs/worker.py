@@ -150,6 +150,9 @@ def quiet_library_noise() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.secrets import install_redaction
+
+    install_redaction()  # the worker log never holds a token, whatever a library prints
     quiet_library_noise()
     parser = argparse.ArgumentParser(prog="python -m core.runs.worker")
     parser.add_argument("--job-id", type=int, required=True)
