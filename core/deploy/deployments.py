@@ -252,9 +252,9 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
     try:
         with open(log_path, "ab") as log:
             # argv is the studio's own list (server_argv: fixed program, checked values), never a shell line
-            proc = subprocess.Popen(argv, stdout=log,  # noqa: S603 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
-                                    env=_server_env())
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    cwd=str(Path(__file__).resolve().parents[2]), env=_server_env())
     except OSError as exc:
         return _update(dep.id, status="failed", error=f"could not start the server process: {exc}",
                        log_path=str(log_path), args=argv, stopped_at=utcnow())
