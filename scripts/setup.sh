@@ -37,5 +37,14 @@ if ((DEV)) && ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+if ((DEV)) && [[ ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo ">> installing Debian postgresql for the team-database tests"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || true
+  else
+    echo ">> PostgreSQL 15 not found: the PostgreSQL tests will be skipped (apt-get install postgresql)" >&2
+  fi
+fi
+
 echo ">> preparing the embedded default model (converted once, then cached)"
 .venv/bin/python -m core prepare-model >/dev/null

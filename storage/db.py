@@ -77,7 +77,7 @@ def init_db(engine: Engine) -> None:
     """Create missing tables, then add missing columns. Several processes may do this at once on a database that a
     newer version meets for the first time (workers starting together): a table another process created between our
     check and our CREATE is not an error — the next pass sees it."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(5):
         try:
@@ -87,6 +87,9 @@ def init_db(engine: Engine) -> None:
         except (OperationalError, ProgrammingError) as exc:
             text_ = str(exc).lower()
             if attempt == 4 or not ("already exists" in text_ or "duplicate column" in text_):
+                raise
+        except IntegrityError as exc:  # PostgreSQL: two CREATE TABLEs racing collide in its catalog (pg_type)
+            if attempt == 4 or "pg_type" not in str(exc):
                 raise
 
 
@@ -120,13 +123,15 @@ def _default_sql(column) -> str:
 
         if isinstance(column.type, JSON):
             return " NOT NULL DEFAULT '{}'"
-        if isinstance(column.type, (Integer, Float, Boolean)):
+        if isinstance(column.type, Boolean):  # FALSE, not 0: PostgreSQL has a real boolean (SQLite takes both)
+            return " NOT NULL DEFAULT FALSE"
+        if isinstance(column.type, (Integer, Float)):
             return " NOT NULL DEFAULT 0"
         if isinstance(column.type, String):
             return " NOT NULL DEFAULT ''"
         return ""
     if isinstance(default, bool):
-        return f" DEFAULT {int(default)}"
+        return f" DEFAULT {'TRUE' if default else 'FALSE'}"
     if isinstance(default, (int, float)):
         return f" DEFAULT {default}"
     if isinstance(default, str):

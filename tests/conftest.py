@@ -168,3 +168,85 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+# ---- PostgreSQL: a throwaway cluster for the team-database tests (issue 12) ------------------------------------
+PG_BIN = Path(os.environ.get("FTS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class PgCluster:
+    """One PostgreSQL cluster (``initdb`` + ``pg_ctl``) on a free loopback port, as the ``postgres`` user when the
+    tests run as root (initdb refuses root). Each test gets its own database: :meth:`new_database`."""
+
+    def __init__(self) -> None:
+        import shutil
+        import subprocess
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="fts-pg-"))
+        self.data = self.root / "data"
+        self.data.mkdir()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            for p in (self.root, self.data):
+                shutil.chown(p, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = _free_port()
+        subprocess.run([*self.as_user, str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        self.ctl("start")
+
+    def ctl(self, action: str, *extra: str) -> None:
+        import subprocess
+
+        opts = f"-p {self.port} -h 127.0.0.1 -k {self.root} -c fsync=off"
+        subprocess.run([*self.as_user, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts,
+                        "-l", str(self.root / "server.log"), "-w", "-t", "60", action, *extra], check=True,
+                       capture_output=True)
+
+    def new_database(self) -> str:
+        import uuid
+
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        import shutil
+
+        try:
+            self.ctl("stop", "-m", "immediate")
+        except Exception:  # noqa: BLE001, S110 - already stopped
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"needs PostgreSQL 15 ({PG_BIN}; Debian's postgresql package)")
+    pytest.importorskip("psycopg")
+    cluster = PgCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_workspace(request, tmp_path, monkeypatch):
+    """A fresh workspace on SQLite (its own file) or on PostgreSQL (its own database on the session's cluster)."""
+    from storage import reset_engines
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    monkeypatch.setenv("FTS_WORKSPACE", str(ws))
+    monkeypatch.setenv("FTS_MODELS_DIR", str(SHARED_MODELS))
+    if request.param == "postgres":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_cluster").new_database())
+    else:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    reset_engines()
+    yield ws
+    reset_engines()

@@ -1,5 +1,6 @@
 """The runs core on its own: the lifecycle table, atomic claims across processes, a second kind of job through the
-same queue / stop / reconcile (real supervisor and worker subprocesses of a trivial kind), the outcome file."""
+same queue / stop / reconcile (real supervisor and worker subprocesses of a trivial kind), the outcome file. The
+claims and the queue run on SQLite and on PostgreSQL (``db_workspace``)."""
 from __future__ import annotations
 
 import json
@@ -95,7 +96,7 @@ print(json.dumps(got))
 
 
 @pytest.mark.parametrize("limit,expected", [(100, 12), (3, 3)])
-def test_claims_are_atomic_across_processes(workspace, limit, expected):
+def test_claims_are_atomic_across_processes(db_workspace, limit, expected):
     ids = [store.submit("train", {"dataset": "x"}).id for _ in range(12)]
     procs = [subprocess.Popen([sys.executable, "-c", _CLAIMER, str(limit)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for _ in range(4)]
@@ -110,7 +111,7 @@ def test_claims_are_atomic_across_processes(workspace, limit, expected):
 
 
 @pytest.mark.slow
-def test_a_second_kind_shares_queue_stop_and_reconcile(workspace, count_kind):
+def test_a_second_kind_shares_queue_stop_and_reconcile(db_workspace, count_kind):
     a = runs.submit("count", {"steps": 40, "sleep_s": 0.1}, name="a")
     b = runs.submit("count", {"steps": 3, "sleep_s": 0.05}, name="b")
     assert a.status == RunStatus.running and b.status == RunStatus.queued  # one at a time (limit 1)
