@@ -15,6 +15,7 @@ def count(ctx: JobContext) -> JobResult:
     if ctx.config.get("fail"):
         raise ValueError(ctx.config["fail"])
     ctx.progress(max_steps=steps)
+    time.sleep(float(ctx.config.get("start_delay_s", 0)))  # "loading the model"
     for step in range(1, steps + 1):
         if ctx.should_stop():
             if step == 1:

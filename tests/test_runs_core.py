@@ -135,6 +135,17 @@ def test_a_second_kind_shares_queue_stop_and_reconcile(db_workspace, count_kind)
         runs.resume(bad.id)
 
 
+def test_a_stop_while_the_job_is_still_loading_ends_stopped_not_failed(workspace, count_kind):
+    """A kind raises StopRequested before its first step (the train worker does while loading the model): the worker,
+    run as ``python -m core.runs.worker``, must catch that class — not a __main__ copy of it."""
+    job = runs.submit("count", {"steps": 3, "sleep_s": 0.05, "start_delay_s": 3})
+    wait_until(lambda: "starting (pid" in runs.log_tail(job.id), 30)  # the worker is up and "loading"
+    time.sleep(0.3)
+    stopped = runs.stop(job.id, timeout_s=30)
+    assert stopped.status == RunStatus.stopped, (stopped.status, stopped.error, runs.log_tail(job.id))
+    assert "stopped before any work was saved" in runs.log_tail(job.id)
+
+
 @pytest.mark.slow
 def test_killing_the_worker_is_recorded_by_its_supervisor(workspace, count_kind):
     job = runs.submit("count", {"steps": 400, "sleep_s": 0.05})

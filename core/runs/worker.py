@@ -161,4 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module, not this __main__ copy: a kind raises core.runs.worker.StopRequested, and run_job
+    # must catch that class (as __main__ it would be a different one, and a stop while loading became "failed")
+    from core.runs.worker import main as _main
+
+    sys.exit(_main())
