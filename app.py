@@ -115,13 +115,16 @@ def main() -> None:
             print(f"space: {preload_demo()}", flush=True)
         except Exception as exc:  # noqa: BLE001 - the studio starts without it; the quick start can load it
             print(f"space: the demo task could not be preloaded: {exc}", file=sys.stderr, flush=True)
+    from core.users import gradio_auth
+
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
     try:
         demo.launch(
             server_name=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",  # loopback unless told otherwise
             server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
-            auth=settings.auth,
+            auth=gradio_auth(),  # named users (core.users) and/or FTS_AUTH; None: a single-user local studio
+            auth_message="Finetune Studio: sign in with your studio account",
             max_file_size=f"{max_upload_mb()}mb",  # a bigger upload is refused (413) before it is written
             theme=THEME,
             css=CSS,

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare_model)
 
     # the other tabs' commands register themselves
-    for module in ("core.data.cli", "core.estimate", "core.evaluate.cli", "core.deploy.cli"):
+    for module in ("core.data.cli", "core.estimate", "core.evaluate.cli", "core.deploy.cli", "core.users"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,12 +1,12 @@
 """What a browser user may point the studio at on the server's disk (issue 15's "server paths").
 
-A studio is *shared* when strangers can reach it: it runs as a Space (``SPACE_ID``), has accounts or a password
-(``FTS_AUTH``), binds to a non-loopback address (``GRADIO_SERVER_NAME``), or ``FTS_SHARED=1`` says so. Then a path a
-user types — a dataset file, a base-model folder, an adapter, a template to copy — is accepted only inside the
-folders listed in ``FTS_DATA_ROOTS`` (``os.pathsep``-separated; none by default, so only uploads and Hub ids work),
-after ``~``, ``..`` and symlinks are resolved, and before anything is opened. Uploads (Gradio's temporary folder),
-the runs' folders and the converted models are always readable (not the workspace's database). Locally (loopback,
-no accounts) paths work as they always did.
+A studio is *shared* when strangers can reach it: it runs as a Space (``SPACE_ID``), has accounts (a users file,
+core.users) or a password (``FTS_AUTH``), binds to a non-loopback address (``GRADIO_SERVER_NAME``), or
+``FTS_SHARED=1`` says so. Then a path a user types — a dataset file, a base-model folder, an adapter, a template to
+copy — is accepted only inside the folders listed in ``FTS_DATA_ROOTS`` (``os.pathsep``-separated; none by default,
+so only uploads and Hub ids work), after ``~``, ``..`` and symlinks are resolved, and before anything is opened.
+Uploads (Gradio's temporary folder), the runs' folders and the converted models are always readable (not the
+workspace's database). Locally (loopback, no accounts) paths work as they always did.
 
 The CLI is the host's own user and is not checked; this applies to what arrives from the page.
 """
@@ -27,6 +27,10 @@ def shared_mode() -> bool:
     if os.environ.get("FTS_SHARED", "").strip() in ("1", "true", "yes"):
         return True
     if os.environ.get("SPACE_ID") or os.environ.get("FTS_AUTH"):
+        return True
+    from core.users import accounts_configured
+
+    if accounts_configured():  # named users: a team's studio
         return True
     return os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1").strip() not in LOOPBACK
 

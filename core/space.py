@@ -10,7 +10,7 @@ What changes there:
 * the demo task is preloaded, so the quick start and the Train tab have data on the first visit;
 * Deploy serves through the local server only; TGI / vLLM give the command to run on a GPU host.
 
-A visitor is the login name when the studio has one (``FTS_AUTH``), else a salted hash of their address
+A visitor is the login name when the studio has accounts (core.users), else a salted hash of their address
 (``x-forwarded-for`` behind the Spaces proxy): the raw address is never stored.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def visitor_id(request) -> str:
         return ""
     name = signed_in_name(request)
     if name:
-        return "u-" + name
+        return name
     headers = getattr(request, "headers", None) or {}
     forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
     client = getattr(getattr(request, "client", None), "host", "") or ""

@@ -142,6 +142,7 @@ class Dataset(SQLModel, table=True):
     content_hash: str = Field(default="", index=True, unique=True)
     path: str = ""  # directory of the stored version (train/validation/test JSONL of chat messages)
     source: str = ""  # original file name, path or hub id
+    owner: str = ""  # who imported it (a named user, a Space visitor's id; '' in a single-user studio)
     created_at: datetime = Field(default_factory=utcnow)
     splits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

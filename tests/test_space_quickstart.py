@@ -69,7 +69,7 @@ def test_visitor_ids_are_anonymous_and_stable():
     assert a != visitor_id(Req("198.51.100.1", "10.0.0.1")) and visitor_id(None) == ""
     named = Req("203.0.113.7", "10.0.0.1")
     named.username = "alice"  # behind a login (FTS_AUTH) the visitor is the account, wherever it connects from
-    assert visitor_id(named) == "u-alice"
+    assert visitor_id(named) == "alice"
 
 
 def test_deploy_on_a_space_gives_the_container_command_and_starts_nothing(workspace, space, default_model_dir):

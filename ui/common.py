@@ -16,16 +16,28 @@ CSS = """
 """
 
 
-_MD_SPECIALS = re.compile(r"([\\`*_\[\]()!|~#])")
+# what makes a link, an image, code or a table cell: escaped. Emphasis (*, _) only formats and stays readable.
+_MD_SPECIALS = re.compile(r"([\\`\[\]|])")
 
 
 def md_text(text, limit: int | None = None) -> str:
     """Untrusted text (a dataset or run name, a row, a model's answer) placed inside Markdown: HTML escaped, the
-    Markdown syntax that makes links, images, emphasis and code neutralised, one line. Shown as the text it is."""
+    Markdown syntax that makes links, images, code and table cells neutralised, one line. Shown as the text it is."""
     s = " ".join(str(text if text is not None else "").split())
     if limit is not None and len(s) > limit:
         s = s[:limit] + "…"
     return _MD_SPECIALS.sub(r"\\\1", html.escape(s, quote=False))
+
+
+def user_of(request) -> str:
+    """Who is behind a page request: the signed-in account, a Space visitor's anonymous id, or '' (a single-user
+    local studio)."""
+    from core.space import in_space, visitor_id
+    from core.users import accounts_configured
+
+    if request is None or not (accounts_configured() or in_space()):
+        return ""
+    return visitor_id(request)
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -24,10 +24,10 @@ from core.data import (
 )
 from core.data.formats import CANONICAL_FIELDS
 from core.data.templates import OWN, template_menu
-from ui.common import md_text
+from ui.common import md_text, user_of
 
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
-TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created"]
+TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created", "owner"]
 MASK_COLORS = {"trained": "#22c55e", "masked": "#cbd5e1", "truncated": "#ef4444",
                "question": "#e2e8f0", "answer": "#3b82f6"}  # the last two: multiple-choice rows (for Evaluate)
 DEFAULT_DROP = [c for c in PROBLEM_CODES if c not in ("non_string_content", "unfilled_placeholder")]
@@ -143,7 +143,7 @@ def inspect_source(upload, path, fmt, column_df, template_df):
 
 
 def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length,
-               progress=gr.Progress()):
+               progress=gr.Progress(), request: gr.Request = None):
     try:
         source = _source(upload, path)
         result = import_dataset(
@@ -151,7 +151,7 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
             split={"validation": float(val or 0), "test": float(test or 0), "seed": int(seed or 0)},
             drop_invalid=list(drop_codes or []), template_values=_pairs(template_df) or None,
             model=(model or "").strip() or "default", max_length=int(max_length or 2048), progress=progress,
-            source_label=_upload_label(upload),
+            source_label=_upload_label(upload), owner=user_of(request),
         )
     except (DatasetError, ValueError) as exc:
         table, dd = refresh_datasets()

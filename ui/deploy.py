@@ -57,9 +57,10 @@ def deployment_choices() -> list[tuple[str, str]]:
     return [(f"#{d.id} {d.target} {d.served_name} ({d.status})", str(d.id)) for d in D.list_deployments()]
 
 
-def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", private: bool = True
-                 ) -> tuple[str, str | None]:
+def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", private: bool = True,
+                 user: str = "") -> tuple[str, str | None]:
     from core.deploy.export import submit_export
+    from core.users import NotAllowed, check_can_manage
 
     if not run_id:
         return "**Error:** pick a finished training run to export.", None
@@ -67,7 +68,10 @@ def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", pr
     if fmt == "hub":
         data.update(repo_id=(repo_id or "").strip(), private=bool(private))
     try:
-        job = submit_export(data)
+        check_can_manage(runs.get_run(int(run_id)), user, "export")
+        job = submit_export(data, owner=user)
+    except NotAllowed as exc:
+        return f"**Not allowed:** {html.escape(str(exc))}", None
     except JobError as exc:
         return f"**Error:** {html.escape(str(exc))}", None
     return f"Export job #{job.id} **{job.status.value}**: it runs in its own process.", str(job.id)
@@ -97,9 +101,15 @@ def export_progress(job_id: str | None) -> str:
 def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_gpus, quantize_4bit: bool,
                  keep_adapter: bool, request: gr.Request | None = None) -> tuple[str, str, str | None]:
     """(message, command text, selected deployment id). Local servers start in the background (the tab polls)."""
-    who = getattr(request, "username", None) or "anonymous"
+    from core.users import check_can_manage
+    from ui.common import user_of
+
+    who = user_of(request) or "anonymous"
     ref = model_ref or "default"
     try:
+        run_ref = ref.strip().lower()
+        if run_ref.startswith("run:") and run_ref[4:].strip().isdigit():  # serving a run is its owner's call
+            check_can_manage(runs.get_run(int(run_ref[4:])), user_of(request), "deploy")
         port_n = int(port) if port else None  # an empty number box sends 0: a free port
         from core.access import check_user_path
 
@@ -162,10 +172,16 @@ def run_smoke(dep_id: str | None, prompt: str) -> str:
             "</pre>")
 
 
-def stop_deployment(dep_id: str | None) -> str:
+def stop_deployment(dep_id: str | None, user: str = "") -> str:
     if not dep_id:
         return "**Error:** select a deployment first."
+    from core.users import can_manage
+
     try:
+        owner = D.get(int(dep_id)).created_by or ""
+        if not can_manage("" if owner == "anonymous" else owner, user):
+            return (f"**Not allowed:** deployment #{dep_id} was started by {html.escape(owner)}: only they or an "
+                    "admin can stop it")
         dep = D.stop(int(dep_id))
     except (D.DeployError, ValueError) as exc:
         return f"**Error:** {html.escape(str(exc))}"
@@ -258,8 +274,10 @@ def build_tab():
     list_outputs = [ex_run, model, ex_table, table, selected]
     refresh.click(refresh_lists, [selected, ex_run], list_outputs)
 
-    def on_export(run_id, fmt, quant, repo_id, private):
-        msg, job = start_export(run_id, fmt, quant, repo_id, private)
+    def on_export(run_id, fmt, quant, repo_id, private, request: gr.Request):
+        from ui.common import user_of
+
+        msg, job = start_export(run_id, fmt, quant, repo_id, private, user=user_of(request))
         return msg, job, export_progress(job), exports_frame()
 
     ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private], [ex_msg, ex_job, ex_progress, ex_table])
@@ -278,8 +296,10 @@ def build_tab():
     selected.change(deployment_details, selected, detail_outputs)
     health_btn.click(lambda s: (deployments_frame(), *deployment_details(s)), selected, [table, *detail_outputs])
 
-    def on_stop(dep_id):
-        msg = stop_deployment(dep_id)
+    def on_stop(dep_id, request: gr.Request):
+        from ui.common import user_of
+
+        msg = stop_deployment(dep_id, user_of(request))
         return msg, deployments_frame(), gr.update(choices=deployment_choices(), value=dep_id), \
             *deployment_details(dep_id)
 

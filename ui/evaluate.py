@@ -70,7 +70,8 @@ def evaluations_frame() -> pd.DataFrame:
 
 
 def start_evaluation(run_id: str | None, folder: str, base: str, dataset: str | None, split: str, limit,
-                     mode: str, mc_style: str, lm_task: str, max_new_tokens) -> tuple[str, str | None]:
+                     mode: str, mc_style: str, lm_task: str, max_new_tokens, owner: str = ""
+                     ) -> tuple[str, str | None]:
     """The Start button: (message, evaluate job id or None). Bad input: a message, nothing queued."""
     data = {
         "run_id": int(run_id) if run_id and str(run_id).isdigit() else None,
@@ -95,7 +96,7 @@ def start_evaluation(run_id: str | None, folder: str, base: str, dataset: str | 
         return f"**Error:** {md_text(exc)}", None
     try:
         cfg = EvalConfig.from_dict({k: v for k, v in data.items() if v is not None})
-        job = submit_evaluation(cfg)
+        job = submit_evaluation(cfg, owner=owner)
     except (EvalConfigError, JobError) as exc:
         return f"**Error:** {html.escape(str(exc))}", None
     return f"Evaluation job #{job.id} **{job.status.value}**: it runs in its own process; progress below.", str(job.id)
@@ -243,8 +244,10 @@ def build_tab() -> None:
     which.change(show_evaluation, [selected, which], detail_outputs)
     export_btn.click(lambda *a: gr.update(value=export_file(*a), visible=True), [selected, fmt, which], export_out)
 
-    def on_start(*values):
-        msg, job_id = start_evaluation(*values)
+    def on_start(request: gr.Request, *values):  # the request first: gradio injects only positional special args
+        from ui.common import user_of
+
+        msg, job_id = start_evaluation(*values, owner=user_of(request))
         return msg, job_id, job_progress(job_id), evaluations_frame()
 
     start.click(on_start, [run, folder, base, dataset, split, limit, mode, mc_style, lm_task, max_new],

@@ -167,7 +167,9 @@ def vote(winner: str, state: dict | None, request: gr.Request | None = None):
     last = state.get("last")
     if not last or last.get("voted"):
         return "_Nothing to vote on: send a prompt in blind mode first._", leaderboard_frame(), gr.update(), state
-    voter = getattr(request, "username", None) or "anonymous"
+    from ui.common import user_of
+
+    voter = user_of(request) or "anonymous"
     try:
         arena.record_vote(prompt=last["prompt"], system_prompt=last["system"], output_a=last["outputs"][0],
                           output_b=last["outputs"][1], model_a=last["keys"][0], model_b=last["keys"][1],

@@ -174,9 +174,9 @@ def wire(demo: gr.Blocks, parts: dict, tabs: gr.Tabs, loaders: dict | None = Non
     status, message = parts["status"], parts["message"]
     def stage_handler(i: int):
         def handler(request: gr.Request):
-            from core.space import visitor_id
+            from ui.common import user_of
 
-            return do_stage(i, visitor_id(request))
+            return do_stage(i, user_of(request))
         return handler
 
     for i, btn in enumerate(parts["buttons"][:4], 1):

@@ -16,11 +16,11 @@ from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.recipes import get_recipe, recipe_menu, recipe_needs
-from ui.common import fmt_duration, fmt_num, md_text, progress_html
+from ui.common import fmt_duration, fmt_num, md_text, progress_html, user_of
 
 REFRESH_S = 1.0
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
-RUN_COLUMNS = ["id", "name", "status", "method", "progress", "loss", "tokens/s", "duration", "evaluation"]
+RUN_COLUMNS = ["id", "name", "owner", "status", "method", "progress", "loss", "tokens/s", "duration", "evaluation"]
 DEFAULTS = TrainConfig(dataset="-")
 LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
 LR_DTYPES = {"step": "int64", "lr": "float64"}
@@ -59,7 +59,7 @@ def runs_frame(rows: list | None = None) -> pd.DataFrame:
         ev = evals.get(r.id)
         headline = (f"{ev.headline} {fmt_num(ev.headline_tuned, '{:.3f}')} (base {fmt_num(ev.headline_base, '{:.3f}')})"
                     if ev and ev.headline else "")
-        out.append([r.id, r.name, r.status.value, r.method, prog, fmt_num(r.last_loss),
+        out.append([r.id, r.name, r.owner or "", r.status.value, r.method, prog, fmt_num(r.last_loss),
                     fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r)), headline])
     return pd.DataFrame(out, columns=RUN_COLUMNS)
 
@@ -311,7 +311,11 @@ def build_tab() -> None:
             start_msg = gr.Markdown()
 
         with gr.Column(scale=3, min_width=420):
-            gr.Markdown("#### Runs")
+            with gr.Row():
+                gr.Markdown("#### Runs")
+                from core.users import accounts_configured
+
+                mine = gr.Checkbox(False, label="Only my runs", visible=accounts_configured(), elem_id="train-mine")
             runs_table = gr.Dataframe(value=runs_frame, headers=RUN_COLUMNS, interactive=False, max_height=260,
                                       wrap=True)
             metrics_cache = gr.State(new_metrics_cache())
@@ -351,22 +355,23 @@ def build_tab() -> None:
     keys = list(config_inputs)
 
     def start(request: gr.Request, *values):  # the request first: gradio injects only positional special args
-        from core.space import visitor_id
-
         *cfg_values, skip = values
-        message, run_id = start_run(dict(zip(keys, cfg_values)), skip_preflight=bool(skip),
-                                    owner=visitor_id(request))
+        message, run_id = start_run(dict(zip(keys, cfg_values)), skip_preflight=bool(skip), owner=user_of(request))
         if run_id is None:
             return message, gr.update()
         return message, gr.update(choices=run_choices(), value=str(run_id))
 
     start_btn.click(start, inputs=[*config_inputs.values(), skip_preflight], outputs=[start_msg, selected])
 
-    def act(action, run_id, steps):
+    def act(action, run_id, steps, request=None):
         if not run_id:
             return "Select a run first.", gr.update()
+        from core.users import NotAllowed, check_can_manage
+
         try:
             rid = int(run_id)
+            user = user_of(request)
+            check_can_manage(runs.get_run(rid), user, action)  # anyone may look; the owner (or an admin) acts
             if action == "stop":
                 run = runs.stop(rid)
                 return f"Run #{rid} {run.status}.", gr.update(choices=run_choices())
@@ -375,16 +380,26 @@ def build_tab() -> None:
                 ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
                     " from the start (no checkpoint yet)"
                 return f"Run #{rid} {run.status}{ck}.", gr.update(choices=run_choices())
-            run = train_jobs.continue_training(rid, int(steps or 0))
+            run = train_jobs.continue_training(rid, int(steps or 0), owner=user)
             return f"Run #{run.id} continues #{rid} for {int(steps)} steps.", gr.update(choices=run_choices(),
                                                                                        value=str(run.id))
+        except NotAllowed as exc:
+            return f"**Not allowed:** {md_text(exc)}", gr.update()
         except (JobError, ConfigError, ValueError) as exc:
             return f"**Error:** {md_text(exc)}", gr.update()
 
-    stop_btn.click(lambda r, s: act("stop", r, s), [selected, extra_steps], [action_msg, selected],
-                   concurrency_limit=None)
-    resume_btn.click(lambda r, s: act("resume", r, s), [selected, extra_steps], [action_msg, selected])
-    continue_btn.click(lambda r, s: act("continue", r, s), [selected, extra_steps], [action_msg, selected])
+    def on_stop(run_id, steps, request: gr.Request):
+        return act("stop", run_id, steps, request)
+
+    def on_resume(run_id, steps, request: gr.Request):
+        return act("resume", run_id, steps, request)
+
+    def on_continue(run_id, steps, request: gr.Request):
+        return act("continue", run_id, steps, request)
+
+    stop_btn.click(on_stop, [selected, extra_steps], [action_msg, selected], concurrency_limit=None)
+    resume_btn.click(on_resume, [selected, extra_steps], [action_msg, selected])
+    continue_btn.click(on_continue, [selected, extra_steps], [action_msg, selected])
 
     base_model.change(template_hint, [base_model, chat_template], [chat_template, template_md])
     chat_template.change(template_note, [base_model, chat_template], [template_md], show_progress="hidden")
@@ -401,8 +416,8 @@ def build_tab() -> None:
     refresh_ds.click(lambda: refresh_lists(), None, [dataset, data_hint])  # defined below
 
     timer = gr.Timer(REFRESH_S)
-    timer.tick(tick, [selected, metrics_cache], [runs_table, selected, *detail_outputs], show_progress="hidden",
-               concurrency_limit=None)
+    timer.tick(tick, [selected, metrics_cache, mine], [runs_table, selected, *detail_outputs],
+               show_progress="hidden", concurrency_limit=None)
 
     def refresh_lists():
         choices = dataset_choices()
@@ -413,9 +428,13 @@ def build_tab() -> None:
     return refresh_lists, [], [dataset, data_hint]  # app.py runs it when a page (or the tab) opens: no stale lists
 
 
-def tick(current: str | None, cache: dict | None):
-    """The 1 s refresh: runs table, selection, and the selected run's details (new metric rows only)."""
+def tick(current: str | None, cache: dict | None, mine: bool = False, request: gr.Request = None):
+    """The 1 s refresh: runs table (all, or only the signed-in user's), selection, and the selected run's details
+    (new metric rows only)."""
     rows = train_runs()
+    if mine:
+        me = user_of(request)
+        rows = [r for r in rows if (r.owner or "") == me]
     choices = run_choices(rows)
     ids = [c[1] for c in choices]
     value = current if current in ids else default_selected_run(rows)

@@ -270,6 +270,7 @@ def import_dataset(
     progress: Progress | None = None,
     prepared: PreparedData | None = None,
     source_label: str | None = None,
+    owner: str = "",
 ) -> ImportResult:
     """Import a file / Hub dataset as a stored dataset version (see the package docstring). ``source_label``: what to
     record and show as the source instead of ``source`` (an upload's own file name, not the server's temp path)."""
@@ -402,7 +403,7 @@ def import_dataset(
         with db_session() as session:
             ds = Dataset(created_at=_now_utc(), name=display_name, format=prep.format, kind=prep.kind,
                          rows=len(kept_rows), content_hash=digest, path=str(final_dir), source=prep.source,
-                         splits=splits, meta=db_meta)
+                         splits=splits, meta=db_meta, owner=owner or "")
             session.add(ds)
             session.flush()
             ds_id = ds.id

@@ -40,7 +40,8 @@ def dataset_summary(ds) -> dict:
 
 
 def datasets_table() -> list[list]:
-    """Rows for a table of every stored dataset: id, name, format, kind, rows, train/val/test, tokens, created."""
+    """Rows for a table of every stored dataset: id, name, format, kind, rows, train/val/test, tokens, created,
+    owner."""
     out = []
     for ds in list_datasets():
         st = (ds.meta or {}).get("token_stats") or {}
@@ -51,6 +52,7 @@ def datasets_table() -> list[list]:
             f"{sp.get('train', 0)}/{sp.get('validation', 0)}/{sp.get('test', 0)}",
             st.get("total_tokens", ""),
             ds.created_at.strftime("%Y-%m-%d %H:%M") if ds.created_at else "",
+            ds.owner or "",
         ])
     return out
 

@@ -222,7 +222,7 @@ def check_export_disk(run, fmt: str, free_bytes: int | None = None) -> None:
                                                              ", or export the adapter alone (format adapter)"))
 
 
-def submit_export(cfg: ExportConfig | dict, *, start: bool = True):
+def submit_export(cfg: ExportConfig | dict, *, start: bool = True, owner: str = ""):
     """Queue an export after checking what it points at (nothing is queued for bad input)."""
     from core import runs
 
@@ -252,4 +252,4 @@ def submit_export(cfg: ExportConfig | dict, *, start: bool = True):
             raise JobError(f"{out} is not an empty folder: choose a new or empty folder to export into")
     name = cfg.name or f"export-run{run.id}-{cfg.format}" + (f"-{cfg.quant}" if cfg.format == "gguf" else "")
     return runs.submit("export", cfg.model_dump(mode="json"), start=start, name=name, base_model=run.base_model,
-                       method=cfg.format, parent_run_id=run.id)
+                       method=cfg.format, parent_run_id=run.id, owner=owner)

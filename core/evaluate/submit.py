@@ -55,7 +55,7 @@ def validate(cfg: EvalConfig) -> None:
             raise JobError(f"dataset {ds.id} has no {cfg.split} rows ({have}); pick a split that has rows")
 
 
-def submit_evaluation(cfg: EvalConfig | dict, *, start: bool = True) -> Run:
+def submit_evaluation(cfg: EvalConfig | dict, *, start: bool = True, owner: str = "") -> Run:
     if isinstance(cfg, dict):
         cfg = EvalConfig.from_dict(cfg)
     validate(cfg)
@@ -63,7 +63,7 @@ def submit_evaluation(cfg: EvalConfig | dict, *, start: bool = True) -> Run:
     return runs.submit("evaluate", cfg.model_dump(mode="json"), start=start, name=name,
                        base_model=cfg.base or "", dataset_ref=cfg.dataset or (f"run:{cfg.run_id}" if cfg.run_id
                                                                               else ""),
-                       method=cfg.mode, parent_run_id=cfg.run_id)
+                       method=cfg.mode, parent_run_id=cfg.run_id, owner=owner)
 
 
 __all__ = ["EvalConfig", "EvalConfigError", "submit_evaluation", "validate"]

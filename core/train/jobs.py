@@ -138,7 +138,7 @@ def check_disk(config: TrainConfig, free_bytes: int | None = None) -> None:
                    f"({plan.text}) and {fmt_bytes(free)} is free in the workspace; " + ", or ".join(fixes))
 
 
-def continue_training(run_id: int, extra_steps: int) -> Run:
+def continue_training(run_id: int, extra_steps: int, owner: str = "") -> Run:
     """A new run that starts from a finished run's adapter and trains ``extra_steps`` more steps."""
     if extra_steps < 1:
         raise JobError("extra steps must be at least 1")
@@ -153,7 +153,7 @@ def continue_training(run_id: int, extra_steps: int) -> Run:
                        f"with base_model={run.adapter_path}")
     new = config.model_copy(update={"init_adapter": run.adapter_path, "max_steps": extra_steps,
                                     "name": f"{run.name}-cont"})
-    return submit_training(TrainConfig.model_validate(new.model_dump()), parent_run_id=run_id)
+    return submit_training(TrainConfig.model_validate(new.model_dump()), parent_run_id=run_id, owner=owner)
 
 
 def config_of(run_id: int) -> TrainConfig:
