@@ -108,6 +108,19 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
+def wait_until(pred, timeout_s: float, poll_s: float = 0.1):
+    """Poll ``pred`` until it returns something truthy (returned) or ``timeout_s`` passes (TimeoutError)."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError("condition not reached")
+
+
 def _free_port() -> int:
     import socket
 

@@ -25,19 +25,11 @@ from core.runs import paths, store
 from core.train.config import TrainConfig
 from core.train.jobs import submit_training
 from storage import RunStatus, reset_engines
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 MB = 1024**2
 
-
-def wait_until(pred, timeout_s: float, poll_s: float = 0.2):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError("condition not reached")
 
 
 def small_config(dataset: str, **kw) -> TrainConfig:

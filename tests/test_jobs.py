@@ -19,6 +19,7 @@ from core.config import REPO_ROOT, db_session
 from core.train.config import TrainConfig
 from core.train.jobs import continue_training, submit_training
 from storage import Run
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +35,6 @@ def small_config(dataset: str, **kw) -> TrainConfig:
     base.update(kw)
     return TrainConfig(**base)
 
-
-def wait_until(pred, timeout_s: float, poll_s: float = 0.2):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError("condition not reached")
 
 
 def test_lora_run_records_loss_and_saves_adapter(workspace, alpaca, default_model_dir):

@@ -20,6 +20,7 @@ from sqlalchemy import inspect, text
 from core import runs
 from core.config import REPO_ROOT
 from storage import RunStatus, reset_engines
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +40,6 @@ def pg_ws(pg_cluster, tmp_path, monkeypatch):
     yield ws, url
     reset_engines()
 
-
-def wait_until(pred, timeout_s: float, poll_s: float = 0.1):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError("condition not reached")
 
 
 def test_the_schema_is_created_and_upgraded_in_place(pg_ws):

@@ -18,16 +18,7 @@ from core.config import REPO_ROOT, db_session
 from core.runs import paths, store
 from core.runs.errors import TransitionError
 from storage import Run, RunStatus
-
-
-def wait_until(pred, timeout_s: float, poll_s: float = 0.1):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise TimeoutError("condition not reached")
+from tests.conftest import wait_until
 
 
 @pytest.fixture

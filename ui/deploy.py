@@ -104,12 +104,13 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
     from core.users import check_can_manage
     from ui.common import user_of
 
-    who = user_of(request) or "anonymous"
+    user = user_of(request)
+    who = user or "anonymous"
     ref = model_ref or "default"
     try:
         run_ref = ref.strip().lower()
         if run_ref.startswith("run:") and run_ref[4:].strip().isdigit():  # serving a run is its owner's call
-            check_can_manage(runs.get_run(int(run_ref[4:])), user_of(request), "deploy")
+            check_can_manage(runs.get_run(int(run_ref[4:])), user, "deploy")
         port_n = int(port) if port else None  # an empty number box sends 0: a free port
         from core.access import check_user_path
 
