@@ -263,3 +263,80 @@ def db_workspace(request, tmp_path, monkeypatch):
     reset_engines()
     yield ws
     reset_engines()
+
+
+# ---- Ray: a real head on loopback for the cluster-backend tests (issue 12) ---------------------------------------
+
+class RayHead:
+    """``ray start --head --block`` on free loopback ports (CPU only, no usage stats) in its own process group; the
+    job API at :attr:`address`. Stopped with its group (``ray stop`` would stop every Ray on the machine)."""
+
+    def __init__(self, num_cpus: int = 2) -> None:
+        import shutil
+        import subprocess
+        import sys
+        import tempfile
+        import urllib.request
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="fts-ray-", dir="/tmp"))  # short: Ray's unix sockets live here
+        self.port, self.dash = _free_port(), _free_port()
+        self.address = f"http://127.0.0.1:{self.dash}"
+        ray = Path(sys.executable).parent / "ray"
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        self.log = open(self.tmp / "head.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash), "--num-cpus", str(num_cpus),
+             "--num-gpus", "0", "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", str(self.tmp)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: self.proc.poll() is not None or self._answers(urllib.request), 90, poll_s=0.5)
+        except TimeoutError:
+            self.close()
+            raise
+        if self.proc.poll() is not None:
+            text = (self.tmp / "head.log").read_text(errors="replace")[-2000:]
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise RuntimeError(f"ray head did not start:\n{text}")
+
+    def _answers(self, request) -> bool:
+        try:
+            with request.urlopen(self.address + "/api/version", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        import shutil
+        import signal
+
+        try:  # `ray start --block` shuts its cluster down on SIGINT (it ignores SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(20)
+        except (ProcessLookupError, OSError):
+            pass
+        except Exception:  # noqa: BLE001 - a head that did not stop
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    pytest.importorskip("ray")
+    head = RayHead()
+    yield head
+    head.close()
+
+
+@pytest.fixture
+def on_ray(ray_head, monkeypatch):
+    """Jobs of this test go through the Ray backend to the session's head (CPU: they ask for no GPU)."""
+    from core.runs import scheduler
+
+    monkeypatch.setenv("FTS_JOB_BACKEND", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", ray_head.address)
+    monkeypatch.setenv("FTS_RAY_NUM_GPUS", "0")
+    monkeypatch.setattr(scheduler, "_unavailable_until", 0.0)
+    return ray_head

@@ -123,7 +123,9 @@ def run_details(run_id: str | None, cache: dict | None = None):
     loss, lr = metrics_frames(cache)
     config_yaml = TrainConfig.model_validate(run.config).to_yaml()
     err = ""
-    if run.error:
+    if run.error and run.status == RunStatus.queued:  # e.g. a Ray cluster that does not answer yet
+        err = f"**Why it has not started:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
+    elif run.error:
         err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
     elif run.status == RunStatus.succeeded:
         err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
@@ -459,6 +461,8 @@ def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") ->
     except (ConfigError, JobError, PathNotAllowed) as exc:
         return f"**Error:** {md_text(exc)}", None
     note = f"\n\n**Warning:** {warn}" if warn else ""
+    if run.status == RunStatus.queued and run.error:  # the backend could not take it yet: say why
+        note += f"\n\n{md_text(run.error)}"
     return f"Run #{run.id} **{run.status}**.{note}", run.id
 
 

@@ -4,6 +4,11 @@ tells whether it is alive, signals it and reads its log. The scheduler talks to 
 
 ``local`` (the default): a subprocess on this machine in its own session and process group, so closing the browser
 or restarting the dashboard does not touch it, and a stop reaches the supervisor and its worker together.
+
+``ray`` (``FTS_JOB_BACKEND=ray``, ``RAY_ADDRESS=http://head:8265``): the same supervisor command submitted as a Ray
+job through Ray's job submission API, asking for the run's GPUs (``entrypoint_num_gpus``) so Ray places it on a node
+that has them. The job's processes need what a local job has — the studio installed at the same path, the shared
+database and a workspace every node reads (a shared filesystem path) — see docs/TEAM.md.
 """
 from __future__ import annotations
 
@@ -27,6 +32,10 @@ class Handle:
     pid: int | None
     host: str
     external_id: str | None = None
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot take jobs right now (a cluster that does not answer): the job stays queued."""
 
 
 class Backend(ABC):
@@ -53,6 +62,10 @@ class Backend(ABC):
 
     def logs(self, job: Run, max_lines: int = 40, max_chars: int = 6000) -> str:
         return paths.log_tail(job.id, max_lines=max_lines, max_chars=max_chars)
+
+    def describe_gone(self, job: Run) -> str:
+        """What reconcile says of a job whose processes ended without recording how."""
+        return f"worker process {job.pid} died without reporting (killed or crashed)"
 
 
 def supervisor_command(job_id: int) -> list[str]:
@@ -163,15 +176,198 @@ class LocalBackend(Backend):
 _BACKENDS: dict[str, Backend] = {}
 
 
+# what a Ray job's processes get through its runtime environment: the studio's settings, never a secret — Ray shows
+# a job's runtime environment to whoever reaches its dashboard (tokens: set them on the nodes; see docs/TEAM.md)
+RAY_ENV_NAMES = ("DATABASE_URL", "RAY_ADDRESS", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                 "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM")
+_SECRET_NAME = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "FTS_AUTH")
+
+
+def ray_job_environment() -> dict[str, str]:
+    env = job_environment()
+    out = {k: v for k, v in env.items()
+           if (k.startswith("FTS_") or k in RAY_ENV_NAMES) and not any(p in k.upper() for p in _SECRET_NAME)}
+    out["PYTHONUNBUFFERED"] = "1"
+    out["PYTHONPATH"] = env["PYTHONPATH"]
+    out["FTS_JOB_BACKEND"] = "ray"  # the supervisor starts the next queued job through Ray too
+    out["RAY_ADDRESS"] = ray_address()
+    # Ray's stop sends SIGTERM, waits this long, then SIGKILLs: as long as the studio's own stop timeout, so the
+    # worker writes its checkpoint
+    out["RAY_JOB_STOP_WAIT_TIME_S"] = str(int(get_settings().stop_timeout_s) + 5)
+    return out
+
+
+def ray_address() -> str:
+    return (os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265").rstrip("/")
+
+
+RAY_TIMEOUT_S = 10.0
+_RAY_ACTIVE = ("PENDING", "RUNNING")
+
+
+class RayBackend(Backend):
+    """Jobs on a Ray cluster through its job submission API (``ray.job_submission.JobSubmissionClient``).
+
+    * start: submission id :meth:`submission_id`; entrypoint
+      ``cd <studio> && exec <python> -m core.runs.supervise --job-id N --tee-log`` — the supervisor copies the
+      worker's output to the job's log file as well as to Ray's job log.
+    * is_alive: the Ray job is PENDING or RUNNING; None when the cluster does not answer (the scheduler then judges
+      by the heartbeat, so a run on a dead cluster is marked after ``STALE_HEARTBEAT_S``).
+    * terminate: the stop is in the database (the supervisor reads it each second and SIGTERMs its worker, so a stop
+      works even when the Ray API does not answer) and ``stop_job`` (SIGTERM to the job's processes; Ray SIGKILLs
+      after ``RAY_JOB_STOP_WAIT_TIME_S``, which the studio sets to its stop timeout).
+    * logs: the job's log file (the tee), else Ray's job log.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = (address or ray_address()).rstrip("/")
+        self._client = None
+        self._lock = threading.Lock()
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """A call to the cluster that gives up after ``RAY_TIMEOUT_S`` (Ray's client has no timeout of its own: a
+        head behind a dropped route would hang the dashboard's monitor)."""
+        import concurrent.futures as cf
+
+        pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fts-ray")
+        try:
+            fut = pool.submit(fn, *args, **kwargs)
+            try:
+                return fut.result(timeout=RAY_TIMEOUT_S)
+            except cf.TimeoutError as exc:
+                raise BackendUnavailable(f"the Ray cluster at {self.address} did not answer {what} within "
+                                         f"{RAY_TIMEOUT_S:.0f} s") from exc
+            except (ConnectionError, OSError) as exc:
+                raise BackendUnavailable(f"cannot reach the Ray cluster at {self.address} ({what}): {exc}. "
+                                         "Is the head running (`ray start --head`) and RAY_ADDRESS its dashboard "
+                                         "address (http://host:8265)?") from exc
+        finally:
+            pool.shutdown(wait=False)
+
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                try:
+                    from ray.job_submission import JobSubmissionClient
+                except ImportError as exc:
+                    raise BackendUnavailable("FTS_JOB_BACKEND=ray needs Ray: pip install 'ray[default]==2.60.0'"
+                                             ) from exc
+                self._client = self._call("a connection", JobSubmissionClient, self.address)
+            return self._client
+
+    @staticmethod
+    def submission_id(job: Run) -> str:
+        """``fts-<studio>-<job id>-<attempt>``: unique per attempt (a resume is a new Ray job) and per studio — the
+        hash of its database and workspace — since several studios (and test sessions) may share one cluster."""
+        import hashlib
+
+        settings = get_settings()
+        studio = hashlib.sha256(f"{settings.database_url}|{settings.workspace}".encode()).hexdigest()[:8]
+        return f"fts-{studio}-{job.id}-{job.attempt}"
+
+    @staticmethod
+    def entrypoint(job: Run) -> str:
+        import shlex
+
+        cmd = " ".join(shlex.quote(a) for a in supervisor_command(job.id) + ["--tee-log"])
+        return f"cd {shlex.quote(str(REPO_ROOT))} && exec {cmd}"
+
+    @staticmethod
+    def gpus(job: Run) -> float:
+        """GPUs the run asks Ray for: ``FTS_RAY_NUM_GPUS`` when set (0 on a CPU cluster), else the run's
+        ``num_gpus`` for training (evaluations, exports and servers: 1)."""
+        fixed = os.environ.get("FTS_RAY_NUM_GPUS", "").strip()
+        if fixed:
+            return float(fixed)
+        return float((job.config or {}).get("num_gpus") or 1)
+
+    def start(self, job: Run) -> Handle:
+        client = self.client()
+        sid = self.submission_id(job)
+        cpus = float(os.environ.get("FTS_RAY_NUM_CPUS", "1") or 1)
+        with open(paths.log_path(job.id), "ab") as logf:
+            logf.write(f"\n===== attempt {job.attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                       f"(Ray job {sid} on {self.address}) =====\n".encode())
+        try:
+            self._call("the job submission", client.submit_job, entrypoint=self.entrypoint(job), submission_id=sid,
+                       runtime_env={"env_vars": ray_job_environment()},
+                       entrypoint_num_gpus=self.gpus(job) or None, entrypoint_num_cpus=cpus,
+                       metadata={"studio_run": str(job.id), "kind": job.kind, "name": (job.name or "")[:100]})
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):  # a retried submit whose first try got through
+                raise
+        return Handle(None, "ray", sid)
+
+    def status(self, job: Run) -> str | None:
+        if not job.external_id:
+            return None
+        client = self.client()
+        try:
+            return str(self._call("a status read", client.get_job_status, job.external_id).value)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return "MISSING"
+            raise
+
+    def is_alive(self, job: Run) -> bool | None:
+        if not job.external_id:
+            return False
+        try:
+            return self.status(job) in _RAY_ACTIVE
+        except BackendUnavailable:
+            return None
+
+    def terminate(self, job: Run) -> None:
+        if not job.external_id:
+            return
+        try:
+            self._call("the stop", self.client().stop_job, job.external_id)
+        except (BackendUnavailable, RuntimeError):
+            pass  # the supervisor reads the stop from the database
+
+    def kill(self, job: Run) -> None:
+        # Ray has no immediate kill: its stop SIGKILLs after RAY_JOB_STOP_WAIT_TIME_S; ask again in case the first
+        # request was lost
+        self.terminate(job)
+
+    def describe_gone(self, job: Run) -> str:
+        try:
+            state = self.status(job) or "unknown"
+        except BackendUnavailable:
+            state = "unknown"
+        where = f" on {job.worker_host}" if job.worker_host else ""
+        return (f"Ray job {job.external_id}{where} ended ({state}) and its worker process died without reporting "
+                "(killed, or its node was lost)")
+
+    def logs(self, job: Run, max_lines: int = 40, max_chars: int = 6000) -> str:
+        """The job's log file (the supervisor tees the worker's output into it), read from its end; Ray's job log
+        (fetched whole, so only then) where this host cannot read that file."""
+        text = super().logs(job, max_lines=max_lines, max_chars=max_chars)
+        if text.strip() or not job.external_id:
+            return text
+        from core.secrets import redact
+
+        try:
+            full = self._call("a log read", self.client().get_job_logs, job.external_id) or ""
+        except (BackendUnavailable, RuntimeError):
+            return text
+        return redact("\n".join(full.splitlines()[-max_lines:])[-max_chars:]) or ""
+
+
 def get_backend(name: str | None = None) -> Backend:
     """The backend by name (a job's ``backend`` column), or the configured default (``FTS_JOB_BACKEND``)."""
     name = name or os.environ.get("FTS_JOB_BACKEND", "local") or "local"
-    if name not in _BACKENDS:
+    key = name if name != "ray" else f"ray:{ray_address()}"
+    if key not in _BACKENDS:
         if name == "local":
-            _BACKENDS[name] = LocalBackend()
+            _BACKENDS[key] = LocalBackend()
+        elif name == "ray":
+            _BACKENDS[key] = RayBackend()
         else:
-            raise ValueError(f"unknown job backend '{name}' (available: local)")
-    return _BACKENDS[name]
+            raise ValueError(f"unknown job backend '{name}' (available: local, ray)")
+    return _BACKENDS[key]
 
 
 def this_host() -> str:

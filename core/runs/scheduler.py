@@ -18,7 +18,7 @@ from typing import Any
 
 from core.config import get_settings
 from core.runs import paths, store
-from core.runs.backends import get_backend
+from core.runs.backends import BackendUnavailable, get_backend
 from core.runs.errors import JobError
 from core.runs.kinds import get_kind
 from storage import Run, RunMetric, RunStatus
@@ -42,9 +42,19 @@ def submit(kind: str, config: dict, *, start: bool = True, **row: Any) -> Run:
     return store.get(run.id)
 
 
+#: after a backend did not answer, dispatch waits this long before it asks again (the monitor runs every second)
+UNAVAILABLE_RETRY_S = 10.0
+_unavailable_until = 0.0
+
+
 def dispatch() -> list[int]:
-    """Start queued jobs while there is capacity. Returns the ids started."""
-    if not _has_queued():
+    """Start queued jobs while there is capacity. Returns the ids started.
+
+    A backend that cannot take jobs (a Ray cluster that does not answer) leaves the job queued, with the reason in
+    its ``error``, and is asked again after ``UNAVAILABLE_RETRY_S``: nothing is lost, it starts when the cluster
+    answers."""
+    global _unavailable_until
+    if time.monotonic() < _unavailable_until or not _has_queued():
         return []
     limit = get_settings().max_concurrent_runs
     started: list[int] = []
@@ -55,6 +65,12 @@ def dispatch() -> list[int]:
         backend = get_backend()
         try:
             handle = backend.start(job)
+        except BackendUnavailable as exc:
+            store.unclaim(job.id, attempt=job.attempt,
+                          note=f"waiting to start: {exc} The run stays queued; the studio tries again every "
+                               f"{UNAVAILABLE_RETRY_S:.0f} s.")
+            _unavailable_until = time.monotonic() + UNAVAILABLE_RETRY_S
+            break
         except Exception as exc:  # noqa: BLE001 - the job fails, the dispatcher goes on
             store.finish(job.id, RunStatus.failed, error=f"could not start the worker process: {exc}",
                          attempt=job.attempt)
@@ -113,8 +129,7 @@ def reconcile(on_start: bool = False, ids: Iterable[int] | None = None) -> list[
                                                     "restart or crash); resume it from its last checkpoint.\n"
                                                     "--- log tail ---\n" + tail)
         else:
-            status, error = RunStatus.failed, (f"worker process {fresh.pid} died without reporting (killed or "
-                                               "crashed).\n--- log tail ---\n" + tail)
+            status, error = RunStatus.failed, (f"{backend.describe_gone(fresh)}.\n--- log tail ---\n" + tail)
         store.finish(r.id, status, error=error, attempt=fresh.attempt, **_ending_fields(r.id))
         changed.append(r.id)
     return changed

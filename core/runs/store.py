@@ -38,7 +38,8 @@ S = RunStatus
 #: The run lifecycle: status → the statuses it may move to. Nothing else moves a job.
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.queued: frozenset({S.starting, S.stopped}),  # claimed by the scheduler / cancelled
-    S.starting: frozenset({S.running, S.stopping, S.failed, S.stopped, S.interrupted}),
+    S.starting: frozenset({S.running, S.stopping, S.failed, S.stopped, S.interrupted,
+                           S.queued}),  # back in the queue: the backend could not take it (a cluster not answering)
     S.running: frozenset({S.stopping, S.succeeded, S.failed, S.interrupted}),
     S.stopping: frozenset({S.stopped, S.succeeded, S.failed}),
     S.succeeded: frozenset(),
@@ -49,7 +50,7 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 OUTCOME_RESERVED_BYTES = 16 * 1024
 PROGRESS_FIELDS = frozenset({"step", "max_steps", "epoch", "tokens_per_s", "eta_s", "last_loss", "adapter_path",
                              "output_dir", "final_metrics", "heartbeat_at", "peak_memory_bytes",
-                             "memory_limit_bytes", "worker_pid", "resume_from_checkpoint"})
+                             "memory_limit_bytes", "worker_pid", "worker_host", "resume_from_checkpoint"})
 METRIC_FIELDS = ("step", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "memory_bytes",
                  "wall_time_s")
 T = TypeVar("T")
@@ -247,6 +248,23 @@ def claim_next(limit: int, kinds: Iterable[str] | None = None) -> Run | None:
     return get(job_id, fold=False)
 
 
+def unclaim(job_id: int, *, attempt: int, note: str) -> bool:
+    """A claimed job its backend could not start right now: starting → queued with the claim's attempt undone (the
+    retry submits under the same attempt, so a submit that got through after all is not run twice); ``note`` says
+    why in its ``error`` until it starts. False when it moved meanwhile (a stop: it stays stopped)."""
+    from core.secrets import redact
+
+    def _once() -> bool:
+        with db_session() as s:
+            res = s.exec(update(Run).where(Run.id == job_id, Run.status == RunStatus.starting,
+                                           Run.attempt == attempt)
+                         .values(status=RunStatus.queued, attempt=max(0, attempt - 1), error=redact(note)))
+            s.commit()
+            return res.rowcount == 1
+
+    return retrying(_once)
+
+
 # ---- lifecycle writes ----------------------------------------------------------------------------------------------
 
 def submit(kind: str, config: dict, *, name: str = "", base_model: str = "", dataset_ref: str = "", method: str = "",
@@ -279,7 +297,12 @@ def submit(kind: str, config: dict, *, name: str = "", base_model: str = "", dat
 def mark_started(job_id: int, *, pid: int | None, host: str, backend: str, external_id: str | None = None) -> Run:
     """The backend started the job's processes: starting → running (a stop asked for meanwhile keeps 'stopping')."""
     now = utcnow()
-    fields = dict(pid=pid, worker_host=host, backend=backend, external_id=external_id, heartbeat_at=now)
+    # error=None: a note left while it waited (a cluster that did not answer) is over
+    fields = dict(backend=backend, external_id=external_id, heartbeat_at=now, error=None)
+    if pid is not None:
+        fields["pid"] = pid
+    if host:  # a cluster backend learns the host from the job's supervisor, which may have written it already
+        fields["worker_host"] = host
     run = get(job_id, fold=False)
     fields["started_at"] = run.started_at or now
     moved = transition(job_id, RunStatus.running, expect=[RunStatus.starting], **fields)

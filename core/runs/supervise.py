@@ -71,7 +71,40 @@ def describe_death(returncode: int, *, peak: int | None, last: int | None = None
     return RunStatus.failed, f"the worker exited with code {returncode} without recording how the job ended"
 
 
-def supervise(job_id: int) -> int:
+STOP_POLL_S = 1.0
+
+
+class _Tee:
+    """The supervisor's stdout when ``--tee-log``: each write goes to the stream the backend gave it (Ray's job log)
+    and to the job's log file (what the studio reads, on storage every node shares)."""
+
+    def __init__(self, stream, path):
+        self._stream = stream
+        self._file = open(path, "a", encoding="utf-8", errors="replace")
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            for out in (self._stream, self._file):
+                try:
+                    out.write(text)
+                    out.flush()
+                except (OSError, ValueError):
+                    pass
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _copy_output(pipe, out: _Tee) -> None:
+    for raw in iter(pipe.readline, b""):
+        out.write(raw.decode("utf-8", errors="replace"))
+    pipe.close()
+
+
+def supervise(job_id: int, tee_log: bool = False) -> int:
+    import socket
     import subprocess
 
     terminating = threading.Event()
@@ -97,13 +130,22 @@ def supervise(job_id: int) -> int:
         return 0
     kind = get_kind(job.kind)
     cmd = kind.command(job)
+    tee = None
+    if tee_log:
+        tee = _Tee(sys.stdout, paths.log_path(job_id))
+        sys.stdout = sys.stderr = tee
     # the job kind's own argv (python -m core.<kind>.worker <id>), no shell
     child = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=dict(os.environ), stdin=subprocess.DEVNULL,  # noqa: S603
-                             preexec_fn=_die_with_parent)
+                             preexec_fn=_die_with_parent,
+                             stdout=subprocess.PIPE if tee else None, stderr=subprocess.STDOUT if tee else None)
+    copier = None
+    if tee is not None:
+        copier = threading.Thread(target=_copy_output, args=(child.stdout, tee), daemon=True)
+        copier.start()
     if terminating.is_set():
         on_term(signal.SIGTERM, None)
-    try:
-        store.report_progress(job_id, worker_pid=child.pid)
+    try:  # where it runs: a cluster backend learns the host only now
+        store.report_progress(job_id, worker_pid=child.pid, worker_host=socket.gethostname())
     except Exception as exc:  # noqa: BLE001
         log(f"supervisor: could not record the worker pid: {exc}")
     # OOM-kill counter readings of the last few samples: the kernel counts a kill when it picks the victim, a
@@ -111,7 +153,7 @@ def supervise(job_id: int) -> int:
     oom_counts = deque([memory.oom_kill_count()] * 3, maxlen=3)
     peak = last = 0
     limit, limit_source = None, ""  # how far the worker could grow, as of the last sample
-    last_beat = 0.0
+    last_beat = last_poll = 0.0
     while child.poll() is None:
         oom_counts.append(memory.oom_kill_count())
         try:  # returns at once when the worker ends: its ending is recorded within milliseconds
@@ -127,6 +169,15 @@ def supervise(job_id: int) -> int:
             except (OSError, ValueError):
                 pass
         now = time.monotonic()
+        if now - last_poll >= STOP_POLL_S and not terminating.is_set():
+            # a stop asked for from any dashboard or CLI, on any host, reaches the worker through the database
+            last_poll = now
+            try:
+                if store.get(job_id, fold=False).status == RunStatus.stopping:
+                    log("supervisor: stop requested; asking the worker to checkpoint and stop")
+                    on_term(signal.SIGTERM, None)
+            except Exception:  # noqa: BLE001, S110 - a database that does not answer: the next poll asks again
+                pass
         if now - last_beat >= HEARTBEAT_S and child.poll() is None:
             last_beat = now
             try:
@@ -134,6 +185,8 @@ def supervise(job_id: int) -> int:
             except Exception:  # noqa: BLE001, S110 - a busy or full database must not stop the supervision
                 pass
     rc = child.returncode
+    if copier is not None:
+        copier.join(timeout=5)  # the worker's last lines are in the log before its ending is judged
     oom_after = memory.oom_kill_count()
     oom_before = oom_counts[0]
     try:
@@ -175,8 +228,10 @@ def supervise(job_id: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.runs.supervise")
     parser.add_argument("--job-id", type=int, required=True)
+    parser.add_argument("--tee-log", action="store_true",
+                        help="copy the worker's output to the job's log file as well as to stdout (cluster backends)")
     args = parser.parse_args(argv)
-    return supervise(args.job_id)
+    return supervise(args.job_id, tee_log=args.tee_log)
 
 
 if __name__ == "__main__":
