@@ -128,6 +128,12 @@ def cmd_runs(args) -> int:
             from core.train.jobs import continue_training
 
             run = continue_training(args.id, args.steps)
+        elif args.runs_cmd == "rename":
+            from core.train.jobs import rename_run
+
+            run = rename_run(args.id, args.name)
+        elif args.runs_cmd == "delete":
+            return _delete_run(args)
         elif args.runs_cmd == "logs":
             runs.get_run(args.id)  # reconciles, and refuses an unknown id
             print(runs.log_tail(args.id, max_lines=args.lines, max_chars=10**7))
@@ -140,6 +146,29 @@ def cmd_runs(args) -> int:
         _print_json(runs.run_to_dict(run))
     else:
         print(f"run {run.id} {run.status}")
+    return 0
+
+
+def _delete_run(args) -> int:
+    from core import runs
+    from core.evaluate import results
+    from core.runs import store
+    from core.train.jobs import delete_run
+
+    run = runs.get_run(args.id)
+    if not args.yes:
+        made = [f"{c.kind} job #{c.id}" for c in store.children(run.id) if c.kind != "train"]
+        n_ev = len(results.list_evaluations(run_id=run.id, limit=10**6))
+        print(f"would delete run {run.id} ({run.name}, {run.status}) with {run.output_dir}, {n_ev} evaluation(s)"
+              + (f" and {', '.join(made)}" if made else "") + "; nothing deleted: add --yes to delete",
+              file=sys.stderr)
+        return 2
+    gone = delete_run(run.id)
+    if args.json:
+        _print_json(gone)
+    else:
+        print(f"deleted run {run.id}" + (f" and jobs {', '.join(map(str, gone['runs'][1:]))}" if gone["runs"][1:]
+                                         else "") + f"; {gone['evaluations']} evaluation(s)")
     return 0
 
 
@@ -192,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = rs.add_parser("logs")
     q.add_argument("id", type=int)
     q.add_argument("--lines", type=int, default=100)
+    q = rs.add_parser("rename", help="give a training run a new name")
+    q.add_argument("id", type=int)
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("delete", help="delete an ended training run: its files, metrics, evaluations and exports")
+    q.add_argument("id", type=int)
+    q.add_argument("--yes", action="store_true", help="do it (without --yes: say what would go, delete nothing)")
+    q.add_argument("--json", action="store_true")
     runs.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("prepare-model", help="convert the embedded default model to safetensors (once)")

@@ -29,15 +29,39 @@ def md_text(text, limit: int | None = None) -> str:
     return _MD_SPECIALS.sub(r"\\\1", html.escape(s, quote=False))
 
 
+def several_users() -> bool:
+    """A studio with accounts, or a Space: people are told apart, lists show whose rows are whose."""
+    from core.space import in_space
+    from core.users import accounts_configured
+
+    return accounts_configured() or in_space()
+
+
 def user_of(request) -> str:
     """Who is behind a page request: the signed-in account, a Space visitor's anonymous id, or '' (a single-user
     local studio)."""
-    from core.space import in_space, visitor_id
-    from core.users import accounts_configured
+    from core.space import visitor_id
 
-    if request is None or not (accounts_configured() or in_space()):
+    if request is None or not several_users():
         return ""
     return visitor_id(request)
+
+
+def mine_box(label: str, elem_id: str) -> gr.Checkbox:
+    """The 'Only mine' filter of a list, shown where several people share the studio."""
+    return gr.Checkbox(False, label=label, visible=several_users(), elem_id=elem_id)
+
+
+def owner_filter(mine: bool, request) -> str | None:
+    """An 'Only mine' box: ticked, the name lists keep (the signed-in user; '' in a single-user studio, where
+    everything is the user's); unticked, None (everyone's)."""
+    return user_of(request) if mine else None
+
+
+def is_mine(owner: str | None, who: str | None) -> bool:
+    """Does a row made by ``owner`` pass the filter ``who`` (from :func:`owner_filter`)? Deployments record a
+    single-user studio's starter as 'anonymous'."""
+    return who is None or ("" if owner in (None, "anonymous") else owner) == who
 
 
 def fmt_duration(seconds: float | None) -> str:

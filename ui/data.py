@@ -24,7 +24,7 @@ from core.data import (
 )
 from core.data.formats import CANONICAL_FIELDS
 from core.data.templates import OWN, template_menu
-from ui.common import md_text, user_of
+from ui.common import is_mine, md_text, mine_box, owner_filter, user_of
 
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created", "owner"]
@@ -91,15 +91,21 @@ def _hist_frame(hist: list[dict] | None) -> pd.DataFrame:
     return pd.DataFrame({"tokens": [(h["start"] + h["end"]) / 2 for h in hist], "rows": [h["rows"] for h in hist]})
 
 
-def _dataset_choices() -> list[tuple[str, str]]:
-    return [(f"{r[0]}: {r[1]} ({r[3]}, {r[4]} rows)", str(r[0])) for r in datasets_table()]
+def _datasets(who: str | None = None) -> list[list]:
+    """The datasets table's rows: everyone's, or ``who``'s (ui.common.owner_filter); the owner is the last column."""
+    return [r for r in datasets_table() if is_mine(r[-1], who)]
 
 
-def refresh_datasets(selected: str | None = None):
-    choices = _dataset_choices()
+def _dataset_choices(rows: list[list]) -> list[tuple[str, str]]:
+    return [(f"{r[0]}: {r[1]} ({r[3]}, {r[4]} rows)", str(r[0])) for r in rows]
+
+
+def refresh_datasets(selected: str | None = None, who: str | None = None):
+    rows = _datasets(who)
+    choices = _dataset_choices(rows)
     values = [v for _, v in choices]
     value = selected if selected in values else (values[0] if values else None)
-    return gr.update(value=datasets_table() or None), gr.update(choices=choices, value=value)
+    return gr.update(value=rows or None), gr.update(choices=choices, value=value)
 
 
 # ------------------------------------------------------------------------------------------------------ handlers
@@ -272,10 +278,12 @@ def build_tab():
     with gr.Accordion("First normalised row", open=False):
         sample = gr.Code(language="json", label="as stored")
 
-    gr.Markdown("### Datasets")
+    with gr.Row():
+        gr.Markdown("### Datasets")
+        mine = mine_box("Only mine", "data-mine")
     table = gr.Dataframe(headers=TABLE_HEADERS, value=datasets_table() or None, interactive=False, elem_id="data-table")
     with gr.Row():
-        dataset = gr.Dropdown(choices=_dataset_choices(), label="Dataset", elem_id="data-dataset")
+        dataset = gr.Dropdown(choices=_dataset_choices(_datasets()), label="Dataset", elem_id="data-dataset")
         refresh_btn = gr.Button("Refresh", size="sm")
     detail = gr.Markdown(elem_id="data-detail")
     with gr.Row():
@@ -299,22 +307,28 @@ def build_tab():
                       [report, drop_codes, template_df, column_df, sample])
     upload.upload(inspect_source, [upload, path, fmt, column_df, template_df],
                   [report, drop_codes, template_df, column_df, sample])
+    def filtered(current, mine, request: gr.Request):  # the table and list as 'Only mine' says
+        return refresh_datasets(current, owner_filter(mine, request))
+
     import_btn.click(
         run_import, [upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length],
         [report, table, dataset, hist, stats_md],
-    ).then(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
-    demo_btn.click(run_demo_import, None, [report, table, dataset, hist, stats_md]).then(
+    ).then(filtered, [dataset, mine], [table, dataset]).then(
         show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
-    refresh_btn.click(lambda d: refresh_datasets(d), [dataset], [table, dataset])
+    demo_btn.click(run_demo_import, None, [report, table, dataset, hist, stats_md]).then(
+        filtered, [dataset, mine], [table, dataset]).then(
+        show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
+    refresh_btn.click(filtered, [dataset, mine], [table, dataset])
+    mine.change(filtered, [dataset, mine], [table, dataset])
     dataset.change(show_dataset, [dataset], [detail, hist, stats_md])
     stats_btn.click(run_stats, [dataset, model, max_length, template], [hist, stats_md])
     preview_btn.click(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
     template.change(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
 
-    def load_lists(current):
+    def load_lists(current, mine=False, request: gr.Request = None):
         """Page load / tab open: the datasets as they are now (a CLI import, another browser's) and the selected
         one's details (a value set by the page itself fires no change event)."""
-        table_u, dd_u = refresh_datasets(current)
+        table_u, dd_u = refresh_datasets(current, owner_filter(mine, request))
         return (table_u, dd_u, *show_dataset(dd_u.get("value")))
 
-    return load_lists, [dataset], [table, dataset, detail, hist, stats_md]
+    return load_lists, [dataset, mine], [table, dataset, detail, hist, stats_md]

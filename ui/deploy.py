@@ -15,9 +15,9 @@ import pandas as pd
 from core import runs
 from core.deploy import deployments as D
 from core.runs import JobError, RunStatus
-from ui.common import progress_html
+from ui.common import is_mine, mine_box, owner_filter, progress_html
 
-EXPORT_COLUMNS = ["job", "run", "format", "status", "output"]
+EXPORT_COLUMNS = ["job", "run", "format", "status", "output", "by"]
 DEPLOY_COLUMNS = ["id", "target", "model", "status", "url", "by"]
 CLOUD_TARGETS = {"Hugging Face Inference Endpoints": "hf_endpoints", "Amazon SageMaker": "sagemaker",
                  "Google Vertex AI": "vertex"}
@@ -39,22 +39,30 @@ def gpu_choices() -> list[tuple[str, str]]:
     return [(g.name, g.key) for g in GPUS]
 
 
-def exports_frame() -> pd.DataFrame:
+def exports_frame(who: str | None = None) -> pd.DataFrame:
+    """Export jobs (all, or ``who``'s: see ui.common.owner_filter)."""
     rows = []
     for j in runs.list_runs(kind="export"):
+        if not is_mine(j.owner, who):
+            continue
         fm = j.final_metrics or {}
         status = j.status.value + (f" {j.step}/{j.max_steps}" if j.status.is_active and j.max_steps else "")
-        rows.append([j.id, j.parent_run_id, j.method, status, fm.get("output") or (j.error or "").split("\n")[0]])
+        rows.append([j.id, j.parent_run_id, j.method, status, fm.get("output") or (j.error or "").split("\n")[0],
+                     j.owner])
     return pd.DataFrame(rows, columns=EXPORT_COLUMNS)
 
 
-def deployments_frame() -> pd.DataFrame:
-    rows = [[d.id, d.target, d.model_ref, d.status, d.url, d.created_by] for d in D.list_deployments()]
+def _deployments(who: str | None = None) -> list:
+    return [d for d in D.list_deployments() if is_mine(d.created_by, who)]
+
+
+def deployments_frame(who: str | None = None) -> pd.DataFrame:
+    rows = [[d.id, d.target, d.model_ref, d.status, d.url, d.created_by] for d in _deployments(who)]
     return pd.DataFrame(rows, columns=DEPLOY_COLUMNS)
 
 
-def deployment_choices() -> list[tuple[str, str]]:
-    return [(f"#{d.id} {d.target} {d.served_name} ({d.status})", str(d.id)) for d in D.list_deployments()]
+def deployment_choices(who: str | None = None) -> list[tuple[str, str]]:
+    return [(f"#{d.id} {d.target} {d.served_name} ({d.status})", str(d.id)) for d in _deployments(who)]
 
 
 def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", private: bool = True,
@@ -241,7 +249,9 @@ def build_tab():
             deploy_btn = gr.Button("Deploy", variant="primary", elem_id="dep-start")
             deploy_msg = gr.Markdown(elem_id="dep-msg")
             command = gr.Code(label="Command", language="shell", interactive=False, elem_id="dep-command")
-            gr.Markdown("#### Deployments")
+            with gr.Row():
+                gr.Markdown("#### Deployments")
+                mine = mine_box("Only mine (exports and deployments)", "dep-mine")
             table = gr.Dataframe(headers=DEPLOY_COLUMNS, interactive=False, wrap=True, max_height=220,
                                  elem_id="dep-table")
             with gr.Row():
@@ -263,66 +273,75 @@ def build_tab():
                 cloud_btn = gr.Button("Show settings")
                 cloud = gr.Code(label="Settings", interactive=False)
 
-    def refresh_lists(current_sel=None, current_run=None):
-        deps = deployment_choices()
+    def refresh_lists(current_sel=None, current_run=None, mine=False, request: gr.Request = None):
+        who = owner_filter(mine, request)
+        deps = deployment_choices(who)
         ids = [v for _, v in deps]
         sel = current_sel if current_sel in ids else (ids[0] if ids else None)
         rc = run_choices()
         run_value = current_run if current_run in [v for _, v in rc] else (rc[0][1] if rc else None)
-        return (gr.update(choices=rc, value=run_value), gr.update(choices=model_choices()), exports_frame(),
-                deployments_frame(), gr.update(choices=deps, value=sel))
+        return (gr.update(choices=rc, value=run_value), gr.update(choices=model_choices()), exports_frame(who),
+                deployments_frame(who), gr.update(choices=deps, value=sel))
 
     list_outputs = [ex_run, model, ex_table, table, selected]
-    refresh.click(refresh_lists, [selected, ex_run], list_outputs)
+    refresh.click(refresh_lists, [selected, ex_run, mine], list_outputs)
+    mine.change(refresh_lists, [selected, ex_run, mine], list_outputs)
 
-    def on_export(run_id, fmt, quant, repo_id, private, request: gr.Request):
+    def on_export(run_id, fmt, quant, repo_id, private, mine, request: gr.Request):
         from ui.common import user_of
 
         msg, job = start_export(run_id, fmt, quant, repo_id, private, user=user_of(request))
-        return msg, job, export_progress(job), exports_frame()
+        return msg, job, export_progress(job), exports_frame(owner_filter(mine, request))
 
-    ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private], [ex_msg, ex_job, ex_progress, ex_table])
+    ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private, mine],
+                 [ex_msg, ex_job, ex_progress, ex_table])
 
     detail_outputs = [details, curl, py, oai]
 
-    def on_deploy(model_ref, target_, port_, gpu_, num_gpus_, quant4_, keep_adapter_, request: gr.Request):
+    def on_deploy(model_ref, target_, port_, gpu_, num_gpus_, quant4_, keep_adapter_, mine, request: gr.Request):
         msg, cmd, dep_id = start_deploy(model_ref, target_, port_, gpu_, num_gpus_, quant4_, keep_adapter_,
                                         request=request)
-        deps = deployment_choices()
-        return (msg, cmd, deployments_frame(), gr.update(choices=deps, value=dep_id) if dep_id else gr.update(),
+        who = owner_filter(mine, request)
+        deps = deployment_choices(who)
+        return (msg, cmd, deployments_frame(who), gr.update(choices=deps, value=dep_id) if dep_id else gr.update(),
                 *deployment_details(dep_id))
 
-    deploy_btn.click(on_deploy, [model, target, port, gpu, num_gpus, quant4, keep_adapter],
+    deploy_btn.click(on_deploy, [model, target, port, gpu, num_gpus, quant4, keep_adapter, mine],
                      [deploy_msg, command, table, selected, *detail_outputs])
     selected.change(deployment_details, selected, detail_outputs)
-    health_btn.click(lambda s: (deployments_frame(), *deployment_details(s)), selected, [table, *detail_outputs])
 
-    def on_stop(dep_id, request: gr.Request):
+    def on_health(dep_id, mine, request: gr.Request):
+        return (deployments_frame(owner_filter(mine, request)), *deployment_details(dep_id))
+
+    health_btn.click(on_health, [selected, mine], [table, *detail_outputs])
+
+    def on_stop(dep_id, mine, request: gr.Request):
         from ui.common import user_of
 
         msg = stop_deployment(dep_id, user_of(request))
-        return msg, deployments_frame(), gr.update(choices=deployment_choices(), value=dep_id), \
+        who = owner_filter(mine, request)
+        return msg, deployments_frame(who), gr.update(choices=deployment_choices(who), value=dep_id), \
             *deployment_details(dep_id)
 
-    stop_btn.click(on_stop, selected, [smoke_out, table, selected, *detail_outputs])
+    stop_btn.click(on_stop, [selected, mine], [smoke_out, table, selected, *detail_outputs])
     smoke_btn.click(run_smoke, [selected, smoke_prompt], smoke_out)
     cloud_btn.click(cloud_text, [model, cloud_target, gpu, num_gpus], cloud)
 
-    def tick(job_id, dep_id):
+    def tick(job_id, dep_id, mine=False, request: gr.Request = None):
         """Export progress while it runs; the selected deployment's status while it starts. A tick never fails the
         page: a busy database or a vanished row leaves the view as it was until the next one."""
         try:
-            return _tick(job_id, dep_id)
+            return _tick(job_id, dep_id, owner_filter(mine, request))
         except Exception:  # noqa: BLE001 - the next tick tries again
             return (gr.update(),) * 9
 
-    def _tick(job_id, dep_id):
+    def _tick(job_id, dep_id, who):
         out_job = gr.update()
         prog = gr.update()
         ex_tab = gr.update()
         if job_id:
             prog = export_progress(job_id)
-            ex_tab = exports_frame()
+            ex_tab = exports_frame(who)
             try:
                 if runs.get_run(int(job_id)).status.is_finished:
                     out_job = None
@@ -336,11 +355,11 @@ def build_tab():
             except (D.DeployError, ValueError):
                 before = status = None
             if status == "starting" or status != before:  # still coming up, or it just changed (up, died)
-                dep_updates = [deployments_frame(), gr.update(choices=deployment_choices(), value=dep_id),
+                dep_updates = [deployments_frame(who), gr.update(choices=deployment_choices(who), value=dep_id),
                                *deployment_details(dep_id)]
         return (prog, ex_tab, out_job, *dep_updates)
 
     timer = gr.Timer(2.0)
-    timer.tick(tick, [ex_job, selected], [ex_progress, ex_table, ex_job, table, selected, *detail_outputs],
+    timer.tick(tick, [ex_job, selected, mine], [ex_progress, ex_table, ex_job, table, selected, *detail_outputs],
                show_progress="hidden", concurrency_limit=None)
-    return refresh_lists, [selected, ex_run], list_outputs
+    return refresh_lists, [selected, ex_run, mine], list_outputs

@@ -19,10 +19,10 @@ from core.evaluate.config import EvalConfig, EvalConfigError
 from core.evaluate.metrics import HIGHER_IS_BETTER
 from core.evaluate.submit import submit_evaluation
 from core.runs import JobError, RunStatus
-from ui.common import fmt_num, md_text, progress_html
+from ui.common import fmt_num, is_mine, md_text, mine_box, owner_filter, progress_html
 
 OWN_SPLIT = "__run__"
-EVAL_COLUMNS = ["id", "model", "on", "n", "metric", "base → tuned", "status"]
+EVAL_COLUMNS = ["id", "model", "on", "n", "metric", "base → tuned", "status", "by"]
 METRIC_COLUMNS = ["metric", "base", "tuned", "delta"]
 EXAMPLE_COLUMNS = ["#", "prompt", "reference", "base", "tuned", "base score", "tuned score", "note"]
 SKIP_METRICS = {"n", "per_field"}
@@ -48,24 +48,31 @@ def dataset_choices() -> list[tuple[str, str]]:
     return out
 
 
-def evaluation_choices() -> list[tuple[str, str]]:
-    return [(f"#{e.id} {e.tuned_label} on {e.dataset_ref} [{e.split}]", str(e.id))
-            for e in results.list_evaluations()]
-
-
-def evaluations_frame() -> pd.DataFrame:
-    rows = []
+def _evaluations(who: str | None = None) -> tuple[list, dict]:
+    """(evaluations made by ``who`` — everyone's for None —, evaluate jobs by id). An evaluation is its job's
+    owner's."""
     jobs = {r.id: r for r in runs.list_runs(kind="evaluate")}
-    seen_jobs = set()
-    for e in results.list_evaluations():
-        seen_jobs.add(e.job_id)
+    evs = [e for e in results.list_evaluations() if is_mine(jobs[e.job_id].owner if e.job_id in jobs else "", who)]
+    return evs, jobs
+
+
+def evaluation_choices(who: str | None = None) -> list[tuple[str, str]]:
+    return [(f"#{e.id} {e.tuned_label} on {e.dataset_ref} [{e.split}]", str(e.id)) for e in _evaluations(who)[0]]
+
+
+def evaluations_frame(who: str | None = None) -> pd.DataFrame:
+    rows = []
+    evs, jobs = _evaluations(who)
+    seen_jobs = {e.job_id for e in results.list_evaluations()}
+    for e in evs:
+        owner = jobs[e.job_id].owner if e.job_id in jobs else ""
         rows.append([e.id, e.tuned_label, f"{e.dataset_ref} [{e.split}]", e.n, e.headline,
-                     f"{fmt_num(e.headline_base)} → {fmt_num(e.headline_tuned)}", "done"])
+                     f"{fmt_num(e.headline_base)} → {fmt_num(e.headline_tuned)}", "done", owner])
     for j in jobs.values():  # evaluations still running (or that failed) have no row yet
-        if j.id not in seen_jobs:
+        if j.id not in seen_jobs and is_mine(j.owner, who):
             prog = f"{j.step}/{j.max_steps}" if j.max_steps else ""
             rows.append(["-", j.name, f"{j.dataset_ref} [{(j.config or {}).get('split', '')}]", "", "", "",
-                         f"job #{j.id} {j.status.value} {prog}".strip()])
+                         f"job #{j.id} {j.status.value} {prog}".strip(), j.owner])
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 
@@ -207,7 +214,9 @@ def build_tab() -> None:
             job_state = gr.State(None)
             progress = gr.HTML(elem_id="eval-progress")
         with gr.Column(scale=3, min_width=420):
-            gr.Markdown("#### Evaluations")
+            with gr.Row():
+                gr.Markdown("#### Evaluations")
+                mine = mine_box("Only mine", "eval-mine")
             table = gr.Dataframe(headers=EVAL_COLUMNS, interactive=False, max_height=240, wrap=True,
                                  elem_id="eval-table")
             selected = gr.Dropdown(choices=[], label="Evaluation", elem_id="eval-selected")
@@ -225,8 +234,9 @@ def build_tab() -> None:
             with gr.Accordion("Runs compared on this evaluation set", open=False):
                 compare = gr.Dataframe(interactive=False)
 
-    def refresh_lists(current_run=None, current_sel=None):
-        evs = evaluation_choices()
+    def refresh_lists(current_run=None, current_sel=None, mine=False, request: gr.Request = None):
+        who = owner_filter(mine, request)
+        evs = evaluation_choices(who)
         ids = [v for _, v in evs]
         sel = current_sel if current_sel in ids else (ids[0] if ids else None)
         run_ch = run_choices()
@@ -235,25 +245,26 @@ def build_tab() -> None:
         hint = ("" if run_ch else "No finished training run yet: train one in the **Train** tab (or run the "
                 "**Quick start** above), or point at an adapter / model folder below.")
         return (gr.update(choices=run_ch, value=run_value), gr.update(choices=dataset_choices()),
-                evaluations_frame(), gr.update(choices=evs, value=sel), hint)
+                evaluations_frame(who), gr.update(choices=evs, value=sel), hint)
 
     list_outputs = [run, dataset, table, selected, empty_hint]
-    refresh.click(refresh_lists, [run, selected], list_outputs)
+    refresh.click(refresh_lists, [run, selected, mine], list_outputs)
+    mine.change(refresh_lists, [run, selected, mine], list_outputs)
     detail_outputs = [summary, metrics, examples, compare]
     selected.change(show_evaluation, [selected, which], detail_outputs)
     which.change(show_evaluation, [selected, which], detail_outputs)
     export_btn.click(lambda *a: gr.update(value=export_file(*a), visible=True), [selected, fmt, which], export_out)
 
-    def on_start(request: gr.Request, *values):  # the request first: gradio injects only positional special args
+    def on_start(request: gr.Request, mine, *values):  # the request first: gradio injects only positional special args
         from ui.common import user_of
 
         msg, job_id = start_evaluation(*values, owner=user_of(request))
-        return msg, job_id, job_progress(job_id), evaluations_frame()
+        return msg, job_id, job_progress(job_id), evaluations_frame(owner_filter(mine, request))
 
-    start.click(on_start, [run, folder, base, dataset, split, limit, mode, mc_style, lm_task, max_new],
+    start.click(on_start, [mine, run, folder, base, dataset, split, limit, mode, mc_style, lm_task, max_new],
                 [start_msg, job_state, progress, table])
 
-    def tick(job_id, current_sel):
+    def tick(job_id, current_sel, mine=False, request: gr.Request = None):
         """While an evaluation runs: its progress; when it ends, the new evaluation is selected."""
         if not job_id:
             return gr.update(), gr.update(), gr.update(), gr.update(), job_id
@@ -262,11 +273,12 @@ def build_tab() -> None:
         if not job.status.is_finished:
             return text, gr.update(), gr.update(), gr.update(), job_id
         ev = results.by_job(job.id)
-        evs = evaluation_choices()
-        return (text, evaluations_frame(), gr.update(choices=evs, value=str(ev.id) if ev else current_sel),
+        who = owner_filter(mine, request)
+        evs = evaluation_choices(who)
+        return (text, evaluations_frame(who), gr.update(choices=evs, value=str(ev.id) if ev else current_sel),
                 gr.update(choices=run_choices()), None)
 
     timer = gr.Timer(1.0)
-    timer.tick(tick, [job_state, selected], [progress, table, selected, run, job_state], show_progress="hidden",
+    timer.tick(tick, [job_state, selected, mine], [progress, table, selected, run, job_state], show_progress="hidden",
                concurrency_limit=None)
-    return refresh_lists, [run, selected], list_outputs  # app.py runs it when a page opens: lists are never stale
+    return refresh_lists, [run, selected, mine], list_outputs  # app.py runs it when a page opens: lists are never stale

@@ -16,7 +16,7 @@ from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.recipes import get_recipe, recipe_menu, recipe_needs
-from ui.common import fmt_duration, fmt_num, md_text, progress_html, user_of
+from ui.common import fmt_duration, fmt_num, is_mine, md_text, mine_box, owner_filter, progress_html, user_of
 
 REFRESH_S = 1.0
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
@@ -315,20 +315,29 @@ def build_tab() -> None:
         with gr.Column(scale=3, min_width=420):
             with gr.Row():
                 gr.Markdown("#### Runs")
-                from core.users import accounts_configured
-
-                mine = gr.Checkbox(False, label="Only my runs", visible=accounts_configured(), elem_id="train-mine")
+                mine = mine_box("Only my runs", "train-mine")
             runs_table = gr.Dataframe(value=runs_frame, headers=RUN_COLUMNS, interactive=False, max_height=260,
                                       wrap=True)
             metrics_cache = gr.State(new_metrics_cache())
             with gr.Row():
+                # a custom value: a run deleted (here or elsewhere) between two refreshes is "not found", not an
+                # error toast from the dropdown's own check
                 selected = gr.Dropdown(choices=run_choices(), value=default_selected_run(), label="Selected run",
-                                       scale=3)
+                                       scale=3, allow_custom_value=True)
                 stop_btn = gr.Button("Stop", variant="stop", scale=1)
                 resume_btn = gr.Button("Resume", scale=1)
             with gr.Row():
                 extra_steps = gr.Number(20, label="More steps", precision=0, minimum=1, scale=1)
                 continue_btn = gr.Button("Continue training (new run from this adapter)", scale=3)
+            with gr.Accordion("Rename or delete the selected run", open=False):
+                with gr.Row():
+                    new_name = gr.Textbox(label="New name", scale=3, elem_id="train-new-name")
+                    rename_btn = gr.Button("Rename", scale=1, elem_id="train-rename")
+                    delete_btn = gr.Button("Delete…", variant="stop", scale=1, elem_id="train-delete")
+                with gr.Row(visible=False) as confirm_row:
+                    confirm_md = gr.Markdown(elem_id="train-delete-confirm")
+                    confirm_btn = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="train-delete-yes")
+                    cancel_btn = gr.Button("Cancel", scale=0, elem_id="train-delete-no")
             action_msg = gr.Markdown()
             progress = gr.HTML()
             with gr.Row():
@@ -399,6 +408,19 @@ def build_tab() -> None:
     def on_continue(run_id, steps, request: gr.Request):
         return act("continue", run_id, steps, request)
 
+    def on_rename(run_id, name, request: gr.Request):
+        return manage_run("rename", run_id, user_of(request), name)
+
+    def on_delete_ask(run_id):
+        return delete_question(run_id)
+
+    def on_delete(run_id, request: gr.Request):
+        return (*manage_run("delete", run_id, user_of(request)), gr.update(visible=False))
+
+    rename_btn.click(on_rename, [selected, new_name], [action_msg, selected])
+    delete_btn.click(on_delete_ask, [selected], [confirm_md, confirm_row])
+    confirm_btn.click(on_delete, [selected], [action_msg, selected, confirm_row])
+    cancel_btn.click(lambda: gr.update(visible=False), None, [confirm_row])
     stop_btn.click(on_stop, [selected, extra_steps], [action_msg, selected], concurrency_limit=None)
     resume_btn.click(on_resume, [selected, extra_steps], [action_msg, selected])
     continue_btn.click(on_continue, [selected, extra_steps], [action_msg, selected])
@@ -433,14 +455,49 @@ def build_tab() -> None:
 def tick(current: str | None, cache: dict | None, mine: bool = False, request: gr.Request = None):
     """The 1 s refresh: runs table (all, or only the signed-in user's), selection, and the selected run's details
     (new metric rows only)."""
-    rows = train_runs()
-    if mine:
-        me = user_of(request)
-        rows = [r for r in rows if (r.owner or "") == me]
+    who = owner_filter(mine, request)
+    rows = [r for r in train_runs() if is_mine(r.owner, who)]
     choices = run_choices(rows)
     ids = [c[1] for c in choices]
     value = current if current in ids else default_selected_run(rows)
     return (runs_frame(rows), gr.update(choices=choices, value=value), *run_details(value, cache))
+
+
+def delete_question(run_id: str | None):
+    """The Delete… button: what would go, asked before anything is deleted. (question markdown, row update)"""
+    if not run_id:
+        return "Select a run first.", gr.update(visible=True)
+    try:
+        run = runs.get_run(int(run_id))
+    except (JobError, ValueError) as exc:
+        return f"**Error:** {md_text(exc)}", gr.update(visible=True)
+    return (f"Delete run **#{run.id} {md_text(run.name)}** ({run.status.value})? Its checkpoints, adapter, merged "
+            "model, log, metrics, evaluations and exports go for good; runs continued from it stay.",
+            gr.update(visible=True))
+
+
+def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
+    """Rename or delete the selected run (its owner or an admin). (message, selection update)"""
+    if not run_id:
+        return "Select a run first.", gr.update()
+    from core.users import NotAllowed, check_can_manage
+
+    try:
+        rid = int(run_id)
+        check_can_manage(runs.get_run(rid), user, action)
+        if action == "rename":
+            run = train_jobs.rename_run(rid, name)
+            choices = run_choices()
+            return f"Run #{rid} is now **{md_text(run.name)}**.", gr.update(choices=choices, value=str(rid))
+        gone = train_jobs.delete_run(rid)
+        also = f" with job(s) {', '.join(f'#{i}' for i in gone['runs'][1:])}" if gone["runs"][1:] else ""
+        rows = train_runs()
+        return (f"Run #{rid} deleted{also}; {gone['evaluations']} evaluation(s) went with it.",
+                gr.update(choices=run_choices(rows), value=default_selected_run(rows)))
+    except NotAllowed as exc:
+        return f"**Not allowed:** {md_text(exc)}", gr.update()
+    except (JobError, ValueError) as exc:
+        return f"**Error:** {md_text(exc)}", gr.update()
 
 
 def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") -> tuple[str, int | None]:

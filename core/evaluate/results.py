@@ -57,6 +57,14 @@ def list_evaluations(run_id: int | None = None, limit: int = 200) -> list[Evalua
         return list(s.exec(q.order_by(Evaluation.id.desc()).limit(limit)).all())
 
 
+def delete_for_run(run_id: int) -> int:
+    """Remove a deleted training run's evaluations (their per-example files live in their jobs' folders)."""
+    from sqlalchemy import delete
+
+    with db_session() as s:
+        return s.exec(delete(Evaluation).where(Evaluation.run_id == run_id)).rowcount
+
+
 def latest_for_runs(run_ids: list[int]) -> dict[int, Evaluation]:
     """The newest evaluation of each run (the runs list's headline metric)."""
     if not run_ids:

@@ -14,6 +14,7 @@ from core.runs.errors import DiskFullError, JobError, TransitionError
 from core.runs.paths import latest_checkpoint
 from core.runs.scheduler import (
     Monitor,
+    delete,
     dispatch,
     duration_s,
     get_run,
@@ -31,7 +32,7 @@ from core.runs.scheduler import (
 from storage import RunStatus
 
 __all__ = [
-    "DiskFullError", "JobError", "Monitor", "RunStatus", "TransitionError", "dispatch", "duration_s", "get_run",
-    "latest_checkpoint", "list_runs", "log_tail", "reconcile", "resume", "run_metrics", "run_to_dict",
+    "DiskFullError", "JobError", "Monitor", "RunStatus", "TransitionError", "delete", "dispatch", "duration_s",
+    "get_run", "latest_checkpoint", "list_runs", "log_tail", "reconcile", "resume", "run_metrics", "run_to_dict",
     "start_monitor", "stop", "submit", "wait_for",
 ]

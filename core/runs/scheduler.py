@@ -171,6 +171,35 @@ def stop(job_id: int, *, wait: bool = True, timeout_s: float | None = None) -> R
     return get_run(job_id)
 
 
+def delete(job_ids: Iterable[int]) -> int:
+    """Delete ended jobs: their rows, metric rows and folders (``runs/<id>/``: checkpoints, adapter, merged model,
+    logs). An active job refuses the whole call (JobError, nothing deleted). The folders are first renamed aside, so
+    a failed database delete puts them back; what is renamed aside is removed after the rows are gone."""
+    import shutil
+
+    ids = sorted(set(job_ids))
+    for job_id in ids:
+        run = get_run(job_id)  # reconciles: a dead worker's job has ended
+        if run.status.is_active:
+            raise JobError(f"run {job_id} is {run.status.value}: stop it before deleting")
+    aside: list[tuple] = []
+    try:
+        for job_id in ids:
+            folder = paths.job_dir(job_id)
+            if folder.exists():
+                trash = folder.with_name(f".deleting-{job_id}-{time.time_ns()}")
+                folder.rename(trash)
+                aside.append((folder, trash))
+        removed = store.delete_rows(ids)
+    except BaseException:
+        for folder, trash in aside:
+            trash.rename(folder)
+        raise
+    for _, trash in aside:
+        shutil.rmtree(trash, ignore_errors=True)
+    return removed
+
+
 def resume(job_id: int) -> Run:
     """Queue a failed/stopped/interrupted job again; it continues from its newest complete checkpoint."""
     run = store.get(job_id)

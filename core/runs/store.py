@@ -482,6 +482,62 @@ def list_runs(kind: str | None = None, limit: int = 200) -> list[Run]:
     return [_fold(r) for r in retrying(_once)]
 
 
+def children(job_id: int) -> list[Run]:
+    """Jobs made from this one (parent_run_id): its evaluations, exports, continued runs."""
+    def _once() -> list[Run]:
+        with db_session() as s:
+            return list(s.exec(select(Run).where(Run.parent_run_id == job_id).order_by(Run.id)).all())
+
+    return [_fold(r) for r in retrying(_once)]
+
+
+NAME_MAX = 80
+
+
+def rename(job_id: int, name: str) -> Run:
+    """A job's new name (the config's name follows, so a continued run or an export names it the same)."""
+    name = " ".join(str(name or "").split())
+    if not name:
+        raise JobError("a run needs a name: type one")
+    if len(name) > NAME_MAX:
+        raise JobError(f"a run's name is at most {NAME_MAX} characters (this one has {len(name)})")
+
+    def _once() -> Run:
+        with db_session() as s:
+            run = s.get(Run, job_id)
+            if run is None:
+                raise JobError(f"run {job_id} not found")
+            config = dict(run.config)
+            if "name" in config:
+                config["name"] = name
+            s.exec(update(Run).where(Run.id == job_id).values(name=name, config=config))
+            s.commit()
+            s.expire_all()
+            return s.get(Run, job_id)
+
+    return retrying(_once)
+
+
+def delete_rows(job_ids: Iterable[int]) -> int:
+    """Remove ended jobs' rows and metric rows in one transaction. A job that is active (it became so meanwhile)
+    stops the whole delete with JobError. Returns the number of job rows removed."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return 0
+
+    def _once() -> int:
+        with db_session() as s:
+            busy = s.exec(select(Run.id, Run.status).where(Run.id.in_(ids),
+                                                          Run.status.in_(list(RunStatus.active())))).all()
+            if busy:
+                raise JobError("; ".join(f"run {i} is {RunStatus(st).value}" for i, st in busy)
+                               + ": stop it before deleting")
+            s.exec(delete(RunMetric).where(RunMetric.run_id.in_(ids)))
+            return s.exec(delete(Run).where(Run.id.in_(ids))).rowcount
+
+    return retrying(_once)
+
+
 def active_runs() -> list[Run]:
     def _once() -> list[Run]:
         with db_session() as s:
