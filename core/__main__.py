@@ -134,6 +134,8 @@ def cmd_runs(args) -> int:
             run = rename_run(args.id, args.name)
         elif args.runs_cmd == "delete":
             return _delete_run(args)
+        elif args.runs_cmd == "compare":
+            return _compare_runs(args)
         elif args.runs_cmd == "logs":
             runs.get_run(args.id)  # reconciles, and refuses an unknown id
             print(runs.log_tail(args.id, max_lines=args.lines, max_chars=10**7))
@@ -146,6 +148,35 @@ def cmd_runs(args) -> int:
         _print_json(runs.run_to_dict(run))
     else:
         print(f"run {run.id} {run.status}")
+    return 0
+
+
+def _compare_runs(args) -> int:
+    from core.train import compare
+
+    head, rows = compare.headlines(args.ids)
+    dhead, diff = compare.config_diff(args.ids)
+    points, notes = compare.curves(args.ids, args.curve, args.x) if args.curve else ([], [])
+    if args.json:
+        _print_json({"headlines": [dict(zip(head, r)) for r in rows],
+                     "config_diff": [dict(zip(dhead, r)) for r in diff],
+                     **({"curve": args.curve, "x": args.x, "points": points, "notes": notes} if args.curve else {})})
+        return 0
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for r in [head, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    print()
+    if diff:
+        widths = [max(len(str(x)) for x in col) for col in zip(dhead, *diff)]
+        for r in [dhead, *diff]:
+            print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    else:
+        print("their configs are the same")
+    for series in dict.fromkeys(p["series"] for p in points):
+        xs = [f"{p['x']:g}:{p['value']:.4g}" for p in points if p["series"] == series]
+        print(f"\n{series} {args.curve} by {args.x}: " + " ".join(xs))
+    for n in notes:
+        print(n, file=sys.stderr)
     return 0
 
 
@@ -221,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = rs.add_parser("logs")
     q.add_argument("id", type=int)
     q.add_argument("--lines", type=int, default=100)
+    q = rs.add_parser("compare", help="training runs side by side: headline numbers and the config fields that differ")
+    q.add_argument("ids", type=int, nargs="+")
+    q.add_argument("--curve", default=None, help="also print this curve's points per run (train loss, eval loss, "
+                   "reward margin, …)")
+    q.add_argument("--x", default="step", choices=["step", "tokens seen"])
+    q.add_argument("--json", action="store_true")
     q = rs.add_parser("rename", help="give a training run a new name")
     q.add_argument("id", type=int)
     q.add_argument("name")

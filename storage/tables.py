@@ -128,6 +128,8 @@ class RunMetric(SQLModel, table=True):
     tokens_per_s: Optional[float] = None
     memory_bytes: Optional[int] = None
     wall_time_s: Optional[float] = None
+    # what a kind of training adds to its curves (preference tuning: rewards, margins, accuracy), by name
+    extra: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow)
 
 

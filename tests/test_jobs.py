@@ -63,7 +63,7 @@ def test_qlora_run_trains_a_4bit_base_with_gradient_checkpointing(workspace, alp
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
     assert "QLoRA: 210 linear layers in 4-bit NF4" in log  # 30 layers x 7 projections
     # what ran is visible: QLoRA honours gradient checkpointing (it used to be silently dropped)
-    assert "effective setup: method qlora" in log and "gradient checkpointing on" in log
+    assert "effective setup: objective sft, method qlora" in log and "gradient checkpointing on" in log
     assert [m.step for m in jobs.run_metrics(run.id) if m.loss is not None] == [1, 2]
     assert (workspace / "runs" / str(run.id) / "adapter" / "adapter_model.safetensors").is_file()
 

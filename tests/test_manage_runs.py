@@ -3,6 +3,7 @@ filters of the Data, Evaluate and Deploy lists. Real SQLite, real folders, a rea
 active."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -18,9 +19,10 @@ from tests.conftest import wait_until
 
 
 def ended_run(kind: str = "train", *, owner: str = "", status: str = "succeeded", parent: int | None = None,
-              name: str = "") -> Run:
+              name: str = "", lr: float = 2e-4, tokens_per_step: int = 100) -> Run:
     """A job that ran and ended, with files in its folder and metric rows (as a worker leaves them)."""
-    config = {"dataset": "demo", "name": name, "max_steps": 3} if kind == "train" else {"run_id": parent}
+    config = ({"dataset": "demo", "name": name, "max_steps": 3, "learning_rate": lr} if kind == "train"
+              else {"run_id": parent})
     run = store.submit(kind, config, name=name, method="lora" if kind == "train" else "", owner=owner,
                        parent_run_id=parent)
     store.transition(run.id, "starting")
@@ -32,7 +34,7 @@ def ended_run(kind: str = "train", *, owner: str = "", status: str = "succeeded"
     (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"\0" * 1024)
     (folder / "worker.log").write_text("step 1/3\nstep 2/3\nstep 3/3\n")
     for step in (1, 2, 3):
-        store.add_metric(run.id, step=step, loss=1.0 / step)
+        store.add_metric(run.id, step=step, loss=lr * 1000 / step, extra={"tokens_seen": step * tokens_per_step})
     store.finish(run.id, status, adapter_path=str(folder / "adapter"))
     return runs.get_run(run.id)
 
@@ -204,6 +206,54 @@ def test_only_mine_filters_the_data_evaluate_and_deploy_lists(workspace, fixture
     assert deployments_frame("")["model"].tolist() == ["default"]
 
 
+def test_compare_overlays_curves_by_step_or_tokens_diffs_configs_and_sets_headlines_side_by_side(workspace):
+    from core.train import compare
+
+    fast = ended_run(name="fast", lr=5e-4, tokens_per_step=200)
+    slow = ended_run(name="slow", lr=1e-4, tokens_per_step=100)
+    eval_job, _ = evaluation_of(fast)
+    old = ended_run(name="old")
+    with db_session() as s:  # a run from before tokens were recorded
+        for m in s.exec(select_metrics(old.id)).all():
+            m.extra = None
+            s.add(m)
+
+    rows, notes = compare.curves([fast.id, slow.id], "train loss", "step")
+    assert {r["series"] for r in rows} == {f"#{fast.id} fast", f"#{slow.id} slow"} and notes == []
+    assert [r["value"] for r in rows if r["series"].endswith("fast")] == pytest.approx([0.5, 0.25, 0.5 / 3])
+    rows, notes = compare.curves([fast.id, slow.id, old.id], "train loss", "tokens seen")
+    assert [r["x"] for r in rows if r["series"].endswith("fast")] == [200, 400, 600]
+    assert [r["x"] for r in rows if r["series"].endswith("slow")] == [100, 200, 300]
+    assert notes == [f"#{old.id} old did not record tokens seen (an older run): compare it by step"]
+    _, notes = compare.curves([fast.id, slow.id], "reward margin", "step")
+    assert len(notes) == 2 and "no reward margin points" in notes[0]
+
+    head, diff = compare.config_diff([fast.id, slow.id])
+    assert head == ["field", f"#{fast.id} fast", f"#{slow.id} slow"]
+    assert [r[0] for r in diff] == ["learning_rate", "name"]  # only what differs
+    assert diff[0][1:] == ["0.0005", "0.0001"]
+    head, rows = compare.headlines([fast.id, slow.id])
+    by_run = {r[0]: dict(zip(head, r)) for r in rows}
+    assert by_run[f"#{fast.id} fast"]["evaluation (base → tuned)"] == "rougeL 0.1000 → 0.5000"
+    assert by_run[f"#{slow.id} slow"]["evaluation (base → tuned)"] == ""
+    with pytest.raises(JobError, match="not a training run"):
+        compare.headlines([fast.id, eval_job.id])
+    with pytest.raises(JobError, match="unknown curve"):
+        compare.curves([fast.id, slow.id], "banana")
+
+    r = subprocess.run([sys.executable, "-m", "core", "runs", "compare", str(fast.id), str(slow.id), "--curve",
+                        "train loss", "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and [d["field"] for d in out["config_diff"]] == ["learning_rate", "name"]
+    assert len(out["points"]) == 6 and out["headlines"][0]["run"] == f"#{fast.id} fast"
+
+
+def select_metrics(run_id: int):
+    from sqlmodel import select
+
+    return select(RunMetric).where(RunMetric.run_id == run_id)
+
+
 @pytest.mark.browser
 def test_in_the_browser_alice_renames_and_deletes_her_run_and_filters_to_hers(workspace, monkeypatch, start_app,
                                                                               browser):
@@ -215,7 +265,8 @@ def test_in_the_browser_alice_renames_and_deletes_her_run_and_filters_to_hers(wo
     monkeypatch.setenv("FTS_USERS_FILE", str(workspace / "users.json"))
     add_user("alice", "alice-password")
     add_user("bob", "bob-password")
-    mine, theirs = ended_run(owner="alice", name="alices-run"), ended_run(owner="bob", name="bobs-run")
+    mine, theirs = ended_run(owner="alice", name="alices-run"), ended_run(owner="bob", name="bobs-run", lr=1e-4)
+    third = ended_run(owner="alice", name="alices-other", lr=3e-4)
     _, ev = evaluation_of(mine, owner="alice")
     evaluation_of(theirs, owner="bob")
     url = start_app(workspace / "app.log")
@@ -253,7 +304,24 @@ def test_in_the_browser_alice_renames_and_deletes_her_run_and_filters_to_hers(wo
     expect(page.get_by_text(f"Run #{mine.id} deleted")).to_be_visible(timeout=20_000)
     expect(page.get_by_role("gridcell", name="alices-best", exact=True)).to_have_count(0, timeout=10_000)
     expect(page.get_by_role("gridcell", name="bobs-run", exact=True)).to_be_visible()
-    assert [r.id for r in runs.list_runs(kind="train")] == [theirs.id]
+    assert [r.id for r in runs.list_runs(kind="train")] == [third.id, theirs.id]
+
+    # compare the two runs that are left: one chart, the config field that differs, the numbers side by side
+    page.get_by_text("Compare runs", exact=True).click()
+    box = page.locator("#compare-runs")
+    for label in (f"#{third.id} alices-other", f"#{theirs.id} bobs-run"):
+        box.locator("input").click()
+        page.get_by_role("option", name=label).first.click()
+        page.wait_for_timeout(500)
+    expect(page.locator("#compare-msg")).to_contain_text("2 runs · train loss by step", timeout=20_000)
+    diff = page.locator("#compare-diff")
+    expect(diff.get_by_role("gridcell", name="learning_rate", exact=True)).to_be_visible(timeout=10_000)
+    expect(diff.get_by_role("gridcell", name="0.0003", exact=True)).to_be_visible()
+    expect(page.locator("#compare-head")).to_contain_text("rougeL 0.1000 → 0.5000")
+    page.locator("#compare-x").get_by_text("tokens seen").click()
+    expect(page.locator("#compare-msg")).to_contain_text("train loss by tokens seen", timeout=10_000)
+    expect(page.locator("#compare-plot")).to_contain_text(f"#{third.id} alices-other", timeout=10_000)
+    page.locator("#compare").screenshot(path=str(workspace / "compare.png"))
     errors = (workspace / "app.log").read_text()
     assert "Traceback" not in errors, errors[-3000:]  # no handler failed on the way (each would be an error toast)
     assert count_rows(Evaluation, run_id=mine.id) == 0 and not store.job_path(mine.id).exists()

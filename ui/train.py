@@ -24,6 +24,12 @@ RUN_COLUMNS = ["id", "name", "owner", "status", "method", "progress", "loss", "t
 DEFAULTS = TrainConfig(dataset="-")
 LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
 LR_DTYPES = {"step": "int64", "lr": "float64"}
+# preference tuning's curves (stored in each metric row's extra): the reward margin and accuracy people watch
+PREFERENCE_SERIES = {"rewards/margins": "reward margin", "rewards/accuracies": "accuracy",
+                     "rewards/chosen": "chosen reward", "rewards/rejected": "rejected reward"}
+OBJECTIVES = [("SFT — supervised, on conversations", "sft"),
+              ("DPO — preference pairs, against the model at step 0", "dpo"),
+              ("ORPO — preference pairs, SFT + odds ratio, no reference", "orpo")]
 
 
 def dataset_choices() -> list[tuple[str, str]]:
@@ -35,9 +41,11 @@ def dataset_choices() -> list[tuple[str, str]]:
         return []
     out = []
     for d in rows:
-        if getattr(d, "kind", "sft") in ("preference", "multiple_choice"):
+        kind = getattr(d, "kind", "sft")
+        if kind == "multiple_choice":  # questions for Evaluate, nothing to train on
             continue
-        out.append((f"#{d.id} {d.name} ({d.rows} rows, {d.format})", str(d.id)))
+        what = "preference pairs, for DPO / ORPO" if kind == "preference" else d.format
+        out.append((f"#{d.id} {d.name} ({d.rows} rows, {what})", str(d.id)))
     return out
 
 
@@ -77,7 +85,7 @@ def default_selected_run(rows: list | None = None) -> str | None:
 
 
 def new_metrics_cache(run_id: int | None = None, attempt: int = -1) -> dict:
-    return {"run_id": run_id, "attempt": attempt, "last_id": 0, "loss": [], "lr": [], "rows_read": 0}
+    return {"run_id": run_id, "attempt": attempt, "last_id": 0, "loss": [], "lr": [], "pref": [], "rows_read": 0}
 
 
 def update_metrics_cache(cache: dict | None, run) -> dict:
@@ -86,7 +94,8 @@ def update_metrics_cache(cache: dict | None, run) -> dict:
     if not cache or cache.get("run_id") != run.id or cache.get("attempt") != run.attempt:
         cache = new_metrics_cache(run.id, run.attempt)
     else:
-        cache = {**cache, "loss": list(cache["loss"]), "lr": list(cache["lr"])}
+        cache = {**cache, "loss": list(cache["loss"]), "lr": list(cache["lr"]),
+                 "pref": list(cache.get("pref", []))}
     rows = runs.run_metrics(run.id, since_id=cache["last_id"])
     for m in rows:
         if m.loss is not None:
@@ -95,18 +104,27 @@ def update_metrics_cache(cache: dict | None, run) -> dict:
             cache["loss"].append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
         if m.lr is not None:
             cache["lr"].append({"step": m.step, "lr": m.lr})
+        for key, series in PREFERENCE_SERIES.items():
+            if (m.extra or {}).get(key) is not None:
+                cache["pref"].append({"step": m.step, "value": m.extra[key], "series": series})
         cache["last_id"] = max(cache["last_id"], m.id)
     cache["rows_read"] = len(rows)
     return cache
 
 
 def metrics_frames(cache: dict) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(loss frame, second plot's frame): the learning rate, or for preference tuning its rewards and accuracy."""
     # explicit dtypes: an empty or object-typed frame makes the plot treat values as categories
     # no empty frames: a colour-encoded plot that first receives an empty frame never draws its lines later
-    loss_rows, lr_rows = cache["loss"], cache["lr"]
+    loss_rows, lr_rows, pref_rows = cache["loss"], cache["lr"], cache.get("pref") or []
     loss = (pd.DataFrame(loss_rows, columns=["step", "value", "series"]).sort_values("step", kind="stable")
             .astype(LOSS_DTYPES) if loss_rows else None)
+    if pref_rows:
+        return loss, (pd.DataFrame(pref_rows, columns=["step", "value", "series"])
+                      .sort_values("step", kind="stable").astype(LOSS_DTYPES))
     lr = pd.DataFrame(lr_rows, columns=["step", "lr"]).sort_values("step").astype(LR_DTYPES) if lr_rows else None
+    if lr is not None:  # one plot serves both: the learning rate is a series of its own
+        lr = pd.DataFrame({"step": lr["step"], "value": lr["lr"], "series": "learning rate"}).astype(LOSS_DTYPES)
     return loss, lr
 
 
@@ -275,6 +293,12 @@ def build_tab() -> None:
             method = gr.Radio(["lora", "qlora", "full"], value="lora", label="Method",
                               info="QLoRA = 4-bit base + LoRA (bitsandbytes)")
             with gr.Row():
+                objective = gr.Dropdown(OBJECTIVES, value="sft", label="Objective", scale=3,
+                                        info="DPO / ORPO train on preference pairs (chosen vs rejected answers)",
+                                        elem_id="train-objective")
+                beta = gr.Number(DEFAULTS.beta, label="Beta (DPO) / lambda (ORPO)", minimum=0, scale=1,
+                                 elem_id="train-beta")
+            with gr.Row():
                 num_epochs = gr.Number(DEFAULTS.num_epochs, label="Epochs", minimum=0)
                 max_steps = gr.Number(DEFAULTS.max_steps, label="Max steps (-1 = epochs)", precision=0)
             with gr.Row():
@@ -345,17 +369,25 @@ def build_tab() -> None:
                 loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss", height=260,
                                         x_title="step", y_title="loss",
                                         color_map={"train loss": "#6366f1", "eval loss": "#f59e0b"})
-                lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=260)
+                # the learning rate, or for DPO / ORPO the reward margin, accuracy and rewards
+                lr_plot = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · preference",
+                                      height=260, x_title="step", y_title="value",
+                                      color_map={"learning rate": "#10b981", "reward margin": "#6366f1",
+                                                 "accuracy": "#f59e0b", "chosen reward": "#22c55e",
+                                                 "rejected reward": "#ef4444"})
             error_md = gr.Markdown()
             with gr.Accordion("Log tail", open=True):
                 log_box = gr.Textbox(lines=LOG_LINES, max_lines=LOG_LINES, show_label=False, autoscroll=True)
             with gr.Accordion("Config (YAML)", open=False):
                 config_box = gr.Code(language="yaml", show_label=False)
+    from ui.compare import build_section as build_compare
+
+    build_compare()
 
     detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, metrics_cache]
     config_inputs = {
         "name": name, "base_model": base_model, "chat_template": chat_template, "dataset": dataset, "upload": upload,
-        "method": method,
+        "method": method, "objective": objective, "beta": beta,
         "num_epochs": num_epochs, "max_steps": max_steps, "learning_rate": learning_rate,
         "batch_size": batch_size, "max_length": max_length, "grad_accum": grad_accum,
         "lr_scheduler": lr_scheduler, "warmup_ratio": warmup_ratio, "lora_r": lora_r, "lora_alpha": lora_alpha,

@@ -466,16 +466,23 @@ def read_split(ds, split: str = "train") -> list[dict]:
     return rows
 
 
-def load_training_rows(ref: str | int, split: str = "train") -> list[dict]:
-    """Normalised rows for training (see the package docstring)."""
+PREFERENCE_FOR_SFT = ("holds preference pairs (chosen/rejected): train it with objective dpo or orpo; SFT needs "
+                      "conversations with an assistant answer")
+SFT_FOR_PREFERENCE = ("holds no preference pairs: {objective} needs rows with a chosen and a rejected answer (the "
+                      "Data tab's 'preference' format); train conversations with objective sft")
+
+
+def load_training_rows(ref: str | int, split: str = "train", objective: str = "sft") -> list[dict]:
+    """Normalised rows for training (see the package docstring). ``objective`` dpo / orpo: preference pairs only
+    (``{"prompt": [...], "chosen": [...], "rejected": [...]}``); sft: conversations or text, never pairs."""
     ref_s = str(ref).strip()
+    wants_pairs = objective in ("dpo", "orpo")
     if ref_s.isdigit():
         ds = get_dataset(ref_s)
-        if ds.kind == "preference":
-            raise DatasetError(
-                f"dataset {ds.id} holds preference pairs (for DPO); SFT needs conversations with an assistant answer "
-                "(import an SFT dataset, or wait for preference training)"
-            )
+        if wants_pairs and ds.kind != "preference":
+            raise DatasetError(f"dataset {ds.id} " + SFT_FOR_PREFERENCE.format(objective=objective.upper()))
+        if ds.kind == "preference" and not wants_pairs:
+            raise DatasetError(f"dataset {ds.id} {PREFERENCE_FOR_SFT}")
         if ds.kind == "multiple_choice":
             raise DatasetError(f"dataset {ds.id} {MULTIPLE_CHOICE_REFUSAL}")
         rows = read_split(ds, split)
@@ -485,10 +492,10 @@ def load_training_rows(ref: str | int, split: str = "train") -> list[dict]:
     if not ref_s:
         raise DatasetError("no dataset given: pass a dataset id or a data file path")
     prep = prepare_dataset(ref_s)
-    if prep.kind == "preference":
-        raise DatasetError(
-            f"{ref_s} holds preference pairs (for DPO); SFT needs conversations with an assistant answer"
-        )
+    if wants_pairs and prep.kind != "preference":
+        raise DatasetError(f"{ref_s} " + SFT_FOR_PREFERENCE.format(objective=objective.upper()))
+    if prep.kind == "preference" and not wants_pairs:
+        raise DatasetError(f"{ref_s} {PREFERENCE_FOR_SFT}")
     if prep.kind == "multiple_choice":
         raise DatasetError(f"{ref_s} {MULTIPLE_CHOICE_REFUSAL}")
     drop = resolve_drop(True) - {"too_long"}

@@ -52,7 +52,7 @@ PROGRESS_FIELDS = frozenset({"step", "max_steps", "epoch", "tokens_per_s", "eta_
                              "output_dir", "final_metrics", "heartbeat_at", "peak_memory_bytes",
                              "memory_limit_bytes", "worker_pid", "worker_host", "resume_from_checkpoint"})
 METRIC_FIELDS = ("step", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "memory_bytes",
-                 "wall_time_s")
+                 "wall_time_s", "extra")
 T = TypeVar("T")
 
 

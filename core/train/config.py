@@ -11,6 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Method = Literal["lora", "qlora", "full"]
+Objective = Literal["sft", "dpo", "orpo"]
+PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
+PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -27,6 +30,15 @@ class TrainConfig(BaseModel):
                             description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a Hub id")
     dataset: str = Field(..., description="dataset id from the Data tab (e.g. '3') or a path to a data file")
     method: Method = "lora"
+    objective: Objective = Field(
+        "sft", description="what the run optimises: sft (supervised, on conversations), dpo (direct preference "
+                           "optimisation on chosen/rejected pairs, against the model as it was at step 0) or orpo "
+                           "(odds-ratio preference optimisation: SFT on chosen + a preference term, no reference)")
+    beta: float = Field(0.1, description="DPO: how far from the reference the policy may move (0.1 typical); "
+                                         "ORPO: the weight of the odds-ratio term (lambda)")
+    preference_loss: PreferenceLoss = Field("sigmoid", description="DPO loss: sigmoid (the paper's), ipo, hinge")
+    keep_identical_pairs: bool = Field(False, description="keep pairs whose chosen and rejected answers are the "
+                                                          "same text (they teach DPO nothing; dropped and counted)")
     chat_template: Optional[str] = Field(
         None, description="prompt template for a model without one (or to replace its own): chatml, llama3, "
                           "mistral, alpaca, or a model id / folder to copy the chat template from; empty = the "
@@ -71,6 +83,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"learning rate must be > 0 (got {v})")
         if v >= 1:
             raise ValueError(f"learning rate {v} is far too large; typical LoRA values are 1e-4 to 5e-4")
+        return v
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, v: float) -> float:
+        if not 0 < v <= 10:
+            raise ValueError(f"beta must be in (0, 10] (got {v}); 0.1 is typical")
         return v
 
     @field_validator("lora_r")

@@ -35,9 +35,6 @@ def validate_references(config: TrainConfig) -> None:
             raise JobError(f"dataset {ref} not found: import it in the Data tab or "
                            "`python -m core data import`") from None
         kind = ds.kind
-        if ds.kind == "preference":
-            raise JobError(f"dataset {ref} holds preference pairs (for DPO); supervised fine-tuning needs "
-                           "conversations with assistant answers")
         if ds.kind == "multiple_choice":
             raise JobError(f"dataset {ref} holds multiple-choice questions (for Evaluate); supervised fine-tuning "
                            "needs conversations with assistant answers")
@@ -45,6 +42,7 @@ def validate_references(config: TrainConfig) -> None:
         raise JobError(f"dataset file not found: {ref}")
     else:
         kind = _file_kind(ref)
+    check_objective(config, kind, f"dataset {ref}" if ref.isdigit() else ref)
     check_template(config, kind)
     if config.method == "qlora":
         from core.train.device import qlora_support_error
@@ -64,6 +62,20 @@ def _file_kind(ref: str) -> str | None:
         return None  # the worker reports what is wrong with the file
 
 
+def check_objective(config: TrainConfig, dataset_kind: str | None, what: str) -> None:
+    """Preference pairs train with DPO or ORPO, conversations with SFT: the other way round is refused at submit,
+    naming the objective that fits."""
+    from core.data.importer import PREFERENCE_FOR_SFT, SFT_FOR_PREFERENCE
+    from core.train.config import PREFERENCE_OBJECTIVES
+
+    if dataset_kind is None:
+        return
+    if config.objective in PREFERENCE_OBJECTIVES and dataset_kind != "preference":
+        raise JobError(f"{what} " + SFT_FOR_PREFERENCE.format(objective=config.objective.upper()))
+    if config.objective == "sft" and dataset_kind == "preference":
+        raise JobError(f"{what} {PREFERENCE_FOR_SFT}")
+
+
 def check_template(config: TrainConfig, dataset_kind: str | None) -> None:
     """Conversations need a prompt template: a base model without a chat template is refused here, naming the
     choices, instead of a run that fails at step 0; a template to copy must exist."""
@@ -81,7 +93,7 @@ def check_template(config: TrainConfig, dataset_kind: str | None) -> None:
         except ModelNotFoundError as exc:
             raise JobError(f"chat_template '{choice}' is not a built-in template ({', '.join(TEMPLATES)}) and "
                            f"not a model to copy one from: {exc}") from None
-    if dataset_kind != "sft" or choice:
+    if dataset_kind not in ("sft", "preference") or choice:
         return
     if model_has_chat_template(config.base_model) is False:
         raise JobError(f"base model '{config.base_model}' has no chat template and the dataset holds conversations: "

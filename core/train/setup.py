@@ -45,6 +45,7 @@ class EffectiveSetup:
     quantization: str
     prompt_template: str = "model's own"
     trained_token_rows: int = 0
+    objective: str = "sft"
 
     def line(self) -> str:
         lora = f", LoRA r={self.lora_r} on {self.lora_targets}" if self.lora_r else ""
@@ -52,7 +53,8 @@ class EffectiveSetup:
         if self.trained_token_rows:
             rows = (f" + {self.trained_token_rows} new-token embedding row(s) trained"
                     + (" (whole model trained)" if self.method == "full" else " (PEFT trainable tokens)"))
-        return (f"effective setup: method {self.method}, device {self.device}, precision {self.precision} "
+        return (f"effective setup: objective {self.objective}, method {self.method}, device {self.device}, "
+                f"precision {self.precision} "
                 f"(weights loaded {self.load_dtype}{', ' + self.quantization if self.quantization else ''}), "
                 f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}, "
                 f"packing {'on' if self.packing else 'off'}, attention {self.attention}{lora}, "
@@ -73,6 +75,10 @@ def effective_setup(config: TrainConfig, plan: DevicePlan, trained_token_rows: i
         quantization="4-bit NF4 base (bitsandbytes)" if config.method == "qlora" else "",
         prompt_template=config.chat_template or "model's own",
         trained_token_rows=trained_token_rows,
+        objective=(config.objective if config.objective == "sft" else
+                   f"{config.objective} (beta {config.beta:g}"
+                   + (f", {config.preference_loss} loss, reference = the model at step 0)"
+                      if config.objective == "dpo" else ", no reference)")),
     )
 
 
@@ -112,6 +118,8 @@ def trainer_arguments(config: TrainConfig, plan: DevicePlan, *, output_dir: str,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
         padding_free=False,  # we pass our own padding-free collator (TRL refuses custom collators with it on)
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        # length grouping reads an input_ids column; a preference example holds two sequences
+        train_sampling_strategy=("group_by_length" if config.group_by_length and not config.packing
+                                 and config.objective == "sft" else "random"),
         disable_tqdm=True,
     )

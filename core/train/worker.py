@@ -68,32 +68,46 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
 
     from core.data import load_training_rows
     from core.models import load_tokenizer, resolve_model
+    from core.train.config import PREFERENCE_OBJECTIVES
     from core.train.device import pick_precision, qlora_support_error
     from core.train.setup import effective_setup, trainer_arguments
     from core.train.tokenize import PaddingFreeCollator, count_real_tokens, labelled_positions_loss, tokenize_rows
 
+    preference = config.objective in PREFERENCE_OBJECTIVES
     plan = pick_precision(config.precision)
     setup = effective_setup(config, plan)
     resolved = resolve_model(config.base_model)
     tokenizer = load_tokenizer(resolved)
     base_had_template = bool(getattr(tokenizer, "chat_template", None))
     applied = None
-    rows = load_training_rows(config.dataset, split="train")
+    rows = load_training_rows(config.dataset, split="train", objective=config.objective)
     if config.chat_template:
         from core.data.templates import apply_template, check_renders
 
         applied = apply_template(tokenizer, config.chat_template)
         check_renders(tokenizer)
         log(applied.summary())
-    elif not base_had_template and any("messages" in r for r in rows):
+    elif not base_had_template and any("messages" in r or "chosen" in r for r in rows):
         from core.data.templates import CHOICE_HELP
 
         raise ValueError(f"the base model {resolved.display_name} has no chat template, so its conversations cannot "
                          f"be turned into training text: set chat_template ({CHOICE_HELP})")
-    examples, counts = tokenize_rows(tokenizer, rows, config.max_length)
+    def tokenize(rows_):
+        if preference:
+            from core.train.preference import tokenize_pairs
+
+            return tokenize_pairs(tokenizer, rows_, config.max_length, keep_identical=config.keep_identical_pairs)
+        return tokenize_rows(tokenizer, rows_, config.max_length)
+
+    examples, counts = tokenize(rows)
     log(f"dataset: {counts}")
+    if preference and counts["identical"]:
+        log(f"{counts['identical']} pair(s) with the same chosen and rejected answer "
+            + ("kept (keep_identical_pairs)" if config.keep_identical_pairs else "dropped: they teach nothing"))
     if not examples:
-        raise ValueError("no training examples left after tokenisation (every row lost its assistant tokens)")
+        raise ValueError("no training examples left after tokenisation (every row lost its assistant tokens)"
+                         if not preference else "no preference pairs left after tokenisation (identical answers "
+                         "dropped, or max_length leaves no answer token)")
     eval_examples = None
     if config.eval_split > 0:
         import random
@@ -108,7 +122,16 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
         except Exception:  # noqa: BLE001
             val_rows = []
         if val_rows:
-            eval_examples, _ = tokenize_rows(tokenizer, val_rows, config.max_length)
+            eval_examples, _ = tokenize(val_rows)
+    if config.objective == "dpo" and config.max_steps > 0:
+        # the reference pass costs a forward per pair: only for the pairs the run will see (a seeded sample)
+        needed = config.max_steps * config.batch_size * config.grad_accum * max(1, config.num_gpus)
+        if needed < len(examples):
+            import random
+
+            random.Random(config.seed).shuffle(examples)  # noqa: S311 - a seeded data order
+            examples = examples[:needed]
+            log(f"{config.max_steps} steps see {needed} pairs: training on a seeded sample of that many")
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[plan.precision]
     load_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[setup.load_dtype]
@@ -194,12 +217,25 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
     total = sum(p.numel() for p in model.parameters())
     log(f"trainable params {trainable:,} of {total:,}")
 
+    if preference:
+        from core.train.preference import PairCollator
+
+        collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
+    else:
+        collator = PaddingFreeCollator(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
+    if config.objective == "dpo":
+        from core.train.preference import examples_fingerprint, load_or_compute_reference
+
+        if plan.device == "cuda" and config.method != "qlora":
+            model.to("cuda")
+        everything = examples + (eval_examples or [])
+        load_or_compute_reference(ctx.dir, model, everything, collator, examples_fingerprint(everything), log=log)
+
     ckpt_dir = paths.checkpoints_dir(ctx.dir)
     args = SFTConfig(**trainer_arguments(config, plan, output_dir=str(ckpt_dir), has_eval=bool(eval_examples)))
 
     train_ds = HFDataset.from_list(examples)
     eval_ds = HFDataset.from_list(eval_examples) if eval_examples else None
-    collator = PaddingFreeCollator(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
     keep = config.save_total_limit
 
     class StudioTrainer(SFTTrainer):
@@ -208,12 +244,30 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
 
         tokens_seen = 0
         last_checkpoint_bytes: int | None = None
+        preference_stats: dict[str, list[float]] = {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 StudioTrainer.tokens_seen += count_real_tokens(inputs)
+            if preference:
+                from core.train.preference import preference_loss, sequence_logps
+
+                logps, n_tokens = sequence_logps(model, inputs)
+                loss, stats = preference_loss(config.objective, config.preference_loss, config.beta, logps,
+                                              n_tokens, inputs.get("ref_logps"))
+                if model.training:
+                    for k, v in stats.items():
+                        StudioTrainer.preference_stats.setdefault(k, []).append(v)
+                return (loss, None) if return_outputs else loss
             loss, outputs = labelled_positions_loss(model, inputs, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if StudioTrainer.preference_stats and "loss" in logs:  # this step's rewards, margins, accuracy
+                for k, vals in StudioTrainer.preference_stats.items():
+                    logs[k] = sum(vals) / len(vals)
+                StudioTrainer.preference_stats = {}
+            return super().log(logs, *args, **kwargs)
 
         def checkpoint_bytes_needed(self) -> int:
             """Size of the last checkpoint, or the estimate: trainable weights + Adam's two fp32 states (+ the
@@ -355,12 +409,17 @@ def make_metrics_callback(ctx: JobContext, tokens_seen):
                 return
             if "train_runtime" in logs:  # the end-of-training summary, not a step
                 return
+            from core.train.preference import PREFERENCE_KEYS
+
+            extra = {k: _num(logs[k]) for k in PREFERENCE_KEYS if _num(logs.get(k)) is not None}
+            extra["tokens_seen"] = int(tokens_seen())  # the x axis of runs compared by tokens
             ctx.metric(step=state.global_step, epoch=float(logs.get("epoch", state.epoch or 0.0)),
                        loss=_num(logs.get("loss")), eval_loss=_num(logs.get("eval_loss")),
                        lr=_num(logs.get("learning_rate")), grad_norm=_num(logs.get("grad_norm")),
-                       tokens_per_s=self.last_tps, memory_bytes=_memory_bytes(), wall_time_s=time.time() - self.t0)
+                       tokens_per_s=self.last_tps, memory_bytes=_memory_bytes(), wall_time_s=time.time() - self.t0,
+                       extra=extra)
             parts = [f"step {state.global_step}/{state.max_steps}"]
-            for key in ("loss", "eval_loss", "grad_norm", "learning_rate"):
+            for key in ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "grad_norm", "learning_rate"):
                 if key in logs:
                     parts.append(f"{key} {logs[key]:.4g}")
             if self.last_tps:
@@ -391,6 +450,10 @@ def run_job(ctx: JobContext) -> JobResult:
                 from core.runs import store
 
                 store.drop_metrics_after(ctx.job_id, paths.checkpoint_step(resume_from))
+                seen = [m.extra["tokens_seen"] for m in store.metrics(ctx.job_id)
+                        if (m.extra or {}).get("tokens_seen") is not None]
+                if seen:  # the tokens-seen axis goes on from where the checkpoint left it
+                    type(trainer).tokens_seen = int(seen[-1])
             log(f"resuming from {resume_from}")
         if ctx.should_stop():
             raise StopRequested()
