@@ -153,3 +153,22 @@ def test_an_orpo_run_trains_without_a_reference(workspace, fixtures_dir, default
     assert not (workspace / "runs" / str(final.id) / REFERENCE_FILE).exists()
     nll = _pref_curve(final.id, "nll_loss")
     assert len(nll) == 3 and all(x > 0 for x in nll) and _pref_curve(final.id, "log_odds_ratio")
+
+
+def test_the_data_preview_shows_prompt_chosen_and_rejected_with_what_counts(workspace, fixtures_dir,
+                                                                           default_model_dir):
+    from core.data import preview_row
+    from ui.data import show_row
+
+    r = import_dataset(str(fixtures_dir / "dpo_en_demo.json"), model=None)
+    pv = preview_row(str(r.dataset_id), 0, "train", "default", 4096)
+    labels = [lab for _, lab in pv["segments"]]
+    assert labels.count("chosen") == 1 and labels.count("rejected") == 1 and "trained" not in labels
+    text = {lab: t for t, lab in pv["segments"] if lab in ("chosen", "rejected")}
+    row = pv["row"]
+    assert text["chosen"].strip().startswith(row["chosen"][0]["content"].strip()[:30])
+    assert text["rejected"].strip().startswith(row["rejected"][0]["content"].strip()[:30])
+    prompt = row["prompt"][-1]["content"].strip()[:30]
+    assert sum(prompt in t for t, lab in pv["segments"] if lab == "masked") == 2  # the prompt, once per side, grey
+    segments, info = show_row(str(r.dataset_id), "train", 0, "default", 4096)
+    assert "a preference pair" in info and "Only the answers count" in info

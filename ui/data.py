@@ -29,7 +29,8 @@ from ui.common import is_mine, md_text, mine_box, owner_filter, user_of
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created", "owner"]
 MASK_COLORS = {"trained": "#22c55e", "masked": "#cbd5e1", "truncated": "#ef4444",
-               "question": "#e2e8f0", "answer": "#3b82f6"}  # the last two: multiple-choice rows (for Evaluate)
+               "question": "#e2e8f0", "answer": "#3b82f6",  # multiple-choice rows (for Evaluate)
+               "chosen": "#22c55e", "rejected": "#f97316"}  # preference pairs (for DPO / ORPO)
 DEFAULT_DROP = [c for c in PROBLEM_CODES if c not in ("non_string_content", "unfilled_placeholder")]
 
 
@@ -194,6 +195,12 @@ def show_row(dataset_id, split, index, model, max_length, template=None):
         return pv["segments"], (f"Row {pv['index']} of {pv['split_rows']} in {split}: a multiple-choice question "
                                 f"({len(pv['row']['choices'])} options, {pv['num_tokens']} tokens as shown) for "
                                 "Evaluate — nothing is trained on it; the gold answer is in blue.")
+    if "chosen" in pv["row"]:
+        return pv["segments"], (f"Row {pv['index']} of {pv['split_rows']} in {split}: a preference pair, "
+                                f"{pv['num_tokens']} tokens as shown — prompt + chosen answer, then prompt + rejected "
+                                "answer. Only the answers count (chosen green, rejected orange): DPO / ORPO raise the "
+                                "chosen answer's probability against the rejected one's; grey is the prompt, red is "
+                                "past the max length (cut off).")
     trained = sum(1 for _, lab in pv["segments"] if lab == "trained")
     info = (f"Row {pv['index']} of {pv['split_rows']} in {split}: {pv['num_tokens']} tokens, "
             f"~{pv['approx_trained_tokens']} carry loss (green) in {trained} assistant span(s); grey is context "

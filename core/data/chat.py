@@ -84,3 +84,18 @@ def tokenize_conversation(tokenizer, messages: Sequence[Message], max_length: in
     if max_length is not None and len(ids) > max_length:
         ids, mask, truncated = ids[:max_length], mask[:max_length], True
     return TokenizedConversation(ids, mask, truncated)
+
+
+def answer_only_mask(mask: list[int], prompt_spans: int) -> list[int]:
+    """The assistant mask kept only from the (prompt_spans+1)-th assistant span on: a preference pair's answer, not
+    the prompt's own earlier assistant turns."""
+    out = [0] * len(mask)
+    span = -1
+    prev = 0
+    for i, m in enumerate(mask):
+        if m and not prev:
+            span += 1
+        if m and span >= prompt_spans:
+            out[i] = 1
+        prev = m
+    return out

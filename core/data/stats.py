@@ -131,8 +131,21 @@ def loss_mask_segments(tokenizer, row: dict, max_length: int | None = None) -> l
     two segments, "question" (context, question, lettered options) and "answer" (the gold one). The mask comes from the
     training worker's own ``tokenize_conversation``, so the preview is exactly what is trained; the text of each
     segment is cut from the rendered string by token offsets (no re-decoding, so multi-byte characters survive)."""
-    from core.data.chat import assistant_char_spans, tokenize_conversation
+    from core.data.chat import answer_only_mask, assistant_char_spans, tokenize_conversation
 
+    if "chosen" in row and "rejected" in row:  # a preference pair: prompt + chosen, then prompt + rejected
+        prompt = list(row.get("prompt") or [])
+        prompt_spans = sum(1 for m in prompt if m.get("role") == "assistant")
+        out: list[tuple[str, str | None]] = []
+        for side in ("chosen", "rejected"):
+            messages = prompt + list(row[side])
+            full, _spans = assistant_char_spans(tokenizer, messages, None)
+            enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+            mask = answer_only_mask(tokenize_conversation(tokenizer, messages, None).assistant_mask, prompt_spans)
+            if out:
+                out.append(("\n\n", None))
+            out.extend(_segments(full, enc["offset_mapping"], mask, max_length, trained=side))
+        return out
     if "choices" in row:  # a multiple-choice question (for Evaluate): nothing is trained; show the gold answer
         question, answer = multiple_choice_text(row)
         return [(question, "question"), (answer, "answer")]
@@ -146,13 +159,19 @@ def loss_mask_segments(tokenizer, row: dict, max_length: int | None = None) -> l
         full, _spans = assistant_char_spans(tokenizer, messages, tools)
         enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         mask = tokenize_conversation(tokenizer, messages, None, tools).assistant_mask
-    offsets = enc["offset_mapping"]
+    return _segments(full, enc["offset_mapping"], mask, max_length)
+
+
+def _segments(full: str, offsets, mask: list[int], max_length: int | None,
+              trained: str = "trained") -> list[tuple[str, str]]:
+    """Cut ``full`` into (text, label) runs by token offsets: ``trained`` where the mask is set, "masked" elsewhere,
+    "truncated" past max_length."""
     labels = []
     for t in range(len(offsets)):
         if max_length is not None and t >= max_length:
             labels.append("truncated")
         else:
-            labels.append("trained" if t < len(mask) and mask[t] else "masked")
+            labels.append(trained if t < len(mask) and mask[t] else "masked")
     segments: list[tuple[str, str]] = []
     pos = 0
     for (_start, end), label in zip(offsets, labels):

@@ -21,28 +21,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.data.chat import tokenize_conversation
+from core.data.chat import answer_only_mask, tokenize_conversation
 from core.train.tokenize import IGNORE_INDEX, PaddingFreeCollator
 
 REFERENCE_FILE = "reference_logps.json"
 # the curves a person watches while preference tuning: logged each step, stored with the step's metric row
 PREFERENCE_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                    "logps/rejected", "nll_loss", "log_odds_ratio")
-
-
-def _answer_mask(mask: list[int], prompt_spans: int) -> list[int]:
-    """The assistant mask kept only from the (prompt_spans+1)-th assistant span on: the answer, not the prompt's
-    own earlier assistant turns."""
-    out = [0] * len(mask)
-    span = -1
-    prev = 0
-    for i, m in enumerate(mask):
-        if m and not prev:
-            span += 1
-        if m and span >= prompt_spans:
-            out[i] = 1
-        prev = m
-    return out
 
 
 def _text(messages: list[dict]) -> str:
@@ -68,7 +53,7 @@ def tokenize_pairs(tokenizer, rows: list[dict[str, Any]], max_length: int, *,
         truncated = False
         for side in ("chosen", "rejected"):
             tc = tokenize_conversation(tokenizer, prompt + list(row.get(side) or []), max_length=max_length)
-            mask = _answer_mask(tc.assistant_mask, prompt_spans)
+            mask = answer_only_mask(tc.assistant_mask, prompt_spans)
             if sum(mask[1:]) == 0:
                 break
             ex[f"{side}_ids"] = tc.input_ids
