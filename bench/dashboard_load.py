@@ -6,7 +6,8 @@ p95 within 2x of idle).
 
 The app is the real one (`python app.py`) with two accounts (alice, bob) in a fresh workspace holding 20 training
 runs, each with its metric rows. The probe signs in as alice through the Gradio client and calls the Train tab's own
-1 s refresh (`/tick`: runs table, selection, the selected run's details) with a run selected, and fetches the page,
+1 s refresh (`/tick`: runs table, selection, the selected run's details) with a run selected — each call from a new
+session, so the refresh sends everything (a page's later refreshes send only what changed) — and fetches the page,
 one request at a time. "Idle": only the probe. "Loaded": alice and bob each have the studio open in headless Chromium
 (signed in, on the Train tab with a run selected), so each page's timers poll every second as they do for a person.
 """
@@ -70,6 +71,7 @@ def probe(base: str, client, run_id: int, seconds: float) -> dict[str, list[floa
     out: dict[str, list[float]] = {"page": [], "train refresh": []}
     end = time.time() + seconds
     while time.time() < end:
+        client.reset_session()  # a page that has shown nothing yet: the refresh sends everything (the worst case)
         t = time.perf_counter()
         table, *_ = client.predict(str(run_id), False, api_name="/tick")
         out["train refresh"].append(time.perf_counter() - t)

@@ -148,7 +148,24 @@ def run_details(run_id: str | None, cache: dict | None = None):
     elif run.status == RunStatus.succeeded:
         err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
     head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s)
-    return head, loss, lr, runs.log_tail(run.id, max_lines=LOG_LINES), config_yaml, err, cache
+    log_text = runs.log_tail(run.id, max_lines=LOG_LINES)
+    # what this page already shows is not sent again: a finished run's refresh sends nothing but the table check
+    sig = (run.id, run.attempt)
+    return (_if_changed(cache, "head", head), _if_changed(cache, "loss", loss, (*sig, len(cache["loss"]))),
+            _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
+            _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
+            _if_changed(cache, "outcome", err), cache)
+
+
+def _if_changed(cache: dict, name: str, value, signature=None):
+    """``value`` when the page has not been sent it yet (by its signature, or the value itself), else a no-op
+    update. The signatures live in the page's metrics cache, which starts afresh for another run or attempt."""
+    sent = cache.setdefault("sent", {})
+    key = value if signature is None else signature
+    if name in sent and sent[name] == key:
+        return gr.update()
+    sent[name] = key
+    return value
 
 
 def _what_changed(run_id: int, cache: dict) -> str:
@@ -492,7 +509,11 @@ def tick(current: str | None, cache: dict | None, mine: bool = False, request: g
     choices = run_choices(rows)
     ids = [c[1] for c in choices]
     value = current if current in ids else default_selected_run(rows)
-    return (runs_frame(rows), gr.update(choices=choices, value=value), *run_details(value, cache))
+    head, *details, cache = run_details(value, cache)
+    table = runs_frame(rows)
+    return (_if_changed(cache, "table", table, table.to_json()),
+            _if_changed(cache, "choices", gr.update(choices=choices, value=value), (tuple(ids), value)),
+            head, *details, cache)
 
 
 def delete_question(run_id: str | None):
