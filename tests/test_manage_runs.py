@@ -18,7 +18,7 @@ from storage.tables import Deployment
 from tests.conftest import wait_until
 
 
-def ended_run(kind: str = "train", *, owner: str = "", status: str = "succeeded", parent: int | None = None,
+def ended_run(kind: str = "train", *, owner: str = "", parent: int | None = None,
               name: str = "", lr: float = 2e-4, tokens_per_step: int = 100) -> Run:
     """A job that ran and ended, with files in its folder and metric rows (as a worker leaves them)."""
     config = ({"dataset": "demo", "name": name, "max_steps": 3, "learning_rate": lr} if kind == "train"
@@ -35,7 +35,7 @@ def ended_run(kind: str = "train", *, owner: str = "", status: str = "succeeded"
     (folder / "worker.log").write_text("step 1/3\nstep 2/3\nstep 3/3\n")
     for step in (1, 2, 3):
         store.add_metric(run.id, step=step, loss=lr * 1000 / step, extra={"tokens_seen": step * tokens_per_step})
-    store.finish(run.id, status, adapter_path=str(folder / "adapter"))
+    store.finish(run.id, "succeeded", adapter_path=str(folder / "adapter"))
     return runs.get_run(run.id)
 
 

@@ -172,3 +172,25 @@ def test_the_data_preview_shows_prompt_chosen_and_rejected_with_what_counts(work
     assert sum(prompt in t for t, lab in pv["segments"] if lab == "masked") == 2  # the prompt, once per side, grey
     segments, info = show_row(str(r.dataset_id), "train", 0, "default", 4096)
     assert "a preference pair" in info and "Only the answers count" in info
+
+
+def test_a_preference_run_is_evaluated_against_its_chosen_answers(workspace, fixtures_dir):
+    from core.evaluate.config import EvalConfig
+    from core.evaluate.job import load_rows, split_conversation
+    from core.evaluate.submit import validate
+    from core.runs import store
+
+    pref = import_dataset(str(fixtures_dir / "dpo_en_demo.json"), model=None, split={"validation": 0, "test": 0.25})
+    run = store.submit("train", TrainConfig(dataset=str(pref.dataset_id), objective="dpo").model_dump(mode="json"),
+                       dataset_ref=str(pref.dataset_id))
+    rows, ref, split, kind = load_rows(EvalConfig(run_id=run.id))
+    assert ref == f"run:{run.id}" and split == "test" and kind == "sft" and len(rows) == 2
+    originals = list(prepare_dataset(str(fixtures_dir / "dpo_en_demo.json")).rows)
+    for _, row in rows:
+        prompt, reference = split_conversation(row)
+        match = next(o.row for o in originals if o.row["prompt"] == prompt)
+        assert reference == match["chosen"][-1]["content"]  # the chosen answer is the reference
+    # a preference dataset of the Data tab: generation mode takes it, multiple choice says why not
+    validate(EvalConfig(tuned="default", dataset=str(pref.dataset_id), split="test"))  # accepted
+    with pytest.raises(JobError, match="not multiple-choice questions"):
+        validate(EvalConfig(run_id=None, tuned="default", dataset=str(pref.dataset_id), mode="multiple_choice"))

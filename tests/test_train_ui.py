@@ -88,3 +88,27 @@ def test_refresh_reads_only_new_metric_rows(workspace):
         s.exec(Run.__table__.update().where(Run.id == job.id).values(attempt=2))
     *_, cache = run_details(str(job.id), cache)
     assert cache["rows_read"] == 100 and len(cache["loss"]) == 100
+
+
+def test_a_refresh_sends_only_what_changed_and_a_new_label_reaches_the_run_list(workspace):
+    import gradio as gr
+
+    from core.runs import store
+    from ui.train import tick
+
+    job = store.submit("train", {"dataset": "x", "name": "live"}, name="live")
+    store.transition(job.id, "starting")
+    store.transition(job.id, "running", started_at=store.utcnow())
+    store.add_metric(job.id, step=1, loss=2.0, lr=1e-4)
+    store.finish(job.id, "succeeded")
+    table, choices, head, loss, lr, log, config, outcome, cache = tick(str(job.id), None)
+    assert table["name"].tolist() == ["live"] and choices["choices"] == [(f"#{job.id} live — succeeded", str(job.id))]
+    assert len(loss) == 1 and "name: live" in config
+    again = tick(str(job.id), cache)
+    assert all(x == gr.update() for x in again[:8])  # nothing changed: nothing is sent again
+    store.rename(job.id, "renamed")  # the list's label changes (as a status change does)
+    store.add_metric(job.id, step=2, loss=1.5, lr=1e-4)
+    later = tick(str(job.id), again[-1])
+    assert later[1]["choices"] == [(f"#{job.id} renamed — succeeded", str(job.id))]
+    assert later[0]["name"].tolist() == ["renamed"] and len(later[3]) == 2  # table and curve follow
+    assert "name: renamed" in later[6]

@@ -130,7 +130,7 @@ def inspect_source(upload, path, fmt, column_df, template_df):
     except DatasetError as exc:
         return (f"**Cannot use this source:** {_shown(str(exc), upload)}", gr.update(), gr.update(), gr.update(), "")
     summary = prep.problem_summary(set(DEFAULT_DROP))
-    kind = {"preference": "preference pairs — stored for preference training (DPO), not used for SFT",
+    kind = {"preference": "preference pairs — for the DPO / ORPO objectives in the Train tab, not for SFT",
             "multiple_choice": "multiple-choice questions — a benchmark for Evaluate, not used for SFT",
             }.get(prep.kind, prep.kind)
     columns = md_text(", ".join(map(str, prep.columns[:12])))
@@ -216,7 +216,7 @@ def show_dataset(dataset_id):
     except DatasetError as exc:
         return f"**{md_text(exc)}**", _hist_frame(None), ""
     meta = ds.meta or {}
-    kind = {"preference": "preference pairs — **for preference training (DPO)**, not usable for SFT",
+    kind = {"preference": "preference pairs — **for the DPO / ORPO objectives** (Train tab), not for SFT",
             "multiple_choice": "multiple-choice questions — **a benchmark for Evaluate**, not usable for SFT",
             }.get(ds.kind, ds.kind)
     head = (f"**{md_text(ds.name)}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} "

@@ -42,9 +42,10 @@ def dataset_choices() -> list[tuple[str, str]]:
 
     out = [("the run's own held-out rows", OWN_SPLIT)]
     for d in list_datasets():
-        if d.kind in ("sft", "multiple_choice"):
+        if d.kind in ("sft", "multiple_choice", "preference"):
             splits = ", ".join(f"{k} {v}" for k, v in (d.splits or {}).items() if v)
-            out.append((f"#{d.id} {d.name} ({d.kind}; {splits})", str(d.id)))
+            what = "preference pairs: the chosen answers are the references" if d.kind == "preference" else d.kind
+            out.append((f"#{d.id} {d.name} ({what}; {splits})", str(d.id)))
     return out
 
 

@@ -512,7 +512,7 @@ def tick(current: str | None, cache: dict | None, mine: bool = False, request: g
     head, *details, cache = run_details(value, cache)
     table = runs_frame(rows)
     return (_if_changed(cache, "table", table, table.to_json()),
-            _if_changed(cache, "choices", gr.update(choices=choices, value=value), (tuple(ids), value)),
+            _if_changed(cache, "choices", gr.update(choices=choices, value=value), (tuple(choices), value)),
             head, *details, cache)
 
 

@@ -7,7 +7,7 @@ Formats (the names the CLI and UI use):
 - ``openai``: messages [{role, content}] with content a string or typed parts ([{type: text, text|value}])
 - ``prompt_completion``: prompt/completion, question/answer, input/output, instruction/response(+context) (Dolly)
 - ``text``: a ``text`` column (or a .txt file) for continued pre-training
-- ``preference``: prompt/chosen/rejected, or conversations + chosen/rejected (stored for DPO; not used for SFT)
+- ``preference``: prompt/chosen/rejected, or conversations + chosen/rejected (DPO / ORPO objectives, not SFT)
 - ``multiple_choice``: benchmark questions for Evaluate (never trained on). Layouts read: ``question`` + ``choices``
   list + ``answer`` (index, letter or the choice's text; MMLU / generic); ``question`` + letter columns ``A``, ``B``,
   ... + ``answer`` (MMLU CSV); ARC's ``question: {stem, choices: [{text, label}]}`` + ``answerKey`` and the flat

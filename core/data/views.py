@@ -12,7 +12,7 @@ from core.data.importer import DEFAULT_MAX_LENGTH, get_dataset, list_datasets, r
 from core.data.splits import SPLITS
 
 Progress = Callable[..., Any]
-KIND_LABELS = {"preference": "preference (for DPO)", "multiple_choice": "multiple choice (for Evaluate)"}
+KIND_LABELS = {"preference": "preference (for DPO / ORPO)", "multiple_choice": "multiple choice (for Evaluate)"}
 
 
 def dataset_summary(ds) -> dict:

@@ -65,8 +65,24 @@ def _sample(rows: list[dict], limit: int | None, seed: int) -> list[tuple[int, d
     return [(i, rows[i]) for i in idx]
 
 
+def _pairs_as_conversations(rows: list[dict], kind: str) -> tuple[list[dict], str]:
+    """Preference pairs are evaluated as conversations whose reference is the chosen answer (a DPO / ORPO run is
+    judged by how close it comes to the answers it was taught to prefer)."""
+    if kind != "preference":
+        return rows, kind
+    return [{"messages": list(r.get("prompt") or []) + list(r.get("chosen") or [])} for r in rows], "sft"
+
+
 def load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
     """(sampled (row number, row) pairs, dataset reference, split used, dataset kind)."""
+    rows, ref, split, kind = _load_rows(cfg)
+    if kind == "preference":
+        converted, kind = _pairs_as_conversations([r for _, r in rows], kind)
+        rows = [(i, c) for (i, _), c in zip(rows, converted)]
+    return rows, ref, split, kind
+
+
+def _load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
     from core.data import DatasetError, get_dataset, load_training_rows, read_split
 
     if cfg.dataset:
@@ -89,7 +105,9 @@ def load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
                 ds = get_dataset(ref)
                 rows, kind = read_split(ds, split), ds.kind
             else:
-                rows, kind = load_training_rows(ref, split=split), "sft"
+                objective = (run.config or {}).get("objective", "sft")
+                rows = load_training_rows(ref, split=split, objective=objective)
+                kind = "preference" if objective in ("dpo", "orpo") else "sft"
         except DatasetError as exc:
             raise JobError(f"run {run.id}'s dataset cannot be read ({exc}); pick a dataset to evaluate on") from None
         if rows:

@@ -42,9 +42,9 @@ def validate(cfg: EvalConfig) -> None:
             ds = get_dataset(cfg.dataset)
         except DatasetError:
             raise JobError(f"dataset {cfg.dataset} not found: import it in the Data tab") from None
-        if ds.kind == "preference":
-            raise JobError(f"dataset {ds.id} holds preference pairs; evaluate on conversations or multiple-choice "
-                           "questions")
+        if ds.kind == "preference" and cfg.mode == "multiple_choice":
+            raise JobError(f"dataset {ds.id} holds preference pairs, not multiple-choice questions: use generation "
+                           "mode (the chosen answers are the references)")
         if cfg.mode == "multiple_choice" and ds.kind != "multiple_choice":
             raise JobError(f"dataset {ds.id} is not in a multiple-choice layout (question, choices, answer); use "
                            "generation mode")
