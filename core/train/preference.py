@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data.chat import answer_only_mask, tokenize_conversation
-from core.train.tokenize import IGNORE_INDEX, PaddingFreeCollator
+from core.train.tokenize import IGNORE_INDEX, PaddingFreeCollator, labelled_logits
 
 REFERENCE_FILE = "reference_logps.json"
 # the curves a person watches while preference tuning: logged each step, stored with the step's metric row
@@ -93,14 +93,8 @@ class PairCollator:
 def sequence_logps(model, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of answer-token log-probabilities, answer-token count) per sequence, shape (2B,) each, in batch order;
     the LM head projects only at positions whose next token is an answer token."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "ref_logps")}
     labels = batch["labels"]
-    shift = labels[:, 1:]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = shift != IGNORE_INDEX
-    out = model(**inputs, use_cache=False, logits_to_keep=keep)
-    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
-    targets = shift[shift != IGNORE_INDEX]
+    logits, targets, keep, _ = labelled_logits(model, {k: v for k, v in batch.items() if k != "ref_logps"})
     token_logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
     # which sequence each kept position belongs to: a padding-free row restarts its position ids per sequence
     if labels.shape[0] == 1 and "position_ids" in batch:

@@ -91,12 +91,10 @@ def count_real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["input_ids"].numel())
 
 
-def labelled_positions_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=None):
-    """Causal-LM cross-entropy that projects through the LM head only at positions whose next token has a label.
-
-    With a 49k-token vocabulary the LM head is a large share of a small model's FLOPs; prompts, system text and
-    padding carry no loss, so their logits are never computed. Returns (loss, model outputs).
-    """
+def labelled_logits(model, inputs: dict[str, torch.Tensor]):
+    """The model's logits only at positions whose next token has a label, in row-major order, as float32 (n, V);
+    the targets they predict (n,); the positions kept (B, L) and the model outputs. ``inputs`` holds ``labels`` and
+    the model's inputs; nothing else."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     shift_labels = labels[:, 1:]
@@ -104,7 +102,16 @@ def labelled_positions_loss(model, inputs: dict[str, torch.Tensor], num_items_in
     keep[:, :-1] = shift_labels != IGNORE_INDEX
     outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
     logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
-    targets = shift_labels[shift_labels != IGNORE_INDEX]
+    return logits, shift_labels[shift_labels != IGNORE_INDEX], keep, outputs
+
+
+def labelled_positions_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch=None):
+    """Causal-LM cross-entropy that projects through the LM head only at positions whose next token has a label.
+
+    With a 49k-token vocabulary the LM head is a large share of a small model's FLOPs; prompts, system text and
+    padding carry no loss, so their logits are never computed. Returns (loss, model outputs).
+    """
+    logits, targets, _keep, outputs = labelled_logits(model, inputs)
     loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
     if num_items_in_batch is None:
         denom = torch.tensor(max(targets.numel(), 1), device=loss_sum.device)
