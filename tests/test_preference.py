@@ -194,3 +194,11 @@ def test_a_preference_run_is_evaluated_against_its_chosen_answers(workspace, fix
     validate(EvalConfig(tuned="default", dataset=str(pref.dataset_id), split="test"))  # accepted
     with pytest.raises(JobError, match="not multiple-choice questions"):
         validate(EvalConfig(run_id=None, tuned="default", dataset=str(pref.dataset_id), mode="multiple_choice"))
+
+
+def test_the_memory_pre_flight_counts_both_sequences_of_a_pair():
+    from core.estimate.report import plan_for_config
+
+    sft = plan_for_config(TrainConfig(dataset="1", batch_size=4), device="cpu", bf16_supported=False)
+    dpo = plan_for_config(TrainConfig(dataset="1", batch_size=4, objective="dpo"), device="cpu", bf16_supported=False)
+    assert (sft.batch_size, dpo.batch_size) == (4, 8)

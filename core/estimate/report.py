@@ -117,14 +117,16 @@ def template_new_tokens(base_model: Optional[str], chat_template: Optional[str])
 def plan_for_config(config, device: Optional[str] = None, bf16_supported: Optional[bool] = None) -> TrainingPlan:
     """The estimator's plan for a TrainConfig, on the worker's device (probed when not given). Gradient
     checkpointing is taken as configured — the worker honours it for every method (core.train.setup). A prompt
-    template (``config.chat_template``) adds its new-token rows (:func:`template_new_tokens`)."""
+    template (``config.chat_template``) adds its new-token rows (:func:`template_new_tokens`). Preference tuning
+    (DPO, ORPO) puts both sequences of each pair through the model in one step: twice the sequences per batch."""
     if device is None or bf16_supported is None:
         probed, _free, bf16_ok = worker_device()
         device = device or ("cpu" if probed == "cpu" else "cuda")
         bf16_supported = bf16_ok if bf16_supported is None else bf16_supported
     precision = resolve_precision(config.precision, device, bf16_supported)
     return TrainingPlan(
-        method=config.method, precision=precision, optimizer="adamw", batch_size=config.batch_size,
+        method=config.method, precision=precision, optimizer="adamw",
+        batch_size=config.batch_size * (2 if getattr(config, "objective", "sft") in ("dpo", "orpo") else 1),
         seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing, attention="sdpa",
         lora_r=config.lora_r, lora_targets=tuple(config.lora_target_modules), grad_accum=config.grad_accum,
         device=device,
