@@ -64,7 +64,7 @@ def evaluation_choices(who: str | None = None) -> list[tuple[str, str]]:
 def evaluations_frame(who: str | None = None) -> pd.DataFrame:
     rows = []
     evs, jobs = _evaluations(who)
-    seen_jobs = {e.job_id for e in results.list_evaluations()}
+    seen_jobs = {e.job_id for e in evs}  # an evaluation is its job's owner's: filtered together
     for e in evs:
         owner = jobs[e.job_id].owner if e.job_id in jobs else ""
         rows.append([e.id, e.tuned_label, f"{e.dataset_ref} [{e.split}]", e.n, e.headline,
