@@ -123,10 +123,12 @@ def plan_for_config(config, device: Optional[str] = None, bf16_supported: Option
         probed, _free, bf16_ok = worker_device()
         device = device or ("cpu" if probed == "cpu" else "cuda")
         bf16_supported = bf16_ok if bf16_supported is None else bf16_supported
+    from core.train.config import PREFERENCE_OBJECTIVES
+
     precision = resolve_precision(config.precision, device, bf16_supported)
     return TrainingPlan(
         method=config.method, precision=precision, optimizer="adamw",
-        batch_size=config.batch_size * (2 if getattr(config, "objective", "sft") in ("dpo", "orpo") else 1),
+        batch_size=config.batch_size * (2 if getattr(config, "objective", "sft") in PREFERENCE_OBJECTIVES else 1),
         seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing, attention="sdpa",
         lora_r=config.lora_r, lora_targets=tuple(config.lora_target_modules), grad_accum=config.grad_accum,
         device=device,

@@ -105,9 +105,11 @@ def _load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
                 ds = get_dataset(ref)
                 rows, kind = read_split(ds, split), ds.kind
             else:
+                from core.train.config import PREFERENCE_OBJECTIVES
+
                 objective = (run.config or {}).get("objective", "sft")
                 rows = load_training_rows(ref, split=split, objective=objective)
-                kind = "preference" if objective in ("dpo", "orpo") else "sft"
+                kind = "preference" if objective in PREFERENCE_OBJECTIVES else "sft"
         except DatasetError as exc:
             raise JobError(f"run {run.id}'s dataset cannot be read ({exc}); pick a dataset to evaluate on") from None
         if rows:

@@ -61,18 +61,15 @@ def curves(run_ids, curve: str = "train loss", x: str = "step") -> tuple[list[di
     notes: list[str] = []
     for run in _training_runs(run_ids):
         label = run_label(run)
+        valued = [(m, v) for m in runs.run_metrics(run.id) if (v := _value(m, key)) is not None]
         points = []
-        for m in runs.run_metrics(run.id):
-            v = _value(m, key)
-            if v is None:
-                continue
+        for m, v in valued:
             at = m.step if x == "step" else (m.extra or {}).get("tokens_seen")
-            if at is None:
-                continue
-            points.append({"x": float(at), "value": float(v), "series": label})
+            if at is not None:
+                points.append({"x": float(at), "value": float(v), "series": label})
         if points:
             rows.extend(points)
-        elif x == "tokens seen" and any(_value(m, key) is not None for m in runs.run_metrics(run.id)):
+        elif valued:  # values, but none at a recorded number of tokens
             notes.append(f"{label} did not record tokens seen (an older run): compare it by step")
         else:
             notes.append(f"{label} has no {curve} points")
