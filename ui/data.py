@@ -290,7 +290,8 @@ def build_tab():
         mine = mine_box("Only mine", "data-mine")
     table = gr.Dataframe(headers=TABLE_HEADERS, value=datasets_table() or None, interactive=False, elem_id="data-table")
     with gr.Row():
-        dataset = gr.Dropdown(choices=_dataset_choices(_datasets()), label="Dataset", elem_id="data-dataset")
+        dataset = gr.Dropdown(choices=_dataset_choices(_datasets()), label="Dataset", elem_id="data-dataset",
+                                  allow_custom_value=True)  # a refresh can remove the shown item
         refresh_btn = gr.Button("Refresh", size="sm")
     detail = gr.Markdown(elem_id="data-detail")
     with gr.Row():

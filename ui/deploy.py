@@ -70,7 +70,7 @@ def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", pr
     from core.deploy.export import submit_export
     from core.users import NotAllowed, check_can_manage
 
-    if not run_id:
+    if not run_id or not str(run_id).isdigit():
         return "**Error:** pick a finished training run to export.", None
     data = {"run_id": int(run_id), "format": fmt, "quant": quant}
     if fmt == "hub":
@@ -216,7 +216,8 @@ def build_tab():
             gr.Markdown("#### Export\nMerge a LoRA/QLoRA run into its base (safetensors, tensor by tensor), write "
                         "GGUF for llama.cpp / Ollama, or keep the adapter for multi-LoRA serving.")
             with gr.Row():
-                ex_run = gr.Dropdown(choices=[], label="Finished run", scale=4, elem_id="dep-export-run")
+                ex_run = gr.Dropdown(choices=[], label="Finished run", scale=4, elem_id="dep-export-run",
+                                  allow_custom_value=True)  # a refresh can remove the shown item
                 refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
             ex_fmt = gr.Radio(["safetensors", "gguf", "adapter", "hub"], value="safetensors", label="Format",
                               info="hub: push the merged model with a model card (token: HF_TOKEN on the server)")
@@ -255,7 +256,8 @@ def build_tab():
             table = gr.Dataframe(headers=DEPLOY_COLUMNS, interactive=False, wrap=True, max_height=220,
                                  elem_id="dep-table")
             with gr.Row():
-                selected = gr.Dropdown(choices=[], label="Deployment", scale=3, elem_id="dep-selected")
+                selected = gr.Dropdown(choices=[], label="Deployment", scale=3, elem_id="dep-selected",
+                                  allow_custom_value=True)  # a refresh can remove the shown item
                 stop_btn = gr.Button("Stop", scale=1, elem_id="dep-stop")
                 health_btn = gr.Button("Check health", scale=1)
             details = gr.Markdown(elem_id="dep-details")

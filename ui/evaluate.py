@@ -192,7 +192,8 @@ def build_tab() -> None:
             gr.Markdown("#### New evaluation\nBase vs fine-tuned on the same examples: loss, ROUGE/BLEU/chrF, exact "
                         "match, JSON fields — or multiple-choice accuracy scored like lm-evaluation-harness.")
             with gr.Row():
-                run = gr.Dropdown(choices=[], label="Training run", scale=4, elem_id="eval-run")
+                run = gr.Dropdown(choices=[], label="Training run", scale=4, elem_id="eval-run",
+                                  allow_custom_value=True)  # a refresh can remove the shown item
                 refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
             empty_hint = gr.Markdown(elem_id="eval-empty")
             folder = gr.Textbox(label="…or an adapter / model folder", placeholder="/path/to/adapter",
@@ -220,7 +221,8 @@ def build_tab() -> None:
                 mine = mine_box("Only mine", "eval-mine")
             table = gr.Dataframe(headers=EVAL_COLUMNS, interactive=False, max_height=240, wrap=True,
                                  elem_id="eval-table")
-            selected = gr.Dropdown(choices=[], label="Evaluation", elem_id="eval-selected")
+            selected = gr.Dropdown(choices=[], label="Evaluation", elem_id="eval-selected",
+                                  allow_custom_value=True)  # a refresh can remove the shown item
             summary = gr.Markdown(elem_id="eval-summary")
             metrics = gr.Dataframe(headers=METRIC_COLUMNS, interactive=False, label="Metrics (Δ = tuned − base)",
                                    elem_id="eval-metrics")
