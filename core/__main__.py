@@ -1,7 +1,8 @@
 """`python -m core …` — every tab's action is a CLI command too.
 
     python -m core train --config run.yaml [--wait] [--json]
-    python -m core runs list [--json] | show ID [--json] | stop ID | resume ID | continue ID --steps N | logs ID
+    python -m core runs list [--json] | show ID [--json] | stop ID | resume ID
+                   | continue ID --steps N [--objective O] | logs ID
     python -m core data import PATH ...        (Data tab)
     python -m core estimate --model REF ...    (Estimate tab)
     python -m core evaluate --run ID ...       (Evaluate tab)   python -m core generate --model M --prompt T
@@ -127,7 +128,12 @@ def cmd_runs(args) -> int:
         elif args.runs_cmd == "continue":
             from core.train.jobs import continue_training
 
-            run = continue_training(args.id, args.steps)
+            changes = {}
+            if args.reward:
+                changes["rewards"] = args.reward
+            if args.lr:
+                changes["learning_rate"] = args.lr
+            run = continue_training(args.id, args.steps, objective=args.objective, dataset=args.dataset, **changes)
         elif args.runs_cmd == "rename":
             from core.train.jobs import rename_run
 
@@ -248,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = rs.add_parser("continue", help="train a finished run's adapter for more steps (a new run)")
     q.add_argument("id", type=int)
     q.add_argument("--steps", type=int, required=True)
+    q.add_argument("--objective", choices=("sft", "dpo", "orpo", "grpo"), default=None,
+                   help="train on with another objective (SFT then DPO / GRPO); default: the run's own")
+    q.add_argument("--dataset", default=None, help="another dataset id or file (DPO needs preference pairs)")
+    q.add_argument("--reward", action="append", default=None, help="GRPO reward (repeatable; default: the run's, "
+                   "or field_accuracy)")
+    q.add_argument("--lr", type=float, default=None, help="another learning rate")
     q.add_argument("--json", action="store_true")
     q = rs.add_parser("logs")
     q.add_argument("id", type=int)

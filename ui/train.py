@@ -16,6 +16,7 @@ from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.recipes import get_recipe, recipe_menu, recipe_needs
+from core.train.rewards import REWARDS
 from ui.common import fmt_duration, fmt_num, is_mine, md_text, mine_box, owner_filter, progress_html, user_of
 
 REFRESH_S = 1.0
@@ -27,9 +28,12 @@ LR_DTYPES = {"step": "int64", "lr": "float64"}
 # preference tuning's curves (stored in each metric row's extra): the reward margin and accuracy people watch
 PREFERENCE_SERIES = {"rewards/margins": "reward margin", "rewards/accuracies": "accuracy",
                      "rewards/chosen": "chosen reward", "rewards/rejected": "rejected reward"}
+# GRPO's: the mean reward of the sampled answers, its spread, each reward's mean, the KL to the start (beta > 0)
+GRPO_SERIES = {"reward": "mean reward", "reward_std": "reward spread", "kl": "KL to start"}
 OBJECTIVES = [("SFT — supervised, on conversations", "sft"),
               ("DPO — preference pairs, against the model at step 0", "dpo"),
-              ("ORPO — preference pairs, SFT + odds ratio, no reference", "orpo")]
+              ("ORPO — preference pairs, SFT + odds ratio, no reference", "orpo"),
+              ("GRPO — sampled answers scored by reward programs", "grpo")]
 
 
 def dataset_choices() -> list[tuple[str, str]]:
@@ -85,7 +89,8 @@ def default_selected_run(rows: list | None = None) -> str | None:
 
 
 def new_metrics_cache(run_id: int | None = None, attempt: int = -1) -> dict:
-    return {"run_id": run_id, "attempt": attempt, "last_id": 0, "loss": [], "lr": [], "pref": [], "rows_read": 0}
+    return {"run_id": run_id, "attempt": attempt, "last_id": 0, "loss": [], "lr": [], "pref": [], "rows_read": 0,
+            "samples": None}
 
 
 def update_metrics_cache(cache: dict | None, run) -> dict:
@@ -95,7 +100,7 @@ def update_metrics_cache(cache: dict | None, run) -> dict:
         cache = new_metrics_cache(run.id, run.attempt)
     else:
         cache = {**cache, "loss": list(cache["loss"]), "lr": list(cache["lr"]),
-                 "pref": list(cache.get("pref", []))}
+                 "pref": list(cache.get("pref", [])), "samples": cache.get("samples")}
     rows = runs.run_metrics(run.id, since_id=cache["last_id"])
     for m in rows:
         if m.loss is not None:
@@ -104,9 +109,22 @@ def update_metrics_cache(cache: dict | None, run) -> dict:
             cache["loss"].append({"step": m.step, "value": m.eval_loss, "series": "eval loss"})
         if m.lr is not None:
             cache["lr"].append({"step": m.step, "lr": m.lr})
+        extra = m.extra or {}
         for key, series in PREFERENCE_SERIES.items():
-            if (m.extra or {}).get(key) is not None:
-                cache["pref"].append({"step": m.step, "value": m.extra[key], "series": series})
+            if extra.get(key) is not None:
+                cache["pref"].append({"step": m.step, "value": extra[key], "series": series})
+        if "reward" in extra:  # a GRPO step
+            for key, series in GRPO_SERIES.items():
+                if extra.get(key) is not None:
+                    cache["pref"].append({"step": m.step, "value": extra[key], "series": series})
+            per_reward = [k for k in extra if k.startswith("rewards/") and k.endswith("/mean")]
+            if len(per_reward) > 1:  # one reward is the mean reward itself
+                for key in per_reward:
+                    cache["pref"].append({"step": m.step, "value": extra[key], "series": key.split("/")[1]})
+            errors = (cache["samples"] or {}).get("errors", 0) + int(extra.get("reward_errors") or 0)
+            cache["samples"] = {"step": m.step, "samples": extra.get("samples") or [], "errors": errors,
+                                "length": extra.get("completions/mean_length"), "generate_s": extra.get(
+                                    "time/generate_s"), "step_s": extra.get("time/step_s")}
         cache["last_id"] = max(cache["last_id"], m.id)
     cache["rows_read"] = len(rows)
     return cache
@@ -147,6 +165,8 @@ def run_details(run_id: str | None, cache: dict | None = None):
         err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
     elif run.status == RunStatus.succeeded:
         err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
+    if cache.get("samples"):
+        err = (err + "\n\n" if err else "") + samples_markdown(cache["samples"])
     head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s)
     log_text = runs.log_tail(run.id, max_lines=LOG_LINES)
     # what this page already shows is not sent again: a finished run's refresh sends nothing but the table check
@@ -155,6 +175,25 @@ def run_details(run_id: str | None, cache: dict | None = None):
             _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
             _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
             _if_changed(cache, "outcome", err), cache)
+
+
+def samples_markdown(latest: dict) -> str:
+    """A GRPO run's latest step: answer length, time split, reward errors, and the best and worst sampled answers
+    with their rewards (model output: shown as text)."""
+    e = html.escape
+    facts = [f"step {latest['step']}"]
+    if latest.get("length") is not None:
+        facts.append(f"mean answer {latest['length']:.0f} tokens")
+    if latest.get("step_s"):
+        facts.append(f"step {latest['step_s']:.1f} s, of which sampling + scoring {latest['generate_s']:.1f} s")
+    facts.append(f"reward errors {latest.get('errors', 0)}" + (" (see the log: those answers scored 0)"
+                                                               if latest.get("errors") else ""))
+    parts = [f"**Sampled answers** · {' · '.join(facts)}"]
+    for smp in latest.get("samples") or []:
+        per = ", ".join(f"{e(str(k))} {v:.2f}" for k, v in (smp.get("rewards") or {}).items())
+        parts.append(f"reward **{smp.get('reward', 0):.2f}** ({per}) · prompt: {e(str(smp.get('prompt', ''))[-160:])}"
+                     f"\n<pre class=\"fts-sample\">{e(str(smp.get('answer', '')))}</pre>")
+    return "\n\n".join(parts)
 
 
 def _if_changed(cache: dict, name: str, value, signature=None):
@@ -189,8 +228,13 @@ def config_from_inputs(values: dict) -> TrainConfig:
     data = {k: v for k, v in values.items() if v is not None and v != ""}  # empty inputs keep the defaults
     targets = data.pop("lora_target_modules_text", "all-linear") or "all-linear"
     data["lora_target_modules"] = [t.strip() for t in targets.replace("\n", ",").split(",") if t.strip()]
+    grpo_only = ("rewards", "num_generations", "max_completion_length", "temperature", "reward_regex", "length_min",
+                 "length_max")
+    if data.get("objective") != "grpo":  # the GRPO box's fields are hidden for the other objectives
+        for k in grpo_only:
+            data.pop(k, None)
     for k in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "seed", "save_steps",
-              "eval_steps"):
+              "eval_steps", "num_generations", "max_completion_length", "length_min", "length_max"):
         if data.get(k) is not None:
             data[k] = int(data[k])
     upload = data.pop("upload", None)
@@ -313,8 +357,22 @@ def build_tab() -> None:
                 objective = gr.Dropdown(OBJECTIVES, value="sft", label="Objective", scale=3,
                                         info="DPO / ORPO train on preference pairs (chosen vs rejected answers)",
                                         elem_id="train-objective")
-                beta = gr.Number(DEFAULTS.beta, label="Beta (DPO) / lambda (ORPO)", minimum=0, scale=1,
+                beta = gr.Number(DEFAULTS.beta, label="Beta (DPO) / lambda (ORPO) / KL (GRPO)", minimum=0, scale=1,
                                  elem_id="train-beta")
+            with gr.Group(visible=False, elem_id="train-grpo") as grpo_box:
+                rewards = gr.CheckboxGroup([(f"{r.name} — {r.help}", r.name) for r in REWARDS.values()],
+                                           value=list(DEFAULTS.rewards), label="Rewards (summed per answer)",
+                                           elem_id="train-rewards")
+                with gr.Row():
+                    num_generations = gr.Number(DEFAULTS.num_generations, label="Answers per prompt", precision=0,
+                                                minimum=2, elem_id="train-generations")
+                    max_completion_length = gr.Number(DEFAULTS.max_completion_length, label="Max new tokens",
+                                                      precision=0, minimum=1)
+                    temperature = gr.Number(DEFAULTS.temperature, label="Temperature", minimum=0.01)
+                with gr.Row():
+                    reward_regex = gr.Textbox(label="Pattern (reward 'regex')", placeholder=r"^\{.*\}$", scale=2)
+                    length_min = gr.Number(0, label="Min chars (reward 'length')", precision=0, minimum=0)
+                    length_max = gr.Number(0, label="Max chars (reward 'length')", precision=0, minimum=0)
             with gr.Row():
                 num_epochs = gr.Number(DEFAULTS.num_epochs, label="Epochs", minimum=0)
                 max_steps = gr.Number(DEFAULTS.max_steps, label="Max steps (-1 = epochs)", precision=0)
@@ -369,7 +427,11 @@ def build_tab() -> None:
                 resume_btn = gr.Button("Resume", scale=1)
             with gr.Row():
                 extra_steps = gr.Number(20, label="More steps", precision=0, minimum=1, scale=1)
-                continue_btn = gr.Button("Continue training (new run from this adapter)", scale=3)
+                continue_as = gr.Dropdown([("same objective", ""),
+                                           *[(lab.split(" — ")[0], v) for lab, v in OBJECTIVES]], value="",
+                                          label="Continue as", scale=1, elem_id="train-continue-as",
+                                          info="SFT then GRPO: same data")
+                continue_btn = gr.Button("Continue training (new run from this adapter)", scale=2)
             with gr.Accordion("Rename or delete the selected run", open=False):
                 with gr.Row():
                     new_name = gr.Textbox(label="New name", scale=3, elem_id="train-new-name")
@@ -411,6 +473,8 @@ def build_tab() -> None:
         "lora_dropout": lora_dropout, "lora_target_modules_text": lora_targets, "weight_decay": weight_decay,
         "precision": precision, "seed": seed, "eval_split": eval_split, "eval_steps": eval_steps,
         "save_steps": save_steps, "gradient_checkpointing": gradient_checkpointing, "packing": packing,
+        "rewards": rewards, "num_generations": num_generations, "max_completion_length": max_completion_length,
+        "temperature": temperature, "reward_regex": reward_regex, "length_min": length_min, "length_max": length_max,
     }
     keys = list(config_inputs)
 
@@ -423,7 +487,7 @@ def build_tab() -> None:
 
     start_btn.click(start, inputs=[*config_inputs.values(), skip_preflight], outputs=[start_msg, selected])
 
-    def act(action, run_id, steps, request=None):
+    def act(action, run_id, steps, request=None, objective=None):
         if not run_id:
             return "Select a run first.", gr.update()
         from core.users import NotAllowed, check_can_manage
@@ -440,9 +504,10 @@ def build_tab() -> None:
                 ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
                     " from the start (no checkpoint yet)"
                 return f"Run #{rid} {run.status}{ck}.", gr.update(choices=run_choices())
-            run = train_jobs.continue_training(rid, int(steps or 0), owner=user)
-            return f"Run #{run.id} continues #{rid} for {int(steps)} steps.", gr.update(choices=run_choices(),
-                                                                                       value=str(run.id))
+            run = train_jobs.continue_training(rid, int(steps or 0), owner=user, objective=objective or None)
+            how = f" with {objective.upper()}" if objective else ""
+            return (f"Run #{run.id} continues #{rid}{how} for {int(steps)} steps.",
+                    gr.update(choices=run_choices(), value=str(run.id)))
         except NotAllowed as exc:
             return f"**Not allowed:** {md_text(exc)}", gr.update()
         except (JobError, ConfigError, ValueError) as exc:
@@ -454,8 +519,8 @@ def build_tab() -> None:
     def on_resume(run_id, steps, request: gr.Request):
         return act("resume", run_id, steps, request)
 
-    def on_continue(run_id, steps, request: gr.Request):
-        return act("continue", run_id, steps, request)
+    def on_continue(run_id, steps, objective, request: gr.Request):
+        return act("continue", run_id, steps, request, objective)
 
     def on_rename(run_id, name, request: gr.Request):
         return manage_run("rename", run_id, user_of(request), name)
@@ -472,7 +537,19 @@ def build_tab() -> None:
     cancel_btn.click(lambda: gr.update(visible=False), None, [confirm_row])
     stop_btn.click(on_stop, [selected, extra_steps], [action_msg, selected], concurrency_limit=None)
     resume_btn.click(on_resume, [selected, extra_steps], [action_msg, selected])
-    continue_btn.click(on_continue, [selected, extra_steps], [action_msg, selected])
+    continue_btn.click(on_continue, [selected, extra_steps, continue_as], [action_msg, selected])
+
+    def on_objective(choice, current_beta):
+        """The GRPO box shows for GRPO; beta takes the objective's default when it held the other's."""
+        grpo = choice == "grpo"
+        beta_update = gr.update()
+        if grpo and current_beta == DEFAULTS.beta:
+            beta_update = gr.update(value=0.0)
+        elif not grpo and not current_beta:
+            beta_update = gr.update(value=DEFAULTS.beta)
+        return gr.update(visible=grpo), beta_update
+
+    objective.change(on_objective, [objective, beta], [grpo_box, beta])
 
     base_model.change(template_hint, [base_model, chat_template], [chat_template, template_md])
     chat_template.change(template_note, [base_model, chat_template], [template_md], show_progress="hidden")

@@ -466,8 +466,8 @@ def read_split(ds, split: str = "train") -> list[dict]:
     return rows
 
 
-PREFERENCE_FOR_SFT = ("holds preference pairs (chosen/rejected): train it with objective dpo or orpo; SFT needs "
-                      "conversations with an assistant answer")
+PREFERENCE_FOR_SFT = ("holds preference pairs (chosen/rejected): train it with objective dpo or orpo; SFT and GRPO "
+                      "need conversations with an assistant answer")
 SFT_FOR_PREFERENCE = ("holds no preference pairs: {objective} needs rows with a chosen and a rejected answer (the "
                       "Data tab's 'preference' format); train conversations with objective sft")
 

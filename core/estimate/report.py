@@ -118,7 +118,9 @@ def plan_for_config(config, device: Optional[str] = None, bf16_supported: Option
     """The estimator's plan for a TrainConfig, on the worker's device (probed when not given). Gradient
     checkpointing is taken as configured — the worker honours it for every method (core.train.setup). A prompt
     template (``config.chat_template``) adds its new-token rows (:func:`template_new_tokens`). Preference tuning
-    (DPO, ORPO) puts both sequences of each pair through the model in one step: twice the sequences per batch."""
+    (DPO, ORPO) puts both sequences of each pair through the model in one step: twice the sequences per batch. GRPO
+    trains on ``num_generations`` sampled answers per prompt, each the prompt plus up to ``max_completion_length``
+    new tokens."""
     if device is None or bf16_supported is None:
         probed, _free, bf16_ok = worker_device()
         device = device or ("cpu" if probed == "cpu" else "cuda")
@@ -126,10 +128,16 @@ def plan_for_config(config, device: Optional[str] = None, bf16_supported: Option
     from core.train.config import PREFERENCE_OBJECTIVES
 
     precision = resolve_precision(config.precision, device, bf16_supported)
+    objective = getattr(config, "objective", "sft")
+    batch, seq_len = config.batch_size, config.max_length
+    if objective in PREFERENCE_OBJECTIVES:
+        batch *= 2
+    elif objective == "grpo":
+        batch *= config.num_generations
+        seq_len += config.max_completion_length
     return TrainingPlan(
-        method=config.method, precision=precision, optimizer="adamw",
-        batch_size=config.batch_size * (2 if getattr(config, "objective", "sft") in PREFERENCE_OBJECTIVES else 1),
-        seq_len=config.max_length, gradient_checkpointing=config.gradient_checkpointing, attention="sdpa",
+        method=config.method, precision=precision, optimizer="adamw", batch_size=batch, seq_len=seq_len,
+        gradient_checkpointing=config.gradient_checkpointing, attention="sdpa",
         lora_r=config.lora_r, lora_targets=tuple(config.lora_target_modules), grad_accum=config.grad_accum,
         device=device,
         new_tokens=template_new_tokens(getattr(config, "base_model", None), getattr(config, "chat_template", None)),

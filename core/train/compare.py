@@ -16,6 +16,8 @@ CURVES = {
     "grad norm": "grad_norm",
     "reward margin": "rewards/margins",
     "preference accuracy": "rewards/accuracies",
+    "mean reward (GRPO)": "reward",
+    "answer length (GRPO)": "completions/mean_length",
 }
 X_AXES = ("step", "tokens seen")
 MAX_RUNS = 8

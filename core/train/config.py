@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Method = Literal["lora", "qlora", "full"]
-Objective = Literal["sft", "dpo", "orpo"]
+Objective = Literal["sft", "dpo", "orpo", "grpo"]
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
 PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
@@ -33,12 +33,24 @@ class TrainConfig(BaseModel):
     objective: Objective = Field(
         "sft", description="what the run optimises: sft (supervised, on conversations), dpo (direct preference "
                            "optimisation on chosen/rejected pairs, against the model as it was at step 0) or orpo "
-                           "(odds-ratio preference optimisation: SFT on chosen + a preference term, no reference)")
+                           "(odds-ratio preference optimisation: SFT on chosen + a preference term, no reference) or "
+                           "grpo (group relative policy optimisation: the model answers each prompt several times and "
+                           "learns from the answers the rewards score above their group's mean)")
     beta: float = Field(0.1, description="DPO: how far from the reference the policy may move (0.1 typical); "
-                                         "ORPO: the weight of the odds-ratio term (lambda)")
+                                         "ORPO: the weight of the odds-ratio term (lambda); GRPO: the weight of the "
+                                         "KL penalty against the model at step 0 (0 = none, no reference pass)")
     preference_loss: PreferenceLoss = Field("sigmoid", description="DPO loss: sigmoid (the paper's), ipo, hinge")
     keep_identical_pairs: bool = Field(False, description="keep pairs whose chosen and rejected answers are the "
                                                           "same text (they teach DPO nothing; dropped and counted)")
+    rewards: list[str] = Field(default_factory=lambda: ["field_accuracy"],
+                               description="GRPO: reward functions, summed (core.train.rewards): field_accuracy, "
+                                           "valid_json, regex, length, rouge_l")
+    reward_regex: Optional[str] = Field(None, description="GRPO reward 'regex': the pattern an answer should match")
+    length_min: int = Field(0, description="GRPO reward 'length': fewest characters (0 = no lower bound)")
+    length_max: int = Field(0, description="GRPO reward 'length': most characters (0 = no upper bound)")
+    num_generations: int = Field(4, description="GRPO: answers sampled per prompt (the group; at least 2)")
+    max_completion_length: int = Field(128, description="GRPO: most new tokens per sampled answer")
+    temperature: float = Field(1.0, description="GRPO: sampling temperature of the answers")
     chat_template: Optional[str] = Field(
         None, description="prompt template for a model without one (or to replace its own): chatml, llama3, "
                           "mistral, alpaca, or a model id / folder to copy the chat template from; empty = the "
@@ -76,6 +88,14 @@ class TrainConfig(BaseModel):
     init_adapter: Optional[str] = Field(None, description="continue training from this adapter directory")
     num_gpus: int = Field(1, description=">1 launches the worker through `accelerate launch`")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_defaults(cls, data):
+        """beta's default depends on the objective: 0.1 for DPO / ORPO, 0 (no KL term, no reference pass) for GRPO."""
+        if isinstance(data, dict) and data.get("beta") is None:
+            data = {**data, "beta": 0.0 if data.get("objective") == "grpo" else 0.1}
+        return data
+
     @field_validator("learning_rate")
     @classmethod
     def _lr(cls, v: float) -> float:
@@ -88,8 +108,30 @@ class TrainConfig(BaseModel):
     @field_validator("beta")
     @classmethod
     def _beta(cls, v: float) -> float:
-        if not 0 < v <= 10:
-            raise ValueError(f"beta must be in (0, 10] (got {v}); 0.1 is typical")
+        if not 0 <= v <= 10:
+            raise ValueError(f"beta must be between 0 and 10 (got {v}); 0.1 is typical")
+        return v
+
+    @field_validator("num_generations")
+    @classmethod
+    def _generations(cls, v: int) -> int:
+        if not 2 <= v <= 64:
+            raise ValueError(f"num_generations must be between 2 and 64 (got {v}): GRPO compares answers within a "
+                             "group")
+        return v
+
+    @field_validator("max_completion_length")
+    @classmethod
+    def _completion_length(cls, v: int) -> int:
+        if not 1 <= v <= 32768:
+            raise ValueError(f"max_completion_length must be between 1 and 32768 tokens (got {v})")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if not 0 < v <= 5:
+            raise ValueError(f"temperature must be in (0, 5] (got {v}); GRPO needs varied answers, 0.7-1.0 is typical")
         return v
 
     @field_validator("lora_r")
@@ -141,7 +183,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"epochs must be > 0 (got {v})")
         return v
 
-    @field_validator("save_steps", "eval_steps", "weight_decay", "save_total_limit")
+    @field_validator("save_steps", "eval_steps", "weight_decay", "save_total_limit", "length_min", "length_max")
     @classmethod
     def _non_negative(cls, v, info):
         if v < 0:
@@ -175,6 +217,16 @@ class TrainConfig(BaseModel):
     def _method_specific(self) -> TrainConfig:
         if self.method == "full" and self.init_adapter:
             raise ValueError("init_adapter continues a LoRA adapter; it cannot be used with method 'full'")
+        if self.beta == 0 and self.objective != "grpo":
+            raise ValueError(f"beta must be in (0, 10] for {self.objective} (got 0); 0.1 is typical")
+        if self.objective == "grpo":
+            from core.train.rewards import check_rewards
+
+            check_rewards(self.rewards, regex=self.reward_regex, length_min=self.length_min,
+                          length_max=self.length_max)
+            if self.eval_split or self.eval_steps:
+                raise ValueError("GRPO runs have no eval loss (their answers are sampled): leave eval_split and "
+                                 "eval_steps at 0 and measure the run in the Evaluate tab")
         return self
 
     # ---- YAML in and out -------------------------------------------------------------------------------------

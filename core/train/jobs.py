@@ -44,6 +44,8 @@ def validate_references(config: TrainConfig) -> None:
         kind = _file_kind(ref)
     check_objective(config, kind, f"dataset {ref}" if ref.isdigit() else ref)
     check_template(config, kind)
+    if config.objective == "grpo":
+        check_grpo_data(config, f"dataset {ref}" if ref.isdigit() else ref)
     if config.method == "qlora":
         from core.train.device import qlora_support_error
 
@@ -72,8 +74,30 @@ def check_objective(config: TrainConfig, dataset_kind: str | None, what: str) ->
         return
     if config.objective in PREFERENCE_OBJECTIVES and dataset_kind != "preference":
         raise JobError(f"{what} " + SFT_FOR_PREFERENCE.format(objective=config.objective.upper()))
-    if config.objective == "sft" and dataset_kind == "preference":
+    if config.objective in ("sft", "grpo") and dataset_kind == "preference":
         raise JobError(f"{what} {PREFERENCE_FOR_SFT}")
+    if config.objective == "grpo" and dataset_kind != "sft":
+        raise JobError(f"{what} holds {dataset_kind} rows: GRPO samples answers to prompts, so it needs "
+                       "conversations (every turn before the last answer is the prompt, that answer is the reference "
+                       "the rewards compare with)")
+
+
+def check_grpo_data(config: TrainConfig, what: str) -> None:
+    """GRPO's prompts and the rewards' references, read before anything is queued: no prompt at all, or a reward that
+    compares with answers the data does not have (JSON fields of prose answers), is refused naming what fits."""
+    from core.data import DatasetError, load_training_rows
+    from core.train.rewards import check_references, prompt_rows
+
+    try:
+        prompts = prompt_rows(load_training_rows(config.dataset, split="train", objective="grpo"))
+    except DatasetError:
+        return  # the worker reports what is wrong with the data
+    if not prompts:
+        raise JobError(f"{what} has no prompts for GRPO: it needs conversations with a user turn")
+    try:
+        check_references(config.rewards, [p["reference"] for p in prompts], what)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
 
 
 def check_template(config: TrainConfig, dataset_kind: str | None) -> None:
@@ -150,8 +174,11 @@ def check_disk(config: TrainConfig, free_bytes: int | None = None) -> None:
                    f"({plan.text}) and {fmt_bytes(free)} is free in the workspace; " + ", or ".join(fixes))
 
 
-def continue_training(run_id: int, extra_steps: int, owner: str = "") -> Run:
-    """A new run that starts from a finished run's adapter and trains ``extra_steps`` more steps."""
+def continue_training(run_id: int, extra_steps: int, owner: str = "", *, objective: str | None = None,
+                      dataset: str | None = None, **changes) -> Run:
+    """A new run that starts from a finished run's adapter and trains ``extra_steps`` more steps: with the same
+    objective and data by default, or another (``objective``, ``dataset``, other TrainConfig ``changes``): SFT then
+    DPO on preference pairs, or SFT then GRPO on the same conversations."""
     if extra_steps < 1:
         raise JobError("extra steps must be at least 1")
     run = runs.get_run(run_id)
@@ -163,9 +190,17 @@ def continue_training(run_id: int, extra_steps: int, owner: str = "") -> Run:
     if config.method == "full":
         raise JobError("continue training is available for LoRA/QLoRA runs; for a full fine-tune start a new run "
                        f"with base_model={run.adapter_path}")
-    new = config.model_copy(update={"init_adapter": run.adapter_path, "max_steps": extra_steps,
-                                    "name": f"{run.name}-cont"})
-    return submit_training(TrainConfig.model_validate(new.model_dump()), parent_run_id=run_id, owner=owner)
+    data = {**config.model_dump(), "init_adapter": run.adapter_path, "max_steps": extra_steps,
+            "name": f"{run.name}-cont", **changes}
+    if objective and objective != config.objective:
+        data.update(objective=objective, name=f"{run.name}-{objective}")
+        if "beta" not in changes:
+            data["beta"] = None  # the new objective's default
+        if objective == "grpo":  # no eval loss for sampled answers
+            data.update(eval_split=0.0, eval_steps=0)
+    if dataset:
+        data["dataset"] = str(dataset)
+    return submit_training(TrainConfig.from_dict(data), parent_run_id=run_id, owner=owner)
 
 
 def config_of(run_id: int) -> TrainConfig:

@@ -17,7 +17,7 @@ NO_SAVE_STEPS = 10**9
 
 def attention_implementation(config: TrainConfig) -> str:
     """Padding-free batches: causal SDPA per packed example; otherwise plain SDPA with a padding mask."""
-    return PACKED_ATTENTION if config.packing else "sdpa"
+    return PACKED_ATTENTION if config.packing and config.objective != "grpo" else "sdpa"  # GRPO: padded, sampled
 
 
 def load_dtype_name(plan: DevicePlan) -> str:
@@ -68,7 +68,7 @@ def effective_setup(config: TrainConfig, plan: DevicePlan, trained_token_rows: i
         precision=plan.precision,
         load_dtype=load_dtype_name(plan),
         gradient_checkpointing=config.gradient_checkpointing,
-        packing=config.packing,
+        packing=config.packing and config.objective != "grpo",
         attention=attention_implementation(config),
         lora_targets=lora_targets_text(config),
         lora_r=None if config.method == "full" else config.lora_r,

@@ -60,16 +60,13 @@ def cap_memory() -> None:
 
 def build_trainer(ctx: JobContext, config: TrainConfig):
     """Everything from config to a ready SFTTrainer. Heavy imports happen here, in the worker only."""
-    import torch
     from datasets import Dataset as HFDataset
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from core.data import load_training_rows
     from core.models import load_tokenizer, resolve_model
     from core.train.config import PREFERENCE_OBJECTIVES
-    from core.train.device import pick_precision, qlora_support_error
+    from core.train.device import pick_precision
     from core.train.setup import effective_setup, trainer_arguments
     from core.train.tokenize import PaddingFreeCollator, count_real_tokens, labelled_positions_loss, tokenize_rows
 
@@ -92,6 +89,10 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
 
         raise ValueError(f"the base model {resolved.display_name} has no chat template, so its conversations cannot "
                          f"be turned into training text: set chat_template ({CHOICE_HELP})")
+    grpo = config.objective == "grpo"
+    if grpo:
+        return build_grpo_trainer(ctx, config, plan, setup, resolved, tokenizer, applied, base_had_template, rows)
+
     def tokenize(rows_):
         if preference:
             from core.train.preference import tokenize_pairs
@@ -132,6 +133,200 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
             random.Random(config.seed).shuffle(examples)  # noqa: S311 - a seeded data order
             examples = examples[:needed]
             log(f"{config.max_steps} steps see {needed} pairs: training on a seeded sample of that many")
+
+    model, trained_ids, vocab_rows = load_model(config, plan, setup, resolved, tokenizer, applied,
+                                                base_had_template)
+
+    if preference:
+        from core.train.preference import PairCollator
+
+        collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
+    else:
+        collator = PaddingFreeCollator(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
+    if config.objective == "dpo":
+        from core.train.preference import examples_fingerprint, load_or_compute_reference
+
+        if plan.device == "cuda" and config.method != "qlora":
+            model.to("cuda")
+        everything = examples + (eval_examples or [])
+        load_or_compute_reference(ctx.dir, model, everything, collator, examples_fingerprint(everything), log=log)
+
+    ckpt_dir = paths.checkpoints_dir(ctx.dir)
+    args = SFTConfig(**trainer_arguments(config, plan, output_dir=str(ckpt_dir), has_eval=bool(eval_examples)))
+
+    train_ds = HFDataset.from_list(examples)
+    eval_ds = HFDataset.from_list(eval_examples) if eval_examples else None
+    keep = config.save_total_limit
+
+    class StudioTrainer(checkpoint_mixin(ctx, resolved, keep), SFTTrainer):
+        """SFTTrainer whose loss projects through the LM head only where a label exists (no wasted work), and
+        whose checkpoints appear only when complete."""
+
+        tokens_seen = 0
+        preference_stats: dict[str, list[float]] = {}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                StudioTrainer.tokens_seen += count_real_tokens(inputs)
+            if preference:
+                from core.train.preference import preference_loss, sequence_logps
+
+                logps, n_tokens = sequence_logps(model, inputs)
+                loss, stats = preference_loss(config.objective, config.preference_loss, config.beta, logps,
+                                              n_tokens, inputs.get("ref_logps"))
+                if model.training:
+                    for k, v in stats.items():
+                        StudioTrainer.preference_stats.setdefault(k, []).append(v)
+                return (loss, None) if return_outputs else loss
+            loss, outputs = labelled_positions_loss(model, inputs, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if StudioTrainer.preference_stats and "loss" in logs:  # this step's rewards, margins, accuracy
+                for k, vals in StudioTrainer.preference_stats.items():
+                    logs[k] = sum(vals) / len(vals)
+                StudioTrainer.preference_stats = {}
+            return super().log(logs, *args, **kwargs)
+
+    callback = make_metrics_callback(ctx, lambda: StudioTrainer.tokens_seen)
+    cap_memory()
+    trainer = StudioTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=[callback],
+    )
+    finish_trainer(trainer, config, plan, applied, trained_ids, vocab_rows)
+    return trainer, tokenizer, counts
+
+
+def checkpoint_mixin(ctx: JobContext, resolved, keep: int):
+    """A trainer mixin: checkpoints appear only when complete (written aside, then renamed into place, with the disk
+    checked first), and only the newest ``keep`` stay. Shared by the SFT / preference and the GRPO trainers."""
+
+    class StudioCheckpoints:
+        last_checkpoint_bytes: int | None = None
+
+        def checkpoint_bytes_needed(self) -> int:
+            """Size of the last checkpoint, or the estimate: trainable weights + Adam's two fp32 states (+ the
+            frozen weights for a full fine-tune) + the tokenizer files."""
+            if self.last_checkpoint_bytes:
+                return self.last_checkpoint_bytes
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            weights = sum(p.numel() * p.element_size() for p in params)
+            states = sum(p.numel() * 8 for p in params)
+            tok = sum(f.stat().st_size for f in Path(resolved.path).glob("*token*") if f.is_file()) \
+                if resolved.is_local else 5_000_000
+            return int(weights + states + tok + 1_000_000)
+
+        def _save_checkpoint(self, model, trial):
+            root = Path(self.args.output_dir)
+            name = f"{paths.CHECKPOINT_PREFIX}{self.state.global_step}"
+            staging = paths.staging_dir(ctx.dir)
+            parent = super()
+
+            def write(tmp: Path) -> None:
+                real_output_dir = self.args.output_dir
+                self.args.output_dir = str(staging)  # HF writes <output_dir>/checkpoint-N = our temporary folder
+                try:
+                    parent._save_checkpoint(model, trial)
+                finally:
+                    self.args.output_dir = real_output_dir
+                    (staging / "README.md").unlink(missing_ok=True)  # TRL's model card, written beside it
+
+            save_atomically(root / name, write, needed_bytes=self.checkpoint_bytes_needed(),
+                            what="a checkpoint of this run", tmp=staging / name)
+            self.last_checkpoint_bytes = paths.dir_size_bytes(root / name)
+            if keep:
+                for old in paths.complete_checkpoints(ctx.dir)[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    return StudioCheckpoints
+
+
+def finish_trainer(trainer, config: TrainConfig, plan, applied, trained_ids, vocab_rows) -> None:
+    """What every trainer gets after it is built: no per-step printing (our callback logs a line), fp32 QLoRA
+    adapters on a CPU, the template facts the final save writes."""
+    import torch
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our callback already logs each step in one line
+    if config.method == "qlora" and plan.device == "cpu":
+        # TRL casts QLoRA adapters to bf16 (right on GPUs); on a CPU bf16 matmuls are 15-30x slower than fp32
+        for p in trainer.model.parameters():
+            if p.requires_grad and p.dtype == torch.bfloat16:
+                p.data = p.data.float()
+    if config.method == "qlora":
+        n4 = sum(1 for m in trainer.model.modules()
+                 if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes"))
+        log(f"QLoRA: {n4} linear layers in 4-bit NF4")
+    trainer.studio_template = (applied, trained_ids, vocab_rows)
+
+
+def build_grpo_trainer(ctx: JobContext, config: TrainConfig, plan, setup, resolved, tokenizer, applied,
+                       base_had_template: bool, rows: list[dict]):
+    """GRPO: prompts from the dataset's conversations, the run's rewards, TRL's GRPOTrainer with the studio's
+    checkpoints and metrics."""
+    from datasets import Dataset as HFDataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from core.train.grpo import grpo_arguments, make_grpo_trainer_class
+    from core.train.rewards import RewardSet, check_references, prompt_rows
+    from core.train.setup import trainer_arguments
+
+    prompts = prompt_rows(rows)
+    if not prompts:
+        raise ValueError(f"dataset {config.dataset} has no prompts for GRPO: it needs conversations (a user turn, "
+                         "optionally the answer the rewards compare with)")
+    check_references(config.rewards, [p["reference"] for p in prompts], f"dataset {config.dataset}")
+    if any(p["reference"] is None for p in prompts):
+        for p in prompts:
+            p["reference"] = p["reference"] or ""
+    counts = {"prompts": len(prompts), "with_reference": sum(1 for p in prompts if p["reference"])}
+    log(f"dataset: {counts}; rewards {', '.join(config.rewards)}; {config.num_generations} answers per prompt, "
+        f"at most {config.max_completion_length} new tokens, temperature {config.temperature:g}, "
+        f"KL beta {config.beta:g}")
+    if config.max_steps > 0:
+        needed = config.max_steps * config.batch_size * config.grad_accum * max(1, config.num_gpus)
+        log(f"{config.max_steps} steps answer {needed} prompts ({needed * config.num_generations} answers)")
+    model, trained_ids, vocab_rows = load_model(config, plan, setup, resolved, tokenizer, applied, base_had_template)
+    model.config.use_cache = True  # sampling reuses the KV cache; the training forward passes ask for none
+    if config.beta > 0 and hasattr(model, "peft_config"):
+        # TRL keeps a frozen copy of the adapter named 'ref' as the KL reference: the saved adapter is the trained one
+        import functools
+
+        model.save_pretrained = functools.partial(model.save_pretrained, selected_adapters=["default"])
+    reward_set = RewardSet(config.rewards, regex=config.reward_regex, length_min=config.length_min,
+                           length_max=config.length_max, log=log)
+    ckpt_dir = paths.checkpoints_dir(ctx.dir)
+    base_args = trainer_arguments(config, plan, output_dir=str(ckpt_dir), has_eval=False)
+    args = GRPOConfig(**grpo_arguments(base_args, config))
+    trainer_cls = make_grpo_trainer_class(checkpoint_mixin_on(GRPOTrainer, ctx, resolved, config.save_total_limit),
+                                          reward_set)
+    callback = make_metrics_callback(ctx, lambda: trainer_cls.tokens_seen, samples=lambda: trainer_cls.samples)
+    cap_memory()
+    trainer = trainer_cls(model=model, reward_funcs=reward_set.functions(), args=args,
+                          train_dataset=HFDataset.from_list(prompts), processing_class=tokenizer, callbacks=[callback])
+    finish_trainer(trainer, config, plan, applied, trained_ids, vocab_rows)
+    return trainer, tokenizer, counts
+
+
+def checkpoint_mixin_on(base_cls, ctx: JobContext, resolved, keep: int):
+    return type(f"Studio{base_cls.__name__}", (checkpoint_mixin(ctx, resolved, keep), base_cls), {})
+
+
+def load_model(config: TrainConfig, plan, setup, resolved, tokenizer, applied, base_had_template: bool):
+    """The base model as the run trains it: precision, 4-bit for QLoRA, a grown vocabulary for a new template, the
+    LoRA adapter (new or continued). Returns (model, trained token ids, vocabulary rows)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.train.device import qlora_support_error
+    from core.train.setup import effective_setup
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[plan.precision]
     load_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[setup.load_dtype]
@@ -217,116 +412,7 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
     total = sum(p.numel() for p in model.parameters())
     log(f"trainable params {trainable:,} of {total:,}")
 
-    if preference:
-        from core.train.preference import PairCollator
-
-        collator = PairCollator(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
-    else:
-        collator = PaddingFreeCollator(pad_token_id=tokenizer.pad_token_id, padding_free=config.packing)
-    if config.objective == "dpo":
-        from core.train.preference import examples_fingerprint, load_or_compute_reference
-
-        if plan.device == "cuda" and config.method != "qlora":
-            model.to("cuda")
-        everything = examples + (eval_examples or [])
-        load_or_compute_reference(ctx.dir, model, everything, collator, examples_fingerprint(everything), log=log)
-
-    ckpt_dir = paths.checkpoints_dir(ctx.dir)
-    args = SFTConfig(**trainer_arguments(config, plan, output_dir=str(ckpt_dir), has_eval=bool(eval_examples)))
-
-    train_ds = HFDataset.from_list(examples)
-    eval_ds = HFDataset.from_list(eval_examples) if eval_examples else None
-    keep = config.save_total_limit
-
-    class StudioTrainer(SFTTrainer):
-        """SFTTrainer whose loss projects through the LM head only where a label exists (no wasted work), and
-        whose checkpoints appear only when complete."""
-
-        tokens_seen = 0
-        last_checkpoint_bytes: int | None = None
-        preference_stats: dict[str, list[float]] = {}
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training:
-                StudioTrainer.tokens_seen += count_real_tokens(inputs)
-            if preference:
-                from core.train.preference import preference_loss, sequence_logps
-
-                logps, n_tokens = sequence_logps(model, inputs)
-                loss, stats = preference_loss(config.objective, config.preference_loss, config.beta, logps,
-                                              n_tokens, inputs.get("ref_logps"))
-                if model.training:
-                    for k, v in stats.items():
-                        StudioTrainer.preference_stats.setdefault(k, []).append(v)
-                return (loss, None) if return_outputs else loss
-            loss, outputs = labelled_positions_loss(model, inputs, num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
-
-        def log(self, logs, *args, **kwargs):
-            if StudioTrainer.preference_stats and "loss" in logs:  # this step's rewards, margins, accuracy
-                for k, vals in StudioTrainer.preference_stats.items():
-                    logs[k] = sum(vals) / len(vals)
-                StudioTrainer.preference_stats = {}
-            return super().log(logs, *args, **kwargs)
-
-        def checkpoint_bytes_needed(self) -> int:
-            """Size of the last checkpoint, or the estimate: trainable weights + Adam's two fp32 states (+ the
-            frozen weights for a full fine-tune) + the tokenizer files."""
-            if self.last_checkpoint_bytes:
-                return self.last_checkpoint_bytes
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            weights = sum(p.numel() * p.element_size() for p in params)
-            states = sum(p.numel() * 8 for p in params)
-            tok = sum(f.stat().st_size for f in Path(resolved.path).glob("*token*") if f.is_file()) \
-                if resolved.is_local else 5_000_000
-            return int(weights + states + tok + 1_000_000)
-
-        def _save_checkpoint(self, model, trial):
-            root = Path(self.args.output_dir)
-            name = f"{paths.CHECKPOINT_PREFIX}{self.state.global_step}"
-            staging = paths.staging_dir(ctx.dir)
-
-            def write(tmp: Path) -> None:
-                real_output_dir = self.args.output_dir
-                self.args.output_dir = str(staging)  # HF writes <output_dir>/checkpoint-N = our temporary folder
-                try:
-                    super(StudioTrainer, self)._save_checkpoint(model, trial)
-                finally:
-                    self.args.output_dir = real_output_dir
-                    (staging / "README.md").unlink(missing_ok=True)  # TRL's model card, written beside it
-
-            save_atomically(root / name, write, needed_bytes=self.checkpoint_bytes_needed(),
-                            what="a checkpoint of this run", tmp=staging / name)
-            self.last_checkpoint_bytes = paths.dir_size_bytes(root / name)
-            if keep:
-                for old in paths.complete_checkpoints(ctx.dir)[:-keep]:
-                    shutil.rmtree(old, ignore_errors=True)
-
-    callback = make_metrics_callback(ctx, lambda: StudioTrainer.tokens_seen)
-    cap_memory()
-    trainer = StudioTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=collator,
-        callbacks=[callback],
-    )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # our callback already logs each step in one line
-    if config.method == "qlora" and plan.device == "cpu":
-        # TRL casts QLoRA adapters to bf16 (right on GPUs); on a CPU bf16 matmuls are 15-30x slower than fp32
-        for p in trainer.model.parameters():
-            if p.requires_grad and p.dtype == torch.bfloat16:
-                p.data = p.data.float()
-    if config.method == "qlora":
-        n4 = sum(1 for m in trainer.model.modules()
-                 if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes"))
-        log(f"QLoRA: {n4} linear layers in 4-bit NF4")
-    trainer.studio_template = (applied, trained_ids, vocab_rows)
-    return trainer, tokenizer, counts
+    return model, trained_ids, vocab_rows
 
 
 def checkpointed_modules(model) -> int:
@@ -357,7 +443,8 @@ def _num(v):
     return f if math.isfinite(f) else None
 
 
-def make_metrics_callback(ctx: JobContext, tokens_seen):
+def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None):
+    """``tokens_seen()``: tokens trained on so far; ``samples()``: a GRPO run's latest sample answers."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -409,17 +496,23 @@ def make_metrics_callback(ctx: JobContext, tokens_seen):
                 return
             if "train_runtime" in logs:  # the end-of-training summary, not a step
                 return
+            from core.train.grpo import GRPO_KEYS
             from core.train.preference import PREFERENCE_KEYS
 
-            extra = {k: _num(logs[k]) for k in PREFERENCE_KEYS if _num(logs.get(k)) is not None}
+            keys = [*PREFERENCE_KEYS, *GRPO_KEYS,
+                    *(k for k in logs if k.startswith("rewards/") and k.endswith("/mean"))]  # GRPO: each reward
+            extra = {k: _num(logs[k]) for k in keys if _num(logs.get(k)) is not None}
             extra["tokens_seen"] = int(tokens_seen())  # the x axis of runs compared by tokens
+            if samples is not None and samples():
+                extra["samples"] = samples()
             ctx.metric(step=state.global_step, epoch=float(logs.get("epoch", state.epoch or 0.0)),
                        loss=_num(logs.get("loss")), eval_loss=_num(logs.get("eval_loss")),
                        lr=_num(logs.get("learning_rate")), grad_norm=_num(logs.get("grad_norm")),
                        tokens_per_s=self.last_tps, memory_bytes=_memory_bytes(), wall_time_s=time.time() - self.t0,
                        extra=extra)
             parts = [f"step {state.global_step}/{state.max_steps}"]
-            for key in ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "grad_norm", "learning_rate"):
+            for key in ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "reward", "reward_std",
+                        "completions/mean_length", "grad_norm", "learning_rate"):
                 if key in logs:
                     parts.append(f"{key} {logs[key]:.4g}")
             if self.last_tps:
