@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     report["grpo_from_base"] = {**score_adapter(g["adapter_path"], held_out, args), "train_s": g["wall_s"],
                                 **grpo_step_split(g["id"], env)}
     t0 = time.time()
+    same = [f"--set={k}={json.dumps(v)}" for k, v in grpo.items() if k not in ("objective", "max_steps")]
     cont = cli("runs", "continue", str(sft["id"]), "--steps", str(args.grpo_steps), "--objective", "grpo",
-               "--lr", str(args.grpo_lr), env=env)
+               *same, "--set=warmup_ratio=0", env=env)  # the same GRPO settings as from the base
     sg = wait(cont["id"], env)
     log(f"sft->grpo: run {sg['id']} in {time.time() - t0:.1f} s")
     report["sft_then_grpo"] = {**score_adapter(sg["adapter_path"], held_out, args),

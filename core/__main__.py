@@ -95,6 +95,7 @@ def _wait(run_id: int, progress):
 
 def cmd_runs(args) -> int:
     from core import runs
+    from core.train.config import ConfigError
 
     try:
         if args.runs_cmd == "list":
@@ -133,6 +134,16 @@ def cmd_runs(args) -> int:
                 changes["rewards"] = args.reward
             if args.lr:
                 changes["learning_rate"] = args.lr
+            for item in args.set or []:
+                import yaml
+
+                key, sep, value = item.partition("=")
+                if not sep or not key.strip():
+                    raise runs.JobError(f"--set takes KEY=VALUE (a TrainConfig field), got {item!r}")
+                try:
+                    changes[key.strip()] = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise runs.JobError(f"--set {key.strip()}: the value is not valid YAML: {value!r}") from None
             run = continue_training(args.id, args.steps, objective=args.objective, dataset=args.dataset, **changes)
         elif args.runs_cmd == "rename":
             from core.train.jobs import rename_run
@@ -148,7 +159,7 @@ def cmd_runs(args) -> int:
             return 0
         else:  # pragma: no cover - argparse enforces the choices
             return _fail(f"unknown runs command {args.runs_cmd}")
-    except runs.JobError as exc:
+    except (runs.JobError, ConfigError) as exc:
         return _fail(str(exc))
     if getattr(args, "json", False):
         _print_json(runs.run_to_dict(run))
@@ -260,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--reward", action="append", default=None, help="GRPO reward (repeatable; default: the run's, "
                    "or field_accuracy)")
     q.add_argument("--lr", type=float, default=None, help="another learning rate")
+    q.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="change any other TrainConfig field (repeatable), e.g. --set max_completion_length=64")
     q.add_argument("--json", action="store_true")
     q = rs.add_parser("logs")
     q.add_argument("id", type=int)

@@ -114,14 +114,14 @@ def test_a_grpo_run_raises_its_mean_reward_and_shows_its_samples_then_continues_
 
     data = write_demo_dataset(workspace / "demo.jsonl", n=48, seed=3)
     config = TrainConfig(dataset=str(data), objective="grpo", rewards=["length", "valid_json"], length_max=40,
-                         num_generations=4, max_completion_length=24, batch_size=2, max_steps=6,
-                         learning_rate=3e-3, temperature=1.0, save_steps=3, seed=11)
+                         num_generations=4, max_completion_length=24, batch_size=2, max_steps=4,
+                         learning_rate=3e-3, temperature=1.0, save_steps=2, seed=11)
     final = runs.wait_for(submit_training(config).id, timeout_s=600, poll_s=0.5)
     assert final.status == "succeeded", runs.log_tail(final.id)
     extras = [m.extra for m in runs.run_metrics(final.id) if m.extra]
     rewards = [e["reward"] for e in extras]
-    assert len(rewards) == 6
-    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.1, rewards  # it learned what the reward asks
+    assert len(rewards) == 4
+    assert sum(rewards[-2:]) / 2 > rewards[0] + 0.2, rewards  # it learned what the reward asks (seen: 0.07 -> 0.72)
     last = extras[-1]
     assert last["rewards/length/mean"] >= 0 and "rewards/valid_json/mean" in last and last["reward_errors"] == 0
     assert 0 < last["time/generate_s"] < last["time/step_s"]  # the split a person sees
