@@ -191,7 +191,9 @@ def samples_markdown(latest: dict) -> str:
     parts = [f"**Sampled answers** · {' · '.join(facts)}"]
     for smp in latest.get("samples") or []:
         per = ", ".join(f"{e(str(k))} {v:.2f}" for k, v in (smp.get("rewards") or {}).items())
-        parts.append(f"reward **{smp.get('reward', 0):.2f}** ({per}) · prompt: {e(str(smp.get('prompt', ''))[-160:])}"
+        prompt = " ".join(str(smp.get("prompt", "")).split())
+        prompt = prompt if len(prompt) <= 160 else prompt[:160] + "…"
+        parts.append(f"reward **{smp.get('reward', 0):.2f}** ({per}) · prompt: <i>{e(prompt)}</i>"
                      f"\n<pre class=\"fts-sample\">{e(str(smp.get('answer', '')))}</pre>")
     return "\n\n".join(parts)
 
@@ -449,11 +451,16 @@ def build_tab() -> None:
                                         x_title="step", y_title="loss",
                                         color_map={"train loss": "#6366f1", "eval loss": "#f59e0b"})
                 # the learning rate, or for DPO / ORPO the reward margin, accuracy and rewards
-                lr_plot = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · preference",
+                # GRPO: the mean reward, its spread, the KL and each reward's mean (every series needs a colour
+                # here: one outside the map is not drawn)
+                lr_plot = gr.LinePlot(x="step", y="value", color="series", title="Learning rate · preference · reward",
                                       height=260, x_title="step", y_title="value",
                                       color_map={"learning rate": "#10b981", "reward margin": "#6366f1",
                                                  "accuracy": "#f59e0b", "chosen reward": "#22c55e",
-                                                 "rejected reward": "#ef4444"})
+                                                 "rejected reward": "#ef4444", "mean reward": "#6366f1",
+                                                 "reward spread": "#a5b4fc", "KL to start": "#ef4444",
+                                                 **dict(zip(REWARDS, ("#f59e0b", "#22c55e", "#0ea5e9", "#d946ef",
+                                                                      "#64748b")))})
             error_md = gr.Markdown()
             with gr.Accordion("Log tail", open=True):
                 log_box = gr.Textbox(lines=LOG_LINES, max_lines=LOG_LINES, show_label=False, autoscroll=True)
