@@ -100,6 +100,8 @@ def cmd_runs(args) -> int:
     try:
         if args.runs_cmd == "list":
             rows = runs.list_runs(kind=None if args.all else "train")
+            if args.tag:
+                rows = [r for r in rows if args.tag.lstrip("#").lower() in (r.tags or [])]
             if args.json:
                 _print_json([runs.run_to_dict(r) for r in rows])
             else:
@@ -107,7 +109,7 @@ def cmd_runs(args) -> int:
                 for r in rows:
                     loss = f"{r.last_loss:.4f}" if r.last_loss is not None else "-"
                     print(f"{r.id:>4}  {r.kind:<8} {r.status:<11} {r.method or '-':<6} {r.step:>5}/{r.max_steps:<5}  "
-                          f"{loss:>8}  {r.name}")
+                          f"{loss:>8}  {r.name}" + "".join(f" #{t}" for t in r.tags or []))
             return 0
         if args.runs_cmd == "show":
             run = runs.get_run(args.id)
@@ -149,6 +151,10 @@ def cmd_runs(args) -> int:
             from core.train.jobs import rename_run
 
             run = rename_run(args.id, args.name)
+        elif args.runs_cmd == "tag":
+            from core.train.jobs import tag_run
+
+            run = tag_run(args.id, args.tags)
         elif args.runs_cmd == "delete":
             return _delete_run(args)
         elif args.runs_cmd == "compare":
@@ -250,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
     q = rs.add_parser("list")
     q.add_argument("--all", action="store_true", help="every kind of job (evaluations too), not only training runs")
+    q.add_argument("--tag", default=None, help="only the runs with this tag")
     q.add_argument("--json", action="store_true")
     q = rs.add_parser("show")
     q.add_argument("id", type=int)
@@ -286,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = rs.add_parser("rename", help="give a training run a new name")
     q.add_argument("id", type=int)
     q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("tag", help="set a training run's tags (they replace the old ones; none clears them)")
+    q.add_argument("id", type=int)
+    q.add_argument("tags", nargs="*")
     q.add_argument("--json", action="store_true")
     q = rs.add_parser("delete", help="delete an ended training run: its files, metrics, evaluations and exports")
     q.add_argument("id", type=int)

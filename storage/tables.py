@@ -77,6 +77,7 @@ class Run(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     kind: str = Field(default="train", index=True)  # train | evaluate | export | ... (core.runs.kinds)
     name: str = ""
+    tags: Optional[list[str]] = Field(default=None, sa_column=Column(JSON, nullable=True))  # a person's labels
     status: RunStatus = Field(default=RunStatus.queued, sa_column=Column(StatusType(), nullable=False, index=True))
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     base_model: str = ""

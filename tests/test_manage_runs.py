@@ -172,6 +172,46 @@ def test_only_the_owner_or_an_admin_may_rename_or_delete(workspace, monkeypatch)
     assert runs.list_runs(kind="train") == []
 
 
+def test_tags_are_cleaned_shown_filtered_and_only_the_owner_sets_them(workspace, monkeypatch):
+    from core.train.compare import run_label
+    from core.train.jobs import tag_run
+    from core.users import add_user
+    from ui.train import manage_run, runs_frame
+
+    run = ended_run(name="tagged", owner="alice")
+    other = ended_run(name="plain")
+    assert tag_run(run.id, "Baseline, #demo  demo").tags == ["baseline", "demo"]  # trimmed, lower case, unique
+    for bad, why in (("has/slash", "letters, digits"), ("x" * 33, "at most 32"), (" ".join(f"t{i}" for i in range(11)),
+                                                                                  "at most 10 tags")):
+        with pytest.raises(JobError, match=why):
+            tag_run(run.id, bad)
+    assert runs.get_run(run.id).tags == ["baseline", "demo"]  # a refused change changes nothing
+    assert runs.run_to_dict(runs.get_run(run.id))["tags"] == ["baseline", "demo"]
+    assert run_label(runs.get_run(run.id)) == f"#{run.id} tagged #baseline #demo"
+    names = set(runs_frame()["name"])
+    assert {"tagged  #baseline #demo", "plain"} <= names
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "core", "runs", *args], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    r = cli("list", "--tag", "#demo", "--json")
+    assert r.returncode == 0 and [x["id"] for x in json.loads(r.stdout)] == [run.id]
+    r = cli("tag", str(other.id), "ablation")
+    assert r.returncode == 0 and runs.get_run(other.id).tags == ["ablation"]
+    r = cli("tag", str(other.id))  # no tags: cleared
+    assert r.returncode == 0 and runs.get_run(other.id).tags is None
+
+    monkeypatch.delenv("FTS_AUTH", raising=False)
+    monkeypatch.setenv("FTS_USERS_FILE", str(workspace / "users.json"))
+    add_user("alice", "alice-password")
+    add_user("bob", "bob-password")
+    msg, _ = manage_run("tag", str(run.id), "bob", "mine-now")
+    assert "Not allowed" in msg and runs.get_run(run.id).tags == ["baseline", "demo"]
+    msg, _ = manage_run("tag", str(run.id), "alice", "final")
+    assert msg == f"Run #{run.id}: #final." and runs.get_run(run.id).tags == ["final"]
+
+
 def test_only_mine_filters_the_data_evaluate_and_deploy_lists(workspace, fixtures_dir):
     from core.data import import_dataset
     from ui.data import refresh_datasets
@@ -292,7 +332,7 @@ def test_in_the_browser_alice_renames_and_deletes_her_run_and_filters_to_hers(wo
         page.wait_for_timeout(1200)
         if sel.input_value().startswith(f"#{mine.id} "):
             break
-    page.get_by_text("Rename or delete the selected run").click()
+    page.get_by_text("Rename, tag or delete the selected run").click()
     page.locator("#train-new-name textarea, #train-new-name input").first.fill("alices-best")
     page.locator("#train-rename").click()
     expect(page.get_by_text(f"Run #{mine.id} is now")).to_be_visible(timeout=20_000)

@@ -71,7 +71,8 @@ def runs_frame(rows: list | None = None) -> pd.DataFrame:
         ev = evals.get(r.id)
         headline = (f"{ev.headline} {fmt_num(ev.headline_tuned, '{:.3f}')} (base {fmt_num(ev.headline_base, '{:.3f}')})"
                     if ev and ev.headline else "")
-        out.append([r.id, r.name, r.owner or "", r.status.value, r.method, prog, fmt_num(r.last_loss),
+        name = r.name + ("  " + " ".join(f"#{t}" for t in r.tags) if r.tags else "")
+        out.append([r.id, name, r.owner or "", r.status.value, r.method, prog, fmt_num(r.last_loss),
                     fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r)), headline])
     return pd.DataFrame(out, columns=RUN_COLUMNS)
 
@@ -434,10 +435,14 @@ def build_tab() -> None:
                                           label="Continue as", scale=1, elem_id="train-continue-as",
                                           info="SFT then GRPO: same data")
                 continue_btn = gr.Button("Continue training (new run from this adapter)", scale=2)
-            with gr.Accordion("Rename or delete the selected run", open=False):
+            with gr.Accordion("Rename, tag or delete the selected run", open=False):
                 with gr.Row():
                     new_name = gr.Textbox(label="New name", scale=3, elem_id="train-new-name")
                     rename_btn = gr.Button("Rename", scale=1, elem_id="train-rename")
+                with gr.Row():
+                    new_tags = gr.Textbox(label="Tags (space- or comma-separated; they replace the run's tags)",
+                                          scale=3, elem_id="train-tags", placeholder="baseline demo")
+                    tag_btn = gr.Button("Set tags", scale=1, elem_id="train-tag")
                     delete_btn = gr.Button("Delete…", variant="stop", scale=1, elem_id="train-delete")
                 with gr.Row(visible=False) as confirm_row:
                     confirm_md = gr.Markdown(elem_id="train-delete-confirm")
@@ -529,6 +534,11 @@ def build_tab() -> None:
     def on_continue(run_id, steps, objective, request: gr.Request):
         return act("continue", run_id, steps, request, objective)
 
+    def on_tag(run_id, tags, request: gr.Request):
+        return manage_run("tag", run_id, user_of(request), tags)
+
+    tag_btn.click(on_tag, [selected, new_tags], [action_msg, selected])
+
     def on_rename(run_id, name, request: gr.Request):
         return manage_run("rename", run_id, user_of(request), name)
 
@@ -614,7 +624,7 @@ def delete_question(run_id: str | None):
 
 
 def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
-    """Rename or delete the selected run (its owner or an admin). (message, selection update)"""
+    """Rename, tag or delete the selected run (its owner or an admin). (message, selection update)"""
     if not run_id:
         return "Select a run first.", gr.update()
     from core.users import NotAllowed, check_can_manage
@@ -626,6 +636,10 @@ def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
             run = train_jobs.rename_run(rid, name)
             choices = run_choices()
             return f"Run #{rid} is now **{md_text(run.name)}**.", gr.update(choices=choices, value=str(rid))
+        if action == "tag":
+            run = train_jobs.tag_run(rid, name)
+            tags = " ".join(f"#{t}" for t in run.tags or []) or "no tags"
+            return f"Run #{rid}: {md_text(tags)}.", gr.update()
         gone = train_jobs.delete_run(rid)
         also = f" with job(s) {', '.join(f'#{i}' for i in gone['runs'][1:])}" if gone["runs"][1:] else ""
         rows = train_runs()

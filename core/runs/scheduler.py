@@ -321,6 +321,7 @@ def run_to_dict(run: Run, *, with_config: bool = False, metrics: Iterable[RunMet
         "id": run.id,
         "kind": run.kind,
         "name": run.name,
+        "tags": list(run.tags or []),
         "status": str(run.status),
         "method": run.method,
         "base_model": run.base_model,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -511,6 +512,43 @@ def rename(job_id: int, name: str) -> Run:
             if "name" in config:
                 config["name"] = name
             s.exec(update(Run).where(Run.id == job_id).values(name=name, config=config))
+            s.commit()
+            s.expire_all()
+            return s.get(Run, job_id)
+
+    return retrying(_once)
+
+
+TAG_MAX, TAGS_MAX = 32, 10
+_TAG_OK = re.compile(r"^[\w.+-]+$")
+
+
+def normalise_tags(tags: Iterable[str]) -> list[str]:
+    """Tags as stored: trimmed, '#' dropped, lower case, unique in the order given; letters, digits, . _ + - only."""
+    out: list[str] = []
+    for raw in tags:
+        for t in str(raw or "").replace(",", " ").split():
+            t = t.lstrip("#").lower()
+            if not t:
+                continue
+            if len(t) > TAG_MAX or not _TAG_OK.match(t):
+                raise JobError(f"tag {t[:40]!r}: at most {TAG_MAX} letters, digits, '.', '_', '+' or '-'")
+            if t not in out:
+                out.append(t)
+    if len(out) > TAGS_MAX:
+        raise JobError(f"a run has at most {TAGS_MAX} tags ({len(out)} given)")
+    return out
+
+
+def set_tags(job_id: int, tags: Iterable[str]) -> Run:
+    """Replace a job's tags (an empty list clears them)."""
+    clean = normalise_tags(tags)
+
+    def _once() -> Run:
+        with db_session() as s:
+            if s.get(Run, job_id) is None:
+                raise JobError(f"run {job_id} not found")
+            s.exec(update(Run).where(Run.id == job_id).values(tags=clean or None))
             s.commit()
             s.expire_all()
             return s.get(Run, job_id)

@@ -24,7 +24,7 @@ MAX_RUNS = 8
 
 
 def run_label(run) -> str:
-    return f"#{run.id} {run.name}"
+    return f"#{run.id} {run.name}" + "".join(f" #{t}" for t in (run.tags or []))
 
 
 def _training_runs(run_ids) -> list:

@@ -217,6 +217,16 @@ def rename_run(run_id: int, name: str) -> Run:
     return store.rename(run_id, name)
 
 
+def tag_run(run_id: int, tags) -> Run:
+    """A training run's tags, replaced (``tags``: a list or a 'a, b c' string; empty clears them)."""
+    run = runs.get_run(run_id)
+    if run.kind != "train":
+        raise JobError(f"run {run_id} is a {run.kind} job, not a training run")
+    from core.runs import store
+
+    return store.set_tags(run_id, [tags] if isinstance(tags, str) else list(tags or []))
+
+
 def delete_run(run_id: int) -> dict:
     """Delete an ended training run with what was made from it: its folder (checkpoints, adapter, merged model, log),
     its metric rows, its evaluations and their jobs, its export jobs. Runs continued from it stay (each has its own
