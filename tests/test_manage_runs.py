@@ -186,7 +186,8 @@ def test_tags_are_cleaned_shown_filtered_and_only_the_owner_sets_them(workspace,
         with pytest.raises(JobError, match=why):
             tag_run(run.id, bad)
     assert runs.get_run(run.id).tags == ["baseline", "demo"]  # a refused change changes nothing
-    assert runs.run_to_dict(runs.get_run(run.id))["tags"] == ["baseline", "demo"]
+    shown = runs.run_to_dict(runs.get_run(run.id))
+    assert shown["tags"] == ["baseline", "demo"] and shown["objective"] == "sft"
     assert run_label(runs.get_run(run.id)) == f"#{run.id} tagged #baseline #demo"
     names = set(runs_frame()["name"])
     assert {"tagged  #baseline #demo", "plain"} <= names

@@ -322,6 +322,7 @@ def run_to_dict(run: Run, *, with_config: bool = False, metrics: Iterable[RunMet
         "kind": run.kind,
         "name": run.name,
         "tags": list(run.tags or []),
+        "objective": (run.config or {}).get("objective", "sft") if run.kind == "train" else None,
         "status": str(run.status),
         "method": run.method,
         "base_model": run.base_model,
