@@ -59,7 +59,8 @@ def cap_memory() -> None:
 
 
 def build_trainer(ctx: JobContext, config: TrainConfig):
-    """Everything from config to a ready SFTTrainer. Heavy imports happen here, in the worker only."""
+    """Everything from config to a ready trainer (SFT / preference; GRPO through build_grpo_trainer). Heavy imports
+    happen here, in the worker only."""
     from datasets import Dataset as HFDataset
     from trl import SFTConfig, SFTTrainer
 
@@ -89,8 +90,7 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
 
         raise ValueError(f"the base model {resolved.display_name} has no chat template, so its conversations cannot "
                          f"be turned into training text: set chat_template ({CHOICE_HELP})")
-    grpo = config.objective == "grpo"
-    if grpo:
+    if config.objective == "grpo":
         return build_grpo_trainer(ctx, config, plan, setup, resolved, tokenizer, applied, base_had_template, rows)
 
     def tokenize(rows_):
