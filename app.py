@@ -31,9 +31,12 @@ def _tab_builders():
 
 
 def build_app() -> gr.Blocks:
+    from core.access import serve_page
     from core.space import banner_markdown, in_space
     from ui import quickstart
+    from ui.common import guard_events, page_requester
 
+    serve_page(page_requester)  # from here on, what this process resolves for a page user is checked (core.access)
     builders = _tab_builders()
     with gr.Blocks(title="Finetune Studio") as demo:
         gr.Markdown("## Finetune Studio\nEstimate → Data → Train → Evaluate → Playground → Deploy. "
@@ -56,6 +59,7 @@ def build_app() -> gr.Blocks:
         from core.access import mode_line
 
         gr.Markdown(f"Finetune Studio · {mode_line()}", elem_id="fts-mode")
+    guard_events(demo)  # every handler: an unexpected exception reaches the page as one clear line
     return demo
 
 
@@ -115,7 +119,10 @@ def main() -> None:
             print(f"space: {preload_demo()}", flush=True)
         except Exception as exc:  # noqa: BLE001 - the studio starts without it; the quick start can load it
             print(f"space: the demo task could not be preloaded: {exc}", file=sys.stderr, flush=True)
-    from core.users import gradio_auth
+    from starlette.middleware import Middleware
+
+    from core.users import accounts_configured
+    from ui.gate import Gate, async_auth
 
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
@@ -123,7 +130,9 @@ def main() -> None:
         demo.launch(
             server_name=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",  # loopback unless told otherwise
             server_port=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860),
-            auth=gradio_auth(),  # named users (core.users) and/or FTS_AUTH; None: a single-user local studio
+            # named users (core.users) and/or FTS_AUTH, hashed off the event loop; None: a single-user local studio
+            auth=async_auth if accounts_configured() else None,
+            app_kwargs={"middleware": [Middleware(Gate)]},  # sign-in throttling, sessions that end, uploads' owners
             auth_message="Finetune Studio: sign in with your studio account",
             max_file_size=f"{max_upload_mb()}mb",  # a bigger upload is refused (413) before it is written
             theme=THEME,

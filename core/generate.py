@@ -120,15 +120,24 @@ def resolve_source(text: str | None) -> ModelSource:
         if not digits.isdigit():
             raise GenerateError(f"'{ref}' is not a run id (use run:7 or 7)")
         return source_for_run(int(digits))
-    p = Path(ref).expanduser()
-    if p.is_dir() and (p / "adapter_config.json").is_file():
+    from core.access import PathNotAllowed, locate
+
+    try:  # the one resolver first: in a shared studio a folder outside the allowed roots is refused unopened
+        loc = locate(ref, "the model folder")
+    except PathNotAllowed as exc:
+        raise GenerateError(str(exc)) from None
+    p = loc.path if loc.kind == "path" else None
+    if p is not None and p.is_dir() and (p / "adapter_config.json").is_file():
         from core.models import check_safe_to_load
 
         try:
             check_safe_to_load(p)  # safetensors only, as for every folder a user points at
+            base = _adapter_base(p)
+            # the base an adapter names (its adapter_config.json is the uploader's text) passes the resolver too
+            resolve_model(base, prepare_default=False, what=f"the base model named by adapter {p.name}")
         except ModelNotFoundError as exc:
             raise GenerateError(str(exc)) from None
-        return ModelSource(f"adapter {p}", _adapter_base(p), str(p.resolve()))
+        return ModelSource(f"adapter {p}", base, str(p))
     try:
         resolved = resolve_model(ref, prepare_default=False)
     except ModelNotFoundError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from core.config import get_settings
 DEFAULT_MODEL_REF = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_DIRNAME = "smollm2-135m-instruct"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$|^[A-Za-z0-9][\w.\-]*$")
 
 
 class ModelNotFoundError(ValueError):
@@ -144,26 +142,37 @@ def _convert_gguf(gguf_file: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-def resolve_model(ref: str | None, *, prepare_default: bool = True) -> ResolvedModel:
-    """Turn what the user typed into something loadable, or raise ModelNotFoundError with a fix."""
-    ref = (ref or "").strip() or DEFAULT_MODEL_REF
+def resolve_model(ref: str | None, *, prepare_default: bool = True, what: str = "model") -> ResolvedModel:
+    """Turn what the user typed into something loadable, or raise ModelNotFoundError with a fix. Every reference
+    passes the one resolver (core.access.locate): in a shared studio's page a folder outside the allowed roots is
+    refused before anything opens it."""
+    from core.access import PathNotAllowed, clean_ref, locate
+
+    try:
+        ref = clean_ref(ref, what) or DEFAULT_MODEL_REF
+    except PathNotAllowed as exc:
+        raise ModelNotFoundError(str(exc)) from None
     if ref.lower() in (DEFAULT_MODEL_REF, DEFAULT_MODEL_NAME.lower(), f"huggingfacetb/{DEFAULT_MODEL_NAME.lower()}"):
         path = ensure_default_model() if prepare_default else default_model_dir()
         return ResolvedModel(ref, "default", str(path), f"{DEFAULT_MODEL_NAME} (embedded)")
-    p = Path(ref).expanduser()
+    try:
+        loc = locate(ref, what)
+    except PathNotAllowed as exc:
+        raise ModelNotFoundError(str(exc)) from None
+    if loc.kind == "hub":
+        return ResolvedModel(ref, "hub", loc.value, loc.value)
+    p = loc.path
     if p.exists():
         if not p.is_dir():
-            raise ModelNotFoundError(f"model path {p} is a file; point at the directory that holds config.json")
+            raise ModelNotFoundError(f"model path {ref} is a file; point at the directory that holds config.json")
         if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-            raise ModelNotFoundError(f"model directory {p} has no config.json (is it a Hugging Face model folder?)")
+            raise ModelNotFoundError(f"model directory {ref} has no config.json (is it a Hugging Face model folder?)")
         check_safe_to_load(p)
-        return ResolvedModel(ref, "local", str(p.resolve()), p.name)
-    if ref.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(ref):
-        raise ModelNotFoundError(
-            f"model '{ref}' not found: it is not 'default', not an existing local directory, and not a Hub id "
-            "like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
-        )
-    return ResolvedModel(ref, "hub", ref, ref)
+        return ResolvedModel(ref, "local", str(p), p.name)
+    raise ModelNotFoundError(
+        f"model '{ref}' not found: it is not 'default', not an existing local directory, and not a Hub id "
+        "like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+    )
 
 
 # ---- what the studio agrees to load (issue 15): safetensors only, no model code from model files ----------------

@@ -41,15 +41,29 @@ def users_file() -> Path:
     return Path(raw).expanduser() if raw else get_settings().workspace / "users.json"
 
 
+_cache: dict[str, tuple[tuple, dict]] = {}
+
+
 def _read() -> dict:
+    """The accounts, read again only when the users file changed (the page checks a session on every request)."""
     p = users_file()
+    try:
+        st = p.stat()
+    except OSError:
+        return {}
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    hit = _cache.get(str(p))
+    if hit is not None and hit[0] == key:
+        return dict(hit[1])
     if not p.is_file():
         return {}
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"the users file {p} cannot be read ({exc}); fix or remove it") from None
-    return data.get("users", {}) if isinstance(data, dict) else {}
+    users = data.get("users", {}) if isinstance(data, dict) else {}
+    _cache[str(p)] = (key, users)
+    return dict(users)
 
 
 def _write(users: dict) -> None:
@@ -124,6 +138,21 @@ def check_password(name: str, password: str) -> bool:
     return hmac.compare_digest(_hash(password, salt, iterations), expected)
 
 
+def account_stamp(name: str) -> str | None:
+    """A short fingerprint of an account's current password (None: no such account). A session remembers the stamp
+    it signed in with; a changed password or a removed account changes it, and the session ends."""
+    env = _env_account()
+    if env and name == env[0]:
+        return hashlib.sha256(b"env|" + env[1].encode()).hexdigest()[:16]
+    try:
+        user = _read().get(name)
+    except UserError:
+        return None
+    if not isinstance(user, dict) or not user.get("hash"):
+        return None
+    return hashlib.sha256(f"file|{user.get('salt')}|{user['hash']}".encode()).hexdigest()[:16]
+
+
 def accounts_configured() -> bool:
     try:
         return bool(_env_account() or _read())
@@ -139,11 +168,6 @@ def is_admin(name: str) -> bool:
         return bool((_read().get(name) or {}).get("admin"))
     except UserError:
         return False
-
-
-def gradio_auth():
-    """What ``gr.Blocks.launch(auth=...)`` gets: a checking function when accounts exist, else None."""
-    return check_password if accounts_configured() else None
 
 
 def enforced() -> bool:

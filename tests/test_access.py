@@ -15,6 +15,9 @@ def shared(workspace, tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("FTS_SHARED", "1")
     monkeypatch.setenv("FTS_DATA_ROOTS", str(root))
+    import core.access
+
+    monkeypatch.setattr(core.access, "_page_process", True)  # as app.build_app makes it: this process serves the page
     return root
 
 

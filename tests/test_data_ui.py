@@ -101,7 +101,8 @@ def test_browser_upload_preview_stats(workspace, fixtures_dir, tmp_path):
                                         args=["--headless", "--no-sandbox", "--disable-gpu",
                                               "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1300, "height": 2400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.goto(f"http://127.0.0.1:{port}/")  # the tab polls its import jobs: wait for an element, not idle
+            page.locator("#data-upload input[type=file]").wait_for(state="attached", timeout=30_000)
             page.locator("#data-upload input[type=file]").set_input_files(str(upload))
             page.get_by_text("20 usable").wait_for(timeout=30_000)  # upload triggers the check
             page.locator("#data-import").click()

@@ -48,6 +48,144 @@ def user_of(request) -> str:
     return visitor_id(request)
 
 
+def page_requester() -> str | None:
+    """Who is behind the page event being handled right now (the account, or a Space visitor's anonymous id); None
+    outside an event. ``core.access`` asks it when it checks whose upload a file is."""
+    from gradio.context import LocalContext
+
+    from core.space import visitor_id
+
+    request = LocalContext.request.get(None)
+    return visitor_id(request) if request is not None else None
+
+
+# ---- no raw exception text reaches the page ------------------------------------------------------------------------
+
+def error_line(exc: BaseException) -> str:
+    """One line a person can act on for an exception a handler did not expect; the traceback goes to the log."""
+    if isinstance(exc, RecursionError):
+        return "the input is nested too deeply to read (over ~1,000 levels): send a flatter value"
+    if isinstance(exc, MemoryError):
+        return "there is not enough memory for this request right now: try a smaller one, or later"
+    if isinstance(exc, OverflowError):
+        return "a number in the input is too large"
+    if isinstance(exc, UnicodeError):
+        return "the input holds text that is not valid UTF-8"
+    if isinstance(exc, ValueError) and type(exc).__module__.startswith(("core.", "storage")):
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return first[:400] or type(exc).__name__
+    return (f"this request could not be handled ({type(exc).__name__}); nothing was changed. The studio's log has "
+            "the details")
+
+
+def guard_events(blocks: gr.Blocks) -> int:
+    """Every event handler of the page, wrapped once: an exception that is not already a ``gr.Error`` is logged with
+    its traceback and reaches the page as one clear line (:func:`error_line`), never as raw exception text.
+    Returns how many handlers were wrapped."""
+    import functools
+    import inspect
+    import sys
+    import traceback
+
+    def report(exc: BaseException):
+        if isinstance(exc, gr.Error):
+            return exc
+        try:
+            print(f"page handler error: {type(exc).__name__}: {str(exc)[:500]}", file=sys.stderr, flush=True)
+            traceback.print_exc(file=sys.stderr)
+        except (OSError, ValueError, RecursionError):
+            pass
+        return gr.Error(error_line(exc), print_exception=False)
+
+    def wrap(fn):
+        if getattr(fn, "__fts_guarded__", False):
+            return fn
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def guarded(*args, **kwargs):
+                try:
+                    async for item in fn(*args, **kwargs):
+                        yield item
+                except Exception as exc:  # noqa: BLE001 - turned into one line for the page
+                    raise report(exc) from None
+        elif inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def guarded(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - turned into one line for the page
+                    raise report(exc) from None
+        elif inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def guarded(*args, **kwargs):
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - turned into one line for the page
+                    raise report(exc) from None
+        else:
+            @functools.wraps(fn)
+            def guarded(*args, **kwargs):
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - turned into one line for the page
+                    raise report(exc) from None
+        guarded.__fts_guarded__ = True
+        return guarded
+
+    n = 0
+    for block_fn in blocks.fns.values():
+        if callable(getattr(block_fn, "fn", None)):
+            block_fn.fn = wrap(block_fn.fn)
+            n += 1
+    return n
+
+
+class FairShare:
+    """Generation a person asks for in the page's own process (the Playground): in a shared studio at most
+    ``FTS_GENERATIONS_PER_USER`` (1) at a time per person. A request beyond that is answered at once — it never
+    waits holding one of the queue's few slots — so fifty clicks from one person cannot make everyone else wait."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+
+    @staticmethod
+    def per_user() -> int:
+        from core.config import positive_int_env
+
+        return positive_int_env("FTS_GENERATIONS_PER_USER", 1)
+
+    def try_take(self, who: str) -> bool:
+        from core.access import shared_mode
+
+        if not shared_mode():
+            who = "\0local"  # one person: counted, never refused
+            with self._lock:
+                self._active[who] = self._active.get(who, 0) + 1
+            return True
+        with self._lock:
+            if self._active.get(who, 0) >= self.per_user():
+                return False
+            self._active[who] = self._active.get(who, 0) + 1
+            return True
+
+    def release(self, who: str) -> None:
+        from core.access import shared_mode
+
+        who = who if shared_mode() else "\0local"
+        with self._lock:
+            n = self._active.get(who, 0) - 1
+            if n > 0:
+                self._active[who] = n
+            else:
+                self._active.pop(who, None)
+
+
+GENERATION_SHARE = FairShare()
+
+
 def mine_box(label: str, elem_id: str) -> gr.Checkbox:
     """The 'Only mine' filter of a list, shown where several people share the studio."""
     return gr.Checkbox(False, label=label, visible=several_users(), elem_id=elem_id)

@@ -5,6 +5,7 @@ call them without a browser.
 """
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from core.data import (
     preview_row,
 )
 from core.data.formats import CANONICAL_FIELDS
+from core.data.jobs import IN_PAGE_ROWS, measure_source, needs_a_job, submit_import
 from core.data.templates import OWN, template_menu
+from core.runs import JobError
 from ui.common import is_mine, md_text, mine_box, owner_filter, user_of
 
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
@@ -39,12 +42,7 @@ def _source(upload, path: str) -> str:
     """The file to read: an upload, else the typed path / Hub id (a server path only where this studio allows it)."""
     if upload:
         return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
-    from core.access import PathNotAllowed, check_user_path
-
-    try:
-        return check_user_path((path or "").strip(), "the path")
-    except PathNotAllowed as exc:
-        raise DatasetError(str(exc)) from None
+    return (path or "").strip()  # core.data's read_source passes it through core.access's resolver
 
 
 def _pairs(df) -> dict[str, str]:
@@ -125,6 +123,14 @@ def inspect_source(upload, path, fmt, column_df, template_df):
     """Check a source without storing it: detected format, problems, placeholders, columns."""
     try:
         source = _source(upload, path)
+        size = measure_source(source)
+        if needs_a_job(size):  # the page never loads a large source, not even to look at it
+            what = ("a Hub dataset: it is downloaded" if size.hub else
+                    f"large ({size.rows:,} rows)" if size.rows and size.rows > IN_PAGE_ROWS else
+                    f"large ({(size.bytes or 0) / 1024**2:,.0f} MB of data)")
+            return (f"**This source is {what} and checked when you import it** — the import runs as a job in a "
+                    "worker process, with progress, and reports its problems row by row.", gr.update(),
+                    gr.update(), gr.update(), "")
         prep = prepare_dataset(source, format=fmt or "auto", column_map=_pairs(column_df) or None,
                                template_values=_pairs(template_df) or None)
     except DatasetError as exc:
@@ -153,6 +159,21 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
                progress=gr.Progress(), request: gr.Request = None):
     try:
         source = _source(upload, path)
+        size = measure_source(source)
+        if needs_a_job(size):  # large or of unknown size (the Hub): a worker reads it, never the page
+            options = dict(name=(name or "").strip() or None, format=fmt or "auto",
+                           column_map=_pairs(column_df) or None,
+                           split={"validation": float(val or 0), "test": float(test or 0), "seed": int(seed or 0)},
+                           drop_invalid=list(drop_codes or []), template_values=_pairs(template_df) or None,
+                           model=(model or "").strip() or "default", max_length=int(max_length or 2048))
+            job = submit_import(source, options, owner=user_of(request), label=_upload_label(upload))
+            why = ("a Hub dataset" if size.hub else
+                   f"{size.rows:,} rows" if size.rows and size.rows > IN_PAGE_ROWS else
+                   f"{(size.bytes or 0) / 1024**2:,.0f} MB of data")
+            table, dd = refresh_datasets()
+            return (f"**Import job #{job.id} {job.status.value}** — {why}, so a worker process reads and checks it "
+                    "(the page never loads a large source); its progress is shown below, and the dataset appears in "
+                    "the list when it is stored.", table, dd, gr.update(), "")
         result = import_dataset(
             source, name=(name or "").strip() or None, format=fmt or "auto", column_map=_pairs(column_df) or None,
             split={"validation": float(val or 0), "test": float(test or 0), "seed": int(seed or 0)},
@@ -160,7 +181,7 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
             model=(model or "").strip() or "default", max_length=int(max_length or 2048), progress=progress,
             source_label=_upload_label(upload), owner=user_of(request),
         )
-    except (DatasetError, ValueError) as exc:
+    except (DatasetError, ValueError, JobError) as exc:
         table, dd = refresh_datasets()
         return f"**Import failed:** {_shown(str(exc), upload)}", table, dd, gr.update(), ""
     msg = f"**{md_text(result.message)}**" + "".join(f"\n\n_{md_text(n)}_" for n in result.notes)
@@ -168,6 +189,58 @@ def run_import(upload, path, fmt, name, column_df, template_df, drop_codes, val,
     table, dd = refresh_datasets(str(result.dataset_id))
     hist = _hist_frame(get_dataset(result.dataset_id).meta.get("token_histogram"))
     return msg, table, dd, hist, stats_markdown(result.token_stats, result.kind)
+
+
+def show_imports(request: gr.Request = None):
+    """After an import was asked for: its job's progress, polled while one is active."""
+    text, active = import_jobs_html(user_of(request))
+    return text, gr.update(active=active)
+
+
+def import_jobs_html(who: str | None) -> tuple[str, bool]:
+    """The import jobs a person started in the last hour (their progress, or how they ended) and whether one is
+    still active."""
+    import datetime as dt
+
+    from core import runs
+    from storage.tables import as_utc
+
+    now = dt.datetime.now(dt.UTC)
+    rows, active = [], False
+    for job in runs.list_runs(kind="import", limit=50):
+        if who is not None and (job.owner or "") != who:
+            continue
+        if job.status.is_finished and job.finished_at and (now - as_utc(job.finished_at)).total_seconds() > 3600:
+            continue
+        active = active or job.status.is_active
+        pct = int(job.step or 0) if job.max_steps else 0
+        if job.status.value == "succeeded":
+            fm = job.final_metrics or {}
+            state = f"stored as dataset #{fm.get('dataset_id')}: {html.escape(str(fm.get('message', '')))}"
+        elif job.status.is_finished:
+            first = (job.error or "").strip().splitlines()[:1]
+            state = f"{job.status.value}" + (f": {html.escape(first[0][:300])}" if first else "")
+        else:
+            state = f"{job.status.value} · {pct}%"
+        bar = (f'<div class="fts-progress"><div style="width:{pct}%"></div></div>' if job.status.is_active else "")
+        rows.append(f'<div class="fts-status"><b>import #{job.id}</b> {html.escape(job.dataset_ref or "")} — '
+                    f"{state}</div>{bar}")
+    return "".join(rows), active
+
+
+def tick_imports(current, mine, seen, request: gr.Request = None):
+    """The import jobs' progress; when one finished since the last tick, the datasets list is read again."""
+    who = user_of(request)
+    text, active = import_jobs_html(who)
+    from core import runs
+
+    done = {j.id for j in runs.list_runs(kind="import", limit=50) if j.status.is_finished}
+    seen = set(seen or [])
+    if done - seen:
+        table_u, dd_u = refresh_datasets(current, owner_filter(mine, request))
+    else:
+        table_u, dd_u = gr.update(), gr.update()
+    return text, table_u, dd_u, sorted(done), gr.update(active=active)
 
 
 def run_demo_import(progress=gr.Progress()):
@@ -282,6 +355,9 @@ def build_tab():
         import_btn = gr.Button("Import", variant="primary", elem_id="data-import")
         demo_btn = gr.Button("Load the demo task", visible=_demo_available(), elem_id="data-demo")
     report = gr.Markdown(elem_id="data-report")
+    import_status = gr.HTML(elem_id="data-import-jobs")
+    imports_timer = gr.Timer(2.0, active=False)
+    seen_imports = gr.State([])
     with gr.Accordion("First normalised row", open=False):
         sample = gr.Code(language="json", label="as stored")
 
@@ -321,11 +397,13 @@ def build_tab():
     import_btn.click(
         run_import, [upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length],
         [report, table, dataset, hist, stats_md],
-    ).then(filtered, [dataset, mine], [table, dataset]).then(
+    ).then(show_imports, None, [import_status, imports_timer]).then(filtered, [dataset, mine], [table, dataset]).then(
         show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
     demo_btn.click(run_demo_import, None, [report, table, dataset, hist, stats_md]).then(
         filtered, [dataset, mine], [table, dataset]).then(
         show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
+    imports_timer.tick(tick_imports, [dataset, mine, seen_imports],
+                       [import_status, table, dataset, seen_imports, imports_timer], show_progress="hidden")
     refresh_btn.click(filtered, [dataset, mine], [table, dataset])
     mine.change(filtered, [dataset, mine], [table, dataset])
     dataset.change(show_dataset, [dataset], [detail, hist, stats_md])
@@ -337,6 +415,7 @@ def build_tab():
         """Page load / tab open: the datasets as they are now (a CLI import, another browser's) and the selected
         one's details (a value set by the page itself fires no change event)."""
         table_u, dd_u = refresh_datasets(current, owner_filter(mine, request))
-        return (table_u, dd_u, *show_dataset(dd_u.get("value")))
+        jobs_text, active = import_jobs_html(user_of(request))
+        return (table_u, dd_u, *show_dataset(dd_u.get("value")), jobs_text, gr.update(active=active))
 
-    return load_lists, [dataset, mine], [table, dataset, detail, hist, stats_md]
+    return load_lists, [dataset, mine], [table, dataset, detail, hist, stats_md, import_status, imports_timer]

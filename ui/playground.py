@@ -16,6 +16,7 @@ import pandas as pd
 from core import runs
 from core.evaluate import arena
 from core.generate import GenerateError, GenSettings, model_cache, resolve_source, share_prompt_format, stream
+from ui.common import GENERATION_SHARE, page_requester
 
 LEADERBOARD_COLUMNS = ["model", "Elo", "votes", "wins", "losses", "ties", "both bad"]
 COMPONENTS: dict = {}  # the last built tab's inputs, for the quick start's "open the Playground" stage
@@ -100,6 +101,21 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
     if not prompt:
         yield hist_a, hist_b, "", "", state, gr.update(visible=False), "_Type a prompt first._"
         return
+    who = page_requester() or ""
+    if not GENERATION_SHARE.try_take(who):  # a fair share: one person's burst does not hold everyone's slots
+        yield (hist_a, hist_b, "", "", state, gr.update(visible=False),
+               "_You already have answers being generated: wait for them to finish (one request at a time per person "
+               "in a shared studio, so everyone gets a turn)._")
+        return
+    try:
+        yield from _respond(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens, seed, chat_mode,
+                            blind, hist_a, hist_b, state)
+    finally:
+        GENERATION_SHARE.release(who)
+
+
+def _respond(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens, seed, chat_mode, blind, hist_a,
+             hist_b, state):
     keys = [model_a or "default", model_b or "default"]
     if blind:
         if state.get("order") is None or not chat_mode or not hist_a:
@@ -117,10 +133,7 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
         panes[i].append({"role": "assistant", "content": "…loading the model"})
     yield *pane_updates(panes, sides, keys, blind), "", "", state, gr.update(visible=False), ""
     for i, key in enumerate(keys):
-        try:
-            from core.access import check_user_path
-
-            check_user_path(key, "the model folder")
+        try:  # resolve_source passes every folder through core.access's resolver
             sides[i] = model_cache().slot(resolve_source(key))
         except (GenerateError, ValueError) as exc:
             errors[i] = str(exc)

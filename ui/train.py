@@ -653,25 +653,38 @@ def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
 
 def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") -> tuple[str, int | None]:
     """Start button: build the config, run the memory pre-flight check, queue the run. (message, run id or None)."""
-    from core.access import PathNotAllowed, check_user_path
+    from core.data import DatasetError
 
     try:
-        config = config_from_inputs(values)
-        if not values.get("upload"):
-            check_user_path(config.dataset, "the training data")
-        check_user_path(config.base_model, "the base model")
-        check_user_path(config.chat_template, "the template to copy")
+        values = _upload_as_dataset(values, owner)
+        config = config_from_inputs(values)  # every reference in it passes core.access's resolver at submit
         warn = _preflight_warning(config)
         if warn and not skip_preflight:
             return (f"**Warning:** {warn}\n\nTick *Start even if the memory pre-flight check warns* (Advanced) to "
                     "start anyway.", None)
         run = train_jobs.submit_training(config, owner=owner)
-    except (ConfigError, JobError, PathNotAllowed) as exc:
+    except (ConfigError, JobError, DatasetError) as exc:
         return f"**Error:** {md_text(exc)}", None
     note = f"\n\n**Warning:** {warn}" if warn else ""
     if run.status == RunStatus.queued and run.error:  # the backend could not take it yet: say why
         note += f"\n\n{md_text(run.error)}"
     return f"Run #{run.id} **{run.status}**.{note}", run.id
+
+
+def _upload_as_dataset(values: dict, owner: str) -> dict:
+    """A file uploaded in the Train tab becomes a dataset of its uploader's (every row for training), so the run's
+    config names that dataset — never the server's temporary path of someone's upload."""
+    upload = values.get("upload")
+    if not upload:
+        return values
+    from pathlib import Path
+
+    from core.data import import_dataset
+
+    path = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+    result = import_dataset(path, split={"validation": 0.0, "test": 0.0}, model=None, source_label=Path(path).name,
+                            owner=owner)
+    return {**values, "upload": None, "dataset": str(result.dataset_id)}
 
 
 def _preflight_warning(config: TrainConfig) -> str | None:

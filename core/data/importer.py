@@ -15,7 +15,7 @@ from typing import Any
 
 from core.data import formats as F
 from core.data.errors import PROBLEM_CODES, DatasetError, RowProblem, is_fatal
-from core.data.readers import RawRead, looks_like_hub_id, read_file, read_hub
+from core.data.readers import ImportLimits, RawRead, import_limits, read_file, read_hub
 from core.data.splits import SPLIT_COLUMNS, SPLITS, SplitSpec, assign_splits, normalise_split_name
 from core.data.validate import (
     canonical_line,
@@ -70,19 +70,31 @@ def _progress(progress: Progress | None, frac: float, desc: str) -> None:
         progress(frac, desc=desc)
 
 
-def read_source(source: str | os.PathLike, progress: Progress | None = None) -> RawRead:
-    """A local file path, or a Hub dataset id (``owner/name``, optionally ``hub:owner/name``)."""
-    ref = str(source).strip()
-    if not ref:
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+
+
+def read_source(source: str | os.PathLike, progress: Progress | None = None,
+                limits: ImportLimits | None = None) -> RawRead:
+    """A local file path, or a Hub dataset id (``owner/name``, optionally ``hub:owner/name``). The reference passes
+    the one resolver (core.access.locate) first: in a shared studio's page a file outside the allowed roots, a
+    ``hub:`` prefix on a folder, a URL, are refused before anything is opened."""
+    from core.access import PathNotAllowed, locate
+
+    ref = str(source).strip() if isinstance(source, os.PathLike) else source
+    if not isinstance(ref, str) or not ref.strip():
         raise DatasetError("no data source given: upload a file, type a local path or a Hub dataset id")
-    if ref.startswith("hub:"):
-        return read_hub(ref[4:].strip(), progress=progress)
-    if Path(ref).expanduser().exists():
-        return read_file(ref, progress)
-    if looks_like_hub_id(ref) and Path(ref).suffix.lower() not in (".json", ".jsonl", ".csv", ".tsv", ".parquet",
-                                                                    ".txt"):
-        return read_hub(ref, progress=progress)
-    raise DatasetError(f"file {ref} not found")
+    try:
+        loc = locate(ref, "the data source")
+    except PathNotAllowed as exc:
+        raise DatasetError(str(exc)) from None
+    if loc.kind == "hub":
+        if not ref.strip().startswith("hub:") and Path(loc.value).suffix.lower() in DATA_SUFFIXES:
+            raise DatasetError(f"file {ref.strip()} not found")
+        limits = limits if limits is not None else import_limits()
+        return read_hub(loc.value, progress=progress, max_rows=limits.max_rows)
+    if not loc.path.exists():
+        raise DatasetError(f"file {ref.strip()} not found")
+    return read_file(loc.value, progress, limits=limits if limits is not None else import_limits())
 
 
 def prepare_dataset(
@@ -93,10 +105,12 @@ def prepare_dataset(
     template_values: dict[str, str] | None = None,
     progress: Progress | None = None,
     raw: RawRead | None = None,
+    limits: ImportLimits | None = None,
 ) -> PreparedData:
-    """Read and normalise a source in memory, collecting per-row problems. Raises DatasetError if unusable."""
+    """Read and normalise a source in memory, collecting per-row problems. Raises DatasetError if unusable.
+    ``limits``: the caps (default: the page's, core.data.readers.import_limits)."""
     started = time.time()
-    raw = raw or read_source(source, progress)
+    raw = raw or read_source(source, progress, limits)
     _progress(progress, 0.3, f"read {len(raw.records):,} records")
     column_map = {k: v for k, v in (column_map or {}).items() if v}
     records = raw.records
@@ -271,6 +285,7 @@ def import_dataset(
     prepared: PreparedData | None = None,
     source_label: str | None = None,
     owner: str = "",
+    limits: ImportLimits | None = None,
 ) -> ImportResult:
     """Import a file / Hub dataset as a stored dataset version (see the package docstring). ``source_label``: what to
     record and show as the source instead of ``source`` (an upload's own file name, not the server's temp path)."""
@@ -282,7 +297,7 @@ def import_dataset(
     spec = SplitSpec.coerce(split)
     drop = resolve_drop(drop_invalid)
     prep = prepared or prepare_dataset(source, format=format, column_map=column_map,
-                                       template_values=template_values, progress=progress)
+                                       template_values=template_values, progress=progress, limits=limits)
     if source_label:
         prep.source = source_label
     problems = list(prep.problems)
@@ -371,7 +386,10 @@ def import_dataset(
                 fh.write(canonical_line(row))
                 fh.write("\n")
     splits = {s: len(split_rows[s]) for s in SPLITS}
-    display_name = name or _slug(Path(prep.source).stem if not prep.container == "hub" else prep.source)
+    from core.text import clean_label
+
+    display_name = clean_label(name)[:120] or _slug(Path(prep.source).stem if not prep.container == "hub"
+                                                     else prep.source)
     meta = {
         "problems": summary,
         "token_stats": token_stats,

@@ -34,6 +34,9 @@ class JobKind:
     description: str = ""
     # what to change when a job of this kind runs out of memory: f(config, memory limit in bytes or None)
     oom_advice: Callable[[dict, int | None], str] | None = field(default=None, compare=False)
+    # the queue's lane: "device" jobs share FTS_MAX_CONCURRENT_RUNS (the accelerator); "io" jobs (imports) have
+    # their own small limit, so reading a file never waits behind a training run
+    lane: str = "device"
 
 
 def _train_command(job: Run) -> list[str]:
@@ -64,8 +67,15 @@ register(JobKind("train", "core.train.worker:run_job", resumable=True, command=_
                  description="supervised fine-tuning (LoRA / QLoRA / full)", oom_advice=_train_oom_advice))
 register(JobKind("evaluate", "core.evaluate.job:run_job",
                  description="base vs fine-tuned on held-out data (generation metrics, multiple choice, lm-eval)"))
+register(JobKind("import", "core.data.jobs:run_job", lane="io",
+                 description="a dataset too big to read in the page: read, checked and stored by a worker"))
 register(JobKind("export", "core.deploy.export:run_job",
                  description="merge a LoRA run into its base; safetensors, GGUF (+ Ollama Modelfile) or the adapter"))
+
+
+def kinds_in_lane(lane: str) -> list[str]:
+    _load_extra()
+    return sorted(k.name for k in _KINDS.values() if k.lane == lane)
 
 
 def _load_extra() -> None:

@@ -56,13 +56,33 @@ def dispatch() -> list[int]:
     global _unavailable_until
     if time.monotonic() < _unavailable_until or not _has_queued():
         return []
-    limit = get_settings().max_concurrent_runs
     started: list[int] = []
+    for limit, kinds, backend_name in _lanes():
+        _dispatch_lane(limit, kinds, started, backend_name)
+        if time.monotonic() < _unavailable_until:
+            break
+    return started
+
+
+def _lanes() -> list[tuple[int, list[str], str | None]]:
+    """(limit, kinds, backend) per lane of the queue: the device's (FTS_MAX_CONCURRENT_RUNS, the configured backend)
+    and imports' (FTS_MAX_CONCURRENT_IMPORTS, default 2; on this machine, where the uploaded file is)."""
+    from core.config import positive_int_env
+    from core.runs.kinds import kinds_in_lane
+
+    return [(get_settings().max_concurrent_runs, kinds_in_lane("device"), None),
+            (positive_int_env("FTS_MAX_CONCURRENT_IMPORTS", 2), kinds_in_lane("io"), "local")]
+
+
+def _dispatch_lane(limit: int, kinds: list[str], started: list[int], backend_name: str | None) -> None:
+    global _unavailable_until
+    if not kinds:
+        return
     while True:
-        job = store.claim_next(limit)
+        job = store.claim_next(limit, kinds)
         if job is None:
             break
-        backend = get_backend()
+        backend = get_backend(backend_name)
         try:
             handle = backend.start(job)
         except BackendUnavailable as exc:
@@ -78,7 +98,6 @@ def dispatch() -> list[int]:
         store.mark_started(job.id, pid=handle.pid, host=handle.host, backend=backend.name,
                            external_id=handle.external_id)
         started.append(job.id)
-    return started
 
 
 def _has_queued() -> bool:

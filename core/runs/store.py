@@ -32,6 +32,7 @@ from sqlmodel import select
 from core.config import db_session
 from core.runs import paths
 from core.runs.errors import JobError, TransitionError
+from core.text import clean_label
 from storage import Run, RunMetric, RunStatus
 from storage.tables import as_utc, utcnow
 
@@ -224,19 +225,43 @@ def _exclusive(session):
 
 
 def claim_next(limit: int, kinds: Iterable[str] | None = None) -> Run | None:
-    """Claim the oldest queued job (queued → starting) if fewer than ``limit`` jobs are active. Atomic in the DB."""
+    """Claim a queued job (queued → starting) if fewer than ``limit`` jobs are active. Atomic in the DB.
+
+    ``kinds``: one lane of the queue — only these kinds are counted against ``limit`` and claimed. Within a lane the
+    queue is fair between people: the next job is the oldest queued one of the owner whose last job started longest
+    ago (never: first), so one person's ten queued evaluations take turns with another's one. With a single owner
+    (a one-person studio) that is plain first-in, first-out."""
+    kinds = list(kinds) if kinds is not None else None
+
     def _once() -> int | None:
         with db_session() as s, _exclusive(s):
-            n_active = s.exec(select(func.count()).select_from(Run)
-                              .where(Run.status.in_(list(RunStatus.active())))).one()
-            if n_active >= limit:
-                return None
-            q = select(Run).where(Run.status == RunStatus.queued)
+            active = select(func.count()).select_from(Run).where(Run.status.in_(list(RunStatus.active())))
             if kinds is not None:
-                q = q.where(Run.kind.in_(list(kinds)))
-            nxt = s.exec(q.order_by(Run.id).limit(1)).first()
-            if nxt is None:
+                active = active.where(Run.kind.in_(kinds))
+            if s.exec(active).one() >= limit:
                 return None
+            q = select(Run.id, Run.owner).where(Run.status == RunStatus.queued)
+            if kinds is not None:
+                q = q.where(Run.kind.in_(kinds))
+            queued = s.exec(q.order_by(Run.id).limit(1000)).all()
+            if not queued:
+                return None
+            owners = {o or "" for _, o in queued}
+            pick = queued[0][0]
+            if len(owners) > 1:
+                last = dict(s.exec(select(Run.owner, func.max(Run.started_at))
+                                   .where(Run.owner.in_(list(owners)), Run.started_at.is_not(None))
+                                   .group_by(Run.owner)).all())
+                first_of = {}
+                for job_id, owner in queued:
+                    first_of.setdefault(owner or "", job_id)
+                never = [first_of[o] for o in owners if last.get(o) is None]
+                if never:
+                    pick = min(never)
+                else:
+                    owner = min(owners, key=lambda o: (as_utc(last[o]), first_of[o]))
+                    pick = first_of[owner]
+            nxt = s.get(Run, pick)
             s.exec(update(Run).where(Run.id == nxt.id, Run.status == RunStatus.queued).values(
                 status=RunStatus.starting, attempt=(nxt.attempt or 0) + 1, heartbeat_at=utcnow(), pid=None,
                 worker_pid=None, external_id=None, peak_memory_bytes=None))
@@ -271,6 +296,8 @@ def unclaim(job_id: int, *, attempt: int, note: str) -> bool:
 def submit(kind: str, config: dict, *, name: str = "", base_model: str = "", dataset_ref: str = "", method: str = "",
            parent_run_id: int | None = None, owner: str = "") -> Run:
     """Store a queued job and its files' folder. Returns the row (status queued)."""
+    name = clean_label(name)
+
     def _once() -> Run:
         with db_session() as s:
             run = Run(kind=kind, name=name, status=RunStatus.queued, config=dict(config), base_model=base_model,
@@ -313,8 +340,9 @@ def mark_started(job_id: int, *, pid: int | None, host: str, backend: str, exter
     return moved
 
 
-def request_stop(job_id: int) -> Run:
-    """A person asked to stop: queued → stopped at once; starting/running → stopping (the worker checkpoints)."""
+def request_stop(job_id: int, reason: str | None = None) -> Run:
+    """A person asked to stop: queued → stopped at once; starting/running → stopping (the worker checkpoints).
+    ``reason``: when the studio itself stops it (a budget), why — kept as the stopped job's note."""
     run = get(job_id)
     if run.status == RunStatus.queued:
         moved = transition(job_id, RunStatus.stopped, expect=[RunStatus.queued], finished_at=utcnow())
@@ -325,8 +353,9 @@ def request_stop(job_id: int) -> Run:
         return run
     if run.status not in (RunStatus.starting, RunStatus.running):
         raise TransitionError(f"run {job_id} is {run.status}; only queued or running runs can be stopped")
+    extra = {"error": reason} if reason else {}
     moved = transition(job_id, RunStatus.stopping, expect=[RunStatus.starting, RunStatus.running],
-                       stop_requested=True)
+                       stop_requested=True, **extra)
     return moved or get(job_id)
 
 
@@ -354,6 +383,8 @@ def finish(job_id: int, status: RunStatus | str, *, error: str | None = None, at
 
     error = redact(error)
     values = dict(error=error, finished_at=utcnow(), stop_requested=False, **fields)
+    if status == RunStatus.stopped and error is None:
+        del values["error"]  # a stop's reason, written when the studio asked for it (a budget), stays
     try:
         transition(job_id, status, expect=RunStatus.active(), attempt=attempt, **values)
         return True
@@ -497,7 +528,7 @@ NAME_MAX = 80
 
 def rename(job_id: int, name: str) -> Run:
     """A job's new name (the config's name follows, so a continued run or an export names it the same)."""
-    name = " ".join(str(name or "").split())
+    name = clean_label(name)
     if not name:
         raise JobError("a run needs a name: type one")
     if len(name) > NAME_MAX:

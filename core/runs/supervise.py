@@ -74,6 +74,24 @@ def describe_death(returncode: int, *, peak: int | None, last: int | None = None
 STOP_POLL_S = 1.0
 
 
+def _memory_cap(job) -> tuple[int, str] | None:
+    """(bytes, what set it): the most the worker may hold, from the job's config (``memory_cap_bytes``)."""
+    try:
+        cap = int((job.config or {}).get("memory_cap_bytes") or 0)
+    except (TypeError, ValueError):
+        return None
+    return (cap, str((job.config or {}).get("memory_cap_source") or "its memory cap")) if cap > 0 else None
+
+
+def _wall_clock_budget_s(job) -> float | None:
+    """A job's wall-clock budget from its config (``max_wall_clock_hours``; 0 or none: no limit)."""
+    try:
+        hours = float((job.config or {}).get("max_wall_clock_hours") or 0)
+    except (TypeError, ValueError):
+        return None
+    return hours * 3600 if hours > 0 else None
+
+
 class _Tee:
     """The supervisor's stdout when ``--tee-log``: each write goes to the stream the backend gave it (Ray's job log)
     and to the job's log file (what the studio reads, on storage every node shares)."""
@@ -154,6 +172,11 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
     peak = last = 0
     limit, limit_source = None, ""  # how far the worker could grow, as of the last sample
     last_beat = last_poll = 0.0
+    budget_s = _wall_clock_budget_s(job)
+    started = time.monotonic()
+    budget_spent = False
+    cap = _memory_cap(job)
+    over_cap: int | None = None  # the RSS at which the worker was stopped for going over its cap
     while child.poll() is None:
         oom_counts.append(memory.oom_kill_count())
         try:  # returns at once when the worker ends: its ending is recorded within milliseconds
@@ -164,11 +187,30 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
         rss = memory.tree_rss_bytes(child.pid)
         if rss:
             peak, last = max(peak, rss), rss
+            if cap and rss > cap[0] and over_cap is None:
+                over_cap = rss  # stopped from outside: a process near its own limit cannot be trusted to stop
+                log(f"supervisor: the worker holds {fmt_bytes(rss)}, over its cap of {fmt_bytes(cap[0])} ({cap[1]}); "
+                    "stopping it")
+                try:
+                    child.kill()
+                except ProcessLookupError:
+                    pass
             try:  # other processes and cgroup moves change it: read it with every sample
                 limit, limit_source = memory.memory_ceiling(child.pid, rss)
             except (OSError, ValueError):
                 pass
         now = time.monotonic()
+        if budget_s and not budget_spent and now - started > budget_s and not terminating.is_set():
+            budget_spent = True  # the studio's wall-clock budget: a stop through the database, as a person's
+            reason = (f"stopped by the studio after {budget_s / 3600:g} h of running (its wall-clock budget per run: "
+                      "max_wall_clock_hours / FTS_MAX_RUN_HOURS); the checkpoint is kept — resume to continue")
+            log(f"supervisor: {reason}")
+            try:
+                store.request_stop(job_id, reason=reason)
+            except Exception as exc:  # noqa: BLE001 - the next poll sees the stop, or the kill below ends it
+                log(f"supervisor: could not record the stop ({exc}); stopping the worker directly")
+                on_term(signal.SIGTERM, None)
+            last_poll = 0.0
         if now - last_poll >= STOP_POLL_S and not terminating.is_set():
             # a stop asked for from any dashboard or CLI, on any host, reaches the worker through the database
             last_poll = now
@@ -201,6 +243,11 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
         status, message = describe_death(rc, peak=peak or None, last=last or None, limit=limit,
                                          limit_source=limit_source,
                                          oom_kills=oom_after - oom_before, advice=advice)
+        if over_cap is not None:
+            fix = advice or "Use a smaller input, or ask the admin to raise the cap."
+            status, message = RunStatus.failed, (
+                f"out of memory: the worker held {fmt_bytes(over_cap)}, over the {fmt_bytes(cap[0])} this kind of job "
+                f"may use ({cap[1]}), and was stopped. {fix}")
         if run.status == RunStatus.stopping and status != RunStatus.failed:
             status = RunStatus.stopped
         if run.status == RunStatus.stopping and rc == -signal.SIGKILL:

@@ -18,12 +18,20 @@ Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cos
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+MAX_STEPS = 100_000_000  # no run is that long; anything above is a typo or an attack on the run slot
+MAX_EPOCHS = 10_000
+INT_CEILINGS = {"batch_size": 65_536, "grad_accum": 65_536, "max_length": 1_048_576, "lora_r": 4_096,
+                "lora_alpha": 65_536, "save_steps": MAX_STEPS, "eval_steps": MAX_STEPS, "logging_steps": MAX_STEPS,
+                "save_total_limit": 1_000, "num_gpus": 1_024, "length_min": 10_000_000, "length_max": 10_000_000,
+                "seed": 2**32 - 1}
+
+
 class ConfigError(ValueError):
     """A config a person can fix; the message names the field and what is wrong."""
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str = ""
     base_model: str = Field("default",
@@ -86,6 +94,9 @@ class TrainConfig(BaseModel):
     logging_steps: int = 1
 
     init_adapter: Optional[str] = Field(None, description="continue training from this adapter directory")
+    max_wall_clock_hours: float = Field(0.0, description="stop the run (with a checkpoint, resumable) after this many "
+                                                         "hours of running; 0 = no limit (a shared studio's admin "
+                                                         "may set a ceiling: FTS_MAX_RUN_HOURS)")
     num_gpus: int = Field(1, description=">1 launches the worker through `accelerate launch`")
 
     @model_validator(mode="before")
@@ -155,6 +166,16 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{info.field_name} must be at least 1 (got {v})")
         return v
 
+    @field_validator("batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "save_steps", "eval_steps",
+                     "logging_steps", "save_total_limit", "num_gpus", "length_min", "length_max", "seed")
+    @classmethod
+    def _at_most(cls, v: int, info) -> int:
+        if v > INT_CEILINGS[info.field_name]:
+            raise ValueError(f"{info.field_name} must be at most {INT_CEILINGS[info.field_name]:,} (got {v:,})")
+        if info.field_name == "seed" and v < 0:
+            raise ValueError(f"seed must be between 0 and {INT_CEILINGS['seed']:,} (got {v:,})")
+        return v
+
     @field_validator("lora_alpha")
     @classmethod
     def _alpha(cls, v: int) -> int:
@@ -181,6 +202,32 @@ class TrainConfig(BaseModel):
     def _epochs(cls, v: float) -> float:
         if not v > 0:
             raise ValueError(f"epochs must be > 0 (got {v})")
+        if not v <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be at most {MAX_EPOCHS:,} (got {v:g}); use max_steps for a fixed budget")
+        return v
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, v: int) -> int:
+        if v > MAX_STEPS:
+            raise ValueError(f"max_steps must be at most {MAX_STEPS:,} (got {v:,}); -1 = use epochs")
+        return v
+
+    @field_validator("max_wall_clock_hours")
+    @classmethod
+    def _wall_clock(cls, v: float) -> float:
+        if not 0 <= v <= 24 * 365:
+            raise ValueError(f"max_wall_clock_hours must be between 0 (no limit) and 8760 (got {v:g})")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from core.text import clean_label
+
+        v = clean_label(v)
+        if len(v) > 80:
+            raise ValueError(f"a run's name is at most 80 characters (this one has {len(v)})")
         return v
 
     @field_validator("save_steps", "eval_steps", "weight_decay", "save_total_limit", "length_min", "length_max")

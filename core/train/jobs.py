@@ -18,7 +18,7 @@ def validate_references(config: TrainConfig) -> None:
     from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
 
     try:
-        resolved = resolve_model(config.base_model, prepare_default=False)
+        resolved = resolve_model(config.base_model, prepare_default=False, what="the base model")
         if resolved.kind == "local":
             check_trainable(resolved)
         check_hub_model(resolved)  # an unreachable, misspelt or gated Hub id: refused now, not a minute into the run
@@ -38,10 +38,25 @@ def validate_references(config: TrainConfig) -> None:
         if ds.kind == "multiple_choice":
             raise JobError(f"dataset {ref} holds multiple-choice questions (for Evaluate); supervised fine-tuning "
                            "needs conversations with assistant answers")
-    elif not Path(ref).expanduser().exists():
-        raise JobError(f"dataset file not found: {ref}")
     else:
+        from core.access import PathNotAllowed, locate
+
+        try:  # a data file passes the one resolver (a shared studio's page: only inside the allowed roots)
+            loc = locate(ref, "the training data", hub=False)
+        except PathNotAllowed as exc:
+            raise JobError(str(exc)) from None
+        if not loc.path.is_file():
+            raise JobError(f"dataset file not found: {ref}")
         kind = _file_kind(ref)
+    if config.init_adapter:
+        from core.access import PathNotAllowed, locate
+
+        try:
+            loc = locate(config.init_adapter, "the adapter to continue from")
+        except PathNotAllowed as exc:
+            raise JobError(str(exc)) from None
+        if loc.kind == "path" and not (loc.path / "adapter_config.json").is_file():
+            raise JobError(f"init_adapter {config.init_adapter} is not an adapter folder (no adapter_config.json)")
     check_objective(config, kind, f"dataset {ref}" if ref.isdigit() else ref)
     check_template(config, kind)
     if config.objective == "grpo":
@@ -110,7 +125,7 @@ def check_template(config: TrainConfig, dataset_kind: str | None) -> None:
         from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
 
         try:
-            src = resolve_model(choice, prepare_default=False)
+            src = resolve_model(choice, prepare_default=False, what="the template to copy")
             if src.kind == "local":
                 check_trainable(src) if (Path(src.path) / "config.json").is_file() else None
             check_hub_model(src)
@@ -135,6 +150,7 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
         check_training(config, owner)
     except SpaceLimitError as exc:
         raise JobError(str(exc)) from None
+    config = apply_run_caps(config)
     validate_references(config)
     check_disk(config)
     if not config.dataset.strip().isdigit():  # a file path: store it absolute
@@ -142,6 +158,46 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
     return runs.submit("train", config.model_dump(mode="json"), start=start, name=config.name,
                        base_model=config.base_model, dataset_ref=config.dataset, method=config.method,
                        parent_run_id=parent_run_id, owner=owner)
+
+
+SHARED_CAPS = {"FTS_MAX_STEPS": 100_000, "FTS_MAX_EPOCHS": 100, "FTS_MAX_RUN_HOURS": 24}
+
+
+def run_caps() -> dict[str, float]:
+    """The admin's caps on a run asked for from the page: ``FTS_MAX_STEPS``, ``FTS_MAX_EPOCHS``, ``FTS_MAX_RUN_HOURS``
+    (a shared studio's defaults: 100,000 steps, 100 epochs, 24 hours of running). Empty for the host's CLI."""
+    import os
+
+    from core.access import in_page, shared_mode
+
+    if not in_page():
+        return {}
+    caps: dict[str, float] = {}
+    for name, default in SHARED_CAPS.items():
+        raw = os.environ.get(name, "").strip()
+        try:
+            value = float(raw) if raw else (default if shared_mode() else None)
+        except ValueError:
+            value = default if shared_mode() else None
+        if value is not None and value > 0:
+            caps[name] = value
+    return caps
+
+
+def apply_run_caps(config: TrainConfig) -> TrainConfig:
+    """Refuse a run over the admin's step or epoch cap (one line, with the cap); give it the studio's wall-clock
+    budget (the supervisor stops it there with a checkpoint, and says why)."""
+    caps = run_caps()
+    steps, epochs, hours = caps.get("FTS_MAX_STEPS"), caps.get("FTS_MAX_EPOCHS"), caps.get("FTS_MAX_RUN_HOURS")
+    if steps and config.max_steps > steps:
+        raise JobError(f"this studio runs at most {int(steps):,} steps per run (FTS_MAX_STEPS; got "
+                       f"{config.max_steps:,}): lower Max steps, or continue the run afterwards")
+    if epochs and config.max_steps <= 0 and config.num_epochs > epochs:
+        raise JobError(f"this studio runs at most {epochs:g} epochs per run (FTS_MAX_EPOCHS; got "
+                       f"{config.num_epochs:g}): lower Epochs or set Max steps")
+    if hours and not 0 < config.max_wall_clock_hours <= hours:
+        config = config.model_copy(update={"max_wall_clock_hours": float(hours)})
+    return config
 
 
 DISK_RESERVE_BYTES = 16 * 1024**2  # the database, logs and metrics grow too
