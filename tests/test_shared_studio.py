@@ -385,3 +385,44 @@ def test_one_person_holds_one_generation_at_a_time_in_a_shared_studio(shared, mo
     monkeypatch.delenv("FTS_SHARED")
     monkeypatch.setattr("core.access.shared_mode", lambda: False)
     assert FairShare().try_take("") and FairShare().try_take("")  # one person on their own machine: never refused
+
+
+# ---- 5. sign-in ------------------------------------------------------------------------------------------------------
+
+def test_the_sign_in_throttle_counts_per_account_and_per_address_with_a_doubling_delay():
+    from ui.gate import SignInThrottle
+
+    now = [1000.0]
+    t = SignInThrottle(per_account=3, per_address=5, clock=lambda: now[0])
+    for _ in range(3):
+        assert t.retry_after("alice", "10.0.0.1") == 0
+        t.failed("alice", "10.0.0.1")
+    assert t.retry_after("alice", "10.0.0.9") == pytest.approx(2.0)  # the account, from any address
+    assert t.retry_after("bob", "10.0.0.2") == 0
+    now[0] += 2.5
+    assert t.retry_after("Alice", "10.0.0.1") == 0  # names are counted case-blind
+    t.failed("alice", "10.0.0.1")
+    assert t.retry_after("alice", "10.0.0.1") == pytest.approx(4.0)  # 2 s, 4 s, 8 s …
+    for name in ("carol", "dave"):  # one address spraying other accounts
+        t.failed(name, "10.0.0.1")
+    assert t.retry_after("erin", "10.0.0.1") > 0 and t.retry_after("erin", "10.0.0.3") == 0
+    t.succeeded("alice")
+    assert t.retry_after("alice", "10.0.0.4") == 0
+    now[0] += 16 * 60  # failures older than the window are forgotten
+    assert t.retry_after("erin", "10.0.0.1") == 0
+
+
+def test_a_session_ends_with_its_lifetime(workspace, monkeypatch):
+    from core.users import add_user
+    from ui.gate import Sessions
+
+    monkeypatch.delenv("FTS_AUTH", raising=False)
+    add_user("alice", "alice-password")
+    sessions = Sessions()
+    sessions.add("tok", "alice")
+    assert sessions.still_valid("tok", "alice") and not sessions.still_valid("tok", "bob")
+    assert not sessions.still_valid("other-token", "alice")  # a session the gate never saw start
+    monkeypatch.setenv("FTS_SESSION_HOURS", "1")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3601)
+    assert not sessions.still_valid("tok", "alice")
