@@ -426,3 +426,46 @@ def test_a_session_ends_with_its_lifetime(workspace, monkeypatch):
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 3601)
     assert not sessions.still_valid("tok", "alice")
+
+
+def test_behind_tls_a_sign_in_sets_only_the_secure_cookie(workspace, monkeypatch):
+    """The gate in front of Gradio's login route (an ASGI app standing in for Gradio's): with the request's scheme
+    https (uvicorn sets it from a trusted proxy's X-Forwarded-Proto) the plain-HTTP cookie is not set."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from core.users import add_user
+    from ui.gate import Gate
+
+    monkeypatch.delenv("FTS_AUTH", raising=False)
+    add_user("alice", "alice-password")
+
+    async def gradio_login(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"set-cookie", b"access-token-ID=tok123; HttpOnly; Path=/; SameSite=none; Secure"),
+            (b"set-cookie", b"access-token-unsecure-ID=tok123; HttpOnly; Path=/; SameSite=lax")]})
+        await send({"type": "http.response.body", "body": b'{"success":true}'})
+
+    async def sign_in(scheme: str) -> list[bytes]:
+        sent = []
+        body = b"username=alice&password=alice-password"
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+        scope = {"type": "http", "method": "POST", "path": "/login", "scheme": scheme, "client": ("10.0.0.5", 1),
+                 "headers": [(b"content-type", b"application/x-www-form-urlencoded")],
+                 "app": SimpleNamespace(tokens={}, cookie_id="ID")}
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            sent.append(message)
+
+        gate = Gate(gradio_login)
+        await gate(scope, receive, send)
+        assert gate.sessions.still_valid("tok123", "alice")  # the session was seen starting, for alice
+        return [v for k, v in sent[0]["headers"] if k == b"set-cookie"]
+
+    assert len(asyncio.run(sign_in("http"))) == 2
+    cookies = asyncio.run(sign_in("https"))
+    assert len(cookies) == 1 and b"Secure" in cookies[0] and b"unsecure" not in cookies[0]
