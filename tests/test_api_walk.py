@@ -90,11 +90,11 @@ def studio(tmp_path_factory):
 
 
 def _attacks(p: dict) -> dict[str, str]:
+    """One value per way into the resolver (its spellings — relative, ``~``, ``file:`` … — are tried one by one in
+    tests/test_shared_studio.py; here the point is that every field reaches it)."""
     c = p["canary"]
-    return {"file": str(c / "secret.jsonl"), "folder": str(c / "model"), "missing": str(c / "no-such-model"),
-            "hub-prefix": f"hub:{c / 'data'}", "file-url": f"file://{c / 'secret.jsonl'}",
-            "relative": os.path.relpath(c / "model", REPO), "home": f"~/{c.name}/model",
-            "adapter-naming-it": str(p["roots"] / "adapter")}
+    return {"folder": str(c / "model"), "missing": str(c / "no-such-model"), "hub-prefix": f"hub:{c / 'data'}",
+            "file-url": f"file://{c / 'secret.jsonl'}", "adapter-naming-it": str(p["roots"] / "adapter")}
 
 
 def _default(param: dict):
@@ -142,6 +142,17 @@ def test_every_endpoint_refuses_every_spelling_of_a_server_location(studio):
         distinct.setdefault((re.sub(r"_\d+$", "", name), labels), name)
     work = [(name, endpoints[name]["parameters"], i) for name in distinct.values()
             for i, q in enumerate(endpoints[name]["parameters"]) if q.get("component") in TEXT_COMPONENTS]
+    # a file parameter given a server path as if it were an upload (a script sends what it likes; no client upload)
+    _, _, cookie = _login(url, "walker", "walker-password")
+    for name in distinct.values():
+        params = endpoints[name]["parameters"]
+        for i, q in enumerate(params):
+            if q.get("component") != "File":
+                continue
+            args = [_default(x) for x in params]
+            args[i] = {"path": attacks["file-url"].removeprefix("file://"), "meta": {"_type": "gradio.FileData"},
+                       "orig_name": "x.jsonl"}
+            results[(name, q.get("label"), "file-param")] = _raw_call(url, cookie, name.lstrip("/"), args)
     started = time.time()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda w: walk_param(*w), work))
