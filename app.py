@@ -80,19 +80,43 @@ def _terminate_local_jobs() -> None:
             backend.terminate(run)
 
 
-def install_shutdown_handler(monitor: runs.Monitor) -> None:
-    """SIGTERM (docker stop, systemd): stop watching, close the server, exit 0."""
+def term_handler(on_first=None):
+    """The SIGTERM handler (docker stop, systemd, ``timeout``): on the first signal it notes it and raises
+    KeyboardInterrupt, which Gradio's main loop turns into closing the server; a signal that arrives while shutting
+    down (a supervisor and ``timeout`` both send one) does nothing. It takes no lock and does no work — stopping the
+    monitor, passing the signal on to the jobs — so a second signal can never interrupt it holding one (two SIGTERMs
+    in a row used to hang the dashboard in ``Monitor.stop`` → ``Event.set``). ``on_first``: test hook."""
     def on_term(signum, frame):
-        print("SIGTERM: shutting the dashboard down (runs keep going in their own processes)", flush=True)
-        monitor.stop()
-        if os.getpid() == 1:
-            try:
-                _terminate_local_jobs()
-            except Exception as exc:  # noqa: BLE001
-                print(f"could not pass the shutdown on to the jobs: {exc}", file=sys.stderr)
+        if SHUTDOWN["signal"] is not None:
+            return
+        SHUTDOWN["signal"] = signum
+        try:  # os.write, not print: print takes the stream's lock, which a signal may find held
+            os.write(2, b"SIGTERM: shutting the dashboard down (runs keep going in their own processes)\n")
+        except OSError:
+            pass
+        if on_first is not None:
+            on_first()
         raise KeyboardInterrupt  # gradio's main loop closes the server on it
 
-    signal.signal(signal.SIGTERM, on_term)
+    return on_term
+
+
+SHUTDOWN: dict = {"signal": None}
+
+
+def install_shutdown_handler() -> None:
+    signal.signal(signal.SIGTERM, term_handler())
+
+
+def finish_shutdown(monitor: runs.Monitor) -> None:
+    """After the server closed, in the main thread's normal flow: stop watching; when the dashboard is PID 1 (a
+    container) and a SIGTERM ended it, pass the shutdown on to the local jobs (they checkpoint and end interrupted)."""
+    monitor.shutdown()
+    if SHUTDOWN["signal"] is not None and os.getpid() == 1:
+        try:
+            _terminate_local_jobs()
+        except Exception as exc:  # noqa: BLE001
+            print(f"could not pass the shutdown on to the jobs: {exc}", file=sys.stderr)
 
 
 def main() -> None:
@@ -111,7 +135,7 @@ def main() -> None:
         print(f"deployments: {reconcile_on_start()}", flush=True)  # dead servers marked, orphans stopped
     except Exception as exc:  # noqa: BLE001 - the dashboard starts anyway; the next read of a row checks it again
         print(f"deployments could not be reconciled: {exc}", file=sys.stderr, flush=True)
-    install_shutdown_handler(monitor)
+    install_shutdown_handler()
     from core.space import in_space, max_upload_mb, preload_demo
 
     if in_space():
@@ -140,7 +164,7 @@ def main() -> None:
             show_error=True,
         )
     finally:
-        monitor.shutdown()
+        finish_shutdown(monitor)
         print("dashboard stopped", flush=True)
 
 

@@ -25,33 +25,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def app_server(workspace, default_model_dir):
+def _launch(workspace: Path, **env_extra) -> tuple[subprocess.Popen, str, Path]:
     port = _free_port()
-    env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False")
-    log = open(workspace / "app.log", "w")
+    env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False",
+               **env_extra)
+    log_path = workspace / "app.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("app exited: " + (workspace / "app.log").read_text()[-3000:])
+            raise RuntimeError("app exited: " + log_path.read_text()[-3000:])
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, url, log_path
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("app did not start: " + (workspace / "app.log").read_text()[-3000:])
+    proc.kill()
+    raise RuntimeError("app did not start: " + log_path.read_text()[-3000:])
+
+
+@pytest.fixture
+def app_server(workspace, default_model_dir):
+    proc, url, _ = _launch(workspace)
     yield url
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
 
 
 def test_app_builds_and_serves_all_six_tabs(app_server):
@@ -128,3 +132,57 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
     print(f"\nstep logged -> shown in the UI: mean {sum(lags) / len(lags):.2f}s, max {max(lags):.2f}s "
           f"over {len(lags)} steps")
     assert max(lags) < 5.0  # the chart/progress refresh every second; 5 s means the page is not live
+
+
+def test_a_second_sigterm_while_the_first_is_handled_does_nothing():
+    """The handler re-entered deterministically: the first SIGTERM's handler sends a second one to the process; the
+    second returns at once (no lock, no work), the first goes on and raises KeyboardInterrupt (Gradio closes)."""
+    import signal
+
+    import app
+
+    seen = []
+    old = signal.getsignal(signal.SIGTERM)
+    handler = app.term_handler(on_first=lambda: (seen.append("first"), os.kill(os.getpid(), signal.SIGTERM),
+                                                 time.sleep(0.2), seen.append("after the second")))
+    app.SHUTDOWN["signal"] = None
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        app.SHUTDOWN["signal"] = None
+    assert seen == ["first", "after the second"]
+
+
+def test_two_sigterms_in_a_row_stop_the_dashboard_and_leave_its_runs_alone(workspace, monkeypatch):
+    """As `timeout` and a supervisor (or systemd) send them: the dashboard exits 0 within seconds, a running job
+    goes on in its own process."""
+    import signal
+
+    from core import runs
+
+    monkeypatch.setenv("FTS_JOB_KINDS", "tests.job_kinds")
+    proc, _, log = _launch(workspace, FTS_JOB_KINDS="tests.job_kinds")
+    try:
+        job = runs.submit("count", {"steps": 400, "sleep_s": 0.1})
+        deadline = time.time() + 60
+        while runs.get_run(job.id).step < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.time()
+        assert proc.wait(timeout=30) == 0, log.read_text()[-2000:]
+        took = time.time() - t0
+        step = runs.get_run(job.id).step
+        time.sleep(1.5)
+        after = runs.get_run(job.id)
+        assert after.status.value == "running" and after.step > step  # untouched, still counting
+        assert "dashboard stopped" in log.read_text()
+        print(f"dashboard exited in {took:.1f} s after two SIGTERMs")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        runs.stop(job.id)
