@@ -77,24 +77,26 @@ def p95(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
 
 
-def endpoint_with(client, labels: tuple[str, ...]) -> str:
-    """The API name of the first endpoint whose parameters have these labels (names shift as tabs gain events)."""
+def endpoint_with(client, labels: tuple[str, ...]) -> tuple[str, list]:
+    """The API name of the first endpoint whose parameters start with these labels (names shift as tabs gain events),
+    and default values for its parameters."""
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     for name, ep in api.items():
-        if tuple(p.get("label") for p in ep["parameters"]) == labels:
-            return name
+        if tuple(p.get("label") for p in ep["parameters"])[:len(labels)] == labels:
+            return name, [p.get("parameter_default") if p.get("parameter_has_default") else None
+                          for p in ep["parameters"]]
     raise LookupError(f"no endpoint with parameters {labels}")
 
 
 def light_latencies(client, n: int, stop: threading.Event | None = None) -> list[float]:
     """bob's light request: the Evaluate tab's lists (two dropdowns, a table), through the page's queue."""
     out = []
-    name = endpoint_with(client, ("Training run", "Evaluation"))
+    name, args = endpoint_with(client, ("Training run", "Evaluation"))
     for _ in range(n):
         if stop is not None and stop.is_set():
             break
         t0 = time.perf_counter()
-        client.predict(None, None, api_name=name)
+        client.predict(*args, api_name=name)
         out.append(time.perf_counter() - t0)
         time.sleep(0.05)
     return out

@@ -213,12 +213,16 @@ def _weights_bytes_on_disk(path: str) -> int | None:
     return sum(f.stat().st_size for f in files) or None
 
 
+_HEAVY_IMPORTS = threading.Lock()
+
+
 class ModelCache:
     """Loaded base models (with their adapters) under a memory budget; least recently used goes first."""
 
     def __init__(self, budget_bytes: int | None = None):
         self.budget_bytes = budget_bytes if budget_bytes is not None else _default_budget_bytes()
         self._items: OrderedDict[str, LoadedBase] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
         self._tokenizers: dict[tuple, Any] = {}
         self._lock = threading.RLock()
 
@@ -234,10 +238,11 @@ class ModelCache:
             self._items.clear()
 
     def _load_base(self, base_ref: str, engine: str = "fast") -> LoadedBase:
-        import torch
-        from transformers import AutoModelForCausalLM
+        with _HEAVY_IMPORTS:  # transformers' lazy attributes are not safe to resolve from two threads at once
+            import torch
+            from transformers import AutoModelForCausalLM
 
-        from core.inference import FastLoraModel
+            from core.inference import FastLoraModel
         from core.models import ModelNotFoundError, load_tokenizer, resolve_model
 
         try:
@@ -283,15 +288,19 @@ class ModelCache:
             if item is not None:
                 self._items.move_to_end(key)
                 return item
-        item = self._load_base(base_ref, engine)
-        item.key = key
-        with self._lock:
-            existing = self._items.get(key)
-            if existing is not None:  # another thread loaded it meanwhile
-                return existing
-            self._make_room(item.bytes)
-            self._items[key] = item
-            return item
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # two people asking for the same model at once: one loads it, the other waits for it
+            with self._lock:
+                existing = self._items.get(key)
+                if existing is not None:
+                    self._items.move_to_end(key)
+                    return existing
+            item = self._load_base(base_ref, engine)
+            item.key = key
+            with self._lock:
+                self._make_room(item.bytes)
+                self._items[key] = item
+                return item
 
     def slot(self, source: ModelSource) -> Slot:
         """The loaded model for a source. Plain LoRA adapters go onto the fast engine; others (DoRA, trained
