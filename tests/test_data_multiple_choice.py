@@ -253,8 +253,18 @@ def test_import_stores_rows_splits_stats_and_preview(workspace, fixtures_dir, to
     assert sorted(map(json.dumps, stored)) == sorted(map(json.dumps, source))
     assert r.token_stats["rows"] == 18 and r.token_stats["min"] > 10  # question + 4 lettered options + answer
 
-    again = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None)
+    again = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None, split={"validation": 0.25, "seed": 1})
     assert not again.created and again.dataset_id == r.dataset_id
+    # the same rows split otherwise are a new split version (was: the old version with its old splits)
+    whole = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None, split={"validation": 0, "test": 1})
+    assert whole.created and whole.dataset_id != r.dataset_id and whole.splits == {"train": 0, "validation": 0,
+                                                                                   "test": 24}
+    assert any(f"stored as dataset {r.dataset_id} with other split settings" in n for n in whole.notes)
+    assert read_split(get_dataset(whole.dataset_id), "all") == read_split(get_dataset(whole.dataset_id), "test")
+    assert import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None,
+                          split={"validation": 0, "test": 1}).dataset_id == whole.dataset_id
+    # every row, in the file's order, whatever the split
+    assert read_split(ds, "all") == source
 
     with pytest.raises(DatasetError, match=f"dataset {r.dataset_id} holds multiple-choice questions"):
         load_training_rows(str(r.dataset_id))
@@ -314,3 +324,23 @@ def test_data_tab_handlers(workspace, fixtures_dir):
     assert "a benchmark for Evaluate" in detail and "never trained on" in shown_stats
     _hist, recounted = ui.run_stats(dd["value"], "default", 2048, progress=lambda *a, **k: None)
     assert "never trained on" in recounted
+
+
+def test_the_import_cli_puts_every_row_in_test(workspace, fixtures_dir):
+    """--test 1 (was: 'must be between 0 and 1'): every row is a test row, the default validation share gives way."""
+    import subprocess
+    import sys
+
+    from core.config import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "core", "data", "import", str(fixtures_dir / "mc_arc_style.jsonl"),
+                           "--test", "1", "--model", "none", "--json"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["splits"] == {"train": 0, "validation": 0, "test": 24}
+    from core.data.splits import SplitSpec, assign_splits
+
+    with pytest.raises(ValueError, match="add up to more than every row"):
+        SplitSpec(validation=0.2, test=1)
+    assert assign_splits(5, SplitSpec(validation=0.2, test=0.8)).count("train") == 0
+    assert assign_splits(1, SplitSpec(validation=0.5)) == ["train"]  # otherwise training keeps a row

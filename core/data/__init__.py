@@ -27,9 +27,12 @@ template_values=None, model="default", max_length=2048, progress=None) -> Import
     ``template_values``: fills ``{{name}}`` placeholders (``find_placeholders`` lists them).
     ``model``/``max_length``: tokenizer for token stats and the ``too_long`` check (None skips both).
     ``progress``: ``progress(fraction, desc=...)`` — a ``gr.Progress`` fits.
-    Identical content (order-insensitive hash of the kept rows) is stored once: the second import returns the
-    existing version with ``created=False``.
-    Stored layout: ``<datasets_dir>/<content_hash[:16]>/{train,validation,test}.jsonl`` + ``meta.json``;
+    Identical content (order-insensitive hash of the kept rows) with the same split settings is stored once: the
+    second import returns the existing version with ``created=False``; the same rows with other split settings are a
+    new version (its ``content_hash`` is the rows' hash + the settings'). ``read_split(ds, "all")`` gives every row in
+    the source's order (``meta.json``'s ``row_splits``).
+    Stored layout: ``<datasets_dir>/<content_hash[:16]>[-<split settings' hash>]/{train,validation,test}.jsonl`` +
+    ``meta.json``;
     ``Dataset.splits`` = {"train": n, "validation": n, "test": n}; ``Dataset.meta`` holds ``problems`` (summary
     per kind: code, title, count, first rows, examples, action), ``token_stats`` (keys: model, total_tokens, rows,
     min, mean, p50, p95, max, over_max_length, max_length — over the train split, each row capped at max_length
