@@ -42,7 +42,7 @@ def model(default_model_dir):
 # ------------------------------------------------------------------------------------------------------ prompts
 def test_styles_render_like_the_harness_templates():
     row = {"question": " Which is a fruit? ", "choices": ["apple", "chair", "cloud", "rock"], "answer": 0}
-    assert PROMPT_STYLES == ("arc", "mmlu")
+    assert PROMPT_STYLES == ("arc", "mmlu", "native")
     # arc_easy.yaml: doc_to_text "Question: {{question}}\nAnswer:", choices = texts, target_delimiter " "
     assert build_request(row, "arc") == ("Question:  Which is a fruit? \nAnswer:",
                                          [" apple", " chair", " cloud", " rock"], 0)

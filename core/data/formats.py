@@ -529,9 +529,10 @@ def _multiple_choice(rec: dict, warnings: list) -> dict:
             row["mc2"] = mc2
         return row
     elif "endings" in rec:  # HellaSwag: the context is the question, the endings are the choices
-        if rec.get("ctx") is not None:
+        if rec.get("ctx") is not None and not (isinstance(rec["ctx"], str) and not rec["ctx"].strip()
+                                               and (rec.get("ctx_a") or rec.get("ctx_b"))):
             question = _as_text(rec.get("ctx"), "ctx", warnings, required=True)
-        else:
+        else:  # no ctx (or an empty one beside ctx_a / ctx_b)
             parts = [_as_text(rec.get(k), k, warnings, required=False).strip() for k in ("ctx_a", "ctx_b")]
             question = " ".join(p for p in parts if p)
             if not question:
