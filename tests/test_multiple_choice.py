@@ -396,3 +396,37 @@ def test_any_number_of_choices_and_mc2_only_rows():
     s = summarise(per_row)
     assert (s["n"], s["acc"], s["acc_n"], s["mc2"]) == (2, 1.0, 1, 0.5) and s["acc_stderr"] is None
     assert summarise(per_row[:1]) == {"n": 1, "mc2": 0.25, "mc2_stderr": None}
+
+
+def test_a_benchmark_dataset_is_scored_whole_and_checked_at_submit(workspace, fixtures_dir):
+    """Issue 31: no split and no sample asked for: every row (split all, no limit), in multiple-choice mode whatever
+    mode was picked; rows or settings the formulation cannot take are refused before anything is queued."""
+    from core.data import import_dataset, import_records
+    from core.evaluate.config import EvalConfig, EvalConfigError
+    from core.evaluate.submit import validate
+    from core.runs import JobError
+
+    ds = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None)  # the default 90/10 split
+    cfg = validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id)))  # the tab's defaults: generation mode
+    assert (cfg.mode, cfg.resolved_split(), cfg.limit) == ("multiple_choice", "all", None)
+    assert EvalConfig(tuned="default", dataset="1", mode="multiple_choice", limit=5).limit == 5
+    assert EvalConfig(tuned="default", dataset="1").limit == 200  # generation keeps its sample
+    assert EvalConfig(run_id=1).resolved_split() == "test"  # a run's own rows: held-out ones
+    with pytest.raises(JobError, match=f"dataset {ds.dataset_id} has no test rows"):
+        validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id), split="test"))
+    with pytest.raises(JobError, match="lm-evaluation-harness's hellaswag prompt is built from"):
+        validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id), mc_style="native", mc_task="hellaswag"))
+    with pytest.raises(JobError, match="row 1 of 24: 30-shot draws from 24 few-shot rows"):
+        validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id), mode="multiple_choice", num_fewshot=30))
+    with pytest.raises(EvalConfigError, match="fixed 6-shot Q/A primer"):
+        EvalConfig.from_dict({"tuned": "default", "dataset": "1", "mc_style": "native", "mc_task": "truthfulqa",
+                              "num_fewshot": 5})
+    with pytest.raises(EvalConfigError, match="mc_task \\(hellaswag\\) goes with mc_style native"):
+        EvalConfig.from_dict({"tuned": "default", "dataset": "1", "mc_task": "hellaswag"})
+    with pytest.raises(EvalConfigError, match="split must be test, validation, train or all"):
+        EvalConfig.from_dict({"tuned": "default", "dataset": "1", "split": "dev"})
+    mixed = import_records([{"question": "Largest ocean?", "choices": ["Pacific", "Pacific ", "Arctic"],
+                             "answer": "Pacific"}, {"question": "q", "choices": ["a", "b"], "answer": 0}],
+                           source="mixed", model=None)
+    assert mixed.kept == 1 and mixed.problems[0]["examples"][0].startswith("row 1: 'answer' is 'Pacific', which "
+                                                                           "matches choices 0 and 1")
