@@ -219,7 +219,7 @@ def build_tab() -> None:
                 split = gr.Radio(SPLIT_CHOICES, value="auto", label="Split",
                                  info="auto: a dataset whole; the run's own rows: test, else validation")
                 limit = gr.Number(None, label="Sample (rows)", precision=0, minimum=0,
-                                  info="empty: 200 (generation), every row (multiple choice)")
+                                  info="0 or empty: 200 (generation), every row (multiple choice)")
             mode = gr.Radio(["generation", "multiple choice", "lm-eval task"], value="generation", label="Mode",
                             info="a multiple-choice dataset is always scored as multiple choice")
             with gr.Row():
