@@ -236,6 +236,7 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
 
     t0 = time.time()
     base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
+    score_t0 = time.time()  # the speed counts scoring, not loading
     settings = GenSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
     records: list[dict] = []
     notes: list[str] = []
@@ -345,7 +346,7 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
     metrics = {"base": result["base"], "tuned": result["tuned"],
                "delta": M.delta(result["base"], result["tuned"]), "notes": notes,
                "generation_examples_per_s": 2 * len(usable) / gen_s if gen_s > 0 else None,
-               **speed(2 * len(usable), time.time() - t0)}
+               **speed(2 * len(usable), time.time() - score_t0)}
     return _store(ctx, cfg, "generation", base_src, tuned_src, dataset_ref, split, records, metrics)
 
 
