@@ -4,7 +4,12 @@ and a LoRA adapter on it (random B, so the tuned side differs), on the sample fi
 per-choice log-likelihood gap, and the wall time of each (the studio scores base and tuned in one batch; the harness
 runs each side on its own).
 
-    .venv/bin/python bench/native_mc.py [--repeat N]   # N copies of each file's rows (default 1)
+    .venv/bin/python bench/native_mc.py [--repeat N] [--part equality|speed|both]
+
+``--repeat N``: N copies of each file's rows (default 1). ``--part speed``: the scoring speed alone, on identical
+requests in one process, alternating rounds (the wall times of the equality part include each side's process start
+and model load and move with the machine's load): the studio's base + tuned in one batch against lm-eval's HFLM on
+the base model and on base + the adapter (``peft=``), the TruthfulQA and HellaSwag files.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ def vary(row: dict, copy: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--part", default="both", choices=["equality", "speed", "both"])
     args = ap.parse_args()
     os.environ.setdefault("FTS_MODELS_DIR", str(REPO / "workspace" / "models"))
     root = Path(tempfile.mkdtemp(prefix="bench-native-"))
@@ -68,6 +74,10 @@ def main() -> None:
     # the studio: imported, scored whole, base + tuned in one batch through the evaluate job's model loading
     tuned_src = resolve_source(str(adapter))
     base_slot, tuned_slot = _slots(ModelCache(budget_bytes=1 << 40), resolve_source(tuned_src.base), tuned_src)
+    if args.part in ("speed", "both"):
+        speed(base_slot, tuned_slot, base_dir, adapter, [data["truthfulqa"], data["hellaswag"]])
+    if args.part == "speed":
+        return
     ours, ours_s = {}, {}
     for task, (name, options) in T.STUDIO.items():
         ds = import_dataset(files[name], model=None)
@@ -145,6 +155,38 @@ def main() -> None:
           "models already loaded)")
     print(f"lm-eval: base {theirs_s['base']:.1f} s + tuned {theirs_s['tuned']:.1f} s (each a process: import, model "
           "load, tasks, scoring)")
+
+
+def speed(base_slot, tuned_slot, base_dir, adapter, sets, rounds: int = 2) -> None:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from core.evaluate.multiple_choice import BASE_ADAPTER, build_requests, score_rows
+
+    requests = []
+    for rows in sets:
+        _form, reqs = build_requests(rows, "native")
+        requests += [(q.context, c) for q in reqs for c in q.continuations]
+    harness = {"base": HFLM(pretrained=str(base_dir), dtype="float32", batch_size=16, device="cpu"),
+               "tuned": HFLM(pretrained=str(base_dir), dtype="float32", batch_size=16, device="cpu",
+                             peft=str(adapter))}
+    questions = sum(len(rows) for rows in sets)
+    print(f"speed: {questions} questions, {len(requests)} (context, choice) pairs per side")
+    for r in range(rounds):
+        t0 = time.time()
+        for rows in sets:
+            score_rows(base_slot.loaded.model, base_slot.loaded.tokenizer, rows, "native",
+                       adapter_names=[BASE_ADAPTER, tuned_slot.adapter_name], batch_size=16)
+        ours = time.time() - t0
+        theirs = {}
+        for side, lm in harness.items():
+            t0 = time.time()
+            lm.loglikelihood([Instance("loglikelihood", {}, pair, 0) for pair in requests], disable_tqdm=True)
+            theirs[side] = time.time() - t0
+        both = theirs["base"] + theirs["tuned"]
+        print(f"round {r + 1}: studio base + tuned in one batch {ours:.1f} s ({2 * questions / ours:.2f} examples/s)"
+              f" | lm-eval base {theirs['base']:.1f} s + tuned {theirs['tuned']:.1f} s = {both:.1f} s "
+              f"({2 * questions / both:.2f} examples/s)", flush=True)
 
 
 if __name__ == "__main__":
