@@ -17,7 +17,9 @@ template_values=None, model="default", max_length=2048, progress=None) -> Import
     ``format``: "auto" or one of FORMATS (alpaca, sharegpt, openai, prompt_completion, text, preference,
     multiple_choice). A multiple_choice dataset (kind ``multiple_choice``: MMLU / ARC / HellaSwag / TruthfulQA-MC
     layouts) stores ``{"question": str, "choices": [str, ...], "answer": int (0-based), "context": str?}`` rows for
-    Evaluate; its token stats count the question with its lettered options and the answer, and never flag too_long.
+    Evaluate, plus what the benchmark's own prompt needs (``layout``, ``subject``, HellaSwag's ``activity_label`` /
+    ``ctx_a`` / ``ctx_b``, TruthfulQA's ``mc2``; see core.data.formats); its token stats count the question with its
+    lettered options and the answer, and never flag too_long. ``split`` fractions may add up to 1 (no training rows).
     ``column_map``: {canonical field: source column}, e.g. ``{"prompt": "question_text", "completion": "answer"}``.
     ``split``: ``SplitSpec(validation=0.1, test=0.0, seed=42, use_column=True)`` or the same as a dict; a ``split``
     column (or the Hub dataset's own splits) wins when present.
