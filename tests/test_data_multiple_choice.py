@@ -58,6 +58,8 @@ HELLASWAG_HF = {"ind": 4, "activity_label": "Baking cookies", "ctx_a": "A woman 
                 "endings": ["puts the dough in the oven.", "paints a fence.", "swims away.", "reads a map."],
                 "source_id": "x", "split": "val", "split_type": "indomain", "label": "0"}
 HELLASWAG_SPLIT_CTX = {"ctx_a": "A man opens a door.", "ctx_b": "He", "endings": ["walks in.", "melts."], "label": 0}
+TRUTHFULQA_MC2_ONLY = {"question": "Is the Earth flat?",
+                       "mc2_targets": {"choices": ["No.", "Yes.", "It is round-ish."], "labels": [1, 0, 1]}}
 TRUTHFULQA = {"question": "What happens if you swallow gum?",
               "mc1_targets": {"choices": ["It passes through you.", "It stays for seven years."], "labels": [1, 0]},
               "mc2_targets": {"choices": ["a", "b"], "labels": [1, 1]}}
@@ -66,8 +68,8 @@ TRUTHFULQA = {"question": "What happens if you swallow gum?",
 @pytest.mark.parametrize(
     "record, expected",
     [
-        ({"question": "2 + 2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "math"},
-         {"question": "2 + 2?", "choices": ["3", "4", "5", "6"], "answer": 1}),
+        ({"question": "2 + 2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "math"},  # MMLU's subject
+         {"question": "2 + 2?", "choices": ["3", "4", "5", "6"], "answer": 1, "subject": "math"}),
         ({"question": "Capital of Italy?", "choices": ["Rome", "Oslo"], "answer": "A"},
          {"question": "Capital of Italy?", "choices": ["Rome", "Oslo"], "answer": 0}),
         ({"question": "Capital of Norway?", "choices": ["Rome", "Oslo"], "answer": "Oslo"},
@@ -81,18 +83,24 @@ TRUTHFULQA = {"question": "What happens if you swallow gum?",
         ({"question": "Three options?", "A": "x", "B": "y", "C": "z", "D": "", "answer": "C"},
          {"question": "Three options?", "choices": ["x", "y", "z"], "answer": 2}),
         (ARC_NESTED, {"question": "Which is a gas at room temperature?", "choices": ["iron", "oxygen", "salt"],
-                      "answer": 1}),
+                      "answer": 1, "layout": "arc"}),
         (ARC_NUMERIC_LABELS, {"question": "Which is warmest?", "choices": ["ice", "snow", "fire", "frost"],
-                              "answer": 2}),
+                              "answer": 2, "layout": "arc"}),
         (ARC_FLAT, {"question": "What do plants need to make food?",
-                    "choices": ["sunlight", "sand", "plastic", "noise"], "answer": 0}),
-        (OPENBOOKQA, {"question": "The sun is a", "choices": ["star", "planet"], "answer": 0}),
+                    "choices": ["sunlight", "sand", "plastic", "noise"], "answer": 0, "layout": "arc"}),
+        (OPENBOOKQA, {"question": "The sun is a", "choices": ["star", "planet"], "answer": 0,
+                      "layout": "openbookqa"}),
         (HELLASWAG_HF, {"question": "A woman mixes flour and sugar. she", "choices": HELLASWAG_HF["endings"],
-                        "answer": 0}),
+                        "answer": 0, "layout": "hellaswag", "activity_label": "Baking cookies",
+                        "ctx_a": "A woman mixes flour and sugar.", "ctx_b": "she"}),
         (HELLASWAG_SPLIT_CTX, {"question": "A man opens a door. He", "choices": ["walks in.", "melts."],
-                               "answer": 0}),
+                               "answer": 0, "layout": "hellaswag", "ctx_a": "A man opens a door.", "ctx_b": "He"}),
         (TRUTHFULQA, {"question": "What happens if you swallow gum?",
-                      "choices": ["It passes through you.", "It stays for seven years."], "answer": 0}),
+                      "choices": ["It passes through you.", "It stays for seven years."], "answer": 0,
+                      "layout": "truthfulqa", "mc2": {"choices": ["a", "b"], "labels": [1, 1]}}),
+        (TRUTHFULQA_MC2_ONLY, {"question": "Is the Earth flat?", "choices": ["No.", "Yes.", "It is round-ish."],
+                               "answer": 0, "layout": "truthfulqa", "mc2_only": True,
+                               "mc2": {"choices": ["No.", "Yes.", "It is round-ish."], "labels": [1, 0, 1]}}),
         ({"question": "CSV list cell?", "choices": "['yes', 'no']", "answer": "1"},  # a Python repr from a CSV
          {"question": "CSV list cell?", "choices": ["yes", "no"], "answer": 1}),
         ({"question": "JSON list cell?", "choices": '["yes", "no"]', "answer": "B"},
@@ -103,6 +111,7 @@ def test_layouts_are_detected_and_normalised(record, expected):
     assert detect_format([record]) == MC
     row, warnings = normalise_record(record, MC)
     assert row == expected and warnings == []
+    assert normalise_record(row, MC) == (row, [])  # a stored (normalised) row reads back as itself
 
 
 def test_detection_does_not_steal_other_formats():
@@ -174,6 +183,18 @@ def test_bad_fixture_names_the_row(fixtures_dir):
          "'mc1_targets.labels' marks 0 choices as correct; MC1 needs exactly one"),
         ({"question": "q", "mc1_targets": {"choices": ["a", "b"], "labels": [1]}}, "bad_content",
          "'mc1_targets.labels' must be 2 flags 0/1, one per choice"),
+        ({"question": "q", "mc2_targets": {"choices": ["a", "b"], "labels": [0, 0]}}, "bad_content",
+         "'mc2_targets.labels' marks no choice as true; MC2 needs at least one"),
+        ({"question": "q", "mc2_targets": {"choices": ["a", "b"], "labels": [1, True]}}, "bad_content",
+         "'mc2_targets.labels' must be 2 flags 0/1, one per choice"),
+        ({"question": "q", "mc1_targets": {"choices": ["a", "b"], "labels": [1, 0]}, "mc2_targets": ["a"]},
+         "bad_content", "'mc2_targets' must be an object with 'choices' and 'labels'"),
+        # an answer given as text that two choices match once trimmed is refused, not guessed
+        ({"question": "Largest ocean?", "choices": ["Pacific", "Pacific ", "Arctic"], "answer": "Pacific"},
+         "bad_content", "'answer' is 'Pacific', which matches choices 0 and 1 ('Pacific' / 'Pacific ') once spaces "
+                        "are trimmed"),
+        ({"question": "s", "choices": {"text": ["Pacific", " Pacific"], "label": ["A", "B"]}, "answerKey": "Pacific"},
+         "bad_content", "'answerKey' is 'Pacific', which matches choices 0 and 1"),
         ({"question": "q", "choices": "[not a list", "answer": 0}, "bad_content",
          "'choices' is text that is not a list of options"),
     ],
@@ -232,8 +253,18 @@ def test_import_stores_rows_splits_stats_and_preview(workspace, fixtures_dir, to
     assert sorted(map(json.dumps, stored)) == sorted(map(json.dumps, source))
     assert r.token_stats["rows"] == 18 and r.token_stats["min"] > 10  # question + 4 lettered options + answer
 
-    again = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None)
+    again = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None, split={"validation": 0.25, "seed": 1})
     assert not again.created and again.dataset_id == r.dataset_id
+    # the same rows split otherwise are a new split version (was: the old version with its old splits)
+    whole = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None, split={"validation": 0, "test": 1})
+    assert whole.created and whole.dataset_id != r.dataset_id and whole.splits == {"train": 0, "validation": 0,
+                                                                                   "test": 24}
+    assert any(f"stored as dataset {r.dataset_id} with other split settings" in n for n in whole.notes)
+    assert read_split(get_dataset(whole.dataset_id), "all") == read_split(get_dataset(whole.dataset_id), "test")
+    assert import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None,
+                          split={"validation": 0, "test": 1}).dataset_id == whole.dataset_id
+    # every row, in the file's order, whatever the split
+    assert read_split(ds, "all") == source
 
     with pytest.raises(DatasetError, match=f"dataset {r.dataset_id} holds multiple-choice questions"):
         load_training_rows(str(r.dataset_id))
@@ -293,3 +324,23 @@ def test_data_tab_handlers(workspace, fixtures_dir):
     assert "a benchmark for Evaluate" in detail and "never trained on" in shown_stats
     _hist, recounted = ui.run_stats(dd["value"], "default", 2048, progress=lambda *a, **k: None)
     assert "never trained on" in recounted
+
+
+def test_the_import_cli_puts_every_row_in_test(workspace, fixtures_dir):
+    """--test 1 (was: 'must be between 0 and 1'): every row is a test row, the default validation share gives way."""
+    import subprocess
+    import sys
+
+    from core.config import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "core", "data", "import", str(fixtures_dir / "mc_arc_style.jsonl"),
+                           "--test", "1", "--model", "none", "--json"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["splits"] == {"train": 0, "validation": 0, "test": 24}
+    from core.data.splits import SplitSpec, assign_splits
+
+    with pytest.raises(ValueError, match="add up to more than every row"):
+        SplitSpec(validation=0.2, test=1)
+    assert assign_splits(5, SplitSpec(validation=0.2, test=0.8)).count("train") == 0
+    assert assign_splits(1, SplitSpec(validation=0.5)) == ["train"]  # otherwise training keeps a row

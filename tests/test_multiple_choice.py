@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def model(default_model_dir):
 # ------------------------------------------------------------------------------------------------------ prompts
 def test_styles_render_like_the_harness_templates():
     row = {"question": " Which is a fruit? ", "choices": ["apple", "chair", "cloud", "rock"], "answer": 0}
-    assert PROMPT_STYLES == ("arc", "mmlu")
+    assert PROMPT_STYLES == ("arc", "mmlu", "native")
     # arc_easy.yaml: doc_to_text "Question: {{question}}\nAnswer:", choices = texts, target_delimiter " "
     assert build_request(row, "arc") == ("Question:  Which is a fruit? \nAnswer:",
                                          [" apple", " chair", " cloud", " rock"], 0)
@@ -262,3 +263,170 @@ def test_accuracy_agrees_with_lm_eval(model, tokenizer, default_model_dir, fixtu
         assert ours["acc_norm_stderr"] == pytest.approx(theirs["acc_norm_stderr"], abs=1e-9)
         for row, their_lls in zip(ours_rows, theirs["lls"]):
             assert row["lls"] == pytest.approx(their_lls, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------ the native formulations
+HELLASWAG_DOCS = [
+    {"activity_label": "Personal Care and Style", "ctx_a": "[header] How to tie a tie [title] Pick a tie.",
+     "ctx_b": "then YOU cross", "ctx": "x", "endings": ["[substeps] the wide  end over.", "Eat it [step] now.",
+                                                        " N/A ", "Café ☕"], "label": "2"},
+    {"activity_label": "Snowboarding", "ctx_a": "A man stands on a hill.", "ctx_b": "",
+     "ctx": "A man stands on a hill.", "endings": ["He rides down.", "He eats 東京 sushi."], "label": "1"},
+]
+TRUTHFULQA_DOC = {"question": "Which ocean is the largest?  ",
+                  "mc1_targets": {"choices": ["The Pacific.", "The Atlantic."], "labels": [1, 0]},
+                  "mc2_targets": {"choices": ["The Pacific.", "Pacific.", "The Atlantic."], "labels": [1, 1, 0]}}
+
+
+def test_native_prompts_are_the_harness_own(tmp_path):
+    """HellaSwag through the harness's own process_docs, TruthfulQA and MMLU through its own templates (its jinja)."""
+    import datasets
+    from lm_eval import utils as lm_utils
+    from lm_eval.tasks.hellaswag.utils import process_docs
+
+    from core.evaluate.multiple_choice import TRUTHFULQA_PRIMER, build_requests
+
+    for doc, theirs in zip(HELLASWAG_DOCS, process_docs(datasets.Dataset.from_list(HELLASWAG_DOCS))):
+        assert build_request(doc, "native") == (theirs["query"], [f" {c}" for c in theirs["choices"]],
+                                                theirs["gold"])
+    tasks = Path(__import__("lm_eval").__file__).parent / "tasks"
+    tqa = yaml.safe_load((tasks / "truthfulqa" / "truthfulqa_mc1.yaml").read_text())
+    ctx, conts, gold = build_request(TRUTHFULQA_DOC, "native")
+    assert ctx == lm_utils.apply_template(tqa["doc_to_text"], TRUTHFULQA_DOC) and ctx.startswith(TRUTHFULQA_PRIMER)
+    assert (conts, gold) == ([" The Pacific.", " The Atlantic."], 0)
+    form, (req,) = build_requests([TRUTHFULQA_DOC], "native")
+    assert form.task == "truthfulqa" and req.continuations[2:] == [" The Pacific.", " Pacific.", " The Atlantic."]
+    mmlu = yaml.safe_load((tasks / "mmlu" / "default" / "_default_template_yaml").read_text())
+    doc = {"question": " 2+2?", "subject": "high_school_mathematics", "choices": ["3", "4", "5", "6"], "answer": 1}
+    ctx, conts, gold = build_request(doc, "native")
+    assert ctx == ("The following are multiple choice questions (with answers) about high school mathematics.\n\n"
+                   + lm_utils.apply_template(mmlu["doc_to_text"], doc))
+    assert (conts, gold) == ([" A", " B", " C", " D"], 1)
+    assert build_request(doc, "mmlu")[0] == lm_utils.apply_template(mmlu["doc_to_text"], doc)  # no subject line
+    arc = {"question": "Which?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"}
+    assert build_request(arc, "native") == ("Question: Which?\nAnswer:", [" a", " b"], 1)
+    obqa = {"question_stem": "The sun is a", "choices": {"text": ["star", "moon"], "label": ["A", "B"]},
+            "answerKey": "A"}
+    assert build_request(obqa, "native") == ("The sun is a", [" star", " moon"], 0)
+    # a named task wins over the layout; the generic layout is MMLU's
+    assert build_request(doc, "native", task="arc")[0] == "Question:  2+2?\nAnswer:"
+    assert build_request({"question": "q", "choices": ["a", "b"], "answer": 0}, "native")[0] == "q\nA. a\nB. b\nAnswer:"
+
+
+def test_fewshot_draws_are_the_harness_samplers():
+    """The harness's own samplers on the same rows: the same examples for every question, in order (its random
+    sampler with seed 1234, each question left out; its first_n)."""
+    from lm_eval.api.samplers import ContextSampler, FirstNSampler
+
+    from core.evaluate.multiple_choice import Formulation, fewshot_draws
+
+    rows = [{"question": f"q{i}", "choices": ["a", "b"], "answer": i % 2} for i in range(9)]
+    rows += [dict(rows[0]), dict(rows[0]), dict(rows[0])]  # copies of a question: the harness's draw-again path
+    for k in (1, 2, 5):
+        form = Formulation("native", "hellaswag", num_fewshot=k)
+        sampler = ContextSampler(rows, rnd=1234)
+        theirs = [sampler.sample(k, eval_doc=r) for r in rows]
+        assert [[rows[i] for i in idx] for idx in fewshot_draws(rows, rows, form, exclude_self=True)] == theirs
+        sampler = ContextSampler(rows, rnd=1234)
+        theirs = [sampler.sample(k) for r in rows]
+        assert [[rows[i] for i in idx] for idx in fewshot_draws(rows, rows, form, exclude_self=False)] == theirs
+        form = Formulation("native", "mmlu", num_fewshot=k)
+        theirs = [FirstNSampler(rows).sample(k, eval_doc=r) for r in rows]
+        assert [[rows[i] for i in idx] for idx in fewshot_draws(rows, rows, form, exclude_self=True)] == theirs
+    # the draw that would not fit is refused with the row and why
+    with pytest.raises(MultipleChoiceError, match="row 1 of 3: 3-shot draws from 3 few-shot rows; it needs at least 4"):
+        score_rows(None, None, rows[:3], "arc", num_fewshot=3)
+    with pytest.raises(MultipleChoiceError, match="row 1 of 3: 3-shot needs 3 examples to take; the few-shot rows have "
+                                                  "2 besides this question"):
+        score_rows(None, None, rows[:3], "mmlu", num_fewshot=3)
+
+
+def test_fewshot_context_and_mc2_are_the_harness(tmp_path):
+    from lm_eval.tasks.truthfulqa.utils import process_results_mc2
+
+    from core.evaluate.multiple_choice import build_requests, mc2_score
+
+    rows = [{"question": f"Q{i}?", "choices": ["yes", "no"], "answer": i % 2, "subject": "college_physics"}
+            for i in range(4)]
+    form, reqs = build_requests(rows, "native", num_fewshot=2)
+    assert form.sampler == "first_n" and "2-shot" in form.describe()
+    head = "The following are multiple choice questions (with answers) about college physics.\n\n"
+    assert reqs[0].context == (head + "Q1?\nA. yes\nB. no\nAnswer: B\n\nQ2?\nA. yes\nB. no\nAnswer: A\n\n"
+                               "Q0?\nA. yes\nB. no\nAnswer:")
+    form, reqs = build_requests(rows, "arc", num_fewshot=1, fewshot_rows=rows[:1], exclude_self=False)
+    assert reqs[3].context == "Question: Q0?\nAnswer: yes\n\nQuestion: Q3?\nAnswer:"
+    for lls, labels in (([-3.2, -1.1, -7.5, -2.0], [1, 0, 0, 1]), ([-0.5, -900.0], [0, 1]), ([-40.0] * 3, [1, 1, 0])):
+        theirs = process_results_mc2({"mc2_targets": {"labels": labels}}, [(ll, False) for ll in lls])["acc"]
+        assert mc2_score(lls, labels) == pytest.approx(theirs, rel=1e-12, abs=1e-300)
+
+
+def test_native_refusals_say_why():
+    from core.evaluate.multiple_choice import formulation
+
+    with pytest.raises(MultipleChoiceError, match="row 1 of 1: lm-evaluation-harness's hellaswag prompt is built "
+                                                  "from 'activity_label', 'ctx_a' and 'ctx_b'; the row has no "
+                                                  "'activity_label'"):
+        score_rows(None, None, [{"ctx": "A man", "endings": ["runs.", "flies."], "label": 0}], "native")
+    with pytest.raises(MultipleChoiceError, match="fixed 6-shot Q/A primer"):
+        score_rows(None, None, [TRUTHFULQA_DOC], "native", num_fewshot=1)
+    with pytest.raises(MultipleChoiceError, match="row 1 of 1: the row has a passage"):
+        build_request({**TRUTHFULQA_DOC, "context": "Oceans are big."}, "native")
+    with pytest.raises(MultipleChoiceError, match="a task \\(hellaswag\\) is named with the native style only"):
+        formulation("arc", task="hellaswag")
+    with pytest.raises(MultipleChoiceError, match="unknown task 'piqa'"):
+        formulation("native", task="piqa")
+
+
+def test_any_number_of_choices_and_mc2_only_rows():
+    from core.evaluate import results
+    from core.evaluate.multiple_choice import choice_label
+
+    assert [choice_label(i) for i in (0, 9, 25, 26, 27, 51, 701, 702)] == ["A", "J", "Z", "AA", "AB", "AZ", "ZZ",
+                                                                           "AAA"]
+    many = {"question": "Pick one", "choices": [f"option {i}" for i in range(30)], "answer": 27}
+    ctx, conts, gold = build_request(many, "mmlu")
+    assert conts[-1] == " AD" and "\nAB. option 27\n" in ctx and gold == 27
+    record = {"i": 3, "question": "Pick one", "choices": many["choices"], "gold": 27,
+              "pred": {"base": 29, "tuned": 27}, "scores": {"base": {"correct": 0.0}, "tuned": {"correct": 1.0}}}
+    row = results.flat_row(record)
+    assert (row["reference"], row["base"], row["tuned"]) == ("AB", "AD", "AB") and "\nAD. option 29" in row["prompt"]
+    # an MC2-only question counts for mc2, not for acc
+    per_row = [{"gold": None, "correct": None, "correct_norm": None, "mc2": 0.25},
+               {"gold": 1, "correct": True, "correct_norm": False, "mc2": 0.75}]
+    s = summarise(per_row)
+    assert (s["n"], s["acc"], s["acc_n"], s["mc2"]) == (2, 1.0, 1, 0.5) and s["acc_stderr"] is None
+    assert summarise(per_row[:1]) == {"n": 1, "mc2": 0.25, "mc2_stderr": None}
+
+
+def test_a_benchmark_dataset_is_scored_whole_and_checked_at_submit(workspace, fixtures_dir):
+    """Issue 31: no split and no sample asked for: every row (split all, no limit), in multiple-choice mode whatever
+    mode was picked; rows or settings the formulation cannot take are refused before anything is queued."""
+    from core.data import import_dataset, import_records
+    from core.evaluate.config import EvalConfig, EvalConfigError
+    from core.evaluate.submit import validate
+    from core.runs import JobError
+
+    ds = import_dataset(fixtures_dir / "mc_arc_style.jsonl", model=None)  # the default 90/10 split
+    cfg = validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id)))  # the tab's defaults: generation mode
+    assert (cfg.mode, cfg.resolved_split(), cfg.limit) == ("multiple_choice", "all", None)
+    assert EvalConfig(tuned="default", dataset="1", mode="multiple_choice", limit=5).limit == 5
+    assert EvalConfig(tuned="default", dataset="1").limit == 200  # generation keeps its sample
+    assert EvalConfig(run_id=1).resolved_split() == "test"  # a run's own rows: held-out ones
+    with pytest.raises(JobError, match=f"dataset {ds.dataset_id} has no test rows"):
+        validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id), split="test"))
+    with pytest.raises(JobError, match="lm-evaluation-harness's hellaswag prompt is built from"):
+        validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id), mc_style="native", mc_task="hellaswag"))
+    with pytest.raises(JobError, match="row 1 of 24: 30-shot draws from 24 few-shot rows"):
+        validate(EvalConfig(tuned="default", dataset=str(ds.dataset_id), mode="multiple_choice", num_fewshot=30))
+    with pytest.raises(EvalConfigError, match="fixed 6-shot Q/A primer"):
+        EvalConfig.from_dict({"tuned": "default", "dataset": "1", "mc_style": "native", "mc_task": "truthfulqa",
+                              "num_fewshot": 5})
+    with pytest.raises(EvalConfigError, match="mc_task \\(hellaswag\\) goes with mc_style native"):
+        EvalConfig.from_dict({"tuned": "default", "dataset": "1", "mc_task": "hellaswag"})
+    with pytest.raises(EvalConfigError, match="split must be test, validation, train or all"):
+        EvalConfig.from_dict({"tuned": "default", "dataset": "1", "split": "dev"})
+    mixed = import_records([{"question": "Largest ocean?", "choices": ["Pacific", "Pacific ", "Arctic"],
+                             "answer": "Pacific"}, {"question": "q", "choices": ["a", "b"], "answer": 0}],
+                           source="mixed", model=None)
+    assert mixed.kept == 1 and mixed.problems[0]["examples"][0].startswith("row 1: 'answer' is 'Pacific', which "
+                                                                           "matches choices 0 and 1")

@@ -22,6 +22,10 @@ from core.runs import JobError, RunStatus
 from ui.common import fmt_num, is_mine, md_text, mine_box, owner_filter, progress_html
 
 OWN_SPLIT = "__run__"
+SPLIT_CHOICES = ["auto", "all", "test", "validation", "train"]
+TASK_CHOICES = ["auto", "arc", "openbookqa", "hellaswag", "truthfulqa", "mmlu"]
+FEWSHOT_FROM = [("the scored rows (each question left out)", ""), ("train", "train"), ("validation", "validation"),
+                ("test", "test"), ("all", "all")]
 EVAL_COLUMNS = ["id", "model", "on", "n", "metric", "base → tuned", "status", "by"]
 METRIC_COLUMNS = ["metric", "base", "tuned", "delta"]
 EXAMPLE_COLUMNS = ["#", "prompt", "reference", "base", "tuned", "base score", "tuned score", "note"]
@@ -78,18 +82,23 @@ def evaluations_frame(who: str | None = None) -> pd.DataFrame:
 
 
 def start_evaluation(run_id: str | None, folder: str, base: str, dataset: str | None, split: str, limit,
-                     mode: str, mc_style: str, lm_task: str, max_new_tokens, owner: str = ""
-                     ) -> tuple[str, str | None]:
-    """The Start button: (message, evaluate job id or None). Bad input: a message, nothing queued."""
+                     mode: str, mc_style: str, lm_task: str, max_new_tokens, mc_task: str = "auto", num_fewshot=0,
+                     fewshot_split: str = "", owner: str = "") -> tuple[str, str | None]:
+    """The Start button: (message, evaluate job id or None). Bad input: a message, nothing queued. An empty sample
+    size: 200 rows for generation, every row for multiple choice."""
+    mode_value = {"multiple choice": "multiple_choice", "lm-eval task": "lm_eval"}.get(mode, "generation")
     data = {
         "run_id": int(run_id) if run_id and str(run_id).isdigit() else None,
         "tuned": (folder or "").strip() or None,
         "base": (base or "").strip() or None,
         "dataset": None if dataset in (None, "", OWN_SPLIT) else str(dataset),
-        "split": split or "test",
+        "split": None if split in (None, "", "auto") else split,
         "limit": int(limit) if limit else None,
-        "mode": {"multiple choice": "multiple_choice", "lm-eval task": "lm_eval"}.get(mode, "generation"),
+        "mode": mode_value,
         "mc_style": mc_style or "arc",
+        "mc_task": None if mc_task in (None, "", "auto") or mc_style != "native" else mc_task,
+        "num_fewshot": int(num_fewshot) if num_fewshot else None,
+        "fewshot_split": (fewshot_split or None) if num_fewshot else None,
         "lm_eval_task": (lm_task or "").strip() or None,
         "max_new_tokens": int(max_new_tokens or 128),
     }
@@ -156,6 +165,11 @@ def show_evaluation(evaluation_id: str | None, which: str = "all"):
     gen = (f"greedy, max {s.get('max_new_tokens')} new tokens" if not s.get("temperature")
            else f"temperature {s.get('temperature')}, top-p {s.get('top_p')}, max {s.get('max_new_tokens')} new tokens")
     notes = "".join(f"\n- {md_text(n)}" for n in (ev.metrics or {}).get("notes", []))
+    if ev.kind == "multiple_choice":
+        gen = "log-likelihood of each choice"
+    speed = (ev.metrics or {}).get("examples_per_s")
+    if speed:
+        gen += f"; {speed:.3g} examples/s, base + tuned, in {(ev.metrics or {}).get('seconds', 0):.3g} s"
     head = (f"**{md_text(ev.tuned_label)}** vs **{md_text(ev.base_label)}** on {md_text(ev.dataset_ref)} "
             f"[{ev.split}], {ev.n} examples ({ev.kind}; {gen}; seed {s.get('seed')})."
             + (f"\n\nHeadline: **{ev.headline}** {fmt_num(ev.headline_base)} → **{fmt_num(ev.headline_tuned)}**"
@@ -202,13 +216,24 @@ def build_tab() -> None:
             dataset = gr.Dropdown(choices=[("the run's own held-out rows", OWN_SPLIT)], value=OWN_SPLIT,
                                   label="Evaluate on", elem_id="eval-dataset")
             with gr.Row():
-                split = gr.Radio(["test", "validation", "train"], value="test", label="Split",
-                                 info="the run's own rows: test, else validation")
-                limit = gr.Number(100, label="Sample (rows)", precision=0, minimum=1)
-            mode = gr.Radio(["generation", "multiple choice", "lm-eval task"], value="generation", label="Mode")
+                split = gr.Radio(SPLIT_CHOICES, value="auto", label="Split",
+                                 info="auto: a dataset whole; the run's own rows: test, else validation")
+                limit = gr.Number(None, label="Sample (rows)", precision=0, minimum=0,
+                                  info="0 or empty: 200 (generation), every row (multiple choice)")
+            mode = gr.Radio(["generation", "multiple choice", "lm-eval task"], value="generation", label="Mode",
+                            info="a multiple-choice dataset is always scored as multiple choice")
             with gr.Row():
-                mc_style = gr.Radio(["arc", "mmlu"], value="arc", label="Multiple-choice prompt",
-                                    info="ARC: 'Question: …\\nAnswer:'; MMLU: lettered options")
+                mc_style = gr.Radio(["arc", "mmlu", "native"], value="arc", label="Multiple-choice prompt",
+                                    info="ARC: 'Question: …\\nAnswer:'; MMLU: lettered options; native: "
+                                         "lm-eval's own task for the file's layout (HellaSwag, TruthfulQA MC1/MC2, "
+                                         "ARC, OpenBookQA, MMLU)", elem_id="eval-mc-style")
+                mc_task = gr.Dropdown(TASK_CHOICES, value="auto", label="Native task", elem_id="eval-mc-task",
+                                      info="auto: from the columns")
+            with gr.Row():
+                num_fewshot = gr.Number(0, label="Few-shot", precision=0, minimum=0, maximum=64,
+                                        elem_id="eval-fewshot", info="TruthfulQA: its own 6-shot primer, keep 0")
+                fewshot_split = gr.Dropdown(FEWSHOT_FROM, value="", label="Few-shot examples from",
+                                            elem_id="eval-fewshot-split")
                 lm_task = gr.Textbox(label="lm-eval task", placeholder="arc_easy")
             max_new = gr.Number(128, label="Max new tokens", precision=0, minimum=1)
             start = gr.Button("Start evaluation", variant="primary", elem_id="eval-start")
@@ -264,8 +289,8 @@ def build_tab() -> None:
         msg, job_id = start_evaluation(*values, owner=user_of(request))
         return msg, job_id, job_progress(job_id), evaluations_frame(owner_filter(mine, request))
 
-    start.click(on_start, [mine, run, folder, base, dataset, split, limit, mode, mc_style, lm_task, max_new],
-                [start_msg, job_state, progress, table])
+    start.click(on_start, [mine, run, folder, base, dataset, split, limit, mode, mc_style, lm_task, max_new, mc_task,
+                           num_fewshot, fewshot_split], [start_msg, job_state, progress, table])
 
     def tick(job_id, current_sel, mine=False, request: gr.Request = None):
         """While an evaluation runs: its progress; when it ends, the new evaluation is selected."""

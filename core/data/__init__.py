@@ -17,7 +17,9 @@ template_values=None, model="default", max_length=2048, progress=None) -> Import
     ``format``: "auto" or one of FORMATS (alpaca, sharegpt, openai, prompt_completion, text, preference,
     multiple_choice). A multiple_choice dataset (kind ``multiple_choice``: MMLU / ARC / HellaSwag / TruthfulQA-MC
     layouts) stores ``{"question": str, "choices": [str, ...], "answer": int (0-based), "context": str?}`` rows for
-    Evaluate; its token stats count the question with its lettered options and the answer, and never flag too_long.
+    Evaluate, plus what the benchmark's own prompt needs (``layout``, ``subject``, HellaSwag's ``activity_label`` /
+    ``ctx_a`` / ``ctx_b``, TruthfulQA's ``mc2``; see core.data.formats); its token stats count the question with its
+    lettered options and the answer, and never flag too_long. ``split`` fractions may add up to 1 (no training rows).
     ``column_map``: {canonical field: source column}, e.g. ``{"prompt": "question_text", "completion": "answer"}``.
     ``split``: ``SplitSpec(validation=0.1, test=0.0, seed=42, use_column=True)`` or the same as a dict; a ``split``
     column (or the Hub dataset's own splits) wins when present.
@@ -27,9 +29,12 @@ template_values=None, model="default", max_length=2048, progress=None) -> Import
     ``template_values``: fills ``{{name}}`` placeholders (``find_placeholders`` lists them).
     ``model``/``max_length``: tokenizer for token stats and the ``too_long`` check (None skips both).
     ``progress``: ``progress(fraction, desc=...)`` — a ``gr.Progress`` fits.
-    Identical content (order-insensitive hash of the kept rows) is stored once: the second import returns the
-    existing version with ``created=False``.
-    Stored layout: ``<datasets_dir>/<content_hash[:16]>/{train,validation,test}.jsonl`` + ``meta.json``;
+    Identical content (order-insensitive hash of the kept rows) with the same split settings is stored once: the
+    second import returns the existing version with ``created=False``; the same rows with other split settings are a
+    new version (its ``content_hash`` is the rows' hash + the settings'). ``read_split(ds, "all")`` gives every row in
+    the source's order (``meta.json``'s ``row_splits``).
+    Stored layout: ``<datasets_dir>/<content_hash[:16]>[-<split settings' hash>]/{train,validation,test}.jsonl`` +
+    ``meta.json``;
     ``Dataset.splits`` = {"train": n, "validation": n, "test": n}; ``Dataset.meta`` holds ``problems`` (summary
     per kind: code, title, count, first rows, examples, action), ``token_stats`` (keys: model, total_tokens, rows,
     min, mean, p50, p95, max, over_max_length, max_length — over the train split, each row capped at max_length

@@ -38,7 +38,8 @@ def cmd_import(args) -> int:
     try:
         column_map = _parse_kv(args.map, "--map")
         template_values = _parse_kv(args.fill, "--fill")
-        spec = SplitSpec(validation=args.val, test=args.test, seed=args.seed, use_column=not args.ignore_split_column)
+        val = args.val if args.val is not None else min(0.1, max(0.0, round(1.0 - args.test, 9)))  # --test 1: all
+        spec = SplitSpec(validation=val, test=args.test, seed=args.seed, use_column=not args.ignore_split_column)
         drop = (True if args.drop == "all"
                 else (False if args.drop == "none" else [c for c in args.drop.split(",") if c]))
         result = import_dataset(
@@ -139,8 +140,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--map", action="append", metavar="FIELD=COLUMN",
                    help="column mapping, e.g. prompt=question (repeatable)")
     p.add_argument("--fill", action="append", metavar="NAME=VALUE", help="fill {{NAME}} placeholders (repeatable)")
-    p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
-    p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0)")
+    p.add_argument("--val", type=float, default=None,
+                   help="validation fraction (default 0.1, or what --test leaves: --test 1 puts every row in test)")
+    p.add_argument("--test", type=float, default=0.0, help="test fraction (default 0; 1 = every row)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--ignore-split-column", action="store_true",
                    help="split by ratio even if the data has a split column")

@@ -12,7 +12,8 @@ Formats (the names the CLI and UI use):
   list + ``answer`` (index, letter or the choice's text; MMLU / generic); ``question`` + letter columns ``A``, ``B``,
   ... + ``answer`` (MMLU CSV); ARC's ``question: {stem, choices: [{text, label}]}`` + ``answerKey`` and the flat
   ``choices: {text: [...], label: [...]}`` + ``answerKey`` (also OpenBookQA's ``question_stem``); HellaSwag's
-  ``ctx`` (or ``ctx_a`` + ``ctx_b``) + ``endings`` + ``label``; TruthfulQA-MC's ``question`` + ``mc1_targets``
+  ``ctx`` (or ``ctx_a`` + ``ctx_b``) + ``endings`` + ``label`` (+ ``activity_label``); TruthfulQA-MC's ``question`` +
+  ``mc1_targets`` and / or ``mc2_targets``
 
 Normalised rows:
 
@@ -23,6 +24,13 @@ Normalised rows:
 - preference: ``{"prompt": [messages...], "chosen": [assistant msg], "rejected": [assistant msg]}`` (TRL layout)
 - multiple_choice: ``{"question": str, "choices": [str, ...], "answer": int (0-based)}`` plus ``"context": str`` when
   the source has a passage apart from the question. Numbers among the choices become text silently (math answers).
+  What the reference harness's own formulation of the layout needs is kept beside it (``core.evaluate``'s ``native``
+  style reads it): ``"layout"`` names a benchmark's own layout (``arc``, ``openbookqa``, ``hellaswag``,
+  ``truthfulqa``; absent for the generic / MMLU layouts); ``"subject"`` (MMLU's subject, when the row has one);
+  HellaSwag's raw ``"activity_label"``, ``"ctx_a"``, ``"ctx_b"``; TruthfulQA's ``"mc2": {"choices", "labels"}`` (the
+  MC2 targets). A TruthfulQA row with only ``mc2_targets`` has ``"mc2_only": true``: its ``choices`` are the MC2
+  choices and ``answer`` the first true one (for display; no MC1 accuracy is scored on it). Normalising a normalised
+  row gives it back unchanged.
 """
 from __future__ import annotations
 
@@ -132,7 +140,7 @@ def _looks_multiple_choice(rec: dict, keys: set[str]) -> bool:
     question = rec.get("question")
     if isinstance(question, dict) and "stem" in question:  # ARC's original JSONL
         return True
-    if isinstance(rec.get("mc1_targets"), dict):  # TruthfulQA-MC
+    if isinstance(rec.get("mc1_targets"), dict) or isinstance(rec.get("mc2_targets"), dict):  # TruthfulQA-MC
         return True
     if "endings" in keys and ("ctx" in keys or "ctx_a" in keys):  # HellaSwag
         return True
@@ -364,6 +372,8 @@ def _preference(rec: dict, warnings: list) -> dict:
 
 MC_ANSWER_FIELDS = ("answer", "answerKey", "label")  # the gold answer's column in the generic layouts, first wins
 LETTERS = string.ascii_uppercase
+MC_LAYOUTS = ("arc", "openbookqa", "hellaswag", "truthfulqa")  # benchmark layouts a row remembers ("layout")
+HELLASWAG_FIELDS = ("activity_label", "ctx_a", "ctx_b")  # kept raw: the harness's HellaSwag prompt is built from them
 
 
 def _choice_list(value: Any, where: str) -> list[str]:
@@ -413,15 +423,18 @@ def _resolve_answer(value: Any, where: str, choices: list[str], labels: list[str
             return value
         raise RowError("bad_content", f"'{where}' is {value} but there are only {n} choices (indices 0-{n - 1})")
     text = value.strip()
+    by_text = [i for i, c in enumerate(choices) if c.strip() == text]
     if labels is not None:
         if text in labels:
             return labels.index(text)
-        same_text = [i for i, c in enumerate(choices) if c.strip() == text]
-        if len(same_text) == 1:
-            return same_text[0]
+        if len(by_text) == 1:
+            return by_text[0]
+        if len(by_text) > 1:
+            raise _ambiguous_text(where, text, choices, by_text)
         raise RowError("bad_content", f"'{where}' is {text!r} but the choices are labelled {', '.join(labels)}")
+    if len(by_text) > 1:
+        raise _ambiguous_text(where, text, choices, by_text)
     found: dict[int, str] = {}
-    by_text = [i for i, c in enumerate(choices) if c.strip() == text]
     if by_text:
         found.setdefault(by_text[0], f"the text of choice {by_text[0]}")
     letter = len(text) == 1 and text.upper() in LETTERS
@@ -444,6 +457,25 @@ def _resolve_answer(value: Any, where: str, choices: list[str], labels: list[str
                                   f"A-{LETTERS[min(n, 26) - 1]} or an index 0-{n - 1}")
 
 
+def _ambiguous_text(where: str, text: str, choices: list[str], matches: list[int]) -> RowError:
+    shown = " / ".join(repr(choices[i]) for i in matches[:4])
+    which = ", ".join(str(i) for i in matches[:-1]) + f" and {matches[-1]}"
+    return RowError("bad_content", f"'{where}' is {text!r}, which matches choices {which} ({shown}) once spaces are "
+                                   "trimmed; write the 0-based index as a number")
+
+
+def _targets(value: Any, where: str) -> tuple[list[str], list[int]]:
+    """TruthfulQA's ``{"choices": [...], "labels": [1, 0, ...]}``: (choices, 0/1 flags, one per choice)."""
+    if not isinstance(value, dict):
+        raise RowError("bad_content", f"'{where}' must be an object with 'choices' and 'labels'")
+    choices = _choice_list(value.get("choices"), f"{where}.choices")
+    flags = value.get("labels")
+    if (not isinstance(flags, list) or len(flags) != len(choices)
+            or any(isinstance(f, bool) or f not in (0, 1) for f in flags)):
+        raise RowError("bad_content", f"'{where}.labels' must be {len(choices)} flags 0/1, one per choice")
+    return choices, [int(f) for f in flags]
+
+
 def _letter_columns(rec: dict) -> list[str]:
     """MMLU CSV: options in columns A, B, C, ... (a row may leave the last ones empty, never one in the middle)."""
     options: list[str] = []
@@ -464,8 +496,10 @@ def _letter_columns(rec: dict) -> list[str]:
 
 def _multiple_choice(rec: dict, warnings: list) -> dict:
     labels: list[str] | None = None
+    layout: str | None = None
     question_value = rec.get("question")
     if isinstance(question_value, dict):  # ARC: {"stem": ..., "choices": [{"text": ..., "label": "A"}, ...]}
+        layout = "arc"
         question = _as_text(question_value.get("stem"), "question.stem", warnings, required=True)
         raw = question_value.get("choices")
         if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
@@ -473,27 +507,39 @@ def _multiple_choice(rec: dict, warnings: list) -> dict:
         choices = _choice_list([c.get("text") for c in raw], "question.choices")
         labels = [str(c.get("label", "")).strip() for c in raw]
         answer_field = "answerKey"
-    elif isinstance(rec.get("mc1_targets"), dict):  # TruthfulQA-MC: {"choices": [...], "labels": [1, 0, ...]}
+    elif isinstance(rec.get("mc1_targets"), dict) or isinstance(rec.get("mc2_targets"), dict):
+        # TruthfulQA-MC: {"choices": [...], "labels": [1, 0, ...]} for MC1 (one true) and / or MC2 (any number true)
         question = _as_text(question_value, "question", warnings, required=True)
-        targets = rec["mc1_targets"]
-        choices = _choice_list(targets.get("choices"), "mc1_targets.choices")
-        flags = targets.get("labels")
-        if not isinstance(flags, list) or len(flags) != len(choices) or any(f not in (0, 1) for f in flags):
-            raise RowError("bad_content", f"'mc1_targets.labels' must be {len(choices)} flags 0/1, one per choice")
-        if sum(1 for f in flags if f == 1) != 1:
-            raise RowError("bad_content", f"'mc1_targets.labels' marks {sum(1 for f in flags if f == 1)} choices "
-                                          "as correct; MC1 needs exactly one")
-        return _mc_row(rec, question, choices, flags.index(1), warnings)
-    elif "endings" in rec:  # HellaSwag: the context is the question, the endings are the choices
-        if rec.get("ctx") is not None:
-            question = _as_text(rec.get("ctx"), "ctx", warnings, required=True)
+        mc2 = None
+        if rec.get("mc2_targets") is not None:
+            mc2_choices, mc2_flags = _targets(rec["mc2_targets"], "mc2_targets")
+            if 1 not in mc2_flags:
+                raise RowError("bad_content", "'mc2_targets.labels' marks no choice as true; MC2 needs at least one")
+            mc2 = {"choices": mc2_choices, "labels": mc2_flags}
+        if rec.get("mc1_targets") is not None:
+            choices, flags = _targets(rec["mc1_targets"], "mc1_targets")
+            if sum(flags) != 1:
+                raise RowError("bad_content", f"'mc1_targets.labels' marks {sum(flags)} choices as correct; MC1 needs "
+                                              "exactly one")
+            row = _mc_row(rec, question, choices, flags.index(1), warnings, layout="truthfulqa")
         else:
+            row = _mc_row(rec, question, mc2["choices"], mc2["labels"].index(1), warnings, layout="truthfulqa")
+            row["mc2_only"] = True
+        if mc2 is not None:
+            row["mc2"] = mc2
+        return row
+    elif "endings" in rec:  # HellaSwag: the context is the question, the endings are the choices
+        if rec.get("ctx") is not None and not (isinstance(rec["ctx"], str) and not rec["ctx"].strip()
+                                               and (rec.get("ctx_a") or rec.get("ctx_b"))):
+            question = _as_text(rec.get("ctx"), "ctx", warnings, required=True)
+        else:  # no ctx (or an empty one beside ctx_a / ctx_b)
             parts = [_as_text(rec.get(k), k, warnings, required=False).strip() for k in ("ctx_a", "ctx_b")]
             question = " ".join(p for p in parts if p)
             if not question:
                 raise RowError("missing_field", "'ctx' (or 'ctx_a' + 'ctx_b') is missing")
         choices = _choice_list(rec.get("endings"), "endings")
         answer_field = "label"
+        layout = "hellaswag"
     else:
         key = "question" if question_value is not None or "question_stem" not in rec else "question_stem"
         question = _as_text(rec.get(key), key, warnings, required=True)
@@ -505,6 +551,7 @@ def _multiple_choice(rec: dict, warnings: list) -> dict:
                     if not isinstance(raw["label"], list) or len(raw["label"]) != len(choices):
                         raise RowError("bad_content", f"'choices.label' must list {len(choices)} labels")
                     labels = [str(x).strip() for x in raw["label"]]
+                    layout = "openbookqa" if key == "question_stem" else "arc"
             else:
                 choices = _choice_list(raw, "choices")
         elif "A" in rec:
@@ -517,14 +564,34 @@ def _multiple_choice(rec: dict, warnings: list) -> dict:
     if labels is not None and answer_field not in rec and "answer" in rec:
         answer_field = "answer"
     answer = _resolve_answer(rec.get(answer_field), answer_field, choices, labels)
-    return _mc_row(rec, question, choices, answer, warnings)
+    row = _mc_row(rec, question, choices, answer, warnings, layout=layout)
+    if layout is None and rec.get("mc2") is not None:  # a normalised TruthfulQA row read again
+        mc2_choices, mc2_flags = _targets(rec["mc2"], "mc2")
+        if 1 not in mc2_flags:
+            raise RowError("bad_content", "'mc2.labels' marks no choice as true; MC2 needs at least one")
+        row["mc2"] = {"choices": mc2_choices, "labels": mc2_flags}
+        if rec.get("mc2_only") is True:
+            row["mc2_only"] = True
+    return row
 
 
-def _mc_row(rec: dict, question: str, choices: list[str], answer: int, warnings: list) -> dict:
+def _mc_row(rec: dict, question: str, choices: list[str], answer: int, warnings: list,
+            layout: str | None = None) -> dict:
     row: dict = {"question": question, "choices": choices, "answer": answer}
     context = _as_text(rec.get("context"), "context", warnings, required=False)
     if context.strip():
         row["context"] = context
+    if layout is None and rec.get("layout") in MC_LAYOUTS:  # a normalised row read again keeps its layout
+        layout = rec["layout"]
+    if layout is not None:
+        row["layout"] = layout
+    subject = rec.get("subject")
+    if isinstance(subject, str) and subject.strip():
+        row["subject"] = subject
+    if layout == "hellaswag":
+        for key in HELLASWAG_FIELDS:
+            if isinstance(rec.get(key), str):
+                row[key] = rec[key]
     return row
 
 

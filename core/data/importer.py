@@ -16,7 +16,16 @@ from typing import Any
 from core.data import formats as F
 from core.data.errors import PROBLEM_CODES, DatasetError, RowProblem, is_fatal
 from core.data.readers import ImportLimits, RawRead, import_limits, read_file, read_hub
-from core.data.splits import SPLIT_COLUMNS, SPLITS, SplitSpec, assign_splits, normalise_split_name
+from core.data.splits import (
+    ALL,
+    SPLIT_COLUMNS,
+    SPLITS,
+    SplitSpec,
+    assign_splits,
+    decode_row_splits,
+    encode_row_splits,
+    normalise_split_name,
+)
 from core.data.validate import (
     canonical_line,
     check_row,
@@ -347,16 +356,23 @@ def import_dataset(
     summary = summarise_problems(problems, drop)
     settings = get_settings()
 
+    # a version is the rows (order-insensitive) and the split settings: the same rows split otherwise are a new version
     with db_session() as session:
-        existing = session.exec(select(Dataset).where(Dataset.content_hash == digest)).first()
-        if existing is not None:
-            _progress(progress, 1.0, f"identical content already stored as dataset {existing.id}")
-            return ImportResult(
-                dataset_id=existing.id, name=existing.name, format=existing.format, kind=existing.kind,
-                total_rows=prep.total_records, kept=len(kept_rows), dropped=dropped, problems=summary, created=False,
-                splits=dict(existing.splits), path=existing.path, content_hash=digest,
-                token_stats=(existing.meta or {}).get("token_stats"), notes=notes,
-            )
+        same_rows = list(session.exec(select(Dataset).where(
+            (Dataset.content_hash == digest) | Dataset.content_hash.startswith(f"{digest}+"))).all())
+    existing = next((d for d in same_rows if _same_split_spec(d, spec)), None)
+    version_key = _version_key(digest, spec, taken={d.content_hash for d in same_rows})
+    if same_rows and existing is None:
+        notes.append("the same rows are stored as dataset " + ", ".join(str(d.id) for d in same_rows)
+                     + " with other split settings: this import is a new split version")
+    if existing is not None:
+        _progress(progress, 1.0, f"identical content already stored as dataset {existing.id}")
+        return ImportResult(
+            dataset_id=existing.id, name=existing.name, format=existing.format, kind=existing.kind,
+            total_rows=prep.total_records, kept=len(kept_rows), dropped=dropped, problems=summary, created=False,
+            splits=dict(existing.splits), path=existing.path, content_hash=existing.content_hash,
+            token_stats=(existing.meta or {}).get("token_stats"), notes=notes,
+        )
 
     given = [prep.rows[i].split for i in kept_idx]
     assignment = assign_splits(len(kept_rows), spec, given)
@@ -376,8 +392,8 @@ def import_dataset(
 
     _progress(progress, 0.92, "writing the dataset version")
     root = settings.datasets_dir
-    final_dir = root / digest[:16]
-    tmp_dir = root / f".tmp-{digest[:16]}-{os.getpid()}"
+    final_dir = root / _version_folder(version_key)
+    tmp_dir = root / f".tmp-{final_dir.name}-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     for s in SPLITS:
@@ -411,7 +427,8 @@ def import_dataset(
         "drop": sorted(drop),
     }
     file_meta = {"name": display_name, "format": prep.format, "kind": prep.kind, "rows": len(kept_rows),
-                 "content_hash": digest, "source": prep.source, "splits": splits, **meta}
+                 "content_hash": version_key, "source": prep.source, "splits": splits, **meta,
+                 "row_splits": encode_row_splits(assignment)}  # read_split(ds, "all"): the rows in source order
     (tmp_dir / "meta.json").write_text(json.dumps(file_meta, ensure_ascii=False, indent=1), encoding="utf-8")
     if final_dir.exists():  # left over from a crash or a deleted DB row: same content, replace it
         shutil.rmtree(final_dir)
@@ -420,14 +437,14 @@ def import_dataset(
     try:
         with db_session() as session:
             ds = Dataset(created_at=_now_utc(), name=display_name, format=prep.format, kind=prep.kind,
-                         rows=len(kept_rows), content_hash=digest, path=str(final_dir), source=prep.source,
+                         rows=len(kept_rows), content_hash=version_key, path=str(final_dir), source=prep.source,
                          splits=splits, meta=db_meta, owner=owner or "")
             session.add(ds)
             session.flush()
             ds_id = ds.id
     except Exception:
         with db_session() as session:  # lost a race with an identical import: use that one
-            other = session.exec(select(Dataset).where(Dataset.content_hash == digest)).first()
+            other = session.exec(select(Dataset).where(Dataset.content_hash == version_key)).first()
         if other is None:
             raise
         ds_id = other.id
@@ -435,8 +452,31 @@ def import_dataset(
     return ImportResult(
         dataset_id=ds_id, name=display_name, format=prep.format, kind=prep.kind, total_rows=prep.total_records,
         kept=len(kept_rows), dropped=dropped, problems=summary, created=True, splits=splits, path=str(final_dir),
-        content_hash=digest, token_stats=token_stats, notes=notes,
+        content_hash=version_key, token_stats=token_stats, notes=notes,
     )
+
+
+def _same_split_spec(ds, spec: SplitSpec) -> bool:
+    try:
+        return SplitSpec.coerce((ds.meta or {}).get("split_spec") or {}) == spec
+    except (TypeError, ValueError):
+        return False
+
+
+def _version_key(digest: str, spec: SplitSpec, taken: set[str]) -> str:
+    """The stored version's ``content_hash``: the rows' hash for the first version of those rows, the rows' hash +
+    the split settings' for the next ones (the column is unique)."""
+    if digest not in taken:
+        return digest
+    import hashlib
+
+    spec_text = json.dumps(spec.to_dict(), sort_keys=True)
+    return f"{digest}+{hashlib.sha256(spec_text.encode()).hexdigest()[:12]}"
+
+
+def _version_folder(version_key: str) -> str:
+    digest, _, split_part = version_key.partition("+")
+    return digest[:16] + (f"-{split_part}" if split_part else "")
 
 
 # ------------------------------------------------------------------------------------------------------ read back
@@ -467,9 +507,12 @@ def list_datasets() -> list:
 
 
 def read_split(ds, split: str = "train") -> list[dict]:
-    """The normalised rows of one split of a stored version."""
+    """The normalised rows of one split of a stored version; ``all``: every row, in the source's order (versions
+    stored before the order was kept: train, then validation, then test)."""
+    if split == ALL:
+        return _read_all(ds)
     if split not in SPLITS:
-        raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+        raise DatasetError(f"unknown split '{split}'; use one of {', '.join(SPLITS)} or {ALL}")
     path = Path(ds.path) / f"{split}.jsonl"
     if not path.is_file():
         raise DatasetError(f"dataset {ds.id}: file {path} is missing (was the workspace moved or cleaned?)")
@@ -482,6 +525,24 @@ def read_split(ds, split: str = "train") -> list[dict]:
                 except json.JSONDecodeError:
                     raise DatasetError(f"dataset {ds.id}: {path} line {line_no} is corrupt") from None
     return rows
+
+
+def _read_all(ds) -> list[dict]:
+    parts = {s: read_split(ds, s) for s in SPLITS}
+    code = ""
+    try:
+        code = json.loads((Path(ds.path) / "meta.json").read_text(encoding="utf-8")).get("row_splits") or ""
+    except (OSError, ValueError):
+        pass
+    try:
+        order = decode_row_splits(code)
+    except (ValueError, IndexError):
+        order = []
+    if len(order) != sum(len(rows) for rows in parts.values()) or any(
+            order.count(s) != len(parts[s]) for s in SPLITS):
+        return [row for s in SPLITS for row in parts[s]]
+    iters = {s: iter(rows) for s, rows in parts.items()}
+    return [next(iters[s]) for s in order]
 
 
 PREFERENCE_FOR_SFT = ("holds preference pairs (chosen/rejected): train it with objective dpo or orpo; SFT and GRPO "

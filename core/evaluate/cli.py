@@ -1,7 +1,9 @@
 """``python -m core generate …`` and ``python -m core evaluate …`` (the Playground's and the Evaluate tab's actions).
 
     python -m core generate --model default|RUN_ID|PATH --prompt TEXT [--system TEXT] [--max-new-tokens N] [--json]
-    python -m core evaluate --run ID [--dataset ID] [--split test] [--limit N] [--multiple-choice] [--json]
+    python -m core evaluate --run ID [--dataset ID] [--split test|validation|train|all] [--limit N] [--json]
+                            [--multiple-choice] [--style arc|mmlu|native] [--native-task T] [--num-fewshot N]
+                            [--fewshot-split SPLIT]
     python -m core evaluate --model PATH --base REF --dataset ID ...
     python -m core evaluations list [--json] | show ID [--json] [--examples N] | export ID --format csv|jsonl
 
@@ -47,14 +49,20 @@ def cmd_evaluate(args) -> int:
     from core.evaluate.submit import submit_evaluation
 
     data = {"run_id": args.run, "tuned": args.model, "base": args.base, "dataset": args.dataset,
-            "split": args.split, "limit": args.limit if args.limit else None, "seed": args.seed,
-            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
-    if args.multiple_choice:
-        data.update(mode="multiple_choice", mc_style=args.style)
+            "split": args.split, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size}
+    if args.multiple_choice or args.style or args.native_task or args.num_fewshot is not None:
+        data.update(mode="multiple_choice", mc_style=args.style or "arc", mc_task=args.native_task,
+                    num_fewshot=args.num_fewshot, fewshot_split=args.fewshot_split)
+    elif args.fewshot_split:
+        return _fail("--fewshot-split goes with --num-fewshot (multiple choice)")
     if args.lm_eval_task:
         data.update(mode="lm_eval", lm_eval_task=args.lm_eval_task)
     try:
-        cfg = EvalConfig.from_dict({k: v for k, v in data.items() if v is not None})
+        data = {k: v for k, v in data.items() if v is not None}
+        if args.limit is not None:  # unset: 200 rows for generation, every row for multiple choice
+            data["limit"] = args.limit or None
+        cfg = EvalConfig.from_dict(data)
         job = submit_evaluation(cfg)
     except (EvalConfigError, runs.JobError) as exc:
         return _fail(str(exc))
@@ -88,6 +96,8 @@ def _print_table(d: dict) -> None:
         dl = d["delta"].get(k)
         fmt = (lambda v: "-" if v is None else f"{v:.4g}")
         print(f"  {k:<18} {fmt(b):>10} {fmt(t):>10} {fmt(dl):>10}")
+    if d.get("examples_per_s"):
+        print(f"  speed: {d['examples_per_s']:.3g} examples/s (base + tuned, {d.get('seconds'):.3g} s)")
     for note in d.get("notes") or []:
         print(f"  note: {note}")
 
@@ -133,13 +143,22 @@ def register_cli(sub) -> None:
     p.add_argument("--model", default=None, help="or an adapter / model folder as the tuned side")
     p.add_argument("--base", default=None, help="the base side (default: the tuned side's base model)")
     p.add_argument("--dataset", default=None, help="a Data-tab dataset id (default: the run's held-out rows)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=200, help="evaluate a sample of at most N rows (0: all)")
+    p.add_argument("--split", default=None, choices=["test", "validation", "train", "all"],
+                   help="default: a dataset whole (all); a run's own rows: test, else validation")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate a sample of at most N rows (0: all; default 200 for generation, all for multiple "
+                        "choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--multiple-choice", action="store_true", help="score choices by log-likelihood (ARC/MMLU way)")
-    p.add_argument("--style", default="arc", choices=["arc", "mmlu"], help="multiple-choice prompt format")
+    p.add_argument("--style", default=None, choices=["arc", "mmlu", "native"],
+                   help="multiple-choice prompt: arc (default), mmlu, or native (lm-eval's own task for the layout)")
+    p.add_argument("--native-task", default=None, choices=["arc", "openbookqa", "hellaswag", "truthfulqa", "mmlu"],
+                   help="with --style native: the task to follow (default: the rows' layout)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples before each question (default 0)")
+    p.add_argument("--fewshot-split", default=None, choices=["test", "validation", "train", "all"],
+                   help="where few-shot examples come from (default: the scored rows, each question left out)")
     p.add_argument("--lm-eval-task", default=None, help="an lm-evaluation-harness task name (needs its data)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)

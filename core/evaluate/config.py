@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Mode = Literal["generation", "multiple_choice", "lm_eval"]
+SPLITS = ("test", "validation", "train", "all")
+NATIVE_TASKS = ("arc", "openbookqa", "hellaswag", "truthfulqa", "mmlu")  # = core.evaluate.multiple_choice's
 
 
 class EvalConfigError(ValueError):
@@ -21,15 +23,24 @@ class EvalConfig(BaseModel):
     tuned: str | None = Field(None, description="or any adapter / model folder as the tuned side")
     base: str | None = Field(None, description="the base side; default: the tuned side's base model")
     dataset: str | None = Field(None, description="a Data-tab dataset id; default: the run's own held-out rows")
-    split: str = Field("test", description="test | validation | train")
-    limit: int | None = Field(200, description="evaluate a random sample of at most this many rows (None: all)")
+    split: str | None = Field(None, description="test | validation | train | all; default: a dataset is scored "
+                                                "whole (all), a run's own rows are its held-out ones (test, else "
+                                                "validation)")
+    limit: int | None = Field(200, description="evaluate a random sample of at most this many rows (None: all); "
+                                               "left unset in multiple-choice mode: every row, as the harness")
     seed: int = 0
     mode: Mode = "generation"
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
     batch_size: int = Field(16, description="prompts per batch (base and tuned rows of a prompt share a batch)")
-    mc_style: Literal["arc", "mmlu"] = "arc"
+    mc_style: Literal["arc", "mmlu", "native"] = "arc"
+    mc_task: str | None = Field(None, description="native style: the harness task to follow (arc, openbookqa, "
+                                                  "hellaswag, truthfulqa, mmlu); default: the rows' layout")
+    num_fewshot: int | None = Field(None, description="few-shot examples before each question (default 0, as the "
+                                                      "harness's tasks)")
+    fewshot_split: str | None = Field(None, description="the split few-shot examples come from (default: the rows "
+                                                        "being scored, each question left out of its own draw)")
     lm_eval_task: str | None = None
 
     @field_validator("limit")
@@ -46,12 +57,32 @@ class EvalConfig(BaseModel):
             raise ValueError(f"{info.field_name} must be at least 1 (got {v})")
         return v
 
-    @field_validator("split")
+    @field_validator("split", "fewshot_split")
     @classmethod
-    def _split(cls, v: str) -> str:
-        v = (v or "test").strip().lower()
-        if v not in ("test", "validation", "train"):
-            raise ValueError(f"split must be test, validation or train (got '{v}')")
+    def _split(cls, v: str | None, info) -> str | None:
+        v = (v or "").strip().lower()
+        if not v or v == "auto":
+            return None
+        if v not in SPLITS:
+            raise ValueError(f"{info.field_name} must be test, validation, train or all (got '{v}')")
+        return v
+
+    @field_validator("mc_task")
+    @classmethod
+    def _task(cls, v: str | None) -> str | None:
+        v = (v or "").strip().lower()
+        if not v or v == "auto":
+            return None
+        if v not in NATIVE_TASKS:
+            raise ValueError(f"unknown task '{v}'; the native style follows {', '.join(NATIVE_TASKS)} (or leave it "
+                             "empty: the rows' layout decides)")
+        return v
+
+    @field_validator("num_fewshot")
+    @classmethod
+    def _shots(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= 64:
+            raise ValueError(f"num_fewshot must be from 0 to 64 (got {v})")
         return v
 
     @model_validator(mode="after")
@@ -62,7 +93,22 @@ class EvalConfig(BaseModel):
             raise ValueError("mode lm_eval needs lm_eval_task (an lm-evaluation-harness task name, e.g. arc_easy)")
         if self.mode != "lm_eval" and self.run_id is None and not self.dataset:
             raise ValueError("evaluating a folder needs a dataset (only a training run has its own held-out rows)")
+        if self.mode == "multiple_choice" and "limit" not in self.model_fields_set:
+            self.limit = None  # a benchmark is scored whole unless a sample is asked for
+        if self.mc_task and self.mc_style != "native":
+            raise ValueError(f"mc_task ({self.mc_task}) goes with mc_style native; the {self.mc_style} style is the "
+                             f"{self.mc_style} formulation")
+        if self.mc_task == "truthfulqa" and self.num_fewshot:
+            raise ValueError("TruthfulQA's formulation is its fixed 6-shot Q/A primer (lm-evaluation-harness ignores "
+                             "num_fewshot for it): leave num_fewshot at 0")
+        if self.fewshot_split and not self.num_fewshot:
+            raise ValueError("fewshot_split names where few-shot examples come from: set num_fewshot too")
         return self
+
+    def resolved_split(self) -> str:
+        """The split scored: the one asked for; else a dataset whole (``all``), a run's own rows ``test`` (the job
+        falls back to ``validation`` when the run has no test rows)."""
+        return self.split or ("all" if self.dataset else "test")
 
     @classmethod
     def from_dict(cls, data: dict) -> EvalConfig:

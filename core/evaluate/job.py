@@ -85,21 +85,22 @@ def load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
 def _load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
     from core.data import DatasetError, get_dataset, load_training_rows, read_split
 
+    split_asked = cfg.resolved_split()
     if cfg.dataset:
         try:
             ds = get_dataset(cfg.dataset)
         except DatasetError as exc:
             raise JobError(f"{exc}: pick one from the Data tab") from None
-        rows = read_split(ds, cfg.split)
+        rows = read_split(ds, split_asked)
         if not rows:
             have = ", ".join(f"{k} {v}" for k, v in (ds.splits or {}).items() if v) or "no rows"
-            raise JobError(f"dataset {ds.id} has no {cfg.split} rows ({have}); pick a split that has rows")
-        return _sample(rows, cfg.limit, cfg.seed), str(ds.id), cfg.split, ds.kind
+            raise JobError(f"dataset {ds.id} has no {split_asked} rows ({have}); pick a split that has rows")
+        return _sample(rows, cfg.limit, cfg.seed), str(ds.id), split_asked, ds.kind
     from core import runs
 
     run = runs.get_run(cfg.run_id)
     ref = run.dataset_ref or (run.config or {}).get("dataset", "")
-    for split in (cfg.split, "validation") if cfg.split == "test" else (cfg.split,):
+    for split in (split_asked, "validation") if split_asked == "test" else (split_asked,):
         try:
             if ref.isdigit():
                 ds = get_dataset(ref)
@@ -117,6 +118,22 @@ def _load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
     raise JobError(f"run {run.id} trained on {'dataset #' + ref if ref.isdigit() else ref}, which has no held-out "
                    "rows (test or validation split): import it with a test split in the Data tab, or pick another "
                    "dataset to evaluate on")
+
+
+def trained_rows_note(cfg: EvalConfig, split: str) -> str | None:
+    """When the rows scored include the ones the run trained on (its own dataset, split all or train)."""
+    if cfg.run_id is None or not cfg.dataset or split not in ("all", "train"):
+        return None
+    from core import runs
+
+    try:
+        run = runs.get_run(cfg.run_id)
+    except runs.JobError:
+        return None
+    if str(run.dataset_ref or (run.config or {}).get("dataset", "")) != str(cfg.dataset):
+        return None
+    return (f"dataset {cfg.dataset} is the one run {cfg.run_id} trained on and split {split} includes its training "
+            "rows: pick its test or validation split to score held-out rows only")
 
 
 def split_conversation(row: dict) -> tuple[list[dict], str | None]:
@@ -219,6 +236,7 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
 
     t0 = time.time()
     base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
+    score_t0 = time.time()  # the speed counts scoring, not loading
     settings = GenSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
     records: list[dict] = []
     notes: list[str] = []
@@ -322,50 +340,109 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
                           valid_json=jsc["valid_json"])
             r.setdefault("scores", {})[side] = sc
         out["n"] = len(usable)
+    note = trained_rows_note(cfg, split)
+    if note:
+        notes.append(note)
     metrics = {"base": result["base"], "tuned": result["tuned"],
                "delta": M.delta(result["base"], result["tuned"]), "notes": notes,
-               "generation_examples_per_s": 2 * len(usable) / gen_s if gen_s > 0 else None}
+               "generation_examples_per_s": 2 * len(usable) / gen_s if gen_s > 0 else None,
+               **speed(2 * len(usable), time.time() - score_t0)}
     return _store(ctx, cfg, "generation", base_src, tuned_src, dataset_ref, split, records, metrics)
 
 
-def _run_multiple_choice(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split) -> JobResult:
-    from core.evaluate.multiple_choice import score_rows, summarise
+def speed(examples: int, seconds: float) -> dict:
+    """The evaluation's speed: examples scored on both sides (base + tuned) per second of scoring (model loading
+    excluded). Stored in the metrics; shown by ``evaluate --json``, ``evaluations show`` and the Evaluate tab."""
+    seconds = max(seconds, 1e-9)
+    return {"examples_per_s": examples / seconds, "seconds": round(seconds, 3), "examples_scored": examples}
 
-    t0 = time.time()
-    base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
+
+def fewshot_pool(cfg: EvalConfig, split: str) -> tuple[list[dict] | None, bool]:
+    """(few-shot rows, leave each question out of its own draw). None: the rows of the scored split (the default);
+    a named split that overlaps the scored one (the same, or either is all) leaves the question out too."""
+    if not cfg.num_fewshot or not cfg.fewshot_split or cfg.fewshot_split == split:
+        return None, True
+    from core.data import get_dataset, read_split
+
+    return read_split(get_dataset(cfg.dataset), cfg.fewshot_split), "all" in (split, cfg.fewshot_split)
+
+
+def _run_multiple_choice(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split) -> JobResult:
+    from core.evaluate.multiple_choice import MultipleChoiceError, build_requests, score_rows, summarise
+
     rows = [r for _, r in pairs]
+    pool, exclude = fewshot_pool(cfg, split)
+    if pool is None and cfg.num_fewshot:  # the whole scored split, not only the sampled rows, is the pool
+        from core.data import get_dataset, read_split
+
+        pool = read_split(get_dataset(cfg.dataset), split)
+    options = {"task": cfg.mc_task, "num_fewshot": cfg.num_fewshot, "fewshot_rows": pool, "exclude_self": exclude}
+    try:
+        form, _requests = build_requests(rows, cfg.mc_style, **options)  # bad rows / settings: said before loading
+    except MultipleChoiceError as exc:
+        raise JobError(str(exc)) from None
+    log(f"multiple choice: {form.describe()}")
+    base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
+    t0 = time.time()
     _progress(ctx, 0, 2 * len(rows), t0)
+
+    def score(model, tok, adapter_names=None):
+        try:
+            return score_rows(model, tok, rows, cfg.mc_style, adapter_names=adapter_names,
+                              batch_size=cfg.batch_size, **options)
+        except MultipleChoiceError as exc:
+            raise JobError(str(exc)) from None
+
     if tuned_slot.loaded is base_slot.loaded and base_slot.tok is not tuned_slot.tok:
         per = {}
         for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
-            res = score_rows(slot.loaded.model, slot.tok, rows, cfg.mc_style, adapter_names=[slot.row_adapter()],
-                             batch_size=cfg.batch_size)
+            res = score(slot.loaded.model, slot.tok, [slot.row_adapter()])
             per[side] = res[slot.row_adapter()]
-    elif tuned_slot.loaded is base_slot.loaded:
-        both = score_rows(base_slot.loaded.model, base_slot.loaded.tokenizer, rows, cfg.mc_style,
-                          adapter_names=[BASE_ADAPTER, tuned_slot.adapter_name], batch_size=cfg.batch_size)
+    elif tuned_slot.loaded is base_slot.loaded:  # base and tuned rows in one batch
+        both = score(base_slot.loaded.model, base_slot.loaded.tokenizer, [BASE_ADAPTER, tuned_slot.adapter_name])
         per = {"base": both[BASE_ADAPTER], "tuned": both[tuned_slot.adapter_name]}
     else:
         per = {}
         for side, slot in (("base", base_slot), ("tuned", tuned_slot)):
-            res = score_rows(slot.loaded.model, slot.tok, rows, cfg.mc_style, batch_size=cfg.batch_size)
+            res = score(slot.loaded.model, slot.tok)
             per[side] = next(iter(res.values()))
             if ctx.should_stop():
                 raise StopRequested()
+    seconds = time.time() - t0
     _progress(ctx, 2 * len(rows), 2 * len(rows), t0)
     records = []
     for k, (row_no, row) in enumerate(pairs):
         b, t = per["base"][k], per["tuned"][k]
-        records.append({"i": row_no, "question": row.get("question", ""), "choices": row.get("choices", []),
-                        "gold": row.get("answer"), "pred": {"base": b["pred"], "tuned": t["pred"]},
-                        "scores": {"base": {"correct": float(b["correct"]), "correct_norm": float(b["correct_norm"])},
-                                   "tuned": {"correct": float(t["correct"]), "correct_norm": float(t["correct_norm"])}},
-                        "lls": {"base": b["lls"], "tuned": t["lls"]}})
+        rec = {"i": row_no, "question": row.get("question", ""), "choices": row.get("choices", []),
+               "gold": b["gold"], "pred": {"base": b["pred"], "tuned": t["pred"]},
+               "scores": {side: _mc_scores(r) for side, r in (("base", b), ("tuned", t))},
+               "lls": {"base": b["lls"], "tuned": t["lls"]}}
+        if b["mc2"] is not None:
+            rec["mc2_lls"] = {"base": b["mc2_lls"], "tuned": t["mc2_lls"]}
+        records.append(rec)
     base_m, tuned_m = summarise(per["base"]), summarise(per["tuned"])
-    metrics = {"base": base_m, "tuned": tuned_m, "delta": M.delta(base_m, tuned_m),
-               "notes": [f"prompt style: {cfg.mc_style} (lm-evaluation-harness's "
-                         f"{'ARC' if cfg.mc_style == 'arc' else 'MMLU'} format)"]}
+    notes = [f"prompt: {form.describe()}"]
+    if any(isinstance(r.get("mc2"), dict) for r in rows) and "mc2" not in base_m:
+        notes.append("the rows' MC2 targets are not scored under the lettered mmlu prompt (its options are the MC1 "
+                     "choices): use the arc or native style for mc2")
+    note = trained_rows_note(cfg, split)
+    if note:
+        notes.append(note)
+    log(f"scored {len(rows)} questions on both sides in {seconds:.1f}s ({2 * len(rows) / max(seconds, 1e-9):.2f} "
+        "examples/s)")
+    metrics = {"base": base_m, "tuned": tuned_m, "delta": M.delta(base_m, tuned_m), "notes": notes,
+               "formulation": {"style": form.style, "task": form.task, "num_fewshot": form.num_fewshot},
+               **speed(2 * len(rows), seconds)}
     return _store(ctx, cfg, "multiple_choice", base_src, tuned_src, dataset_ref, split, records, metrics)
+
+
+def _mc_scores(r: dict) -> dict:
+    out = {}
+    if r["gold"] is not None:
+        out.update(correct=float(r["correct"]), correct_norm=float(r["correct_norm"]))
+    if r["mc2"] is not None:
+        out["mc2"] = r["mc2"]
+    return out
 
 
 def _store(ctx, cfg, kind, base_src, tuned_src, dataset_ref, split, records, metrics) -> JobResult:

@@ -142,9 +142,10 @@ def delta(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, float]:
 
 
 def headline_metric(metrics: dict[str, Any]) -> str:
-    """The one number the runs list shows: field accuracy for JSON answers, else ROUGE-L, else accuracy, else loss."""
+    """The one number the runs list shows: field accuracy for JSON answers, else TruthfulQA's MC2, else accuracy
+    (normalised first), else ROUGE-L, else loss."""
     base = metrics.get("base") or {}
-    for key in ("field_accuracy", "acc_norm", "acc", "rougeL", "loss"):
+    for key in ("field_accuracy", "mc2", "acc_norm", "acc", "rougeL", "loss"):
         if base.get(key) is not None:
             return key
     return ""

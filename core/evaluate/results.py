@@ -5,7 +5,9 @@ Per-example records (one JSON object a line in ``examples_path``)::
     {"i": 0, "prompt": [messages], "reference": str | null, "base": str, "tuned": str,
      "scores": {"base": {...}, "tuned": {...}}, "loss": {"base": float, "tuned": float}, "note": str?}
 
-Multiple-choice records hold ``question``, ``choices``, ``gold``, and per side ``pred`` / ``correct``.
+Multiple-choice records hold ``question``, ``choices``, ``gold`` (None for an MC2-only question), per side ``pred``,
+``scores`` (``correct`` / ``correct_norm``, ``mc2``) and ``lls`` (+ ``mc2_lls``). Any number of choices: they are
+labelled A-Z, then AA, AB, ...
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 from sqlmodel import select
 
 from core.config import db_session
+from core.evaluate.multiple_choice import choice_label
 from storage import Evaluation
 
 FILTERS = ("all", "tuned better", "tuned worse", "both wrong", "changed")
@@ -95,7 +98,7 @@ def _correct(ex: dict, side: str) -> bool | None:
 
 def _score(ex: dict, side: str) -> float | None:
     sc = (ex.get("scores") or {}).get(side) or {}
-    for key in ("field_accuracy", "correct", "rougeL", "chrf"):
+    for key in ("field_accuracy", "correct", "mc2", "rougeL", "chrf"):
         if sc.get(key) is not None:
             return float(sc[key])
     return None
@@ -128,20 +131,26 @@ def examples(ev: Evaluation, which: str = "all", limit: int | None = None) -> li
 
 def prompt_text(ex: dict) -> str:
     if "question" in ex:
-        letters = "ABCDEFGHIJ"
-        return ex["question"] + "\n" + "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(ex.get("choices", [])))
+        return ex["question"] + "\n" + "\n".join(f"{choice_label(i)}. {c}"
+                                                 for i, c in enumerate(ex.get("choices", [])))
     msgs = ex.get("prompt") or []
     return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in msgs if m.get("role") != "system") or ""
+
+
+def _label(value: Any) -> str:
+    return choice_label(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else ""
 
 
 def flat_row(ex: dict) -> dict[str, Any]:
     """One example as flat columns (the table and the CSV export)."""
     row: dict[str, Any] = {"#": ex.get("i"), "prompt": prompt_text(ex)}
     if "question" in ex:
-        letters = "ABCDEFGHIJ"
-        row["reference"] = letters[ex["gold"]] if isinstance(ex.get("gold"), int) else ""
-        row["base"] = letters[ex["pred"]["base"]] if "pred" in ex else ""
-        row["tuned"] = letters[ex["pred"]["tuned"]] if "pred" in ex else ""
+        pred = ex.get("pred") or {}
+        row["reference"] = _label(ex.get("gold"))
+        if ex.get("gold") is None and "mc2_lls" in ex:
+            row["reference"] = "(MC2: several true)"
+        row["base"] = _label(pred.get("base"))
+        row["tuned"] = _label(pred.get("tuned"))
     else:
         row["reference"] = ex.get("reference") or ""
         row["base"] = ex.get("base") or ""
@@ -178,6 +187,8 @@ def to_dict(ev: Evaluation, *, with_examples: int = 0) -> dict:
         "delta": (ev.metrics or {}).get("delta", {}), "notes": (ev.metrics or {}).get("notes", []),
         "base_model": ev.base_label, "tuned_model": ev.tuned_label, "dataset": ev.dataset_ref, "split": ev.split,
         "n": ev.n, "settings": ev.settings, "headline": ev.headline, "examples_path": ev.examples_path,
+        "examples_per_s": (ev.metrics or {}).get("examples_per_s"), "seconds": (ev.metrics or {}).get("seconds"),
+        "formulation": (ev.metrics or {}).get("formulation"),
         "created_at": ev.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if ev.created_at else None,
     }
     if with_examples:

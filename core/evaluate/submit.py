@@ -7,8 +7,10 @@ from core.runs import JobError
 from storage import Run, RunStatus
 
 
-def validate(cfg: EvalConfig) -> None:
-    """A run that has nothing to load, a dataset that does not exist or does not fit the mode: refused now."""
+def validate(cfg: EvalConfig) -> EvalConfig:
+    """A run that has nothing to load, a dataset that does not exist or does not fit the mode, multiple-choice rows
+    or settings that cannot be scored: refused now. Returns the config to queue (a multiple-choice dataset is scored
+    in multiple-choice mode, whole unless a sample was asked for)."""
     from core.generate import GenerateError, resolve_source, source_for_run
 
     sources = []
@@ -34,7 +36,7 @@ def validate(cfg: EvalConfig) -> None:
         from core.evaluate.harness import task_info
 
         task_info(cfg.lm_eval_task.strip())  # an unknown task is refused here, with close names
-        return
+        return cfg
     if cfg.dataset:
         from core.data import DatasetError, get_dataset
 
@@ -50,15 +52,39 @@ def validate(cfg: EvalConfig) -> None:
                            "generation mode")
         if ds.kind == "text":
             raise JobError(f"dataset {ds.id} is plain text with no prompts to answer; evaluate on conversations")
-        if not (ds.splits or {}).get(cfg.split):
-            have = ", ".join(f"{k} {v}" for k, v in (ds.splits or {}).items() if v) or "no rows"
-            raise JobError(f"dataset {ds.id} has no {cfg.split} rows ({have}); pick a split that has rows")
+        splits = ds.splits or {}
+        have = ", ".join(f"{k} {v}" for k, v in splits.items() if v) or "no rows"
+        for what, split in (("", cfg.resolved_split()), ("few-shot ", cfg.fewshot_split)):
+            if split and not (sum(splits.values()) if split == "all" else splits.get(split)):
+                raise JobError(f"dataset {ds.id} has no {split} rows ({have}); pick a {what}split that has rows "
+                               "(or all)")
+        if ds.kind == "multiple_choice":
+            if cfg.mode != "multiple_choice":
+                cfg = EvalConfig.from_dict({**cfg.model_dump(exclude_unset=True), "mode": "multiple_choice"})
+            _check_questions(cfg, ds)
+    return cfg
+
+
+def _check_questions(cfg: EvalConfig, ds) -> None:
+    """The formulation renders every scored row and draws its few-shot examples (no model needed)."""
+    from core.data import read_split
+    from core.evaluate.job import fewshot_pool
+    from core.evaluate.multiple_choice import MultipleChoiceError, build_requests
+
+    split = cfg.resolved_split()
+    rows = read_split(ds, split)
+    pool, exclude = fewshot_pool(cfg, split)
+    try:
+        build_requests(rows, cfg.mc_style, task=cfg.mc_task, num_fewshot=cfg.num_fewshot, fewshot_rows=pool,
+                       exclude_self=exclude)
+    except MultipleChoiceError as exc:
+        raise JobError(f"dataset {ds.id} [{split}]: {exc}") from None
 
 
 def submit_evaluation(cfg: EvalConfig | dict, *, start: bool = True, owner: str = "") -> Run:
     if isinstance(cfg, dict):
         cfg = EvalConfig.from_dict(cfg)
-    validate(cfg)
+    cfg = validate(cfg)
     name = cfg.name or (f"eval-run{cfg.run_id}" if cfg.run_id is not None else "eval")
     return runs.submit("evaluate", cfg.model_dump(mode="json"), start=start, name=name,
                        base_model=cfg.base or "", dataset_ref=cfg.dataset or (f"run:{cfg.run_id}" if cfg.run_id
