@@ -139,6 +139,72 @@ def test_the_quick_start_finds_its_stages_in_the_database_and_reports_what_chang
     assert status_markdown().count("✓") == 4
 
 
+def _ended_train_run(name: str, dataset_id: int, owner: str):
+    """A training run that ran and succeeded (its row as a worker leaves it; no process)."""
+    from core import runs
+    from core.runs import store
+
+    run = store.submit("train", {"dataset": str(dataset_id), "name": name, "max_steps": 2}, name=name, method="lora",
+                       owner=owner)
+    store.transition(run.id, "starting")
+    store.transition(run.id, "running", started_at=store.utcnow())
+    adapter = store.job_path(run.id) / "adapter"
+    adapter.mkdir(parents=True)
+    store.finish(run.id, "succeeded", adapter_path=str(adapter))
+    return runs.get_run(run.id)
+
+
+def test_a_quick_start_is_its_users_own_never_found_by_a_name_another_user_gave(workspace, fixtures_dir,
+                                                                                monkeypatch):
+    """Bob names a dataset 'demo-support-json' and his runs 'quickstart-lora' (one on the real demo rows, evaluated):
+    Alice's quick start uses none of them — her demo dataset is the demo rows (by content), her run and evaluation
+    her own, each recording her as its owner."""
+    from core import quickstart as qs
+    from core import runs
+    from core.data import import_records
+    from core.runs import store
+    from core.users import add_user
+
+    monkeypatch.setenv("FTS_USERS_FILE", str(workspace / "users.json"))
+    add_user("alice", "alice-password")
+    add_user("bob", "bob-password")
+    rows = json.loads((fixtures_dir / "alpaca_en_demo.json").read_text())
+    bobs_data = import_records(rows, source="bob.json", name=qs.DEMO_DATASET, format="alpaca", model=None,
+                               owner="bob").dataset_id
+    decoy = _ended_train_run(qs.RUN_NAME, bobs_data, "bob")
+    assert qs.state("alice").dataset is None and qs.state("alice").run is None
+    ds = qs.load_demo("alice")
+    assert ds.id != bobs_data and ds.owner == "alice" and ds.rows == qs.DEMO_ROWS
+    assert ds.splits == {"train": 144, "validation": 16, "test": 0}
+    assert ds.content_hash == qs.demo_content_hash()  # how it is found: by the rows, not the name
+    bobs = _ended_train_run(qs.RUN_NAME, ds.id, "bob")  # bob's quick-start run on the very same demo rows
+    bobs_eval = store.submit("evaluate", {"run_id": bobs.id}, name="bob's", owner="bob")
+    st = qs.state("alice")
+    assert st.dataset.id == ds.id and st.run is None and st.evaluation_job is None and st.stage == 2
+    assert qs.state("bob").run.id == bobs.id and qs.state("bob").evaluation_job.id == bobs_eval.id
+    assert decoy.id != qs.state("bob").run.id  # even for bob: a run on data merely *named* the demo is not it
+    with pytest.raises(qs.QuickStartError, match="finish first"):
+        qs.start_evaluation("alice")  # bob's finished run is not hers to evaluate
+    # Alice's own run: found, and her evaluation records her (one job slot is taken: it stays queued, no worker)
+    hers = _ended_train_run(qs.RUN_NAME, ds.id, "alice")
+    busy = store.submit("train", {"dataset": str(ds.id)}, name="someone-training", owner="carol")
+    store.transition(busy.id, "starting")
+    store.transition(busy.id, "running", started_at=store.utcnow())
+    job = qs.start_evaluation("alice")
+    assert job.owner == "alice" and job.status == "queued" and (job.config or {}).get("run_id") == hers.id
+    st = qs.state("alice")
+    assert st.run.id == hers.id and st.evaluation_job.id == job.id and st.stage == 5
+    assert qs.state("bob").run.id == bobs.id  # and bob's stays his
+    # the two stages without a row of their own are noted per user
+    qs.estimate(ds.id, "alice")
+    assert qs.state("alice").estimated and not qs.state("carol").estimated
+    assert qs.note_playground("alice", ["default", f"run:{hers.id}"]) and qs.state("alice").played
+    assert not qs.note_playground("alice", ["default", f"run:{bobs.id}"]) and not qs.state("bob").played
+    assert qs.panel_open("alice")  # her quick start is under way: the panel opens for her
+    assert not qs.panel_open("carol") and qs.panel_open("dave")  # carol trains without it; dave has no run yet
+    assert [r.owner for r in runs.list_runs(kind="evaluate")] == ["alice", "bob"]
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_completes(tmp_path, start_app, browser):
