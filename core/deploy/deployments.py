@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,21 @@ SPAWN_GRACE_S = 30.0  # a row saved just before its process is spawned has no pi
 
 class DeployError(JobError):
     """A deployment that cannot be made as asked; the message says why and what to do."""
+
+
+# server processes this process started, by pid: their exit status is collected once they end (reap_servers), so a
+# stopped or dead server does not stay a <defunct> child of the dashboard until it exits
+_SERVERS: dict[int, subprocess.Popen] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def reap_servers() -> list[int]:
+    """Collect the exit status of the local servers started here that have ended. Returns the pids reaped."""
+    with _SERVERS_LOCK:
+        ended = [pid for pid, proc in _SERVERS.items() if proc.poll() is not None]
+        for pid in ended:
+            del _SERVERS[pid]
+    return ended
 
 
 # ---- rows ------------------------------------------------------------------------------------------------------------
@@ -189,6 +205,7 @@ def _is_our_server(pid: int | None, dep_id: int | None = None) -> bool:
     """The pid is alive and is a local server process of this workspace (of that deployment, when given)."""
     if not pid:
         return False
+    reap_servers()  # an ended server of ours is collected here, not left a zombie
     import psutil
 
     try:
@@ -258,6 +275,8 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
     except OSError as exc:
         return _update(dep.id, status="failed", error=f"could not start the server process: {exc}",
                        log_path=str(log_path), args=argv, stopped_at=utcnow())
+    with _SERVERS_LOCK:
+        _SERVERS[proc.pid] = proc
     dep = _update(dep.id, pid=proc.pid, log_path=str(log_path), args=argv)
     if wait:
         dep = wait_healthy(dep.id, proc=proc)
