@@ -56,8 +56,13 @@ def _deployments(who: str | None = None) -> list:
     return [d for d in D.list_deployments() if is_mine(d.created_by, who)]
 
 
+def _url_shown(dep) -> str:
+    """A failed row has no endpoint: no URL is shown for it (nothing answers there)."""
+    return "" if dep.status == "failed" else (dep.url or "")
+
+
 def deployments_frame(who: str | None = None) -> pd.DataFrame:
-    rows = [[d.id, d.target, d.model_ref, d.status, d.url, d.created_by] for d in _deployments(who)]
+    rows = [[d.id, d.target, d.model_ref, d.status, _url_shown(d), d.created_by] for d in _deployments(who)]
     return pd.DataFrame(rows, columns=DEPLOY_COLUMNS)
 
 
@@ -129,7 +134,8 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
                     "merged model is merged first); the status turns **running** when `/health` answers.",
                     " ".join(dep.args), str(dep.id))
         res = D.deploy_container(ref, target, gpu=gpu or None, port=port_n, num_gpus=int(num_gpus or 1),
-                                 quantize_4bit=bool(quantize_4bit), keep_adapter=bool(keep_adapter), created_by=who)
+                                 quantize_4bit=bool(quantize_4bit), keep_adapter=bool(keep_adapter), created_by=who,
+                                 wait=False)  # a pull can take many minutes: it goes on, its progress shows below
     except (D.DeployError, ValueError) as exc:
         return f"**Error:** {html.escape(str(exc).splitlines()[0])}", "", None
     dep = res["deployment"]
@@ -139,9 +145,13 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
     if dep and dep["status"] == "planned":
         msg = (f"Deployment #{dep['id']} **planned**: {html.escape(res['engine'])}\n\n"
                f"Run the command below on a GPU host. {fit}")
+    elif dep and dep["status"] == "starting":
+        msg = (f"Deployment #{dep['id']} **starting**: the image is pulled first if the Docker engine lacks it "
+               f"(its progress shows under Deployments), then the container starts.\n\n{fit}")
     elif dep:
-        msg = f"Deployment #{dep['id']} **{dep['status']}**" + (f": {html.escape(dep['error'] or '')}" if
-                                                               dep.get("error") else "") + f"\n\n{fit}"
+        why = (dep.get("error") or "").splitlines()[0] if dep.get("error") else ""
+        msg = f"Deployment #{dep['id']} **{dep['status']}**" + (f": {html.escape(why)}" if why else "") + \
+            f"\n\n{fit}"
     else:
         msg = fit
     return msg, res["command"], str(dep["id"]) if dep else None
@@ -156,14 +166,22 @@ def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
     except (D.DeployError, ValueError):
         return f"_Deployment {html.escape(str(dep_id))} not found._", "", "", ""
     e = html.escape
-    lines = [f"**#{dep.id} {e(dep.target)}** · {e(dep.status)} · <code>{e(dep.url)}</code> · model name "
-             f"<code>{e(dep.served_name)}</code> · folder <code>{e(dep.model_dir)}</code>"]
+    url = _url_shown(dep)
+    lines = [f"**#{dep.id} {e(dep.target)}** · {e(dep.status)} · " + (f"<code>{e(url)}</code> · " if url else "")
+             + f"model name <code>{e(dep.served_name)}</code> · folder <code>{e(dep.model_dir)}</code>"]
     if dep.pid:
         lines.append(f"process {dep.pid} · log <code>{e(dep.log_path)}</code>")
     if dep.container_id:
         lines.append(f"container <code>{e(dep.container_id[:12])}</code>")
-    if dep.error:  # log tails hold anything: shown as text
+    elif dep.status == "starting" and dep.target != "local":
+        lines.append(f"<b>{e(D.pull_line(dep) or 'asking the Docker engine for the image')}</b>")
+    if dep.status == "failed" and dep.error:  # why, in its first line; the rest (a log tail, the command) below
+        first, _, rest = dep.error.partition("\n")
+        lines.append(f"<b>Failed:</b> {e(first)}" + (f"<pre>{e(rest[-2000:])}</pre>" if rest.strip() else ""))
+    elif dep.error:  # log tails hold anything: shown as text
         lines.append(f"<pre>{e(dep.error[-2000:])}</pre>")
+    if not url:  # nothing answers: no client snippets pointing at it
+        return "\n\n".join(lines), "", "", ""
     sn = D.snippets(dep)
     return "\n\n".join(lines), sn["curl"], sn["python"], sn["openai"]
 
