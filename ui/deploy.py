@@ -8,6 +8,7 @@ calls. Handlers are module-level so tests call them without a browser.
 from __future__ import annotations
 
 import html
+import time
 
 import gradio as gr
 import pandas as pd
@@ -145,9 +146,10 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
     if dep and dep["status"] == "planned":
         msg = (f"Deployment #{dep['id']} **planned**: {html.escape(res['engine'])}\n\n"
                f"Run the command below on a GPU host. {fit}")
-    elif dep and dep["status"] == "starting":
-        msg = (f"Deployment #{dep['id']} **starting**: the image is pulled first if the Docker engine lacks it "
-               f"(its progress shows under Deployments), then the container starts.\n\n{fit}")
+    elif dep and dep["status"] == "starting":  # an event, not a status: the row under Deployments goes on
+        msg = (f"Deployment #{dep['id']} launched at {time.strftime('%H:%M:%S')}: the image is pulled first if the "
+               "Docker engine lacks it, then the container starts — its status, progress or why it failed show "
+               f"under **Deployments**.\n\n{fit}")
     elif dep:
         why = (dep.get("error") or "").splitlines()[0] if dep.get("error") else ""
         msg = f"Deployment #{dep['id']} **{dep['status']}**" + (f": {html.escape(why)}" if why else "") + \
@@ -347,15 +349,15 @@ def build_tab():
     smoke_btn.click(run_smoke, [selected, smoke_prompt], smoke_out)
     cloud_btn.click(cloud_text, [model, cloud_target, gpu, num_gpus], cloud)
 
-    def tick(job_id, dep_id, mine=False, request: gr.Request = None):
+    def tick(job_id, dep_id, shown, mine=False, request: gr.Request = None):
         """Export progress while it runs; the selected deployment's status while it starts. A tick never fails the
         page: a busy database or a vanished row leaves the view as it was until the next one."""
         try:
-            return _tick(job_id, dep_id, owner_filter(mine, request))
+            return _tick(job_id, dep_id, shown, owner_filter(mine, request))
         except Exception:  # noqa: BLE001 - the next tick tries again
-            return (gr.update(),) * 9
+            return (gr.update(),) * 10
 
-    def _tick(job_id, dep_id, who):
+    def _tick(job_id, dep_id, shown, who):
         out_job = gr.update()
         prog = gr.update()
         ex_tab = gr.update()
@@ -374,12 +376,17 @@ def build_tab():
                 status = D.get(int(dep_id)).status  # checks the process and /health
             except (D.DeployError, ValueError):
                 before = status = None
-            if status == "starting" or status != before:  # still coming up, or it just changed (up, died)
+            # still coming up, it just changed (up, died), or it changed since this page showed it (a launch thread
+            # wrote its ending: the table and the list follow, not only the details)
+            if status == "starting" or status != before or (dep_id, status) != tuple(shown or ()):
                 dep_updates = [deployments_frame(who), gr.update(choices=deployment_choices(who), value=dep_id),
                                *deployment_details(dep_id)]
-        return (prog, ex_tab, out_job, *dep_updates)
+                shown = (dep_id, status)
+        return (prog, ex_tab, out_job, *dep_updates, shown)
 
+    shown_state = gr.State(None)  # (deployment id, status) this page last showed
     timer = gr.Timer(2.0)
-    timer.tick(tick, [ex_job, selected, mine], [ex_progress, ex_table, ex_job, table, selected, *detail_outputs],
+    timer.tick(tick, [ex_job, selected, shown_state, mine],
+               [ex_progress, ex_table, ex_job, table, selected, *detail_outputs, shown_state],
                show_progress="hidden", concurrency_limit=None)
     return refresh_lists, [selected, ex_run, mine], list_outputs

@@ -834,15 +834,15 @@ class PullProgress:
         where = f"pulling {self.image} from {image_registry(self.image)}"
         if not size:
             return f"{where}: asking the registry" + (f" ({len(self.layers)} layers)" if self.layers else "")
-        pct = 100 * got / size
-        return f"{where}: {_gb(got)} of {_gb(size)} ({pct:.0f} %), {done} of {len(self.layers)} layers done"
+        layers = f"{done} of {len(self.layers)} layers done"
+        if any(not v["total"] and not v["done"] for v in self.layers.values()):  # some sizes not known yet
+            return f"{where}: {_gb(got)} of at least {_gb(size)}, {layers}"
+        return f"{where}: {_gb(got)} of {_gb(size)} ({100 * got / size:.0f} %), {layers}"
 
 
 def ensure_image(client, image: str, on_progress=None, every_s: float = 1.0) -> bool:
     """Pull ``image`` unless the engine has it, calling ``on_progress(line)`` at most every ``every_s`` seconds and
     once at the end. Returns whether it pulled; raises :class:`LaunchError` with :func:`pull_failure`'s line."""
-    import time as _time
-
     from docker.errors import APIError, DockerException, ImageNotFound
     from requests.exceptions import RequestException
 
@@ -853,26 +853,46 @@ def ensure_image(client, image: str, on_progress=None, every_s: float = 1.0) -> 
         pass
     except (APIError, DockerException, RequestException) as exc:
         raise LaunchError(f"the Docker engine could not look up {image}: {' '.join(str(exc).split())[:200]}") from None
+    import threading
+
     repo, tag = _repo_and_tag(image)
     progress = PullProgress(image)
-    last = 0.0
+    lock, done = threading.Lock(), threading.Event()
+    said = [""]
+
+    def report() -> None:  # the newest state, when it changed (events come in bursts; a burst's end is reported too)
+        with lock:
+            line = progress.line()
+        if line != said[0]:
+            said[0] = line
+            on_progress(line)
+
+    flusher = None
     if on_progress:
-        on_progress(progress.line())
+        report()
+
+        def flush() -> None:
+            while not done.wait(every_s):
+                report()
+
+        flusher = threading.Thread(target=flush, daemon=True, name="fts-pull-progress")
+        flusher.start()
     try:
         for event in client.api.pull(repo, tag=tag, stream=True, decode=True):
             if not isinstance(event, dict):
                 continue
             if event.get("error") or event.get("errorDetail"):
                 raise LaunchError(pull_failure(image, event.get("error") or event.get("errorDetail")))
-            progress.add(event)
-            now = _time.monotonic()
-            if on_progress and now - last >= every_s:
-                on_progress(progress.line())
-                last = now
+            with lock:
+                progress.add(event)
     except APIError as exc:
         raise LaunchError(pull_failure(image, getattr(exc, "explanation", None) or exc)) from None
     except (DockerException, RequestException) as exc:
         raise LaunchError(pull_failure(image, exc)) from None
+    finally:
+        done.set()
+        if flusher is not None:
+            flusher.join(timeout=5)  # its last word comes before the pull's end
     try:
         client.images.get(image)
     except (ImageNotFound, APIError, DockerException, RequestException):
