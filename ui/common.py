@@ -14,8 +14,11 @@ CSS = """
 .fts-status {font-size: 0.92em; color: #374151;}
 .fts-error {color: #b91c1c; white-space: pre-wrap; font-family: monospace; font-size: 0.85em;}
 .fts-sample {white-space: pre-wrap; overflow-wrap: anywhere; font-family: monospace; font-size: 0.85em;}
-#train-runs table {font-size: 0.85em;}
-#train-runs th span, #train-runs td span {word-break: keep-all; overflow-wrap: normal; hyphens: none;}
+#train-runs table, #train-runs .virtual-body {font-size: 0.8em;}
+#train-runs span.text, #train-runs span.header, #train-runs .cell-wrap {word-break: keep-all; overflow-wrap: normal;
+                                                                        hyphens: none;}
+#train-runs .body-cell:nth-child(2) span.text, #train-runs .body-cell:last-child span.text {overflow-wrap: anywhere;}
+#train-runs th .cell-menu-button {display: none;}
 #train-jobs-note, #train-jobs-note p {font-size: 0.85em; color: #6b7280; margin: 0;}
 """
 

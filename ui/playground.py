@@ -211,7 +211,7 @@ def build_tab():
         with gr.Row():
             temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p")
-            max_new = gr.Number(256, label="Max new tokens", precision=0, minimum=1)
+            max_new = gr.Number(256, label="Max new tokens", precision=0, minimum=1, elem_id="pg-max-new")
             seed = gr.Number(0, label="Seed", precision=0)
     with gr.Row():
         with gr.Column():

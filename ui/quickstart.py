@@ -40,7 +40,7 @@ def _defaults() -> bool:
 
 
 def panel_label() -> str:
-    when = (f"about {MEASURED['total_s'] // 60} minutes measured on an idle 2-core CPU, longer on a busy one"
+    when = (f"about {round(MEASURED['total_s'] / 60)} minutes measured on an idle 2-core CPU, longer on a busy one"
             if _defaults() else "short settings")
     return f"Quick start — the demo task end to end ({when}; every stage shows its progress)"
 

@@ -24,8 +24,10 @@ LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
 # "job": training runs, evaluations and exports share one numbering, so a list of runs can skip numbers
 RUN_COLUMNS = ["job", "name", "owner", "status", "method", "steps", "loss", "tok/s", "time", "evaluation"]
 # every column wide enough for its header on one line, the table as wide as its column (nothing cut at the right)
-RUN_WIDTHS = {"job": 5, "name": 17, "owner": 9, "status": 13, "method": 8, "steps": 8, "loss": 8, "tok/s": 7,
-              "time": 7, "evaluation": 27}
+# (percent of the table; sized at ~7.3 px a character in the runs column of a 1280-1500 px window)
+RUN_WIDTHS = {"job": 6, "name": 12, "owner": 11.5, "status": 13.5, "method": 8.5, "steps": 8.5, "loss": 8.5,
+              "tok/s": 7.5, "time": 7.5, "evaluation": 16.5}
+WITHOUT_OWNER = {"name": 4.5, "evaluation": 7}  # where the owner column's width goes when it is not shown
 
 
 def run_columns() -> list[str]:
@@ -37,8 +39,9 @@ def run_columns() -> list[str]:
 
 def run_column_widths() -> list[str]:
     cols = run_columns()
-    total = sum(RUN_WIDTHS[c] for c in cols)
-    return [f"{100 * RUN_WIDTHS[c] / total:.1f}%" for c in cols]
+    widths = {c: RUN_WIDTHS[c] + (WITHOUT_OWNER.get(c, 0) if "owner" not in cols else 0) for c in cols}
+    total = sum(widths.values())
+    return [f"{100 * widths[c] / total:.1f}%" for c in cols]
 DEFAULTS = TrainConfig(dataset="-")
 LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
 LR_DTYPES = {"step": "int64", "lr": "float64"}
@@ -89,7 +92,9 @@ def runs_frame(rows: list | None = None) -> pd.DataFrame:
         headline = (f"{ev.headline} {fmt_num(ev.headline_tuned, '{:.3f}')} (base {fmt_num(ev.headline_base, '{:.3f}')})"
                     if ev and ev.headline else "")
         name = r.name + ("  " + " ".join(f"#{t}" for t in r.tags) if r.tags else "")
-        out.append([r.id, name, r.owner or "", r.status.value, r.method, prog, fmt_num(r.last_loss),
+        owner = r.owner or ""
+        owner = owner[:8] + "…" if owner.startswith("v-") and len(owner) > 9 else owner  # a visitor's long id
+        out.append([r.id, name, owner, r.status.value, r.method, prog, fmt_num(r.last_loss),
                     fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r)), headline])
     cols = run_columns()
     return pd.DataFrame(out, columns=RUN_COLUMNS)[cols]
