@@ -18,7 +18,7 @@ import gradio as gr
 from core import runs
 from core.config import get_settings
 from ui import data, deploy, estimate, evaluate, playground, train
-from ui.common import CSS, THEME
+from ui.common import CSS, I18N, THEME
 
 TABS = ("Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy")
 
@@ -128,8 +128,11 @@ def main() -> None:
     from core.models import ensure_default_model
 
     ensure_default_model(progress=print)
-    monitor = runs.start_monitor()  # reconcile leftovers from a previous start, then watch workers
-    from core.deploy.deployments import reconcile_on_start
+    from core.deploy.deployments import reap_servers, reconcile_on_start
+
+    # reconcile leftovers from a previous start, then watch workers; every round also collects the job supervisors
+    # and local servers this process started that have ended (no <defunct> children while the dashboard runs)
+    monitor = runs.start_monitor(also=[reap_servers])
 
     try:
         print(f"deployments: {reconcile_on_start()}", flush=True)  # dead servers marked, orphans stopped
@@ -161,6 +164,7 @@ def main() -> None:
             max_file_size=f"{max_upload_mb()}mb",  # a bigger upload is refused (413) before it is written
             theme=THEME,
             css=CSS,
+            i18n=I18N,  # words Gradio's own locale lacks (screen readers heard "common.complete")
             show_error=True,
         )
     finally:

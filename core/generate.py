@@ -479,6 +479,10 @@ class RowState:
     done: bool = False
     first_token_s: float | None = None
     end_s: float | None = None
+    # its own decoding time: its share of every forward pass it took part in after its first token (rows decoded in
+    # one batch split a pass's time; another decoder's passes are not its time) and how many passes that was
+    decode_s: float = 0.0
+    decode_steps: int = 0
 
 
 class BatchDecoder:
@@ -642,6 +646,7 @@ class BatchDecoder:
             self._next_pos = self._next_pos[idx]
             chosen = [chosen[p] for p in keep]
         device = self._mask.device
+        t0 = time.perf_counter()
         new = torch.tensor(chosen, dtype=torch.long, device=device)[:, None]
         self._mask = torch.cat([self._mask, torch.ones_like(new)], dim=1)
         out = self._forward(input_ids=new, attention_mask=self._mask, position_ids=self._next_pos[:, None],
@@ -649,6 +654,10 @@ class BatchDecoder:
         self._cache = out.past_key_values
         self._next_pos = self._next_pos + 1
         self._logits = out.logits[:, -1, :].float()
+        share = (time.perf_counter() - t0) / len(self.active)
+        for row_i in self.active:
+            self.rows[row_i].decode_s += share
+            self.rows[row_i].decode_steps += 1
         return produced
 
     def run(self) -> list[RowState]:
@@ -769,8 +778,13 @@ class SideResult:
 
 
 def _rate(row: RowState) -> float | None:
+    """A finished row's tokens per second over its own decoding time (RowState.decode_s): a side that stops early
+    is not charged the time the other side went on decoding, nor another model's passes. A remote endpoint's rows
+    (no passes here) are timed from their first token to their last."""
     if row.first_token_s is None or row.end_s is None or len(row.tokens) < 2:
         return None
+    if row.decode_steps:
+        return row.decode_steps / row.decode_s if row.decode_s > 0 else None
     span = row.end_s - row.first_token_s
     return (len(row.tokens) - 1) / span if span > 0 else None
 

@@ -2,11 +2,21 @@
 
 Stages: import the demo task (a dataset) → estimate the run → a short LoRA run (a job) → evaluate base vs tuned (a job)
 → the Playground with both sides and a demo message. Where the path stands is read from the database every time
-(:func:`state`), so a closed tab, a reload or a second person sees the same progress, and every stage can also be
+(:func:`state`), so a closed tab, a reload or a second browser sees the same progress, and every stage can also be
 done by hand in its tab — the quick start only finds what is there.
+
+Whose path it is: each user's own. Nothing is found by a name another user can give: the demo dataset is the one
+holding the demo task's rows (found by their content hash, whoever imported them: the rows are the studio's own),
+the run is the user's own run on that dataset, the evaluation the user's own of that run. In a single-user studio
+(no accounts, not a Space) every row is that user's, as before. Two stages leave no row of their own — the estimate
+and the Playground — so they are noted per user in ``<workspace>/quickstart/``.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +25,9 @@ from core.config import positive_int_env
 DEMO_DATASET = "demo-support-json"
 RUN_NAME = "quickstart-lora"
 DEMO_ROWS = 160  # 144 train / 16 validation
+DEMO_SEED = 0
 TRAIN = {"method": "lora", "lora_r": 16, "lora_alpha": 32, "max_steps": 24, "batch_size": 4, "learning_rate": 2e-3,
-         "max_length": 256, "save_steps": 0}  # about 40 s of training on 2 CPU cores (the tests' demo run)
+         "max_length": 256, "save_steps": 0}  # 24 steps: ~95 s in the worker on an idle 2-core CPU (bench/RESULTS.md)
 EVAL = {"limit": 16, "max_new_tokens": 64, "split": "validation"}
 
 
@@ -26,10 +37,14 @@ class QuickStartError(ValueError):
 
 @dataclass
 class State:
-    dataset: Any = None  # the demo dataset row (newest)
-    run: Any = None  # the newest quick-start training run
-    evaluation_job: Any = None  # the newest evaluate job of that run
+    user: str = ""  # whose quick start ('' in a single-user studio)
+    dataset: Any = None  # the demo dataset row
+    run: Any = None  # the user's newest quick-start training run on it
+    evaluation_job: Any = None  # the user's newest evaluate job of that run
     evaluation: Any = None  # its stored result, once it finished
+    estimated: bool = False  # stage 2 was done (or a run exists: every run gets the same pre-flight check)
+    played: bool = False  # stage 5: both models answered in the Playground with this run on one side
+    conflict: str = ""  # why the demo rows that are stored cannot serve the quick start (see demo_dataset)
 
     @property
     def stage(self) -> int:
@@ -44,33 +59,141 @@ class State:
             return 5 if self.evaluation_job is not None and not self.evaluation_job.status.is_finished else 4
         return 6
 
+    @property
+    def complete(self) -> bool:
+        """All five stages done."""
+        return self.stage == 6 and self.played
 
-def state() -> State:
-    from core import runs
+
+def _per_user() -> bool:
+    """Whether rows are told apart by who made them (accounts, or a Space's visitors)."""
+    from core.users import enforced
+
+    return enforced()
+
+
+def _theirs(row_owner: str | None, user: str) -> bool:
+    return not _per_user() or (row_owner or "") == (user or "")
+
+
+def _demo_rows() -> list[dict]:
+    from core.data.demo import generate_demo_rows
+
+    return generate_demo_rows(DEMO_ROWS, seed=DEMO_SEED)
+
+
+@functools.lru_cache(maxsize=1)
+def demo_content_hash() -> str:
+    """The content hash the demo task's rows are stored under (how the data layer identifies a dataset version)."""
+    from core.data import prepare_dataset
+    from core.data.readers import RawRead
+    from core.data.validate import content_hash_of_hashes
+
+    raw = RawRead(records=[(i + 1, r) for i, r in enumerate(_demo_rows())], container="memory")
+    prep = prepare_dataset("demo task", format="openai", raw=raw)
+    return content_hash_of_hashes((r.hash for r in prep.rows if not r.codes), prep.kind)
+
+
+def _default_split() -> dict:
+    from core.data.splits import SplitSpec
+
+    return SplitSpec().to_dict()
+
+
+def demo_dataset() -> tuple[Any, str]:
+    """(the dataset row holding exactly the demo task's rows, split as the quick start expects — or None; why a
+    stored one cannot serve, or ''). Found by content, never by name: a dataset anyone *names* demo-support-json is
+    not it."""
     from core.data import list_datasets
+
+    digest = demo_content_hash()
+    row = next((d for d in list_datasets() if d.content_hash == digest), None)
+    if row is None:
+        return None, ""
+    spec = (row.meta or {}).get("split_spec")
+    if spec is not None and spec != _default_split():
+        return None, (f"the demo task's rows are stored as dataset #{row.id} with another split ({spec}); the quick "
+                      "start evaluates on the default 10 % validation split")
+    return row, ""
+
+
+# ---- the two stages that leave no row: noted per user ----------------------------------------------------------------
+
+def _notes_path(user: str):
+    from core.config import get_settings
+
+    key = hashlib.sha256((user or "").encode()).hexdigest()[:16] if user else "local"
+    return get_settings().workspace / "quickstart" / f"{key}.json"
+
+
+def _notes(user: str) -> dict:
+    try:
+        data = json.loads(_notes_path(user).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _note(user: str, **fields) -> None:
+    path = _notes_path(user)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**_notes(user), **fields}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def state(user: str = "") -> State:
+    """Where ``user``'s quick start stands (``user``: the signed-in account or Space visitor; '' in a single-user
+    studio)."""
+    from core import runs
     from core.evaluate.results import by_job
 
-    out = State()
-    demo = [d for d in list_datasets() if d.name == DEMO_DATASET]
-    out.dataset = max(demo, key=lambda d: d.id) if demo else None
-    trains = [r for r in runs.list_runs(kind="train") if r.name == RUN_NAME]
+    out = State(user=user or "")
+    out.dataset, out.conflict = demo_dataset()
+    notes = _notes(user)
+    if out.dataset is None:
+        return out
+    ds_ref = str(out.dataset.id)
+    trains = [r for r in runs.list_runs(kind="train") if r.name == RUN_NAME and _theirs(r.owner, user)
+              and str((r.config or {}).get("dataset", "")) == ds_ref]
     out.run = max(trains, key=lambda r: r.id) if trains else None
+    out.estimated = out.run is not None or notes.get("estimated") == out.dataset.id
     if out.run is not None:
-        evals = [r for r in runs.list_runs(kind="evaluate") if (r.config or {}).get("run_id") == out.run.id]
+        evals = [r for r in runs.list_runs(kind="evaluate")
+                 if (r.config or {}).get("run_id") == out.run.id and _theirs(r.owner, user)]
         out.evaluation_job = max(evals, key=lambda r: r.id) if evals else None
         if out.evaluation_job is not None:
             out.evaluation = by_job(out.evaluation_job.id)
+        out.played = notes.get("playground") == out.run.id
     return out
 
 
-def load_demo():
-    """Stage 1: the demo dataset (the existing one when it was imported before)."""
-    st = state()
-    if st.dataset is not None:
-        return st.dataset
-    from core.data import get_dataset, import_demo_task
+def panel_open(user: str = "") -> bool:
+    """Whether the quick start opens by itself: for someone with no training run yet, and while their quick start
+    is under way (not once it is done, nor for someone who trains without it)."""
+    from core import runs
 
-    return get_dataset(import_demo_task(DEMO_ROWS, seed=0).dataset_id)
+    st = state(user)
+    if st.complete:
+        return False
+    if st.run is not None:
+        return True
+    return not any(_theirs(r.owner, user) for r in runs.list_runs(kind="train"))
+
+
+def load_demo(owner: str = ""):
+    """Stage 1: the demo dataset (the stored one when the demo rows were imported before, by anyone)."""
+    ds, conflict = demo_dataset()
+    if ds is not None:
+        return ds
+    if conflict:
+        raise QuickStartError(conflict)
+    from core.data import get_dataset, import_records
+
+    res = import_records(_demo_rows(), source=f"demo task (n={DEMO_ROWS}, seed={DEMO_SEED})", name=DEMO_DATASET,
+                         format="openai", model="default", owner=owner or "")
+    return get_dataset(res.dataset_id)
 
 
 def eval_rows() -> int:
@@ -87,20 +210,25 @@ def train_config(dataset_id: int | str):
                        **{**TRAIN, "max_steps": positive_int_env("FTS_QUICKSTART_STEPS", TRAIN["max_steps"])})
 
 
-def estimate(dataset_id: int | str) -> dict:
+def estimate(dataset_id: int | str, user: str = "") -> dict:
     """Stage 2a: the pre-flight estimate of the quick-start run on this machine (peak memory vs free memory)."""
     from core.estimate import preflight_check
 
     res = preflight_check(train_config(dataset_id))
+    try:
+        _note(user, estimated=int(dataset_id))
+    except (OSError, ValueError):  # the note only draws a check mark
+        pass
     return {"ok": res.ok, "peak_bytes": res.estimate_bytes, "free_bytes": res.free_bytes, "device": res.device,
             "message": res.message}
 
 
 def start_training(owner: str = ""):
-    """Stage 2b: the short LoRA run (an unfinished or succeeded quick-start run is reused, not started twice)."""
-    st = state()
+    """Stage 2b: the short LoRA run (the user's unfinished or succeeded quick-start run is reused, not started
+    twice)."""
+    st = state(owner)
     if st.dataset is None:
-        raise QuickStartError("load the demo task first (stage 1)")
+        raise QuickStartError(st.conflict or "load the demo task first (stage 1)")
     if st.run is not None and (not st.run.status.is_finished or st.run.status == "succeeded"):
         return st.run
     from core.train.jobs import submit_training
@@ -108,20 +236,31 @@ def start_training(owner: str = ""):
     return submit_training(train_config(st.dataset.id), owner=owner)
 
 
-def start_evaluation():
-    """Stage 4: base vs tuned on the run's 16 held-out rows (an evaluation under way or done is reused)."""
-    st = state()
+def start_evaluation(owner: str = ""):
+    """Stage 4: base vs tuned on the run's 16 held-out rows (the user's evaluation under way or done is reused)."""
+    st = state(owner)
     if st.run is None or st.run.status != "succeeded":
-        raise QuickStartError("the quick-start run has to finish first (stage 2)" if st.run is None or
+        raise QuickStartError("the quick-start run has to finish first (stage 3)" if st.run is None or
                               not st.run.status.is_finished else
-                              f"the quick-start run {st.run.status.value}: start it again (stage 2)")
+                              f"the quick-start run {st.run.status.value}: start it again (stage 3)")
     if st.evaluation_job is not None and (not st.evaluation_job.status.is_finished or st.evaluation is not None):
         return st.evaluation_job
     from core.evaluate.config import EvalConfig
     from core.evaluate.submit import submit_evaluation
 
     settings = {**EVAL, "limit": eval_rows()}
-    return submit_evaluation(EvalConfig(run_id=st.run.id, name=f"{RUN_NAME} base vs tuned", **settings))
+    return submit_evaluation(EvalConfig(run_id=st.run.id, name=f"{RUN_NAME} base vs tuned", **settings), owner=owner)
+
+
+def note_playground(user: str, model_keys) -> bool:
+    """Stage 5 is done when both models answered in the Playground with the user's quick-start run on one side
+    (``model_keys``: the two sides' keys, e.g. ``["default", "run:7"]``). Returns whether this noted it."""
+    st = state(user)
+    if st.run is None or st.run.status != "succeeded" or f"run:{st.run.id}" not in list(model_keys):
+        return False
+    if not st.played:
+        _note(user, playground=st.run.id)
+    return True
 
 
 def demo_message() -> str:

@@ -142,6 +142,7 @@ def test_local_server_answers_through_inference_client(served, demo_ws):
     out = client.chat_completion(messages=msg, model=served["served_name"], max_tokens=40, temperature=0.0)
     text = out.choices[0].message.content
     assert text.strip() and out.usage.completion_tokens > 0
+    assert out.model == served["served_name"]  # the name /v1/models lists, not the merged folder
     chunks = [c.choices[0].delta.content for c in client.chat_completion(
         messages=msg, model=served["served_name"], max_tokens=40, temperature=0.0, stream=True) if c.choices]
     streamed = "".join(c for c in chunks if c)
@@ -163,6 +164,17 @@ def test_local_server_answers_through_inference_client(served, demo_ws):
     assert smoke["reply"] and smoke["stream_chunks"] > 0 and smoke["latency_s"] > 0
     sn = D.snippets(D.get(served["id"]))
     assert served["url"] in sn["curl"] and served["served_name"] in sn["python"] and "OpenAI(" in sn["openai"]
+
+
+def test_the_served_model_field_is_the_served_name_through_the_cli(served, demo_ws):
+    """Issue 31: a chat completion answered '"model": "<workspace>/runs/1/merged@main"' while /v1/models listed
+    'run-1-quickstart-lora'. The CLI's smoke request (plain and streamed) reads the field back."""
+    proc = cli("deployments", "smoke", str(served["id"]), "--prompt", "Order A1 never came.", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["model"] == served["served_name"] and res["stream_models"] == [served["served_name"]]
+    proc = cli("deployments", "smoke", str(served["id"]))
+    assert proc.returncode == 0 and f"model '{served['served_name']}'" in proc.stdout
 
 
 def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(served, demo_ws):

@@ -144,6 +144,45 @@ def test_one_forward_pass_per_token_for_both_sides(cache, adapter_dir):
     assert dec.forward_passes <= longest + 1  # prefill + one pass per token, shared by both rows
 
 
+def test_a_side_that_stops_early_is_timed_over_its_own_decoding(cache, adapter_dir):
+    """Issue 31: a side that finished early showed its tokens over time it did not decode ('0.8 tokens/s · 28
+    tokens' next to '2.0 · 96'). Each forward pass's time goes to the rows in it, split between them; a row that
+    left the batch is charged nothing more, so its rate is its own."""
+    from core.generate import _rate
+
+    slot_b = cache.slot(ModelSource("base", "default"))
+    slot_t = cache.slot(ModelSource("tuned", "default", str(adapter_dir)))
+    p = prompt_ids(slot_b.loaded.tokenizer, MESSAGES)
+    dec = BatchDecoder(slot_b.loaded, [p, p], [BASE_ADAPTER, slot_t.adapter_name], GenSettings(max_new_tokens=12))
+    passes = []  # (seconds, rows in the pass) of every decoding pass
+    forward = dec._forward
+
+    def timed(**kw):
+        import time
+
+        decoding = dec._logits is not None  # (the prefill's passes come before the first logits)
+        t0 = time.perf_counter()
+        out = forward(**kw)
+        if decoding:
+            passes.append((time.perf_counter() - t0, kw["input_ids"].shape[0]))
+        return out
+
+    dec._forward = timed
+    for _ in range(4):
+        dec.step()
+    dec.row_stop_ids[0] = set(range(200_000))  # side A stops at its next token; B goes on alone
+    rows = dec.run()
+    a, b = rows
+    assert len(a.tokens) == 4 and len(b.tokens) == 12 and a.end_s < b.end_s
+    shared = [t for t, n in passes if n == 2]
+    assert a.decode_steps == len(shared) == 4 and b.decode_steps == len(passes) == 11
+    assert a.decode_s == pytest.approx(sum(shared) / 2, rel=0.05)  # its half of the passes it was in
+    assert a.decode_s + b.decode_s == pytest.approx(sum(t for t, _ in passes), rel=0.05)  # every second counted once
+    assert _rate(a) == pytest.approx(4 / a.decode_s) and _rate(b) == pytest.approx(11 / b.decode_s)
+    # the old figure charged A from its first token to its last, the passes B shared included; never below it now
+    assert _rate(a) >= (len(a.tokens) - 1) / (a.end_s - a.first_token_s)
+
+
 def test_sampling_is_seeded(cache):
     slot = cache.slot(ModelSource("base", "default"))
     p = prompt_ids(slot.loaded.tokenizer, [{"role": "user", "content": "Tell me a word."}])

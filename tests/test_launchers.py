@@ -224,6 +224,83 @@ def test_without_the_docker_sdk_everything_but_the_launch_works(tmp_path, monkey
         L.launch_container(spec, "vllm")
 
 
+# ---- an engine that answers (tests/fake_docker.py: no Docker daemon runs here, the SDK and its errors are real) ------
+
+def test_an_engine_without_a_registry_says_in_one_line_which_image_from_where_and_how_to_load_it(tmp_path,
+                                                                                                 monkeypatch):
+    """Issue 31: the row failed with the engine's raw '500 Server Error for http+docker://…/images/create?…ghcr.io…
+    no such host'."""
+    from tests.fake_docker import FakeEngine
+
+    model = _model(tmp_path, "merged", LLAMA_7B)
+    spec = ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB")
+    with FakeEngine(offline=True) as engine:
+        monkeypatch.setenv("DOCKER_HOST", engine.address)
+        with pytest.raises(LaunchError) as err:
+            L.launch_container(spec, "tgi")
+    msg = str(err.value)
+    assert "\n" not in msg and "500 Server Error" not in msg and "http+docker" not in msg
+    assert msg.startswith(f"the image {L.TGI_IMAGE} could not be pulled from ghcr.io: ghcr.io cannot be resolved")
+    tar = "text-generation-inference-3.3.7.tar"
+    assert f"docker save {L.TGI_IMAGE} -o {tar}" in msg and f"docker load -i {tar}" in msg
+    assert not any(c.startswith("POST /containers") for c in engine.calls)  # nothing started
+    assert L.image_registry("vllm/vllm-openai:v0.31.0") == "docker.io"
+    denied = L.pull_failure(L.TGI_IMAGE, "unauthorized: authentication required")
+    assert "refused access (docker login ghcr.io" in denied
+
+
+def test_an_engine_that_can_pull_reports_the_pull_then_starts_the_container(tmp_path, monkeypatch):
+    from tests.fake_docker import FakeEngine
+
+    model = _model(tmp_path, "merged", LLAMA_7B)
+    spec = ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB", port=8099)
+    lines = []
+    with FakeEngine(pull_s=2.5) as engine:
+        monkeypatch.setenv("DOCKER_HOST", engine.address)
+        out = L.launch_container(spec, "tgi", on_progress=lines.append)
+        assert engine.containers[out["container_id"]]["status"] == "running"
+        assert out["url"] == "http://127.0.0.1:8099/v1" and L.container_status(out["container_id"]) == "running"
+        # pulled once: a second launch finds the image and pulls nothing
+        calls = len([c for c in engine.calls if c == "POST /images/create"])
+        L.stop_container(out["container_id"])
+        L.launch_container(ServeSpec(model_dir=str(model), served_name="other", gpu="A10G 24GB", port=8098), "tgi")
+        assert calls == 1 and len([c for c in engine.calls if c == "POST /images/create"]) == 1
+    assert lines[0] == f"pulling {L.TGI_IMAGE} from ghcr.io: asking the registry"
+    middle = [ln for ln in lines if " MB of 1.2 GB (" in ln or " GB of 1.2 GB (" in ln]
+    assert middle and any("%" in ln and "of 3 layers done" in ln for ln in middle)
+    assert lines[-1] == f"pulled {L.TGI_IMAGE} (1.2 GB)"
+
+
+def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspace, default_model_dir, monkeypatch):
+    from core.deploy import deployments as D
+    from tests.conftest import wait_until
+    from tests.fake_docker import FakeEngine
+    from ui.deploy import deployment_details, deployments_frame
+
+    with FakeEngine(offline=True) as engine:
+        monkeypatch.setenv("DOCKER_HOST", engine.address)
+        failed = D.deploy_container("default", "tgi", gpu="a10g", port=8097)["deployment"]
+    assert failed["status"] == "failed" and failed["url"] == "" and failed["container_id"] is None
+    assert failed["error"].startswith(f"the image {L.TGI_IMAGE} could not be pulled from ghcr.io")
+    row = deployments_frame().set_index("id").loc[failed["id"]]
+    assert row["status"] == "failed" and row["url"] == ""
+    text, curl, py, oai = deployment_details(str(failed["id"]))
+    assert "could not be pulled" in text and "http://" not in text and curl == py == oai == ""
+
+    with FakeEngine(pull_s=4) as engine:
+        monkeypatch.setenv("DOCKER_HOST", engine.address)
+        dep = D.deploy_container("default", "tgi", gpu="a10g", port=8096, wait=False)["deployment"]
+        assert dep["status"] == "starting" and dep["url"] == ""  # pulling: nothing answers yet
+        shown = wait_until(lambda: " %), " in (t := deployment_details(str(dep["id"]))[0]) and t, 30, poll_s=0.2)
+        assert f"pulling {L.TGI_IMAGE} from ghcr.io: " in shown and "layers done" in shown
+        started = wait_until(lambda: D.peek(dep["id"]).container_id and D.peek(dep["id"]), 30, poll_s=0.2)
+        assert started.status == "starting" and started.url == "http://127.0.0.1:8096/v1"  # until /health answers
+        assert "container started; waiting for /health" in D._log_tail(started).replace(
+            f"container {started.container_id[:12]} started", "container started")
+        assert D.stop(dep["id"]).status == "stopped"
+        assert engine.containers[started.container_id]["status"] == "exited"
+
+
 # ---- command text, tokens, cloud settings ------------------------------------------------------------------------
 
 def test_command_text_round_trips_and_no_token_value_leaks(tmp_path, monkeypatch):

@@ -139,13 +139,83 @@ def test_the_quick_start_finds_its_stages_in_the_database_and_reports_what_chang
     assert status_markdown().count("✓") == 4
 
 
+def _ended_train_run(name: str, dataset_id: int, owner: str):
+    """A training run that ran and succeeded (its row as a worker leaves it; no process)."""
+    from core import runs
+    from core.runs import store
+
+    run = store.submit("train", {"dataset": str(dataset_id), "name": name, "max_steps": 2}, name=name, method="lora",
+                       owner=owner)
+    store.transition(run.id, "starting")
+    store.transition(run.id, "running", started_at=store.utcnow())
+    adapter = store.job_path(run.id) / "adapter"
+    adapter.mkdir(parents=True)
+    store.finish(run.id, "succeeded", adapter_path=str(adapter))
+    return runs.get_run(run.id)
+
+
+def test_a_quick_start_is_its_users_own_never_found_by_a_name_another_user_gave(workspace, fixtures_dir,
+                                                                                monkeypatch):
+    """Bob names a dataset 'demo-support-json' and his runs 'quickstart-lora' (one on the real demo rows, evaluated):
+    Alice's quick start uses none of them — her demo dataset is the demo rows (by content), her run and evaluation
+    her own, each recording her as its owner."""
+    from core import quickstart as qs
+    from core import runs
+    from core.data import import_records
+    from core.runs import store
+    from core.users import add_user
+
+    monkeypatch.setenv("FTS_USERS_FILE", str(workspace / "users.json"))
+    add_user("alice", "alice-password")
+    add_user("bob", "bob-password")
+    rows = json.loads((fixtures_dir / "alpaca_en_demo.json").read_text())
+    bobs_data = import_records(rows, source="bob.json", name=qs.DEMO_DATASET, format="alpaca", model=None,
+                               owner="bob").dataset_id
+    decoy = _ended_train_run(qs.RUN_NAME, bobs_data, "bob")
+    assert qs.state("alice").dataset is None and qs.state("alice").run is None
+    ds = qs.load_demo("alice")
+    assert ds.id != bobs_data and ds.owner == "alice" and ds.rows == qs.DEMO_ROWS
+    assert ds.splits == {"train": 144, "validation": 16, "test": 0}
+    assert ds.content_hash == qs.demo_content_hash()  # how it is found: by the rows, not the name
+    bobs = _ended_train_run(qs.RUN_NAME, ds.id, "bob")  # bob's quick-start run on the very same demo rows
+    bobs_eval = store.submit("evaluate", {"run_id": bobs.id}, name="bob's", owner="bob")
+    st = qs.state("alice")
+    assert st.dataset.id == ds.id and st.run is None and st.evaluation_job is None and st.stage == 2
+    assert qs.state("bob").run.id == bobs.id and qs.state("bob").evaluation_job.id == bobs_eval.id
+    assert decoy.id != qs.state("bob").run.id  # even for bob: a run on data merely *named* the demo is not it
+    with pytest.raises(qs.QuickStartError, match="finish first"):
+        qs.start_evaluation("alice")  # bob's finished run is not hers to evaluate
+    # Alice's own run: found, and her evaluation records her (one job slot is taken: it stays queued, no worker)
+    hers = _ended_train_run(qs.RUN_NAME, ds.id, "alice")
+    busy = store.submit("train", {"dataset": str(ds.id)}, name="someone-training", owner="carol")
+    store.transition(busy.id, "starting")
+    store.transition(busy.id, "running", started_at=store.utcnow())
+    job = qs.start_evaluation("alice")
+    assert job.owner == "alice" and job.status == "queued" and (job.config or {}).get("run_id") == hers.id
+    st = qs.state("alice")
+    assert st.run.id == hers.id and st.evaluation_job.id == job.id and st.stage == 5
+    assert qs.state("bob").run.id == bobs.id  # and bob's stays his
+    # the two stages without a row of their own are noted per user
+    qs.estimate(ds.id, "alice")
+    assert qs.state("alice").estimated and not qs.state("carol").estimated
+    assert qs.note_playground("alice", ["default", f"run:{hers.id}"]) and qs.state("alice").played
+    assert not qs.note_playground("alice", ["default", f"run:{bobs.id}"]) and not qs.state("bob").played
+    assert qs.panel_open("alice")  # her quick start is under way: the panel opens for her
+    assert not qs.panel_open("carol") and qs.panel_open("dave")  # carol trains without it; dave has no run yet
+    assert [r.owner for r in runs.list_runs(kind="evaluate")] == ["alice", "bob"]
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_completes(tmp_path, start_app, browser):
     """app.py started as a Space starts it (SPACE_ID, PORT, GRADIO_SERVER_NAME=0.0.0.0) in a fresh workspace: the
     banner shows, the demo task is preloaded, a run over the cap is refused, and the quick start goes from the
     preloaded demo task to both models answering in the Playground. Short settings (FTS_QUICKSTART_STEPS /
-    _EVAL_ROWS) keep it to about a minute; the default settings' quality is test_evaluate's demo run."""
+    _EVAL_ROWS) keep it to about a minute; the default settings' quality is test_evaluate's demo run.
+
+    Issue 31's walkthrough as a newcomer sees it: every stage shows progress (the running job's bar) and gets its
+    check mark, a reload in the middle changes nothing, the lists agree with the quick start, the Playground's Send
+    is in sight, the tables fit, the browser console stays clean and screen readers hear words."""
     from playwright.sync_api import expect
 
     ws = tmp_path / "space-data"
@@ -156,15 +226,39 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
                     FTS_SPACE_DATA_DIR=str(ws), FTS_WORKSPACE="", FTS_QUICKSTART_STEPS="4",
                     FTS_QUICKSTART_EVAL_ROWS="2")
     page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    errors, announced, unloading = [], set(), []  # console errors; what was read out; those of a page unloading
+    sink = [errors]
+    page.on("console", lambda m: sink[0].append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: sink[0].append(str(e)))
+
+    def reload():  # a reload cuts the old page's polling requests off: only those complaints are allowed then
+        listen()
+        sink[0] = unloading
+        page.reload()
+        page.wait_for_timeout(1000)
+        sink[0] = errors
+    # everything the status tracker's live regions say (what a screen reader reads out), recorded as it is said
+    page.add_init_script("""window.__said = []; new MutationObserver(ms => { for (const m of ms) {
+        const el = m.target.nodeType === 3 ? m.target.parentElement : m.target;
+        const live = el && el.closest ? el.closest('.sr-only[aria-live]') : null;
+        if (live && live.textContent.trim()) window.__said.push(live.textContent.trim()); } })
+        .observe(document, {subtree: true, childList: true, characterData: true});""")
+
+    def listen():
+        announced.update(page.evaluate("() => window.__said"))
+
     page.goto(url)
     expect(page.locator("#space-banner")).to_contain_text("Running as a Hugging Face Space", timeout=30_000)
     expect(page.locator("#space-banner")).to_contain_text("60 steps")
     expect(page.locator("#fts-mode")).to_contain_text("shared mode")  # the page says which mode it is in
-    status = page.locator("#qs-status")
+    status, progress = page.locator("#qs-status"), page.locator("#qs-progress")
     expect(status).to_contain_text("✓ 1 · Demo task", timeout=30_000)  # preloaded at start
+    expect(status).to_contain_text("144 train / 16 validation")  # the split in words, not a dict
     assert (ws / "workspace" / "studio.db").is_file()  # the workspace is on the persistent storage
     page.screenshot(path=str(shots / "0-open.png"))
-    # a run over the cap is refused in the Train tab
+    # the landing Train tab lists what the quick start says is there; a run over the cap is refused
+    expect(page.get_by_role("tab", name="Train", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#train-data-hint")).not_to_contain_text("No datasets yet")
     page.get_by_role("tab", name="Train", exact=True).click()
     ds = page.get_by_label("Training data", exact=True)
     ds.click()
@@ -175,13 +269,33 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     # the quick start, stage by stage
     page.locator("#qs-stage-2").click()
     expect(page.locator("#qs-message")).to_contain_text("Estimated peak memory", timeout=30_000)
+    expect(status).to_contain_text("✓ 2 · Estimate")
+    listen()
     page.screenshot(path=str(shots / "2-estimate.png"))
     page.locator("#qs-stage-3").click()
-    expect(page.locator("#qs-message")).to_contain_text("Started run #1", timeout=30_000)
+    expect(page.locator("#qs-message")).to_contain_text("Started training job #1", timeout=30_000)
+    expect(progress).to_contain_text("Training (job #1)", timeout=30_000)  # the bar, at once
+    expect(progress.locator(".fts-progress")).to_be_visible()
     page.screenshot(path=str(shots / "3-train.png"))
-    expect(status).to_contain_text("run #1 succeeded", timeout=300_000)
+    # a reload in the middle: the same progress, the panel still open, the run listed in the Train tab
+    reload()
+    expect(progress).to_contain_text("Training (job #1)", timeout=30_000)
+    expect(page.locator("#qs-stage-4")).to_be_visible()
+    expect(page.locator("#train-runs")).to_contain_text("quickstart-lora", timeout=20_000)
+    page.get_by_role("tab", name="Estimate", exact=True).click()  # its dataset list is read when a page opens
+    page.get_by_label("Dataset (Data tab)").click()
+    expect(page.get_by_role("option", name="demo-support-json")).to_be_visible(timeout=10_000)
+    page.keyboard.press("Escape")
+    page.get_by_role("tab", name="Train", exact=True).click()
+    expect(status).to_contain_text("training job #1 succeeded", timeout=300_000)
+    expect(status).to_contain_text("✓ 3 · Train")
     page.locator("#qs-stage-4").click()
+    expect(progress).to_contain_text("Evaluating (job #2)", timeout=30_000)
+    expect(status).to_contain_text("evaluation job #2")
+    page.screenshot(path=str(shots / "4-evaluating.png"))
     expect(page.locator("#qs-report")).to_contain_text("What changed", timeout=300_000)
+    expect(status).to_contain_text("✓ 4 · Evaluate")
+    expect(progress).to_be_hidden()  # nothing runs: no bar
     page.screenshot(path=str(shots / "4-evaluate.png"), full_page=True)
     # each stage links to the tab that did it: the Evaluate tab opens with the new evaluation listed
     page.locator("#qs-go-Evaluate").click()
@@ -193,5 +307,38 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     from core.quickstart import demo_message
 
     assert page.locator("#pg-prompt textarea").input_value() == demo_message()
-    page.screenshot(path=str(shots / "5-playground.png"), full_page=True)
-    # (both panes streaming an answer is test_playground_ui's)
+    expect(page.locator("#pg-send")).to_be_in_viewport(timeout=10_000)  # not below the long report
+    expect(page.locator("#pg-blind")).to_be_visible()  # blind voting is in sight, not in the settings
+    page.screenshot(path=str(shots / "5-playground.png"))
+    page.get_by_text("Generation settings").click()
+    page.locator("#pg-max-new input").fill("16")  # a short answer each: the check mark is the point here
+    page.locator("#pg-send").click()
+    expect(page.locator("#pg-stats-a")).to_contain_text("tokens/s", timeout=180_000)
+    expect(page.locator("#pg-stats-b")).to_contain_text("tokens/s", timeout=60_000)
+    expect(status).to_contain_text("✓ 5 · Playground", timeout=20_000)
+    assert status.inner_text().count("✓") == 5
+    listen()
+    page.screenshot(path=str(shots / "5-done.png"), full_page=True)
+    # done: a reload keeps the check marks and the panel out of the way
+    reload()
+    expect(page.locator("#qs-stage-1")).to_be_hidden(timeout=30_000)
+    page.get_by_text("Quick start — the demo task end to end").click()
+    expect(status).to_contain_text("✓ 5 · Playground", timeout=20_000)
+    assert status.inner_text().count("✓") == 5
+    # the runs table fits: every header on one line, nothing cut at the right; compare's empty tables have headers
+    table = page.locator("#train-runs")
+    expect(table).to_contain_text("quickstart-lora", timeout=20_000)
+    fit = page.evaluate("""() => { const t = document.querySelector('#train-runs table');
+        const heads = Array.from(t.querySelectorAll('th span.header'));
+        return {lines: heads.map(h => h.getClientRects().length), wide: t.scrollWidth - t.parentElement.clientWidth,
+                names: heads.map(h => h.textContent.trim())}; }""")
+    assert set(fit["lines"]) == {1}, fit
+    assert fit["wide"] <= 1, fit
+    page.get_by_text("Compare runs", exact=True).click()
+    expect(page.locator("#compare-head")).to_contain_text("train loss")
+    assert "1" not in [h.strip() for h in page.locator("#compare-diff th").all_inner_texts()]
+    page.screenshot(path=str(shots / "6-done-reloaded.png"), full_page=True)
+    listen()
+    assert errors == [], errors
+    assert all("AbortError" in e or "Connection errored out" in e for e in unloading), unloading
+    assert "Done" in announced and not [a for a in announced if a.startswith("common.")], announced

@@ -14,7 +14,17 @@ CSS = """
 .fts-status {font-size: 0.92em; color: #374151;}
 .fts-error {color: #b91c1c; white-space: pre-wrap; font-family: monospace; font-size: 0.85em;}
 .fts-sample {white-space: pre-wrap; overflow-wrap: anywhere; font-family: monospace; font-size: 0.85em;}
+#train-runs table, #train-runs .virtual-body {font-size: 0.8em;}
+#train-runs span.text, #train-runs span.header, #train-runs .cell-wrap {word-break: keep-all; overflow-wrap: normal;
+                                                                        hyphens: none;}
+#train-runs .body-cell:nth-child(2) span.text, #train-runs .body-cell:last-child span.text {overflow-wrap: anywhere;}
+#train-runs th .cell-menu-button {display: none;}
+#train-jobs-note, #train-jobs-note p {font-size: 0.85em; color: #6b7280; margin: 0;}
 """
+
+# Gradio 6.31's status tracker announces a finished event to screen readers as i18n("common.complete"), a key its
+# English locale lacks (so "common.complete" was read out): the word it means
+I18N = gr.I18n(en={"common.complete": "Done"})
 
 
 # what makes a link, an image, code or a table cell: escaped. Emphasis (*, _) only formats and stays readable.
@@ -218,6 +228,12 @@ def fmt_duration(seconds: float | None) -> str:
 
 def fmt_num(v: float | None, fmt: str = "{:.4f}") -> str:
     return "-" if v is None else fmt.format(v)
+
+
+def fmt_splits(splits: dict | None) -> str:
+    """A dataset's split sizes the way a person reads them: '144 train / 16 validation' (empty splits left out)."""
+    parts = [f"{int(n):,} {name}" for name, n in (splits or {}).items() if n]
+    return " / ".join(parts) or "no rows"
 
 
 def progress_html(step: int, max_steps: int, status: str, eta_s: float | None, tokens_per_s: float | None) -> str:

@@ -11,6 +11,9 @@ from core.train import compare as C
 from ui.common import md_text
 
 CURVE_DTYPES = {"x": "float64", "value": "float64", "series": "str"}
+# the tables' headers before two runs are picked (an empty table without headers shows "1 2 3")
+HEADLINE_HEADERS = ["run", "status", "objective", "method", "steps", "train loss", "eval loss", "reward margin",
+                    "tokens/s", "seconds", "evaluation (base → tuned)"]
 
 
 def compare_choices() -> list[tuple[str, str]]:
@@ -20,15 +23,15 @@ def compare_choices() -> list[tuple[str, str]]:
 def compare_view(run_ids: list[str] | None, curve: str, x: str):
     """(message, curve frame or None, config-diff frame, headlines frame)."""
     ids = list(run_ids or [])
-    empty = pd.DataFrame()
+    empty_diff, empty_head = pd.DataFrame(columns=["field"]), pd.DataFrame(columns=HEADLINE_HEADERS)
     if len(ids) < 2:
-        return "Pick two or more runs to compare.", None, empty, empty
+        return "Pick two or more runs to compare.", None, empty_diff, empty_head
     try:
         rows, notes = C.curves(ids, curve, x)
         head, diff = C.config_diff(ids)
         h_head, h_rows = C.headlines(ids)
     except (JobError, ValueError) as exc:
-        return f"**Error:** {md_text(exc)}", None, empty, empty
+        return f"**Error:** {md_text(exc)}", None, empty_diff, empty_head
     frame = pd.DataFrame(rows, columns=["x", "value", "series"]).astype(CURVE_DTYPES) if rows else None
     msg = f"{len(ids)} runs · {curve} by {x}" + "".join(f"\n\n_{md_text(n)}_" for n in notes)
     if not diff:
@@ -50,8 +53,10 @@ def build_section() -> None:
         plot = gr.LinePlot(x="x", y="value", color="series", title="Runs compared", height=300, x_title="step",
                            y_title="train loss", elem_id="compare-plot")
         with gr.Row():
-            headline = gr.Dataframe(label="Headline numbers", interactive=False, wrap=True, elem_id="compare-head")
-        diff = gr.Dataframe(label="Config fields that differ", interactive=False, wrap=True, elem_id="compare-diff")
+            headline = gr.Dataframe(headers=HEADLINE_HEADERS, label="Headline numbers", interactive=False, wrap=True,
+                                    elem_id="compare-head")
+        diff = gr.Dataframe(headers=["field"], label="Config fields that differ", interactive=False, wrap=True,
+                            elem_id="compare-diff")
 
     def refresh_choices(current):
         choices = compare_choices()

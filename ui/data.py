@@ -27,7 +27,7 @@ from core.data.formats import CANONICAL_FIELDS
 from core.data.jobs import IN_PAGE_ROWS, measure_source, needs_a_job, submit_import
 from core.data.templates import OWN, template_menu
 from core.runs import JobError
-from ui.common import is_mine, md_text, mine_box, owner_filter, user_of
+from ui.common import fmt_splits, is_mine, md_text, mine_box, owner_filter, user_of
 
 FILE_TYPES = [".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"]
 TABLE_HEADERS = ["id", "name", "format", "kind", "rows", "train/val/test", "train tokens", "created", "owner"]
@@ -265,20 +265,25 @@ def show_row(dataset_id, split, index, model, max_length, template=None):
     except (DatasetError, ValueError) as exc:
         return None, f"**{md_text(exc)}**"
     if "choices" in pv["row"]:
-        return pv["segments"], (f"Row {pv['index']} of {pv['split_rows']} in {split}: a multiple-choice question "
+        return pv["segments"], (f"Row {pv['index'] + 1} of {pv['split_rows']} in {split}: a multiple-choice question "
                                 f"({len(pv['row']['choices'])} options, {pv['num_tokens']} tokens as shown) for "
                                 "Evaluate — nothing is trained on it; the gold answer is in blue.")
     if "chosen" in pv["row"]:
-        return pv["segments"], (f"Row {pv['index']} of {pv['split_rows']} in {split}: a preference pair, "
+        return pv["segments"], (f"Row {pv['index'] + 1} of {pv['split_rows']} in {split}: a preference pair, "
                                 f"{pv['num_tokens']} tokens as shown — prompt + chosen answer, then prompt + rejected "
                                 "answer. Only the answers count (chosen green, rejected orange): DPO / ORPO raise the "
                                 "chosen answer's probability against the rejected one's; grey is the prompt, red is "
                                 "past the max length (cut off).")
     trained = sum(1 for _, lab in pv["segments"] if lab == "trained")
-    info = (f"Row {pv['index']} of {pv['split_rows']} in {split}: {pv['num_tokens']} tokens, "
+    info = (f"Row {pv['index'] + 1} of {pv['split_rows']} in {split}: {pv['num_tokens']} tokens, "
             f"~{pv['approx_trained_tokens']} carry loss (green) in {trained} assistant span(s); grey is context "
             "(masked), red is past the max length (cut off).")
     return pv["segments"], info
+
+
+def show_row_number(dataset_id, split, number, model, max_length, template=None):
+    """The preview box counts rows from 1, as the problem rows do; show_row takes the 0-based index."""
+    return show_row(dataset_id, split, max(int(number or 1), 1) - 1, model, max_length, template)
 
 
 def show_dataset(dataset_id):
@@ -292,7 +297,7 @@ def show_dataset(dataset_id):
     kind = {"preference": "preference pairs — **for the DPO / ORPO objectives** (Train tab), not for SFT",
             "multiple_choice": "multiple-choice questions — **a benchmark for Evaluate**, not usable for SFT",
             }.get(ds.kind, ds.kind)
-    head = (f"**{md_text(ds.name)}** · {ds.format} · {kind} · {ds.rows:,} rows · split {ds.splits} "
+    head = (f"**{md_text(ds.name)}** · {ds.format} · {kind} · {ds.rows:,} rows · split {fmt_splits(ds.splits)} "
             f"· hash `{ds.content_hash[:12]}`"
             f"\n\nsource: {md_text(ds.source)}\n\n" + problems_markdown(meta.get("problems", [])))
     return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"), ds.kind)
@@ -380,7 +385,8 @@ def build_tab():
     gr.Markdown("#### Preview: what the model is trained on")
     with gr.Row():
         split = gr.Radio(["train", "validation", "test"], value="train", label="Split")
-        index = gr.Number(value=0, precision=0, label="Row (0-based)", elem_id="data-row")
+        index = gr.Number(value=1, precision=0, minimum=1, label="Row (1 = the first, as problems count)",
+                          elem_id="data-row")
         preview_btn = gr.Button("Show row", elem_id="data-preview-btn")
     preview_info = gr.Markdown(elem_id="data-preview-info")
     preview = gr.HighlightedText(label="Rendered with the chat template — green tokens carry loss",
@@ -390,7 +396,8 @@ def build_tab():
     inspect_btn.click(inspect_source, [upload, path, fmt, column_df, template_df],
                       [report, drop_codes, template_df, column_df, sample])
     upload.upload(inspect_source, [upload, path, fmt, column_df, template_df],
-                  [report, drop_codes, template_df, column_df, sample])
+                  [report, drop_codes, template_df, column_df, sample]).then(
+        None, None, None, js="() => document.getElementById('data-report')?.scrollIntoView({block: 'nearest'})")
     def filtered(current, mine, request: gr.Request):  # the table and list as 'Only mine' says
         return refresh_datasets(current, owner_filter(mine, request))
 
@@ -398,18 +405,18 @@ def build_tab():
         run_import, [upload, path, fmt, name, column_df, template_df, drop_codes, val, test, seed, model, max_length],
         [report, table, dataset, hist, stats_md],
     ).then(show_imports, None, [import_status, imports_timer]).then(filtered, [dataset, mine], [table, dataset]).then(
-        show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
+        show_row_number, [dataset, split, index, model, max_length, template], [preview, preview_info])
     demo_btn.click(run_demo_import, None, [report, table, dataset, hist, stats_md]).then(
         filtered, [dataset, mine], [table, dataset]).then(
-        show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
+        show_row_number, [dataset, split, index, model, max_length, template], [preview, preview_info])
     imports_timer.tick(tick_imports, [dataset, mine, seen_imports],
                        [import_status, table, dataset, seen_imports, imports_timer], show_progress="hidden")
     refresh_btn.click(filtered, [dataset, mine], [table, dataset])
     mine.change(filtered, [dataset, mine], [table, dataset])
     dataset.change(show_dataset, [dataset], [detail, hist, stats_md])
     stats_btn.click(run_stats, [dataset, model, max_length, template], [hist, stats_md])
-    preview_btn.click(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
-    template.change(show_row, [dataset, split, index, model, max_length, template], [preview, preview_info])
+    preview_btn.click(show_row_number, [dataset, split, index, model, max_length, template], [preview, preview_info])
+    template.change(show_row_number, [dataset, split, index, model, max_length, template], [preview, preview_info])
 
     def load_lists(current, mine=False, request: gr.Request = None):
         """Page load / tab open: the datasets as they are now (a CLI import, another browser's) and the selected

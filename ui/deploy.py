@@ -8,6 +8,7 @@ calls. Handlers are module-level so tests call them without a browser.
 from __future__ import annotations
 
 import html
+import time
 
 import gradio as gr
 import pandas as pd
@@ -56,8 +57,13 @@ def _deployments(who: str | None = None) -> list:
     return [d for d in D.list_deployments() if is_mine(d.created_by, who)]
 
 
+def _url_shown(dep) -> str:
+    """A failed row has no endpoint: no URL is shown for it (nothing answers there)."""
+    return "" if dep.status == "failed" else (dep.url or "")
+
+
 def deployments_frame(who: str | None = None) -> pd.DataFrame:
-    rows = [[d.id, d.target, d.model_ref, d.status, d.url, d.created_by] for d in _deployments(who)]
+    rows = [[d.id, d.target, d.model_ref, d.status, _url_shown(d), d.created_by] for d in _deployments(who)]
     return pd.DataFrame(rows, columns=DEPLOY_COLUMNS)
 
 
@@ -129,7 +135,8 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
                     "merged model is merged first); the status turns **running** when `/health` answers.",
                     " ".join(dep.args), str(dep.id))
         res = D.deploy_container(ref, target, gpu=gpu or None, port=port_n, num_gpus=int(num_gpus or 1),
-                                 quantize_4bit=bool(quantize_4bit), keep_adapter=bool(keep_adapter), created_by=who)
+                                 quantize_4bit=bool(quantize_4bit), keep_adapter=bool(keep_adapter), created_by=who,
+                                 wait=False)  # a pull can take many minutes: it goes on, its progress shows below
     except (D.DeployError, ValueError) as exc:
         return f"**Error:** {html.escape(str(exc).splitlines()[0])}", "", None
     dep = res["deployment"]
@@ -139,9 +146,14 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
     if dep and dep["status"] == "planned":
         msg = (f"Deployment #{dep['id']} **planned**: {html.escape(res['engine'])}\n\n"
                f"Run the command below on a GPU host. {fit}")
+    elif dep and dep["status"] == "starting":  # an event, not a status: the row under Deployments goes on
+        msg = (f"Deployment #{dep['id']} launched at {time.strftime('%H:%M:%S')}: the image is pulled first if the "
+               "Docker engine lacks it, then the container starts — its status, progress or why it failed show "
+               f"under **Deployments**.\n\n{fit}")
     elif dep:
-        msg = f"Deployment #{dep['id']} **{dep['status']}**" + (f": {html.escape(dep['error'] or '')}" if
-                                                               dep.get("error") else "") + f"\n\n{fit}"
+        why = (dep.get("error") or "").splitlines()[0] if dep.get("error") else ""
+        msg = f"Deployment #{dep['id']} **{dep['status']}**" + (f": {html.escape(why)}" if why else "") + \
+            f"\n\n{fit}"
     else:
         msg = fit
     return msg, res["command"], str(dep["id"]) if dep else None
@@ -156,14 +168,22 @@ def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
     except (D.DeployError, ValueError):
         return f"_Deployment {html.escape(str(dep_id))} not found._", "", "", ""
     e = html.escape
-    lines = [f"**#{dep.id} {e(dep.target)}** · {e(dep.status)} · <code>{e(dep.url)}</code> · model name "
-             f"<code>{e(dep.served_name)}</code> · folder <code>{e(dep.model_dir)}</code>"]
+    url = _url_shown(dep)
+    lines = [f"**#{dep.id} {e(dep.target)}** · {e(dep.status)} · " + (f"<code>{e(url)}</code> · " if url else "")
+             + f"model name <code>{e(dep.served_name)}</code> · folder <code>{e(dep.model_dir)}</code>"]
     if dep.pid:
         lines.append(f"process {dep.pid} · log <code>{e(dep.log_path)}</code>")
     if dep.container_id:
         lines.append(f"container <code>{e(dep.container_id[:12])}</code>")
-    if dep.error:  # log tails hold anything: shown as text
+    elif dep.status == "starting" and dep.target != "local":
+        lines.append(f"<b>{e(D.pull_line(dep) or 'asking the Docker engine for the image')}</b>")
+    if dep.status == "failed" and dep.error:  # why, in its first line; the rest (a log tail, the command) below
+        first, _, rest = dep.error.partition("\n")
+        lines.append(f"<b>Failed:</b> {e(first)}" + (f"<pre>{e(rest[-2000:])}</pre>" if rest.strip() else ""))
+    elif dep.error:  # log tails hold anything: shown as text
         lines.append(f"<pre>{e(dep.error[-2000:])}</pre>")
+    if not url:  # nothing answers: no client snippets pointing at it
+        return "\n\n".join(lines), "", "", ""
     sn = D.snippets(dep)
     return "\n\n".join(lines), sn["curl"], sn["python"], sn["openai"]
 
@@ -329,15 +349,15 @@ def build_tab():
     smoke_btn.click(run_smoke, [selected, smoke_prompt], smoke_out)
     cloud_btn.click(cloud_text, [model, cloud_target, gpu, num_gpus], cloud)
 
-    def tick(job_id, dep_id, mine=False, request: gr.Request = None):
+    def tick(job_id, dep_id, shown, mine=False, request: gr.Request = None):
         """Export progress while it runs; the selected deployment's status while it starts. A tick never fails the
         page: a busy database or a vanished row leaves the view as it was until the next one."""
         try:
-            return _tick(job_id, dep_id, owner_filter(mine, request))
+            return _tick(job_id, dep_id, shown, owner_filter(mine, request))
         except Exception:  # noqa: BLE001 - the next tick tries again
-            return (gr.update(),) * 9
+            return (gr.update(),) * 10
 
-    def _tick(job_id, dep_id, who):
+    def _tick(job_id, dep_id, shown, who):
         out_job = gr.update()
         prog = gr.update()
         ex_tab = gr.update()
@@ -356,12 +376,17 @@ def build_tab():
                 status = D.get(int(dep_id)).status  # checks the process and /health
             except (D.DeployError, ValueError):
                 before = status = None
-            if status == "starting" or status != before:  # still coming up, or it just changed (up, died)
+            # still coming up, it just changed (up, died), or it changed since this page showed it (a launch thread
+            # wrote its ending: the table and the list follow, not only the details)
+            if status == "starting" or status != before or (dep_id, status) != tuple(shown or ()):
                 dep_updates = [deployments_frame(who), gr.update(choices=deployment_choices(who), value=dep_id),
                                *deployment_details(dep_id)]
-        return (prog, ex_tab, out_job, *dep_updates)
+                shown = (dep_id, status)
+        return (prog, ex_tab, out_job, *dep_updates, shown)
 
+    shown_state = gr.State(None)  # (deployment id, status) this page last showed
     timer = gr.Timer(2.0)
-    timer.tick(tick, [ex_job, selected, mine], [ex_progress, ex_table, ex_job, table, selected, *detail_outputs],
+    timer.tick(tick, [ex_job, selected, shown_state, mine],
+               [ex_progress, ex_table, ex_job, table, selected, *detail_outputs, shown_state],
                show_progress="hidden", concurrency_limit=None)
     return refresh_lists, [selected, ex_run, mine], list_outputs

@@ -213,4 +213,12 @@ def build_tab() -> None:
               prompt_template]
     outputs = [summary, components, phases, inference, fit, time_cost]
     go.click(run_estimate, inputs, outputs)
-    refresh.click(lambda: gr.update(choices=_dataset_choices()), None, dataset)
+    refresh.click(refresh_datasets, dataset, dataset)
+    return refresh_datasets, [dataset], [dataset]  # app.py runs it when a page (or the tab) opens: never stale
+
+
+def refresh_datasets(current: str | None = None):
+    """The Dataset list as the database has it now (a reload, an import elsewhere); the choice stays if listed."""
+    choices = _dataset_choices()
+    keep = current if current in {v for _, v in choices} else ""
+    return gr.update(choices=choices, value=keep)

@@ -92,8 +92,9 @@ def pane_updates(panes, sides, keys, blind):
 
 def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: float, top_p: float,
             max_new_tokens: int, seed: int, chat_mode: bool, blind: bool, hist_a: list | None, hist_b: list | None,
-            state: dict | None):
-    """Stream both answers. Yields (pane A history, pane B history, stats A, stats B, state, vote row, reveal)."""
+            state: dict | None, user: str = ""):
+    """Stream both answers. Yields (pane A history, pane B history, stats A, stats B, state, vote row, reveal).
+    ``user``: who asked (both models answering with their quick-start run on a side is its stage 5)."""
     state = dict(state or new_state())
     prompt = (prompt or "").strip()
     hist_a = list(hist_a or []) if chat_mode else []
@@ -108,14 +109,14 @@ def respond(model_a: str, model_b: str, prompt: str, system: str, temperature: f
                "in a shared studio, so everyone gets a turn)._")
         return
     try:
-        yield from _respond(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens, seed, chat_mode,
-                            blind, hist_a, hist_b, state)
+        yield from _answer(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens, seed, chat_mode,
+                           blind, hist_a, hist_b, state, user)
     finally:
         GENERATION_SHARE.release(who)
 
 
-def _respond(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens, seed, chat_mode, blind, hist_a,
-             hist_b, state):
+def _answer(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens, seed, chat_mode, blind, hist_a,
+            hist_b, state, user):
     keys = [model_a or "default", model_b or "default"]
     if blind:
         if state.get("order") is None or not chat_mode or not hist_a:
@@ -167,6 +168,13 @@ def _respond(model_a, model_b, prompt, system, temperature, top_p, max_new_token
                      "settings": {"temperature": settings.temperature, "top_p": settings.top_p,
                                   "max_new_tokens": settings.max_new_tokens, "seed": settings.seed},
                      "voted": False} if ok else None
+    if ok:
+        try:
+            from core.quickstart import note_playground
+
+            note_playground(user, keys)
+        except Exception:  # noqa: BLE001, S110 - the quick start's check mark never costs an answer
+            pass
     reveal = ""
     if blind and ok:
         reveal = "_Which answer is better? Vote below: the models are revealed after your vote._"
@@ -207,16 +215,17 @@ def build_tab():
         model_b = gr.Dropdown(choices=choices, value="default", allow_custom_value=True, label="Model B",
                               info="the same choices; runs of one base share its weights", elem_id="pg-model-b")
         refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
+    with gr.Row():
+        blind = gr.Checkbox(False, label="Blind A/B: shuffle the sides and vote (they are revealed after your vote)",
+                            elem_id="pg-blind")
+        chat_mode = gr.Checkbox(False, label="Chat (keep each side's history)", elem_id="pg-chat")
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
         with gr.Row():
             temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p")
-            max_new = gr.Number(256, label="Max new tokens", precision=0, minimum=1)
+            max_new = gr.Number(256, label="Max new tokens", precision=0, minimum=1, elem_id="pg-max-new")
             seed = gr.Number(0, label="Seed", precision=0)
-        with gr.Row():
-            chat_mode = gr.Checkbox(False, label="Chat (keep each side's history)")
-            blind = gr.Checkbox(False, label="Blind A/B: shuffle the sides and vote", elem_id="pg-blind")
     with gr.Row():
         with gr.Column():
             pane_a = gr.Chatbot(label="A", height=380, render_markdown=False, elem_id="pg-pane-a")
@@ -242,8 +251,8 @@ def build_tab():
               state]
     outputs = [pane_a, pane_b, stats_a, stats_b, state, vote_row, reveal]
     # two people at once both get answers: generation interleaves per token on a shared model (one lock per model)
-    send.click(respond, inputs, outputs, concurrency_limit=4, concurrency_id="playground")
-    prompt.submit(respond, inputs, outputs, concurrency_limit=4, concurrency_id="playground")
+    send.click(_respond, inputs, outputs, concurrency_limit=4, concurrency_id="playground")
+    prompt.submit(_respond, inputs, outputs, concurrency_limit=4, concurrency_id="playground")
     clear.click(lambda: ([], [], "", "", new_state(), gr.update(visible=False), ""), None, outputs)
     for btn, winner in ((vote_a, "a"), (vote_b, "b"), (vote_tie, "tie"), (vote_bad, "both_bad")):
         btn.click(_voter(winner), state, [reveal, board, vote_row, state])
@@ -259,6 +268,12 @@ def build_tab():
     refresh.click(refresh_lists, model_b, [model_a, model_b, board])
     COMPONENTS.update(model_a=model_a, model_b=model_b, prompt=prompt, system=system, max_new=max_new)
     return refresh_lists, [model_b], [model_a, model_b, board]
+
+
+def _respond(request: gr.Request, *values):  # the request first: gradio injects only positional special args
+    from ui.common import user_of
+
+    yield from respond(*values, user=user_of(request))
 
 
 def _voter(winner: str):

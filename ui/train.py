@@ -21,7 +21,27 @@ from ui.common import fmt_duration, fmt_num, is_mine, md_text, mine_box, owner_f
 
 REFRESH_S = 1.0
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
-RUN_COLUMNS = ["id", "name", "owner", "status", "method", "progress", "loss", "tokens/s", "duration", "evaluation"]
+# "job": training runs, evaluations and exports share one numbering, so a list of runs can skip numbers
+RUN_COLUMNS = ["job", "name", "owner", "status", "method", "steps", "loss", "tok/s", "time", "evaluation"]
+# every column wide enough for its header on one line, the table as wide as its column (nothing cut at the right)
+# (percent of the table; sized at ~7.3 px a character in the runs column of a 1280-1500 px window)
+RUN_WIDTHS = {"job": 6, "name": 12, "owner": 11.5, "status": 13.5, "method": 8.5, "steps": 8.5, "loss": 8.5,
+              "tok/s": 7.5, "time": 7.5, "evaluation": 16.5}
+WITHOUT_OWNER = {"name": 4.5, "evaluation": 7}  # where the owner column's width goes when it is not shown
+
+
+def run_columns() -> list[str]:
+    """The runs table's columns: 'owner' only where several people share the studio (locally it is always empty)."""
+    from ui.common import several_users
+
+    return RUN_COLUMNS if several_users() else [c for c in RUN_COLUMNS if c != "owner"]
+
+
+def run_column_widths() -> list[str]:
+    cols = run_columns()
+    widths = {c: RUN_WIDTHS[c] + (WITHOUT_OWNER.get(c, 0) if "owner" not in cols else 0) for c in cols}
+    total = sum(widths.values())
+    return [f"{100 * widths[c] / total:.1f}%" for c in cols]
 DEFAULTS = TrainConfig(dataset="-")
 LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
 LR_DTYPES = {"step": "int64", "lr": "float64"}
@@ -72,9 +92,12 @@ def runs_frame(rows: list | None = None) -> pd.DataFrame:
         headline = (f"{ev.headline} {fmt_num(ev.headline_tuned, '{:.3f}')} (base {fmt_num(ev.headline_base, '{:.3f}')})"
                     if ev and ev.headline else "")
         name = r.name + ("  " + " ".join(f"#{t}" for t in r.tags) if r.tags else "")
-        out.append([r.id, name, r.owner or "", r.status.value, r.method, prog, fmt_num(r.last_loss),
+        owner = r.owner or ""
+        owner = owner[:8] + "…" if owner.startswith("v-") and len(owner) > 9 else owner  # a visitor's long id
+        out.append([r.id, name, owner, r.status.value, r.method, prog, fmt_num(r.last_loss),
                     fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r)), headline])
-    return pd.DataFrame(out, columns=RUN_COLUMNS)
+    cols = run_columns()
+    return pd.DataFrame(out, columns=RUN_COLUMNS)[cols]
 
 
 def run_choices(rows: list | None = None) -> list[tuple[str, str]]:
@@ -418,8 +441,10 @@ def build_tab() -> None:
             with gr.Row():
                 gr.Markdown("#### Runs")
                 mine = mine_box("Only my runs", "train-mine")
-            runs_table = gr.Dataframe(value=runs_frame, headers=RUN_COLUMNS, interactive=False, max_height=260,
-                                      wrap=True)
+            gr.Markdown("Numbers are job numbers: training runs, evaluations and exports share them, so the runs "
+                        "listed here can skip some.", elem_id="train-jobs-note")
+            runs_table = gr.Dataframe(value=runs_frame, headers=run_columns(), interactive=False, max_height=260,
+                                      wrap=True, column_widths=run_column_widths(), elem_id="train-runs")
             metrics_cache = gr.State(new_metrics_cache())
             with gr.Row():
                 # a custom value: a run deleted (here or elsewhere) between two refreshes is "not found", not an
@@ -510,12 +535,12 @@ def build_tab() -> None:
             check_can_manage(runs.get_run(rid), user, action)  # anyone may look; the owner (or an admin) acts
             if action == "stop":
                 run = runs.stop(rid)
-                return f"Run #{rid} {run.status}.", gr.update(choices=run_choices())
+                return f"Run #{rid} {run.status} at {_now()}.", gr.update(choices=run_choices())
             if action == "resume":
                 run = runs.resume(rid)
                 ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
                     " from the start (no checkpoint yet)"
-                return f"Run #{rid} {run.status}{ck}.", gr.update(choices=run_choices())
+                return f"Run #{rid} resumed{ck} at {_now()}.", gr.update(choices=run_choices())
             run = train_jobs.continue_training(rid, int(steps or 0), owner=user, objective=objective or None)
             how = f" with {objective.upper()}" if objective else ""
             return (f"Run #{run.id} continues #{rid}{how} for {int(steps)} steps.",
@@ -668,7 +693,15 @@ def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") ->
     note = f"\n\n**Warning:** {warn}" if warn else ""
     if run.status == RunStatus.queued and run.error:  # the backend could not take it yet: say why
         note += f"\n\n{md_text(run.error)}"
-    return f"Run #{run.id} **{run.status}**.{note}", run.id
+    # an event, not a status: the status changes, the Runs table on the right follows it
+    return f"Run #{run.id} started at {_now()} — its status and progress are under **Runs** on the right.{note}", \
+        run.id
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%H:%M:%S")
 
 
 def _upload_as_dataset(values: dict, owner: str) -> dict:

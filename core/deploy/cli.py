@@ -75,13 +75,17 @@ def cmd_deploy(args) -> int:
             res = D.deploy_container(ref, args.target, gpu=args.gpu, port=args.port, num_gpus=args.num_gpus,
                                      quantize_4bit=args.quantize_4bit, keep_adapter=args.keep_adapter,
                                      dry_run=args.dry_run)
+            row = res.get("deployment") or {}
             if args.json:
                 _print_json(res)
             else:
                 print(res["command"])
                 if res.get("engine"):
                     print(f"note: {res['engine']}", file=sys.stderr)
-            return 0
+                if row.get("status") == "failed":  # e.g. the image could not be pulled: one line, why and what to do
+                    print(f"deployment {row['id']} failed: {(row.get('error') or '').splitlines()[0]}",
+                          file=sys.stderr)
+            return 1 if row.get("status") == "failed" else 0
     except (D.DeployError, ValueError) as exc:
         return _fail(str(exc).splitlines()[0])
     if args.json:
@@ -116,7 +120,7 @@ def cmd_deployments(args) -> int:
             _print_json(D.to_dict(d)) if args.json else print(f"deployment {d.id} {d.status}")
             return 0
         res = D.smoke_test(args.id, prompt=args.prompt)
-        _print_json(res) if args.json else print(f"{res['latency_s']} s: {res['reply']}")
+        _print_json(res) if args.json else print(f"{res['latency_s']} s, model '{res['model']}': {res['reply']}")
         return 0
     except D.DeployError as exc:
         return _fail(str(exc).splitlines()[0])

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,21 @@ SPAWN_GRACE_S = 30.0  # a row saved just before its process is spawned has no pi
 
 class DeployError(JobError):
     """A deployment that cannot be made as asked; the message says why and what to do."""
+
+
+# server processes this process started, by pid: their exit status is collected once they end (reap_servers), so a
+# stopped or dead server does not stay a <defunct> child of the dashboard until it exits
+_SERVERS: dict[int, subprocess.Popen] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def reap_servers() -> list[int]:
+    """Collect the exit status of the local servers started here that have ended. Returns the pids reaped."""
+    with _SERVERS_LOCK:
+        ended = [pid for pid, proc in _SERVERS.items() if proc.poll() is not None]
+        for pid in ended:
+            del _SERVERS[pid]
+    return ended
 
 
 # ---- rows ------------------------------------------------------------------------------------------------------------
@@ -189,6 +205,7 @@ def _is_our_server(pid: int | None, dep_id: int | None = None) -> bool:
     """The pid is alive and is a local server process of this workspace (of that deployment, when given)."""
     if not pid:
         return False
+    reap_servers()  # an ended server of ours is collected here, not left a zombie
     import psutil
 
     try:
@@ -258,6 +275,8 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
     except OSError as exc:
         return _update(dep.id, status="failed", error=f"could not start the server process: {exc}",
                        log_path=str(log_path), args=argv, stopped_at=utcnow())
+    with _SERVERS_LOCK:
+        _SERVERS[proc.pid] = proc
     dep = _update(dep.id, pid=proc.pid, log_path=str(log_path), args=argv)
     if wait:
         dep = wait_healthy(dep.id, proc=proc)
@@ -427,6 +446,13 @@ def _refresh_container(dep: Deployment) -> Deployment:
     from core.deploy.launchers import container_status
 
     if not dep.container_id:
+        if dep.status == "starting" and dep.log_path:  # pulling: its launcher writes progress as it goes
+            path = Path(dep.log_path)
+            since = time.time() - (path.stat().st_mtime if path.exists() else _aware(dep.created_at).timestamp())
+            if since > PULL_STALE_S:
+                return _update(dep.id, expect=("starting",), status="failed", url="", stopped_at=utcnow(),
+                               error=f"the image pull stopped: no progress for {since:.0f} s (the dashboard that "
+                                     "pulled it stopped?); deploy again")
         return dep
     state = container_status(dep.container_id)
     if state is None:  # no engine to ask: keep what we knew
@@ -443,10 +469,14 @@ def _refresh_container(dep: Deployment) -> Deployment:
 
 def deploy_container(model_ref: str, target: str, *, gpu: str | None = None, port: int | None = None,
                      num_gpus: int = 1, quantize_4bit: bool = False, keep_adapter: bool = False,
-                     created_by: str = "anonymous", dry_run: bool = False) -> dict:
+                     created_by: str = "anonymous", dry_run: bool = False, wait: bool = True) -> dict:
     """TGI or vLLM for a run or a model folder: the exact argument list, sized for the GPU; launched where a Docker
     engine answers, else a ``planned`` row with the command to run on a GPU host. Returns
-    ``{"deployment": row dict or None, "args": [...], "command": str, "sizing": {...}, "engine": reason or ""}``."""
+    ``{"deployment": row dict or None, "args": [...], "command": str, "sizing": {...}, "engine": reason or ""}``.
+
+    Launching pulls the image first when the engine lacks it (TGI is ~10 GB): the row is ``starting`` with no URL
+    meanwhile and the pull's progress goes to its log (:func:`pull_line`). ``wait``: return when the container is
+    started (or the launch failed); else at once, the pull and the start going on in a thread of this process."""
     from core.deploy import launchers as L
 
     if target not in ("tgi", "vllm"):
@@ -491,21 +521,72 @@ def deploy_container(model_ref: str, target: str, *, gpu: str | None = None, por
     row = Deployment(run_id=run_id, target=target, model_ref=model_ref, model_dir=serve_dir, served_name=name,
                      host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}/v1", args=args,
                      created_by=created_by or "anonymous")
-    if client is None:
+    if client is None:  # a plan: the URL is where the command will answer
         row.status, row.error = "planned", reason
         out["engine"] = reason
         out["deployment"] = to_dict(_save(row))
         return out
-    try:
-        launched = L.launch_container(spec, target)
-    except L.LaunchError as exc:
-        row.status, row.error = "failed", str(exc)
-        out["deployment"] = to_dict(_save(row))
-        return out
-    row.status, row.container_id = "starting", launched["container_id"]
-    row.url = launched.get("url") or row.url
-    out["deployment"] = to_dict(_save(row))
+    row.status, row.url = "starting", ""  # no URL until a container answers on it
+    dep = _save(row)
+    log_path = get_settings().workspace / "deployments" / f"{dep.id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    dep = _update(dep.id, log_path=str(log_path))
+    if wait:
+        dep = _launch(dep.id, spec, target)
+    else:
+        threading.Thread(target=_launch, args=(dep.id, spec, target), daemon=True,
+                         name=f"fts-launch-{dep.id}").start()
+    out["deployment"] = to_dict(dep)
     return out
+
+
+PULL_STALE_S = float(os.environ.get("FTS_PULL_STALE_S", "600"))
+
+
+def _launch(dep_id: int, spec, target: str) -> Deployment:
+    """Pull (with progress in the row's log) and start a container for a ``starting`` row; the row becomes the
+    container's (with its URL) or ``failed`` with one line of why — and no URL, since nothing answers there."""
+    from core.deploy import launchers as L
+
+    dep = _get_row(dep_id)
+    path = Path(dep.log_path)
+
+    def note(line: str) -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"[{time.strftime('%H:%M:%S')}] {line}\n")
+        except OSError:
+            pass
+
+    def still_wanted() -> bool:
+        return _get_row(dep_id).status == "starting"
+
+    try:
+        launched = L.launch_container(spec, target, on_progress=note, proceed=still_wanted)
+    except L.LaunchError as exc:
+        note(f"failed: {str(exc).splitlines()[0]}")
+        if not still_wanted():  # stopped meanwhile: that is its ending
+            return _get_row(dep_id)
+        return _update(dep_id, expect=("starting",), status="failed", error=str(exc), url="", stopped_at=utcnow())
+    except Exception as exc:  # noqa: BLE001 - a launch thread never dies silently: the row says why
+        return _update(dep_id, expect=("starting",), status="failed", url="", stopped_at=utcnow(),
+                       error=f"the launch failed: {type(exc).__name__}: {str(exc)[:300]}")
+    note(f"container {launched['container_id'][:12]} started; waiting for /health at {launched['url']}")
+    dep = _update(dep_id, expect=("starting",), container_id=launched["container_id"], url=launched.get("url") or "")
+    if dep.container_id != launched["container_id"]:  # stopped while it was starting: stop what was started
+        try:
+            L.stop_container(launched["container_id"])
+        except L.LaunchError:
+            pass
+    return dep
+
+
+def pull_line(dep: Deployment) -> str:
+    """The last thing a container row's launch wrote (the pull's progress), '' when none."""
+    if dep.target == "local" or not dep.log_path:
+        return ""
+    lines = [ln for ln in _log_tail(dep, lines=3).splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 def _base_dir_of(run_id: int | None) -> str:
@@ -534,9 +615,10 @@ def smoke_test(dep_id: int, prompt: str = "Say hello in one short sentence.", ma
         reply = out.choices[0].message.content or ""
         plain_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        first, parts = None, []
+        first, parts, stream_models = None, [], set()
         for chunk in client.chat_completion(messages=messages, model=dep.served_name, max_tokens=max_tokens,
                                             stream=True):
+            stream_models.add(getattr(chunk, "model", None))
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
                 first = first if first is not None else time.perf_counter() - t1
@@ -544,7 +626,9 @@ def smoke_test(dep_id: int, prompt: str = "Say hello in one short sentence.", ma
         stream_s = time.perf_counter() - t1
     except Exception as exc:  # noqa: BLE001 - any client failure is the smoke test's answer, worded
         raise DeployError(f"the smoke request to {dep.url} failed: {type(exc).__name__}: {str(exc)[:300]}") from None
-    return {"reply": reply, "latency_s": round(plain_s, 3),
+    # the model the endpoint says answered: clients match it with the name they sent and /v1/models lists
+    return {"reply": reply, "latency_s": round(plain_s, 3), "model": getattr(out, "model", None),
+            "stream_models": sorted(m for m in stream_models if m),
             "stream_reply": "".join(parts), "stream_chunks": len(parts),
             "stream_first_token_s": None if first is None else round(first, 3), "stream_s": round(stream_s, 3),
             "completion_tokens": getattr(out.usage, "completion_tokens", None) if out.usage else None}

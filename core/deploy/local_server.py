@@ -5,9 +5,10 @@
 Started by core.deploy.deployments in its own process group. ``transformers serve`` alone, serving a local folder,
 lists only the Hub cache at ``/v1/models`` (the served folder is missing there; a 500 when the folder is absent) and
 answers 400 to any request that does not name the folder's full path. Here the server is pinned to the folder
-(``force_model``), ``/v1/models`` lists exactly the served model under NAME, and a request naming NAME (or nothing,
-or the folder) is served — so OpenAI clients that discover the model, or send the name they were given, work.
-Other names get a 404 that says which model is served.
+(``force_model``), ``/v1/models`` lists exactly the served model under NAME, a request naming NAME (or nothing,
+or the folder) is served, and every response names NAME as its ``model`` — so OpenAI clients that discover the
+model, or send the name they were given, work and see it echoed. Other names get a 404 that says which model is
+served.
 """
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def patch_transformers_serve(model_dir: str, name: str) -> None:
 
             raise HTTPException(status_code=404, detail=f"model '{requested}' is not served here; this server "
                                                         f"serves '{name}' (GET /v1/models)")
-        return original(self, body)
+        _model_id, model, processor = original(self, body)
+        # the id each response names ("model": ...) is the served name /v1/models lists, not the folder
+        # ('<workspace>/runs/1/merged@main'): clients match the two
+        return name, model, processor
 
     utils.BaseHandler._resolve_model = resolve
 

@@ -172,8 +172,28 @@ class LocalBackend(Backend):
     def kill(self, job: Run) -> None:
         self._signal(job, signal.SIGKILL)
 
+    def reap(self) -> list[int]:
+        """Collect the exit status of every supervisor started here that has ended — once its job has recorded its
+        ending nothing asks about it again, and until collected it stays a ``<defunct>`` child of this process.
+        Returns the pids reaped."""
+        with self._lock:
+            ended = [pid for pid, proc in self._children.items() if proc.poll() is not None]
+            for pid in ended:
+                del self._children[pid]
+        return ended
+
 
 _BACKENDS: dict[str, Backend] = {}
+
+
+def reap_children() -> list[int]:
+    """Reap the ended job processes this process started (every backend that starts local children)."""
+    out: list[int] = []
+    for backend in list(_BACKENDS.values()):
+        reap = getattr(backend, "reap", None)
+        if reap is not None:
+            out += reap()
+    return out
 
 
 # what a Ray job's processes get through its runtime environment: the studio's settings, never a secret — Ray shows

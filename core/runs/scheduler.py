@@ -18,7 +18,7 @@ from typing import Any
 
 from core.config import get_settings
 from core.runs import paths, store
-from core.runs.backends import BackendUnavailable, get_backend
+from core.runs.backends import BackendUnavailable, get_backend, reap_children
 from core.runs.errors import JobError
 from core.runs.kinds import get_kind
 from storage import Run, RunMetric, RunStatus
@@ -291,19 +291,30 @@ def wait_for(job_id: int, *, timeout_s: float | None = None, poll_s: float = 1.0
 
 
 class Monitor(threading.Thread):
-    """The dashboard's background reconcile + dispatch loop (a dead worker is noticed within ~1-2 s)."""
+    """The dashboard's background reconcile + dispatch loop (a dead worker is noticed within ~1-2 s); it also reaps
+    the job processes this process started once they end, and runs ``also`` (callables of the layers above, e.g.
+    reaping their own children) on each round."""
 
-    def __init__(self, interval_s: float = 1.0):
+    def __init__(self, interval_s: float = 1.0, also: Iterable = ()):
         super().__init__(daemon=True, name="fts-monitor")
         self.interval_s = interval_s
+        self.also = list(also)
         self._halt = threading.Event()  # not `_stop`: that name belongs to threading.Thread
 
     def run(self) -> None:
         while not self._halt.wait(self.interval_s):
+            self.tick()
+
+    def tick(self) -> None:
+        try:
+            reconcile()
+            dispatch()
+        except Exception as exc:  # noqa: BLE001 - the dashboard never dies because a job did
+            print(f"[monitor] {type(exc).__name__}: {exc}", file=sys.stderr)
+        for fn in (reap_children, *self.also):
             try:
-                reconcile()
-                dispatch()
-            except Exception as exc:  # noqa: BLE001 - the dashboard never dies because a job did
+                fn()
+            except Exception as exc:  # noqa: BLE001
                 print(f"[monitor] {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def stop(self) -> None:
@@ -315,10 +326,10 @@ class Monitor(threading.Thread):
             self.join(timeout_s)
 
 
-def start_monitor(interval_s: float = 1.0) -> Monitor:
+def start_monitor(interval_s: float = 1.0, also: Iterable = ()) -> Monitor:
     reconcile(on_start=True)
     dispatch()
-    mon = Monitor(interval_s)
+    mon = Monitor(interval_s, also)
     mon.start()
     return mon
 
