@@ -133,6 +133,10 @@ def main() -> None:
     # reconcile leftovers from a previous start, then watch workers; every round also collects the job supervisors
     # and local servers this process started that have ended (no <defunct> children while the dashboard runs)
     monitor = runs.start_monitor(also=[reap_servers])
+    from core.runs.backends import prewarm
+
+    if prewarm():  # runs then fork from it with the libraries imported: seconds, not 10-30 s, to their first step
+        print("warm worker: starting (FTS_WARM_WORKER=0 turns it off)", flush=True)
 
     try:
         print(f"deployments: {reconcile_on_start()}", flush=True)  # dead servers marked, orphans stopped

@@ -19,6 +19,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["FTS_MODELS_DIR"] = str(SHARED_MODELS)
 
 
+os.environ.setdefault("FTS_WARM_IDLE_MIN", "10")  # the warm worker of a test session does not outlive it long
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_worker():
+    """The warm worker (core/runs/warm.py) for the suite's environment, started at once: every job the tests start
+    forks from it with the libraries imported (tests that change a variable the libraries read start their own)."""
+    from core.runs import warm
+    from core.runs.backends import job_environment
+
+    env = job_environment()
+    warm.ensure(env)
+    yield
+    warm.stop(env, timeout_s=30)
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A fresh workspace (runs, datasets, SQLite DB) for one test; subprocesses inherit it via the environment."""

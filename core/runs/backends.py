@@ -12,6 +12,7 @@ database and a workspace every node reads (a shared filesystem path) — see doc
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -23,8 +24,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from core.config import REPO_ROOT, get_settings
-from core.runs import paths
+from core.runs import paths, warm
 from storage import Run
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,18 @@ class LocalBackend(Backend):
     def start(self, job: Run) -> Handle:
         rd = paths.job_dir(job.id)
         rd.mkdir(parents=True, exist_ok=True)
+        env = job_environment()
+        try:  # the next workers fork from a warm worker with the libraries imported (this one, if it is ready)
+            warm.ensure(env)
+        except OSError as exc:
+            log.warning("could not start the warm worker: %s", exc)
         with open(paths.log_path(job.id), "ab") as logf:
             logf.write(f"\n===== attempt {job.attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
             logf.flush()
             proc = subprocess.Popen(  # noqa: S603 - sys.executable -m core.runs.supervise <id>, no shell
                 supervisor_command(job.id),
                 cwd=str(REPO_ROOT),
-                env=job_environment(),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
@@ -388,6 +396,18 @@ def get_backend(name: str | None = None) -> Backend:
         else:
             raise ValueError(f"unknown job backend '{name}' (available: local, ray)")
     return _BACKENDS[key]
+
+
+def prewarm() -> bool:
+    """Start the warm worker for this environment (core/runs/warm.py) when jobs run locally, so that the first run's
+    worker forks with the libraries imported. Returns True when one was started now."""
+    if (os.environ.get("FTS_JOB_BACKEND") or "local") != "local":
+        return False
+    try:
+        return warm.ensure(job_environment())
+    except OSError as exc:
+        log.warning("could not start the warm worker: %s", exc)
+        return False
 
 
 def this_host() -> str:

@@ -20,7 +20,7 @@ import time
 from collections import deque
 
 from core.config import REPO_ROOT
-from core.runs import memory, paths, store
+from core.runs import memory, paths, store, warm
 from core.runs.errors import fmt_bytes
 from core.runs.kinds import get_kind
 from core.runs.worker import log
@@ -152,10 +152,16 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
     if tee_log:
         tee = _Tee(sys.stdout, paths.log_path(job_id))
         sys.stdout = sys.stderr = tee
-    # the job kind's own argv (python -m core.<kind>.worker <id>), no shell
-    child = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=dict(os.environ), stdin=subprocess.DEVNULL,  # noqa: S603
-                             preexec_fn=_die_with_parent,
-                             stdout=subprocess.PIPE if tee else None, stderr=subprocess.STDOUT if tee else None)
+    # the job kind's own argv (python -m core.<kind>.worker <id>), no shell: forked from the warm worker (its
+    # libraries already imported) where one runs for this environment, else started cold
+    child = None if tee else warm.spawn(cmd, env=dict(os.environ), cwd=str(REPO_ROOT))
+    if child is not None:
+        log(f"supervisor: worker {child.pid} started from the warm worker (libraries already imported)")
+    else:
+        child = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=dict(os.environ),  # noqa: S603
+                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                 stdout=subprocess.PIPE if tee else None,
+                                 stderr=subprocess.STDOUT if tee else None)
     copier = None
     if tee is not None:
         copier = threading.Thread(target=_copy_output, args=(child.stdout, tee), daemon=True)

@@ -1,0 +1,113 @@
+"""The warm worker (core/runs/warm.py): workers forked from a server that imported the heavy libraries once, with
+the supervisor contract unchanged — the job's own environment and log, its exit status, stop, and death with its
+supervisor; only this user may ask it for anything."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from core import runs
+from core.runs import warm
+from core.runs.backends import job_environment
+from storage import RunStatus
+from tests.conftest import wait_until
+
+
+@pytest.fixture
+def warm_server(workspace, monkeypatch):
+    """The count kind (tests/job_kinds.py) and a warm worker for this environment, ready."""
+    monkeypatch.setenv("FTS_JOB_KINDS", "tests.job_kinds")
+    monkeypatch.setenv("FTS_WARM_WORKER", "1")
+    env = job_environment()
+    warm.ensure(env)
+    assert warm.wait_ready(env, 180), "the warm worker did not answer"
+    return env
+
+
+def _server_pid(env) -> int:
+    import json
+    import socket
+
+    sock = warm._paths(env)[0]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(sock))
+        warm._send(s, {"op": "ping"})
+        return json.loads(s.recv(4096))["pid"]
+
+
+def test_a_job_forks_from_the_warm_worker_with_its_own_workspace_and_log(warm_server, workspace):
+    job = runs.submit("count", {"steps": 3, "sleep_s": 0.05})
+    done = runs.wait_for(job.id, timeout_s=120)
+    assert done.status == RunStatus.succeeded, runs.log_tail(job.id)
+    log = runs.log_tail(job.id, max_lines=200)
+    assert "started from the warm worker" in log and "step 3/3" in log
+    # the worker read this test's workspace (FTS_WORKSPACE is the job's, not the server's): its result is here
+    assert done.final_metrics == {"counted": 3}
+    # and the torch the server imported was not imported again: a second job takes well under a cold import
+    started = time.monotonic()
+    again = runs.wait_for(runs.submit("count", {"steps": 1, "sleep_s": 0}).id, timeout_s=120)
+    assert again.status == RunStatus.succeeded
+    assert "started from the warm worker" in runs.log_tail(again.id, max_lines=200)
+    print(f"a one-step job from submit to its end: {time.monotonic() - started:.2f} s")
+
+
+def test_the_worker_is_the_servers_child_and_dies_with_its_supervisor(warm_server, workspace):
+    job = runs.submit("count", {"steps": 400, "sleep_s": 0.05})
+    running = wait_until(lambda: (r := runs.get_run(job.id)).step >= 2 and r.worker_pid and r, 60)
+    worker = psutil.Process(running.worker_pid)
+    assert worker.ppid() == _server_pid(warm_server)  # forked by the server, not started by the supervisor
+    os.killpg(os.getpgid(running.pid), signal.SIGKILL)  # the supervisor's group, as the backend's kill does
+    wait_until(lambda: not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE, 15)
+    ended = wait_until(lambda: (r := runs.get_run(job.id)).status.is_finished and r, 30, poll_s=0.2)
+    assert ended.status == RunStatus.failed and "died without reporting" in ended.error
+
+
+def test_a_stop_reaches_the_warm_worker_and_a_signal_death_is_named(warm_server, workspace):
+    job = runs.submit("count", {"steps": 400, "sleep_s": 0.05})
+    wait_until(lambda: runs.get_run(job.id).step >= 2, 60)
+    runs.stop(job.id)
+    stopped = runs.wait_for(job.id, timeout_s=60)
+    assert stopped.status == RunStatus.stopped and 2 <= stopped.final_metrics["counted"] < 400
+
+    job = runs.submit("count", {"steps": 400, "sleep_s": 0.05})
+    running = wait_until(lambda: (r := runs.get_run(job.id)).step >= 2 and r.worker_pid and r, 60)
+    os.kill(running.worker_pid, signal.SIGSEGV)  # a crash in native code: the server reports the signal
+    ended = runs.wait_for(job.id, timeout_s=60)
+    assert ended.status == RunStatus.failed and "SIGSEGV" in ended.error, ended.error
+
+
+def test_a_failing_job_and_a_missing_module_end_as_they_would_cold(warm_server, workspace):
+    failed = runs.wait_for(runs.submit("count", {"fail": "no such column 'x'"}).id, timeout_s=120)
+    assert failed.status == RunStatus.failed and "no such column 'x'" in failed.error
+    with open(os.devnull, "rb") as null:  # a module that does not exist: exit 1 with the interpreter's traceback
+        child = warm.spawn([sys.executable, "-m", "core.no_such_module"], env=warm_server, cwd=os.getcwd())
+        assert child is not None and null
+        assert child.wait(timeout=30) == 1
+    assert warm.spawn([sys.executable, "-c", "print(1)"], env=warm_server, cwd=os.getcwd()) is None  # -m core.* only
+
+
+def test_only_this_user_reaches_the_warm_worker(warm_server):
+    if os.getuid() != 0:
+        pytest.skip("needs root to act as another user")
+    sock = str(warm._paths(warm_server)[0])
+    probe = ("import socket, os\nos.setgid(65534); os.setuid(65534)\n"
+             "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+             f"try:\n    s.connect({sock!r}); print('connected')\nexcept OSError as e:\n    print('refused', e.errno)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert out.stdout.startswith("refused"), out.stdout + out.stderr
+    d = warm.socket_dir()
+    assert d is not None and os.stat(d).st_mode & 0o777 == 0o700
+
+
+def test_without_a_warm_worker_jobs_start_cold(workspace, monkeypatch):
+    monkeypatch.setenv("FTS_JOB_KINDS", "tests.job_kinds")
+    monkeypatch.setenv("FTS_WARM_WORKER", "0")
+    done = runs.wait_for(runs.submit("count", {"steps": 2, "sleep_s": 0}).id, timeout_s=120)
+    assert done.status == RunStatus.succeeded
+    assert "warm worker" not in runs.log_tail(done.id, max_lines=200)
