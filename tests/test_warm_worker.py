@@ -111,3 +111,14 @@ def test_without_a_warm_worker_jobs_start_cold(workspace, monkeypatch):
     done = runs.wait_for(runs.submit("count", {"steps": 2, "sleep_s": 0}).id, timeout_s=120)
     assert done.status == RunStatus.succeeded
     assert "warm worker" not in runs.log_tail(done.id, max_lines=200)
+
+
+def test_the_server_keeps_no_secret_and_an_installation_gets_at_most_two_servers(warm_server, monkeypatch):
+    job_env = {**warm_server, "HF_TOKEN": "hf_not_for_the_server", "AWS_SECRET_ACCESS_KEY": "nope"}
+    kept = warm.server_environment(job_env)
+    assert "HF_TOKEN" not in kept and "AWS_SECRET_ACCESS_KEY" not in kept and kept["PATH"] == job_env["PATH"]
+    assert warm.key(job_env) == warm.key(warm_server)  # a token does not make a server of its own
+    assert warm.servers() >= 1
+    other = {**warm_server, "HF_HUB_DISABLE_TELEMETRY": "a value no other test uses", "FTS_WARM_MAX_SERVERS": "1"}
+    assert warm.key(other) != warm.key(warm_server)
+    assert warm.ensure(other) is False and not warm.running(other)  # over the cap: its workers start cold

@@ -40,7 +40,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUEST_LIMIT = 4 << 20
-VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES")
+# variables no preloaded library reads while it is imported (the studio's own, the job's, other tools'): a worker
+# whose environment differs only in these forks from the same server (it gets its own values in os.environ)
+VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES", "HF_TOKEN",
+            "DOCKER_", "RAY_", "GRADIO_", "SPACE_ID", "SPACE_HOST", "OPENAI_", "ANTHROPIC_", "WANDB_API_KEY")
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
+MAX_SERVERS = 2  # per installation: a session that keeps changing its environment does not pile them up
 MODULE_PREFIX = "core."
 PRELOAD = (  # (module, names): what a training / evaluation / export worker imports first
     ("numpy", ()), ("torch", ()), ("safetensors.torch", ()), ("tokenizers", ()), ("pyarrow", ()), ("pandas", ()),
@@ -59,19 +64,24 @@ def enabled(env: dict | None = None) -> bool:
 
 
 def _volatile(name: str) -> bool:
-    return any(name == v or (v.endswith("_") and name.startswith(v)) for v in VOLATILE)
+    """Not part of a server's key: read by the worker only, or a secret (which the server never holds)."""
+    return any(name == v or (v.endswith("_") and name.startswith(v)) for v in VOLATILE) \
+        or any(word in name.upper() for word in SECRET_WORDS)
 
 
 def key(env: dict) -> str:
     """Which server serves a worker with this environment: the interpreter, the installed packages, this file and
     every variable a library could have read at import time."""
-    h = hashlib.sha256()
+    variables = json.dumps(sorted((k, v) for k, v in env.items() if not _volatile(k))).encode()
+    return f"{_installation()}-{hashlib.sha256(variables).hexdigest()[:12]}"
+
+
+def _installation() -> str:
+    """This interpreter, its installed packages and this checkout's warm.py: the first part of every key."""
     site = [p for p in sys.path if p.endswith("site-packages")]
-    stamp = [sys.executable, str(Path(__file__).stat().st_mtime_ns)]
+    stamp = [sys.executable, str(Path(__file__).resolve()), str(Path(__file__).stat().st_mtime_ns)]
     stamp += [f"{p}:{os.stat(p).st_mtime_ns}" for p in site if os.path.isdir(p)]
-    h.update(json.dumps(stamp).encode())
-    h.update(json.dumps(sorted((k, v) for k, v in env.items() if not _volatile(k))).encode())
-    return h.hexdigest()[:16]
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:8]
 
 
 def socket_dir() -> Path | None:
@@ -100,12 +110,17 @@ def _paths(env: dict) -> tuple[Path, Path, Path] | None:
 
 def running(env: dict) -> bool:
     """A server for this environment holds its lock (it may still be importing)."""
+    p = _paths(env)
+    return p is not None and _held(p[1])
+
+
+def _held(lock: Path) -> bool:
     import fcntl
 
-    p = _paths(env)
-    if p is None or not p[1].exists():
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
         return False
-    fd = os.open(p[1], os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -115,18 +130,30 @@ def running(env: dict) -> bool:
     return False
 
 
+def servers() -> int:
+    """How many warm workers of this installation (interpreter, packages, checkout) run now, any environment."""
+    d = socket_dir()
+    return 0 if d is None else sum(_held(lock) for lock in d.glob(f"{_installation()}-*.lock"))
+
+
+def server_environment(env: dict) -> dict:
+    """The server's own environment: the job's without its secrets (each worker gets its own from its request)."""
+    return {k: v for k, v in env.items() if not any(word in k.upper() for word in SECRET_WORDS)}
+
+
 def ensure(env: dict) -> bool:
-    """Start a server for this environment unless one runs. Returns True when one was started now."""
+    """Start a server for this environment unless one runs (or this installation already has MAX_SERVERS of them,
+    for other environments: then this one's workers start cold). Returns True when one was started now."""
     if not enabled(env) or os.name != "posix":
         return False
     p = _paths(env)
-    if p is None or running(env):
+    if p is None or running(env) or servers() >= int(env.get("FTS_WARM_MAX_SERVERS") or MAX_SERVERS):
         return False
     with open(p[2], "ab") as logf:
         proc = subprocess.Popen(  # noqa: S603 - this file, as a script, no shell
             [sys.executable, str(Path(__file__).resolve()), "--serve", str(p[0]), str(p[1])],
-            cwd=str(REPO_ROOT), env=dict(env), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True)
+            cwd=str(REPO_ROOT), env=server_environment(env), stdin=subprocess.DEVNULL, stdout=logf,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     import threading
 
     threading.Thread(target=proc.wait, daemon=True, name="warm-worker-reaper").start()
