@@ -9,6 +9,8 @@ from pathlib import Path
 
 from core import runs
 from core.runs import JobError
+from core.space import SpaceLimitError, check_training, in_space
+from core.space import limits as space_limits
 from core.train.config import TrainConfig
 from storage import Run
 
@@ -144,12 +146,11 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
                     owner: str = "") -> Run:
     """Check the config's references and queue the run (it starts at once when there is room). ``owner``: who
     submitted it (a Space visitor's anonymous id; a Space's caps count per owner)."""
-    from core.space import SpaceLimitError, check_training
-
     try:
-        check_training(config, owner)
+        check_training(config)
     except SpaceLimitError as exc:
         raise JobError(str(exc)) from None
+    check_visitor_quota(owner)
     config = apply_run_caps(config)
     validate_references(config)
     check_disk(config)
@@ -158,6 +159,18 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
     return runs.submit("train", config.model_dump(mode="json"), start=start, name=config.name,
                        base_model=config.base_model, dataset_ref=config.dataset, method=config.method,
                        parent_run_id=parent_run_id, owner=owner)
+
+
+def check_visitor_quota(visitor: str) -> None:
+    """On a Space, refuse a visitor's run over ``FTS_SPACE_RUNS_PER_VISITOR`` queued or running training runs
+    (core.space; not a Space, or nobody known: nothing to count)."""
+    if not visitor or not in_space():
+        return
+    lim = space_limits()
+    active = [r for r in runs.list_runs(kind="train") if r.owner == visitor and not r.status.is_finished]
+    if len(active) >= lim.runs_per_visitor:
+        raise JobError(f"on this Space each visitor has at most {lim.runs_per_visitor} run(s) queued or "
+                       f"running; run #{active[0].id} is {active[0].status.value} — wait for it or stop it")
 
 
 SHARED_CAPS = {"FTS_MAX_STEPS": 100_000, "FTS_MAX_EPOCHS": 100, "FTS_MAX_RUN_HOURS": 24}
