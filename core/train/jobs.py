@@ -84,8 +84,8 @@ def _file_kind(ref: str) -> str | None:
 def check_objective(config: TrainConfig, dataset_kind: str | None, what: str) -> None:
     """Preference pairs train with DPO or ORPO, conversations with SFT: the other way round is refused at submit,
     naming the objective that fits."""
+    from core.data.formats import PREFERENCE_OBJECTIVES
     from core.data.importer import PREFERENCE_FOR_SFT, SFT_FOR_PREFERENCE
-    from core.train.config import PREFERENCE_OBJECTIVES
 
     if dataset_kind is None:
         return
