@@ -14,6 +14,7 @@ test:
 lint:
 	./scripts/setup.sh --dev
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports
 
 test-fast:
 	./scripts/setup.sh --dev

@@ -143,7 +143,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the dashboard starts anyway; the next read of a row checks it again
         print(f"deployments could not be reconciled: {exc}", file=sys.stderr, flush=True)
     install_shutdown_handler()
-    from core.space import in_space, max_upload_mb, preload_demo
+    from core.quickstart import preload_demo
+    from core.space import in_space, max_upload_mb
 
     if in_space():
         try:

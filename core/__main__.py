@@ -205,9 +205,9 @@ def _compare_runs(args) -> int:
 
 def _delete_run(args) -> int:
     from core import runs
+    from core.deletion import delete_run
     from core.evaluate import results
     from core.runs import store
-    from core.train.jobs import delete_run
 
     run = runs.get_run(args.id)
     if not args.yes:

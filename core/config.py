@@ -1,4 +1,4 @@
-"""Typed settings from the environment (workspace dir, DATABASE_URL, auth, worker limits).
+"""Typed settings from the environment (workspace dir, DATABASE_URL, auth, worker limits, whether this is a Space).
 
 Every value can be overridden with an ``FTS_*`` environment variable; ``DATABASE_URL`` follows the usual convention.
 Settings are read fresh on each call of :func:`get_settings` so tests and subprocesses can point at their own
@@ -53,9 +53,31 @@ class Settings:
         return self.workspace / "datasets"
 
 
-def get_settings() -> Settings:
-    from core.space import default_workspace
+def space_id() -> str | None:
+    """The Hugging Face Space this studio runs as (``SPACE_ID``, set by Spaces); None: not a Space (core.space)."""
+    return os.environ.get("SPACE_ID") or None
 
+
+def in_space() -> bool:
+    return space_id() is not None
+
+
+def persistent_root() -> Path | None:
+    """``/data`` (or ``FTS_SPACE_DATA_DIR``) when it is a writable folder: a Space's persistent storage."""
+    root = Path(os.environ.get("FTS_SPACE_DATA_DIR", "/data"))
+    return root if root.is_dir() and os.access(root, os.W_OK) else None
+
+
+def default_workspace() -> Path | None:
+    """Where a Space keeps its workspace when ``FTS_WORKSPACE`` is not set (None: not a Space, or no persistent
+    storage — the repository's ``workspace/`` on the ephemeral disk)."""
+    if not in_space():
+        return None
+    root = persistent_root()
+    return root / "workspace" if root is not None else None
+
+
+def get_settings() -> Settings:
     workspace = Path(os.environ.get("FTS_WORKSPACE") or default_workspace() or REPO_ROOT / "workspace"
                      ).expanduser().resolve()
     database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{workspace / 'studio.db'}"
@@ -82,6 +104,6 @@ def get_settings() -> Settings:
 
 def db_session():
     """A committed-on-success session on the configured database (``DATABASE_URL`` or the workspace SQLite)."""
-    from storage import session_scope
+    from storage import session_scope  # here: reading settings does not load SQLAlchemy
 
     return session_scope(get_settings().database_url)

@@ -89,32 +89,17 @@ def source_for_run(run_id: int) -> ModelSource:
     return ModelSource(label, run.base_model or "default", run.adapter_path, run.id)
 
 
-def source_for_deployment(dep_id: int) -> ModelSource:
-    """A running deployment (the Deploy tab's local server, or a TGI / vLLM container) as a Playground side."""
-    from core.deploy.deployments import DeployError, get
-
-    try:
-        dep = get(dep_id)
-    except DeployError as exc:
-        raise GenerateError(str(exc)) from None
-    if dep.status != "running":
-        raise GenerateError(f"deployment {dep_id} is {dep.status}, not running: start it in the Deploy tab")
-    return ModelSource(f"deployment #{dep.id} {dep.served_name} ({dep.target})", dep.served_name, None, dep.run_id,
-                       endpoint=dep.url)
-
-
 def resolve_source(text: str | None) -> ModelSource:
-    """``default`` / a Hub id / a model folder; ``run:7`` or ``7`` (a training run); an adapter folder;
-    ``deployment:3`` (a running deployment's endpoint)."""
+    """``default`` / a Hub id / a model folder; ``run:7`` or ``7`` (a training run); an adapter folder. A running
+    deployment (``deployment:3``) is a source only where its endpoint can serve: the Playground and ``python -m core
+    generate`` resolve it (core.deploy.sources), everything else is told to name the run it serves."""
     from core.models import DEFAULT_MODEL_NAME, ModelNotFoundError, resolve_model
 
     ref = (text or "").strip() or "default"
     low = ref.lower()
     if low.startswith("deployment:"):
-        digits = ref.split(":", 1)[1].strip().lstrip("#")
-        if not digits.isdigit():
-            raise GenerateError(f"'{ref}' is not a deployment id (use deployment:3)")
-        return source_for_deployment(int(digits))
+        raise GenerateError(f"'{ref}' is a deployment's endpoint, which only the Playground and `python -m core "
+                            "generate` can use: name the run it serves, a model or an adapter folder here")
     if low.startswith(("run:", "#")) or ref.isdigit():
         digits = ref.split(":", 1)[-1].lstrip("#").strip()
         if not digits.isdigit():

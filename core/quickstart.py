@@ -20,7 +20,20 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import positive_int_env
+from core import runs
+from core.config import get_settings, positive_int_env
+from core.data import get_dataset, import_records, list_datasets, prepare_dataset
+from core.data.demo import generate_demo_rows
+from core.data.readers import RawRead
+from core.data.splits import SplitSpec
+from core.data.validate import content_hash_of_hashes
+from core.estimate import preflight_check
+from core.evaluate.config import EvalConfig
+from core.evaluate.results import by_job, examples, prompt_text
+from core.evaluate.submit import submit_evaluation
+from core.train.config import TrainConfig
+from core.train.jobs import submit_training
+from core.users import enforced
 
 DEMO_DATASET = "demo-support-json"
 RUN_NAME = "quickstart-lora"
@@ -67,8 +80,6 @@ class State:
 
 def _per_user() -> bool:
     """Whether rows are told apart by who made them (accounts, or a Space's visitors)."""
-    from core.users import enforced
-
     return enforced()
 
 
@@ -77,26 +88,18 @@ def _theirs(row_owner: str | None, user: str) -> bool:
 
 
 def _demo_rows() -> list[dict]:
-    from core.data.demo import generate_demo_rows
-
     return generate_demo_rows(DEMO_ROWS, seed=DEMO_SEED)
 
 
 @functools.lru_cache(maxsize=1)
 def demo_content_hash() -> str:
     """The content hash the demo task's rows are stored under (how the data layer identifies a dataset version)."""
-    from core.data import prepare_dataset
-    from core.data.readers import RawRead
-    from core.data.validate import content_hash_of_hashes
-
     raw = RawRead(records=[(i + 1, r) for i, r in enumerate(_demo_rows())], container="memory")
     prep = prepare_dataset("demo task", format="openai", raw=raw)
     return content_hash_of_hashes((r.hash for r in prep.rows if not r.codes), prep.kind)
 
 
 def _default_split() -> dict:
-    from core.data.splits import SplitSpec
-
     return SplitSpec().to_dict()
 
 
@@ -104,8 +107,6 @@ def demo_dataset() -> tuple[Any, str]:
     """(the dataset row holding exactly the demo task's rows, split as the quick start expects — or None; why a
     stored one cannot serve, or ''). Found by content, never by name: a dataset anyone *names* demo-support-json is
     not it."""
-    from core.data import list_datasets
-
     digest = demo_content_hash()
     row = next((d for d in list_datasets() if d.content_hash == digest), None)
     if row is None:
@@ -120,8 +121,6 @@ def demo_dataset() -> tuple[Any, str]:
 # ---- the two stages that leave no row: noted per user ----------------------------------------------------------------
 
 def _notes_path(user: str):
-    from core.config import get_settings
-
     key = hashlib.sha256((user or "").encode()).hexdigest()[:16] if user else "local"
     return get_settings().workspace / "quickstart" / f"{key}.json"
 
@@ -146,9 +145,6 @@ def _note(user: str, **fields) -> None:
 def state(user: str = "") -> State:
     """Where ``user``'s quick start stands (``user``: the signed-in account or Space visitor; '' in a single-user
     studio)."""
-    from core import runs
-    from core.evaluate.results import by_job
-
     out = State(user=user or "")
     out.dataset, out.conflict = demo_dataset()
     notes = _notes(user)
@@ -172,8 +168,6 @@ def state(user: str = "") -> State:
 def panel_open(user: str = "") -> bool:
     """Whether the quick start opens by itself: for someone with no training run yet, and while their quick start
     is under way (not once it is done, nor for someone who trains without it)."""
-    from core import runs
-
     st = state(user)
     if st.complete:
         return False
@@ -189,8 +183,6 @@ def load_demo(owner: str = ""):
         return ds
     if conflict:
         raise QuickStartError(conflict)
-    from core.data import get_dataset, import_records
-
     res = import_records(_demo_rows(), source=f"demo task (n={DEMO_ROWS}, seed={DEMO_SEED})", name=DEMO_DATASET,
                          format="openai", model="default", owner=owner or "")
     return get_dataset(res.dataset_id)
@@ -204,16 +196,12 @@ def eval_rows() -> int:
 def train_config(dataset_id: int | str):
     """The quick-start run: ``TRAIN``, with ``FTS_QUICKSTART_STEPS`` steps (default 24) — a busy Space may want
     fewer."""
-    from core.train.config import TrainConfig
-
     return TrainConfig(dataset=str(dataset_id), name=RUN_NAME,
                        **{**TRAIN, "max_steps": positive_int_env("FTS_QUICKSTART_STEPS", TRAIN["max_steps"])})
 
 
 def estimate(dataset_id: int | str, user: str = "") -> dict:
     """Stage 2a: the pre-flight estimate of the quick-start run on this machine (peak memory vs free memory)."""
-    from core.estimate import preflight_check
-
     res = preflight_check(train_config(dataset_id))
     try:
         _note(user, estimated=int(dataset_id))
@@ -231,8 +219,6 @@ def start_training(owner: str = ""):
         raise QuickStartError(st.conflict or "load the demo task first (stage 1)")
     if st.run is not None and (not st.run.status.is_finished or st.run.status == "succeeded"):
         return st.run
-    from core.train.jobs import submit_training
-
     return submit_training(train_config(st.dataset.id), owner=owner)
 
 
@@ -245,9 +231,6 @@ def start_evaluation(owner: str = ""):
                               f"the quick-start run {st.run.status.value}: start it again (stage 3)")
     if st.evaluation_job is not None and (not st.evaluation_job.status.is_finished or st.evaluation is not None):
         return st.evaluation_job
-    from core.evaluate.config import EvalConfig
-    from core.evaluate.submit import submit_evaluation
-
     settings = {**EVAL, "limit": eval_rows()}
     return submit_evaluation(EvalConfig(run_id=st.run.id, name=f"{RUN_NAME} base vs tuned", **settings), owner=owner)
 
@@ -265,8 +248,6 @@ def note_playground(user: str, model_keys) -> bool:
 
 def demo_message() -> str:
     """A held-out support message from the demo task, for the Playground."""
-    from core.data.demo import generate_demo_rows
-
     row = generate_demo_rows(1, seed=7)[0]
     return next(m["content"] for m in row["messages"] if m["role"] == "user")
 
@@ -274,8 +255,6 @@ def demo_message() -> str:
 def what_changed(evaluation, limit: int = 3) -> dict:
     """The short report a run's page ends with: the headline metric base → tuned, up to ``limit`` examples where the
     tuned model changed the answer (ones it got better first), for the run's loss curve see its metrics."""
-    from core.evaluate.results import examples, prompt_text
-
     better = examples(evaluation, "tuned better", limit)
     changed = [ex for ex in examples(evaluation, "changed", limit * 4) if ex not in better]
     picked = (better + changed)[:limit]
@@ -283,3 +262,11 @@ def what_changed(evaluation, limit: int = 3) -> dict:
             "n": evaluation.n,
             "examples": [{"prompt": prompt_text(ex), "base": ex.get("base", ""), "tuned": ex.get("tuned", ""),
                           "reference": ex.get("reference", "")} for ex in picked]}
+
+
+def preload_demo() -> str:
+    """On a Space (core.space): import the demo task once, when the workspace has no datasets (idempotent)."""
+    if list_datasets():
+        return "datasets present"
+    ds = load_demo()
+    return f"demo task preloaded as dataset #{ds.id}"

@@ -8,7 +8,7 @@ Accounts live in a users file (``FTS_USERS_FILE``, default ``<workspace>/users.j
 * With accounts, the page asks for a login; every run, evaluation, export, dataset, deployment and vote records
   its user. Anyone may look at everything; only the owner of a run — or an admin — may stop, resume, continue,
   export or deploy it (:func:`check_can_manage`).
-* On a Space without accounts, a visitor is an anonymous id (``core.space.visitor_id``) and may manage only the runs
+* On a Space without accounts, a visitor is an anonymous id (``ui.common.visitor_id``) and may manage only the runs
   that visitor started.
 """
 from __future__ import annotations

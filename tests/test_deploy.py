@@ -151,7 +151,8 @@ def test_local_server_answers_through_inference_client(served, demo_ws):
     # the tuned model answers in the demo task's JSON form
     assert text.lstrip().startswith("{")
     # the Playground can put the deployment on one side: its endpoint streams beside a local model
-    from core.generate import GenSettings, ModelCache, resolve_source, stream
+    from core.deploy.sources import resolve_source_or_deployment as resolve_source
+    from core.generate import GenSettings, ModelCache, stream
 
     cache = ModelCache()
     sides = [cache.slot(resolve_source("default")), cache.slot(resolve_source(f"deployment:{served['id']}"))]

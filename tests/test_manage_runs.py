@@ -11,8 +11,9 @@ import pytest
 
 from core import runs
 from core.config import REPO_ROOT, db_session
+from core.deletion import delete_run
 from core.runs import JobError, store
-from core.train.jobs import delete_run, rename_run
+from core.train.jobs import rename_run
 from storage import Evaluation, Run, RunMetric
 from storage.tables import Deployment
 from tests.conftest import wait_until

@@ -57,7 +57,7 @@ def test_space_caps_refuse_long_runs_big_datasets_and_a_second_run_per_visitor(w
 
 
 def test_visitor_ids_are_anonymous_and_stable():
-    from core.space import visitor_id
+    from ui.common import visitor_id
 
     class Req:
         def __init__(self, fwd, host):

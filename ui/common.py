@@ -1,11 +1,17 @@
 """Small shared helpers for the tabs: theme, formatting, turning exceptions into messages a person can act on."""
 from __future__ import annotations
 
+import hashlib
 import html
 import math
+import os
 import re
 
 import gradio as gr
+
+from core import access
+from core.config import in_space, positive_int_env, space_id
+from core.users import accounts_configured
 
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
 CSS = """
@@ -42,17 +48,35 @@ def md_text(text, limit: int | None = None) -> str:
 
 def several_users() -> bool:
     """A studio with accounts, or a Space: people are told apart, lists show whose rows are whose."""
-    from core.space import in_space
-    from core.users import accounts_configured
-
     return accounts_configured() or in_space()
+
+
+def signed_in_name(request) -> str:
+    """The account behind a request (Gradio's login, ``FTS_AUTH``); '' for an anonymous visitor."""
+    return str(getattr(request, "username", None) or "")
+
+
+def visitor_id(request) -> str:
+    """A stable, anonymous id for the browser behind a Gradio request ('' outside a request): the account, or a
+    salted hash of the address (``x-forwarded-for`` behind the Spaces proxy) — the raw address is never stored."""
+    if request is None:
+        return ""
+    name = signed_in_name(request)
+    if name:
+        return name
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
+    client = getattr(getattr(request, "client", None), "host", "") or ""
+    address = forwarded.split(",")[0].strip() or client
+    if not address:
+        return ""
+    salt = os.environ.get("FTS_VISITOR_SALT") or (space_id() or "local")
+    return "v-" + hashlib.sha256(f"{salt}|{address}".encode()).hexdigest()[:12]
 
 
 def user_of(request) -> str:
     """Who is behind a page request: the signed-in account, a Space visitor's anonymous id, or '' (a single-user
     local studio)."""
-    from core.space import visitor_id
-
     if request is None or not several_users():
         return ""
     return visitor_id(request)
@@ -62,8 +86,6 @@ def page_requester() -> str | None:
     """Who is behind the page event being handled right now (the account, or a Space visitor's anonymous id); None
     outside an event. ``core.access`` asks it when it checks whose upload a file is."""
     from gradio.context import LocalContext
-
-    from core.space import visitor_id
 
     request = LocalContext.request.get(None)
     return visitor_id(request) if request is not None else None
@@ -163,14 +185,10 @@ class FairShare:
 
     @staticmethod
     def per_user() -> int:
-        from core.config import positive_int_env
-
         return positive_int_env("FTS_GENERATIONS_PER_USER", 1)
 
     def try_take(self, who: str) -> bool:
-        from core.access import shared_mode
-
-        if not shared_mode():
+        if not access.shared_mode():
             who = "\0local"  # one person: counted, never refused
             with self._lock:
                 self._active[who] = self._active.get(who, 0) + 1
@@ -182,9 +200,7 @@ class FairShare:
             return True
 
     def release(self, who: str) -> None:
-        from core.access import shared_mode
-
-        who = who if shared_mode() else "\0local"
+        who = who if access.shared_mode() else "\0local"
         with self._lock:
             n = self._active.get(who, 0) - 1
             if n > 0:

@@ -156,11 +156,11 @@ def _client(scope) -> str:
 
 
 def requester_of(scope, username: str | None) -> str:
-    """Who is behind a request, as ``core.space.visitor_id`` names a Gradio request: the account, or a salted hash
+    """Who is behind a request, as ``ui.common.visitor_id`` names a Gradio request: the account, or a salted hash
     of the address."""
     from starlette.requests import Request
 
-    from core.space import visitor_id
+    from ui.common import visitor_id
 
     if username:
         return username

@@ -14,9 +14,12 @@ import gradio as gr
 import pandas as pd
 
 from core import runs
+from core.deploy.deployments import list_deployments
+from core.deploy.sources import resolve_source_or_deployment
 from core.evaluate import arena
-from core.generate import GenerateError, GenSettings, model_cache, resolve_source, share_prompt_format, stream
-from ui.common import GENERATION_SHARE, page_requester
+from core.generate import GenerateError, GenSettings, model_cache, share_prompt_format, stream
+from core.quickstart import note_playground
+from ui.common import GENERATION_SHARE, page_requester, user_of
 
 LEADERBOARD_COLUMNS = ["model", "Elo", "votes", "wins", "losses", "ties", "both bad"]
 COMPONENTS: dict = {}  # the last built tab's inputs, for the quick start's "open the Playground" stage
@@ -25,8 +28,6 @@ DEFAULT_PROMPT = "Explain in two sentences what fine-tuning a language model mea
 
 def model_choices() -> list[tuple[str, str]]:
     """The base, every finished run, and every running deployment (its endpoint streams as one side)."""
-    from core.deploy.deployments import list_deployments
-
     out = [("SmolLM2-135M-Instruct (embedded base)", "default")]
     for r in runs.list_runs(kind="train"):
         if r.adapter_path and r.status == runs.RunStatus.succeeded:
@@ -134,8 +135,8 @@ def _answer(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens
         panes[i].append({"role": "assistant", "content": "…loading the model"})
     yield *pane_updates(panes, sides, keys, blind), "", "", state, gr.update(visible=False), ""
     for i, key in enumerate(keys):
-        try:  # resolve_source passes every folder through core.access's resolver
-            sides[i] = model_cache().slot(resolve_source(key))
+        try:  # a deployment's endpoint, or core.generate.resolve_source (every folder through core.access's resolver)
+            sides[i] = model_cache().slot(resolve_source_or_deployment(key))
         except (GenerateError, ValueError) as exc:
             errors[i] = str(exc)
     if sides[0] is not None and sides[1] is not None:  # a base model without a template borrows the run's
@@ -170,8 +171,6 @@ def _answer(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens
                      "voted": False} if ok else None
     if ok:
         try:
-            from core.quickstart import note_playground
-
             note_playground(user, keys)
         except Exception:  # noqa: BLE001, S110 - the quick start's check mark never costs an answer
             pass
@@ -188,8 +187,6 @@ def vote(winner: str, state: dict | None, request: gr.Request | None = None):
     last = state.get("last")
     if not last or last.get("voted"):
         return "_Nothing to vote on: send a prompt in blind mode first._", leaderboard_frame(), gr.update(), state
-    from ui.common import user_of
-
     voter = user_of(request) or "anonymous"
     try:
         arena.record_vote(prompt=last["prompt"], system_prompt=last["system"], output_a=last["outputs"][0],
@@ -271,8 +268,6 @@ def build_tab():
 
 
 def _respond(request: gr.Request, *values):  # the request first: gradio injects only positional special args
-    from ui.common import user_of
-
     yield from respond(*values, user=user_of(request))
 
 

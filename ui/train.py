@@ -12,6 +12,7 @@ import pandas as pd
 
 from core import runs
 from core.data.templates import OWN, TEMPLATES, template_menu
+from core.deletion import delete_run
 from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
@@ -665,7 +666,7 @@ def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
             run = train_jobs.tag_run(rid, name)
             tags = " ".join(f"#{t}" for t in run.tags or []) or "no tags"
             return f"Run #{rid}: {md_text(tags)}.", gr.update()
-        gone = train_jobs.delete_run(rid)
+        gone = delete_run(rid)
         also = f" with job(s) {', '.join(f'#{i}' for i in gone['runs'][1:])}" if gone["runs"][1:] else ""
         rows = train_runs()
         return (f"Run #{rid} deleted{also}; {gone['evaluations']} evaluation(s) went with it.",

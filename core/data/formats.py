@@ -51,6 +51,9 @@ KIND_OF_FORMAT = {
     "preference": "preference",
     "multiple_choice": "multiple_choice",
 }
+# the training objectives that learn from preference pairs (a "preference" dataset's rows); core.train.config's
+# objectives, named here because the data layer (and Estimate, Evaluate) sit below core.train
+PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 # the canonical field names a column map may target, per format
 CANONICAL_FIELDS = {
     "alpaca": ("instruction", "input", "output", "system", "history"),

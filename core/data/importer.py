@@ -555,7 +555,7 @@ def load_training_rows(ref: str | int, split: str = "train", objective: str = "s
     """Normalised rows for training (see the package docstring). ``objective`` dpo / orpo: preference pairs only
     (``{"prompt": [...], "chosen": [...], "rejected": [...]}``); sft: conversations or text, never pairs."""
     ref_s = str(ref).strip()
-    wants_pairs = objective in ("dpo", "orpo")  # core.train.config.PREFERENCE_OBJECTIVES (core.data sits below it)
+    wants_pairs = objective in F.PREFERENCE_OBJECTIVES
     if ref_s.isdigit():
         ds = get_dataset(ref_s)
         if wants_pairs and ds.kind != "preference":

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from core.data.formats import PREFERENCE_OBJECTIVES
+from core.data.templates import TEMPLATES, apply_template, normalise_choice
 from core.estimate.device import worker_device
 from core.estimate.gpus import DEFAULT_MFU, GPUS, estimate_time_cost, gpu_fit_table, suggest_changes
 from core.estimate.lookup import dataset_token_count, load_model_spec
@@ -22,6 +24,7 @@ from core.estimate.memory import (
     resolve_precision,
 )
 from core.estimate.spec import GIB, EstimateError, ModelSpec, count_parameters
+from core.models import load_tokenizer, resolve_model
 
 
 def estimate_report(spec: ModelSpec, plan: TrainingPlan, *, precision_requested: str = "auto",
@@ -72,8 +75,6 @@ class PreflightResult:
 def _local_path(ref: str) -> Optional[str]:
     """The folder of a model reference when it is on this machine already (default or a local dir), else None:
     an estimate never downloads a tokenizer."""
-    from core.models import resolve_model
-
     resolved = resolve_model(ref, prepare_default=False)
     if resolved.kind == "hub":
         return None
@@ -89,8 +90,6 @@ def template_new_tokens(base_model: Optional[str], chat_template: Optional[str])
     Exact when the base model is on this machine (its tokenizer is read, nothing downloaded); otherwise a built-in
     template counts all its special tokens and a template copied from another model counts 0. Never raises."""
     try:
-        from core.data.templates import TEMPLATES, apply_template, normalise_choice
-
         choice = normalise_choice(chat_template)
     except Exception:  # noqa: BLE001 - the estimate must not break on a template question
         return 0
@@ -101,8 +100,6 @@ def template_new_tokens(base_model: Optional[str], chat_template: Optional[str])
         path = _local_path(base_model or "default")
         if path is None or (choice not in TEMPLATES and _local_path(choice) is None):
             return fallback
-        from core.models import load_tokenizer
-
         tok = load_tokenizer(path)
         base_had_template = bool(getattr(tok, "chat_template", None))
         applied = apply_template(tok, choice if choice in TEMPLATES else _local_path(choice))
@@ -125,8 +122,6 @@ def plan_for_config(config, device: Optional[str] = None, bf16_supported: Option
         probed, _free, bf16_ok = worker_device()
         device = device or ("cpu" if probed == "cpu" else "cuda")
         bf16_supported = bf16_ok if bf16_supported is None else bf16_supported
-    from core.train.config import PREFERENCE_OBJECTIVES
-
     precision = resolve_precision(config.precision, device, bf16_supported)
     objective = getattr(config, "objective", "sft")
     batch, seq_len = config.batch_size, config.max_length

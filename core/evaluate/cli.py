@@ -25,14 +25,16 @@ def _print_json(obj) -> None:
 
 
 def cmd_generate(args) -> int:
+    from core.deploy.sources import resolve_source_or_deployment
     from core.generate import GenerateError, GenSettings, generate
 
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
     try:
-        result = generate(args.model, messages, GenSettings(max_new_tokens=args.max_new_tokens,
-                                                            temperature=args.temperature, top_p=args.top_p,
-                                                            seed=args.seed))
+        source = resolve_source_or_deployment(args.model)  # deployment:ID too (its endpoint answers)
+        result = generate(source, messages, GenSettings(max_new_tokens=args.max_new_tokens,
+                                                        temperature=args.temperature, top_p=args.top_p,
+                                                        seed=args.seed))
     except GenerateError as exc:
         return _fail(str(exc))
     if args.json:

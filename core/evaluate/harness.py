@@ -12,6 +12,8 @@ from functools import lru_cache
 
 from core.evaluate import metrics as M
 from core.evaluate.config import EvalConfig
+from core.evaluate.sides import resolve_sides, speed, store_evaluation
+from core.models import resolve_model
 from core.runs.errors import JobError
 from core.runs.worker import JobContext, JobResult, log
 
@@ -81,8 +83,6 @@ def _scores(result: dict, task: str) -> dict:
 def run_lm_eval_task(ctx: JobContext, cfg: EvalConfig) -> JobResult:
     from lm_eval import simple_evaluate
 
-    from core.evaluate.job import _store, resolve_sides
-    from core.models import resolve_model
 
     task = (cfg.lm_eval_task or "").strip()
     info = task_info(task)
@@ -106,14 +106,12 @@ def run_lm_eval_task(ctx: JobContext, cfg: EvalConfig) -> JobResult:
         sides[side] = _scores(result or {}, task)
         sides[side]["n"] = int(((result or {}).get("n-samples", {}).get(task) or {}).get("effective", 0) or 0)
     ctx.progress(step=2, max_steps=2, eta_s=0.0)
-    from core.evaluate.job import speed
-
     metrics = {"base": sides["base"], "tuned": sides["tuned"], "delta": M.delta(sides["base"], sides["tuned"]),
                "notes": [f"lm-evaluation-harness task {task} ({info.get('dataset_path')}), limit {cfg.limit}, "
                          f"{time.time() - t0:.0f}s (each side's model load included in the speed)"],
                **speed(sides["base"].get("n", 0) + sides["tuned"].get("n", 0), time.time() - t0)}
     log(json.dumps(metrics)[:500])
-    return _store(ctx, cfg, "lm_eval", base_src, tuned_src, task, "harness", [], metrics)
+    return store_evaluation(ctx, cfg, "lm_eval", base_src, tuned_src, task, "harness", [], metrics)
 
 
 def _cuda() -> bool:

@@ -9,14 +9,20 @@ outputs into ``examples.jsonl`` in the job's folder.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
 from typing import Any
 
+from core import runs
+from core.data import DatasetError, get_dataset, load_training_rows, read_split
+from core.data.chat import tokenize_conversation
+from core.data.formats import PREFERENCE_OBJECTIVES
 from core.evaluate import metrics as M
 from core.evaluate.config import EvalConfig
+from core.evaluate.harness import run_lm_eval_task
+from core.evaluate.multiple_choice import MultipleChoiceError, build_requests, score_rows, summarise
+from core.evaluate.sides import resolve_sides, speed, store_evaluation
 from core.generate import (
     BASE_ADAPTER,
     GenerateError,
@@ -26,37 +32,12 @@ from core.generate import (
     decode,
     generate_rows,
     prompt_ids,
-    resolve_source,
-    source_for_run,
+    share_prompt_format,
 )
 from core.runs.errors import JobError
 from core.runs.worker import JobContext, JobResult, StopRequested, log
 
 # ---- what to compare, on what ----------------------------------------------------------------------------------------
-
-def resolve_sides(cfg: EvalConfig) -> tuple[ModelSource, ModelSource]:
-    """(base, tuned). The tuned side is the run (or folder); the base side its base model unless given."""
-    try:
-        tuned = source_for_run(cfg.run_id) if cfg.run_id is not None else resolve_source(cfg.tuned)
-        if cfg.base:
-            base = resolve_source(cfg.base)
-        elif tuned.adapter:
-            base = resolve_source(tuned.base)
-        elif tuned.run_id is not None:  # a full fine-tune: its base is the run's base model
-            from core import runs
-
-            base = resolve_source(runs.get_run(tuned.run_id).base_model or "default")
-        else:
-            raise GenerateError("the tuned side is a whole model folder: name the base model to compare it with")
-    except GenerateError as exc:
-        raise JobError(str(exc)) from None
-    if base.adapter:
-        raise JobError("the base side must be a model, not an adapter")
-    if base.endpoint or tuned.endpoint:
-        raise JobError("a deployment's endpoint cannot be evaluated here (loss and multiple choice need the weights): "
-                       "evaluate the run it serves")
-    return base, tuned
-
 
 def _sample(rows: list[dict], limit: int | None, seed: int) -> list[tuple[int, dict]]:
     idx = list(range(len(rows)))
@@ -83,8 +64,6 @@ def load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
 
 
 def _load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
-    from core.data import DatasetError, get_dataset, load_training_rows, read_split
-
     split_asked = cfg.resolved_split()
     if cfg.dataset:
         try:
@@ -96,8 +75,6 @@ def _load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
             have = ", ".join(f"{k} {v}" for k, v in (ds.splits or {}).items() if v) or "no rows"
             raise JobError(f"dataset {ds.id} has no {split_asked} rows ({have}); pick a split that has rows")
         return _sample(rows, cfg.limit, cfg.seed), str(ds.id), split_asked, ds.kind
-    from core import runs
-
     run = runs.get_run(cfg.run_id)
     ref = run.dataset_ref or (run.config or {}).get("dataset", "")
     for split in (split_asked, "validation") if split_asked == "test" else (split_asked,):
@@ -106,8 +83,6 @@ def _load_rows(cfg: EvalConfig) -> tuple[list[tuple[int, dict]], str, str, str]:
                 ds = get_dataset(ref)
                 rows, kind = read_split(ds, split), ds.kind
             else:
-                from core.train.config import PREFERENCE_OBJECTIVES
-
                 objective = (run.config or {}).get("objective", "sft")
                 rows = load_training_rows(ref, split=split, objective=objective)
                 kind = "preference" if objective in PREFERENCE_OBJECTIVES else "sft"
@@ -124,8 +99,6 @@ def trained_rows_note(cfg: EvalConfig, split: str) -> str | None:
     """When the rows scored include the ones the run trained on (its own dataset, split all or train)."""
     if cfg.run_id is None or not cfg.dataset or split not in ("all", "train"):
         return None
-    from core import runs
-
     try:
         run = runs.get_run(cfg.run_id)
     except runs.JobError:
@@ -200,8 +173,6 @@ def _progress(ctx: JobContext, done: int, total: int, t0: float) -> None:
 def run_job(ctx: JobContext) -> JobResult:
     cfg = EvalConfig.model_validate(ctx.config)
     if cfg.mode == "lm_eval":
-        from core.evaluate.harness import run_lm_eval_task
-
         return run_lm_eval_task(ctx, cfg)
     base_src, tuned_src = resolve_sides(cfg)
     pairs, dataset_ref, split, kind = load_rows(cfg)
@@ -219,8 +190,6 @@ def run_job(ctx: JobContext) -> JobResult:
 def _slots(cache: ModelCache, base_src: ModelSource, tuned_src: ModelSource):
     from dataclasses import replace
 
-    from core.generate import share_prompt_format
-
     base_slot = cache.slot(base_src)
     tuned_slot = cache.slot(tuned_src)
     if tuned_slot.loaded is base_slot.loaded:  # the adapter loaded into the base: base rows run as "__base__"
@@ -232,8 +201,6 @@ def _slots(cache: ModelCache, base_src: ModelSource, tuned_src: ModelSource):
 
 
 def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split) -> JobResult:
-    from core.data.chat import tokenize_conversation
-
     t0 = time.time()
     base_slot, tuned_slot = _slots(cache, base_src, tuned_src)
     score_t0 = time.time()  # the speed counts scoring, not loading
@@ -347,14 +314,7 @@ def _run_generation(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, sp
                "delta": M.delta(result["base"], result["tuned"]), "notes": notes,
                "generation_examples_per_s": 2 * len(usable) / gen_s if gen_s > 0 else None,
                **speed(2 * len(usable), time.time() - score_t0)}
-    return _store(ctx, cfg, "generation", base_src, tuned_src, dataset_ref, split, records, metrics)
-
-
-def speed(examples: int, seconds: float) -> dict:
-    """The evaluation's speed: examples scored on both sides (base + tuned) per second of scoring (model loading
-    excluded). Stored in the metrics; shown by ``evaluate --json``, ``evaluations show`` and the Evaluate tab."""
-    seconds = max(seconds, 1e-9)
-    return {"examples_per_s": examples / seconds, "seconds": round(seconds, 3), "examples_scored": examples}
+    return store_evaluation(ctx, cfg, "generation", base_src, tuned_src, dataset_ref, split, records, metrics)
 
 
 def fewshot_pool(cfg: EvalConfig, split: str) -> tuple[list[dict] | None, bool]:
@@ -362,19 +322,13 @@ def fewshot_pool(cfg: EvalConfig, split: str) -> tuple[list[dict] | None, bool]:
     a named split that overlaps the scored one (the same, or either is all) leaves the question out too."""
     if not cfg.num_fewshot or not cfg.fewshot_split or cfg.fewshot_split == split:
         return None, True
-    from core.data import get_dataset, read_split
-
     return read_split(get_dataset(cfg.dataset), cfg.fewshot_split), "all" in (split, cfg.fewshot_split)
 
 
 def _run_multiple_choice(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_ref, split) -> JobResult:
-    from core.evaluate.multiple_choice import MultipleChoiceError, build_requests, score_rows, summarise
-
     rows = [r for _, r in pairs]
     pool, exclude = fewshot_pool(cfg, split)
     if pool is None and cfg.num_fewshot:  # the whole scored split, not only the sampled rows, is the pool
-        from core.data import get_dataset, read_split
-
         pool = read_split(get_dataset(cfg.dataset), split)
     options = {"task": cfg.mc_task, "num_fewshot": cfg.num_fewshot, "fewshot_rows": pool, "exclude_self": exclude}
     try:
@@ -433,7 +387,7 @@ def _run_multiple_choice(ctx, cfg, cache, base_src, tuned_src, pairs, dataset_re
     metrics = {"base": base_m, "tuned": tuned_m, "delta": M.delta(base_m, tuned_m), "notes": notes,
                "formulation": {"style": form.style, "task": form.task, "num_fewshot": form.num_fewshot},
                **speed(2 * len(rows), seconds)}
-    return _store(ctx, cfg, "multiple_choice", base_src, tuned_src, dataset_ref, split, records, metrics)
+    return store_evaluation(ctx, cfg, "multiple_choice", base_src, tuned_src, dataset_ref, split, records, metrics)
 
 
 def _mc_scores(r: dict) -> dict:
@@ -443,32 +397,6 @@ def _mc_scores(r: dict) -> dict:
     if r["mc2"] is not None:
         out["mc2"] = r["mc2"]
     return out
-
-
-def _store(ctx, cfg, kind, base_src, tuned_src, dataset_ref, split, records, metrics) -> JobResult:
-    from core.evaluate import results
-    from storage import Evaluation
-
-    path = ctx.dir / "examples.jsonl"
-    tmp = path.with_suffix(".jsonl.partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    headline = M.headline_metric(metrics)
-    settings = cfg.model_dump(mode="json")
-    ev = Evaluation(job_id=ctx.job_id, run_id=tuned_src.run_id, kind=kind, name=ctx.job.name,
-                    base_label=base_src.label, tuned_label=tuned_src.label, dataset_ref=dataset_ref, split=split,
-                    n=metrics["base"].get("n", len(records)), settings=settings, metrics=metrics, headline=headline,
-                    headline_base=metrics["base"].get(headline), headline_tuned=metrics["tuned"].get(headline),
-                    examples_path=str(path))
-    if ctx.is_main:
-        ev = results.save(ev)
-    summary = (f"{headline}: base {metrics['base'].get(headline)} -> tuned {metrics['tuned'].get(headline)}"
-               if headline else "done")
-    return JobResult(final_metrics={"evaluation_id": ev.id, "headline": headline,
-                                    "base": metrics["base"].get(headline), "tuned": metrics["tuned"].get(headline)},
-                     summary=summary)
 
 
 def examples_file(job_dir: Path) -> Path:

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from storage import Run
@@ -32,8 +32,9 @@ class JobKind:
     resumable: bool = False  # a failed/stopped/interrupted job can be queued again (continues from a checkpoint)
     command: Callable[[Run], list[str]] = default_command  # the worker process's argv (the supervisor starts it)
     description: str = ""
-    # what to change when a job of this kind runs out of memory: f(config, memory limit in bytes or None)
-    oom_advice: Callable[[dict, int | None], str] | None = field(default=None, compare=False)
+    # what to change when a job of this kind runs out of memory: "package.module:function", f(config, memory limit in
+    # bytes or None) -> str, imported only where a job ended (the worker, the supervisor), as ``entry`` is
+    oom_advice: str = ""
     # the queue's lane: "device" jobs share FTS_MAX_CONCURRENT_RUNS (the accelerator); "io" jobs (imports) have
     # their own small limit, so reading a file never waits behind a training run
     lane: str = "device"
@@ -48,12 +49,6 @@ def _train_command(job: Run) -> list[str]:
     return default_command(job)
 
 
-def _train_oom_advice(config: dict, limit_bytes: int | None) -> str:
-    from core.train.advice import out_of_memory_advice
-
-    return out_of_memory_advice(config, limit_bytes)
-
-
 _KINDS: dict[str, JobKind] = {}
 _loaded_extra: set[str] = set()
 
@@ -64,7 +59,8 @@ def register(kind: JobKind) -> JobKind:
 
 
 register(JobKind("train", "core.train.worker:run_job", resumable=True, command=_train_command,
-                 description="supervised fine-tuning (LoRA / QLoRA / full)", oom_advice=_train_oom_advice))
+                 description="supervised fine-tuning (LoRA / QLoRA / full)",
+                 oom_advice="core.train.advice:out_of_memory_advice"))
 register(JobKind("evaluate", "core.evaluate.job:run_job",
                  description="base vs fine-tuned on held-out data (generation metrics, multiple choice, lm-eval)"))
 register(JobKind("import", "core.data.jobs:run_job", lane="io",
@@ -101,3 +97,11 @@ def all_kinds() -> list[str]:
 def load_entry(kind: JobKind) -> Callable[[Any], Any]:
     module, _, func = kind.entry.partition(":")
     return getattr(importlib.import_module(module), func)
+
+
+def oom_advice(kind: JobKind, config: dict, limit_bytes: int | None) -> str:
+    """What to change when a job of ``kind`` ran out of memory (its ``oom_advice`` function; '' when it names none)."""
+    if not kind.oom_advice:
+        return ""
+    module, _, func = kind.oom_advice.partition(":")
+    return getattr(importlib.import_module(module), func)(config, limit_bytes)

@@ -22,7 +22,7 @@ from collections import deque
 from core.config import REPO_ROOT
 from core.runs import memory, paths, store, warm
 from core.runs.errors import fmt_bytes
-from core.runs.kinds import get_kind
+from core.runs.kinds import get_kind, oom_advice
 from core.runs.worker import log
 from storage import RunStatus
 
@@ -245,7 +245,7 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
     if run is not None and run.attempt != job.attempt:
         run = None  # this attempt's ending is recorded and the job has moved on (resumed): nothing of ours to write
     if run is not None and run.status.is_active:
-        advice = kind.oom_advice(run.config or {}, limit) if kind.oom_advice else ""
+        advice = oom_advice(kind, run.config or {}, limit)
         status, message = describe_death(rc, peak=peak or None, last=last or None, limit=limit,
                                          limit_source=limit_source,
                                          oom_kills=oom_after - oom_before, advice=advice)

@@ -21,7 +21,7 @@ from typing import Any
 
 from core.runs import paths, store
 from core.runs.errors import describe_exception, is_disk_full
-from core.runs.kinds import get_kind, load_entry
+from core.runs.kinds import get_kind, load_entry, oom_advice
 from storage import Run, RunStatus
 
 
@@ -112,7 +112,7 @@ def run_job(job_id: int) -> int:
         status = ctx.stop_status()
         log(f"{status} before any work was saved")
     except BaseException as exc:  # noqa: BLE001 - every way out is recorded
-        advice = kind.oom_advice(ctx.config, None) if kind.oom_advice else ""
+        advice = oom_advice(kind, ctx.config, None)
         disk_free = paths.free_bytes(ctx.dir) if is_disk_full(exc) else None
         status, error = RunStatus.failed, describe_exception(exc, oom_advice=advice, disk_free=disk_free)
         try:

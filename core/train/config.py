@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Method = Literal["lora", "qlora", "full"]
 Objective = Literal["sft", "dpo", "orpo", "grpo"]
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
-PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 

@@ -8,15 +8,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import runs
-from core.runs import JobError
+from core.access import PathNotAllowed, in_page, locate, shared_mode
+from core.config import get_settings
+from core.data import DatasetError, get_dataset, load_training_rows
+from core.data.formats import PREFERENCE_OBJECTIVES
+from core.data.importer import PREFERENCE_FOR_SFT, SFT_FOR_PREFERENCE, prepare_dataset
+from core.data.templates import CHOICE_HELP, TEMPLATES, model_has_chat_template
+from core.estimate.report import disk_plan
+from core.estimate.spec import EstimateError
+from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
+from core.runs import JobError, paths, store
+from core.runs.errors import fmt_bytes
+from core.space import SpaceLimitError, check_training, in_space
+from core.space import limits as space_limits
 from core.train.config import TrainConfig
+from core.train.device import qlora_support_error
+from core.train.rewards import check_references, prompt_rows
 from storage import Run
 
 
 def validate_references(config: TrainConfig) -> None:
     """Fail fast, before queueing, on a model or dataset that cannot exist."""
-    from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
-
     try:
         resolved = resolve_model(config.base_model, prepare_default=False, what="the base model")
         if resolved.kind == "local":
@@ -27,8 +39,6 @@ def validate_references(config: TrainConfig) -> None:
     ref = config.dataset.strip()
     kind = None
     if ref.isdigit():
-        from core.data import DatasetError, get_dataset
-
         try:
             ds = get_dataset(ref)
         except DatasetError:
@@ -39,8 +49,6 @@ def validate_references(config: TrainConfig) -> None:
             raise JobError(f"dataset {ref} holds multiple-choice questions (for Evaluate); supervised fine-tuning "
                            "needs conversations with assistant answers")
     else:
-        from core.access import PathNotAllowed, locate
-
         try:  # a data file passes the one resolver (a shared studio's page: only inside the allowed roots)
             loc = locate(ref, "the training data", hub=False)
         except PathNotAllowed as exc:
@@ -49,8 +57,6 @@ def validate_references(config: TrainConfig) -> None:
             raise JobError(f"dataset file not found: {ref}")
         kind = _file_kind(ref)
     if config.init_adapter:
-        from core.access import PathNotAllowed, locate
-
         try:
             loc = locate(config.init_adapter, "the adapter to continue from")
         except PathNotAllowed as exc:
@@ -62,17 +68,12 @@ def validate_references(config: TrainConfig) -> None:
     if config.objective == "grpo":
         check_grpo_data(config, f"dataset {ref}" if ref.isdigit() else ref)
     if config.method == "qlora":
-        from core.train.device import qlora_support_error
-
         err = qlora_support_error()
         if err:
             raise JobError(err)
 
 
 def _file_kind(ref: str) -> str | None:
-    from core.data import DatasetError
-    from core.data.importer import prepare_dataset
-
     try:
         return prepare_dataset(str(Path(ref).expanduser())).kind
     except DatasetError:
@@ -82,9 +83,6 @@ def _file_kind(ref: str) -> str | None:
 def check_objective(config: TrainConfig, dataset_kind: str | None, what: str) -> None:
     """Preference pairs train with DPO or ORPO, conversations with SFT: the other way round is refused at submit,
     naming the objective that fits."""
-    from core.data.importer import PREFERENCE_FOR_SFT, SFT_FOR_PREFERENCE
-    from core.train.config import PREFERENCE_OBJECTIVES
-
     if dataset_kind is None:
         return
     if config.objective in PREFERENCE_OBJECTIVES and dataset_kind != "preference":
@@ -100,9 +98,6 @@ def check_objective(config: TrainConfig, dataset_kind: str | None, what: str) ->
 def check_grpo_data(config: TrainConfig, what: str) -> None:
     """GRPO's prompts and the rewards' references, read before anything is queued: no prompt at all, or a reward that
     compares with answers the data does not have (JSON fields of prose answers), is refused naming what fits."""
-    from core.data import DatasetError, load_training_rows
-    from core.train.rewards import check_references, prompt_rows
-
     try:
         prompts = prompt_rows(load_training_rows(config.dataset, split="train", objective="grpo"))
     except DatasetError:
@@ -118,12 +113,8 @@ def check_grpo_data(config: TrainConfig, what: str) -> None:
 def check_template(config: TrainConfig, dataset_kind: str | None) -> None:
     """Conversations need a prompt template: a base model without a chat template is refused here, naming the
     choices, instead of a run that fails at step 0; a template to copy must exist."""
-    from core.data.templates import CHOICE_HELP, TEMPLATES, model_has_chat_template
-
     choice = config.chat_template
     if choice and choice not in TEMPLATES:
-        from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
-
         try:
             src = resolve_model(choice, prepare_default=False, what="the template to copy")
             if src.kind == "local":
@@ -144,12 +135,11 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
                     owner: str = "") -> Run:
     """Check the config's references and queue the run (it starts at once when there is room). ``owner``: who
     submitted it (a Space visitor's anonymous id; a Space's caps count per owner)."""
-    from core.space import SpaceLimitError, check_training
-
     try:
-        check_training(config, owner)
+        check_training(config)
     except SpaceLimitError as exc:
         raise JobError(str(exc)) from None
+    check_visitor_quota(owner)
     config = apply_run_caps(config)
     validate_references(config)
     check_disk(config)
@@ -160,6 +150,18 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
                        parent_run_id=parent_run_id, owner=owner)
 
 
+def check_visitor_quota(visitor: str) -> None:
+    """On a Space, refuse a visitor's run over ``FTS_SPACE_RUNS_PER_VISITOR`` queued or running training runs
+    (core.space; not a Space, or nobody known: nothing to count)."""
+    if not visitor or not in_space():
+        return
+    lim = space_limits()
+    active = [r for r in runs.list_runs(kind="train") if r.owner == visitor and not r.status.is_finished]
+    if len(active) >= lim.runs_per_visitor:
+        raise JobError(f"on this Space each visitor has at most {lim.runs_per_visitor} run(s) queued or "
+                       f"running; run #{active[0].id} is {active[0].status.value} — wait for it or stop it")
+
+
 SHARED_CAPS = {"FTS_MAX_STEPS": 100_000, "FTS_MAX_EPOCHS": 100, "FTS_MAX_RUN_HOURS": 24}
 
 
@@ -168,7 +170,6 @@ def run_caps() -> dict[str, float]:
     (a shared studio's defaults: 100,000 steps, 100 epochs, 24 hours of running). Empty for the host's CLI."""
     import os
 
-    from core.access import in_page, shared_mode
 
     if not in_page():
         return {}
@@ -206,12 +207,6 @@ DISK_RESERVE_BYTES = 16 * 1024**2  # the database, logs and metrics grow too
 def check_disk(config: TrainConfig, free_bytes: int | None = None) -> None:
     """Refuse a run the workspace's disk cannot hold (checkpoints kept × their size + the final adapter, from the
     estimator), up front instead of a disk-full failure halfway through a checkpoint. Unknown sizes pass."""
-    from core.config import get_settings
-    from core.estimate.report import disk_plan
-    from core.estimate.spec import EstimateError
-    from core.runs import paths
-    from core.runs.errors import fmt_bytes
-
     try:
         plan = disk_plan(config)
     except (EstimateError, ValueError, OSError):
@@ -268,8 +263,6 @@ def rename_run(run_id: int, name: str) -> Run:
     run = runs.get_run(run_id)
     if run.kind != "train":
         raise JobError(f"run {run_id} is a {run.kind} job, not a training run")
-    from core.runs import store
-
     return store.rename(run_id, name)
 
 
@@ -278,36 +271,4 @@ def tag_run(run_id: int, tags) -> Run:
     run = runs.get_run(run_id)
     if run.kind != "train":
         raise JobError(f"run {run_id} is a {run.kind} job, not a training run")
-    from core.runs import store
-
     return store.set_tags(run_id, [tags] if isinstance(tags, str) else list(tags or []))
-
-
-def delete_run(run_id: int) -> dict:
-    """Delete an ended training run with what was made from it: its folder (checkpoints, adapter, merged model, log),
-    its metric rows, its evaluations and their jobs, its export jobs. Runs continued from it stay (each has its own
-    adapter). Refused, with nothing deleted, while the run or a job made from it is active, or while a deployment
-    serves it. Returns what went: {"runs": [ids], "evaluations": n}."""
-    from core.deploy import deployments
-    from core.evaluate import results
-
-    run = runs.get_run(run_id)
-    if run.kind != "train":
-        raise JobError(f"run {run_id} is a {run.kind} job, not a training run")
-    if run.status.is_active:
-        raise JobError(f"run {run_id} is {run.status.value}: stop it before deleting")
-    from core.runs import store
-
-    made_from = [c for c in store.children(run_id) if c.kind != "train"]
-    busy = [c for c in made_from if runs.get_run(c.id).status.is_active]
-    if busy:
-        raise JobError("; ".join(f"{c.kind} job #{c.id} of run {run_id} is {c.status.value}" for c in busy)
-                       + ": wait for it or stop it before deleting the run")
-    serving = [d for d in deployments.list_deployments(active_only=True) if d.run_id == run_id]
-    if serving:
-        raise JobError(f"deployment #{serving[0].id} serves run {run_id} ({serving[0].status}): stop it in the Deploy "
-                       "tab (or `python -m core deployments stop ID`) before deleting the run")
-    ids = [run_id, *(c.id for c in made_from)]
-    runs.delete(ids)  # first: a job that became active meanwhile refuses the delete before anything is gone
-    evaluations = results.delete_for_run(run_id)
-    return {"runs": ids, "evaluations": evaluations}

@@ -65,8 +65,8 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
     from trl import SFTConfig, SFTTrainer
 
     from core.data import load_training_rows
+    from core.data.formats import PREFERENCE_OBJECTIVES
     from core.models import load_tokenizer, resolve_model
-    from core.train.config import PREFERENCE_OBJECTIVES
     from core.train.device import pick_precision
     from core.train.setup import effective_setup, trainer_arguments
     from core.train.tokenize import PaddingFreeCollator, count_real_tokens, labelled_positions_loss, tokenize_rows
