@@ -136,7 +136,8 @@ def test_the_quick_start_finds_its_stages_in_the_database_and_reports_what_chang
 
     md = report_markdown(st.evaluation)
     assert "What changed" in md and "field_accuracy" in md and "&quot;" not in md  # answers shown as text, once
-    assert status_markdown().count("✓") == 4
+    # stages 1-4 done; stage 5 too where an earlier test of this shared workspace had both models answer
+    assert status_markdown().count("✓") == (5 if qs.state().played else 4)
 
 
 def _ended_train_run(name: str, dataset_id: int, owner: str):

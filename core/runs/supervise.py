@@ -183,13 +183,14 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
     budget_spent = False
     cap = _memory_cap(job)
     over_cap: int | None = None  # the RSS at which the worker was stopped for going over its cap
+    first = True  # a sample as soon as it starts: a worker forked warm can be at its second step within 0.2 s
     while child.poll() is None:
         oom_counts.append(memory.oom_kill_count())
         try:  # returns at once when the worker ends: its ending is recorded within milliseconds
-            child.wait(timeout=SAMPLE_S)
+            child.wait(timeout=0 if first else SAMPLE_S)
             break
         except subprocess.TimeoutExpired:
-            pass
+            first = False
         rss = memory.tree_rss_bytes(child.pid)
         if rss:
             peak, last = max(peak, rss), rss

@@ -136,19 +136,33 @@ def servers() -> int:
     return 0 if d is None else sum(_held(lock) for lock in d.glob(f"{_installation()}-*.lock"))
 
 
+def _retire_oldest(wait_s: float = 2.0) -> bool:
+    """Retire the least recently wanted server of this installation (its running workers go on). True if one was."""
+    d = socket_dir()
+    held = [lock for lock in d.glob(f"{_installation()}-*.lock") if _held(lock)] if d else []
+    return bool(held) and _retire(min(held, key=lambda lock: lock.stat().st_mtime), wait_s)
+
+
 def server_environment(env: dict) -> dict:
     """The server's own environment: the job's without its secrets (each worker gets its own from its request)."""
     return {k: v for k, v in env.items() if not any(word in k.upper() for word in SECRET_WORDS)}
 
 
 def ensure(env: dict) -> bool:
-    """Start a server for this environment unless one runs (or this installation already has MAX_SERVERS of them,
-    for other environments: then this one's workers start cold). Returns True when one was started now."""
+    """Start a server for this environment unless one runs; where this installation already has MAX_SERVERS of
+    them (for other environments), the least recently wanted one is retired first. True when one was started now."""
     if not enabled(env) or os.name != "posix":
         return False
     p = _paths(env)
-    if p is None or running(env) or servers() >= int(env.get("FTS_WARM_MAX_SERVERS") or MAX_SERVERS):
+    if p is None:
         return False
+    if running(env):
+        with contextlib.suppress(OSError):
+            os.utime(p[1])  # recently wanted: the last to be retired for another environment
+        return False
+    cap = max(1, int(env.get("FTS_WARM_MAX_SERVERS") or MAX_SERVERS))
+    while servers() >= cap and _retire_oldest():
+        pass
     with open(p[2], "ab") as logf:
         proc = subprocess.Popen(  # noqa: S603 - this file, as a script, no shell
             [sys.executable, str(Path(__file__).resolve()), "--serve", str(p[0]), str(p[1])],
@@ -161,17 +175,24 @@ def ensure(env: dict) -> bool:
 
 
 def stop(env: dict, timeout_s: float = 10.0) -> bool:
-    """Ask this environment's server to exit once its workers have ended. True when it has gone."""
+    """Ask this environment's server to stop answering (it exits once its workers have ended). True when it has."""
     p = _paths(env)
-    if p is None:
+    return p is None or _retire(p[1], timeout_s)
+
+
+def _retire(lock: Path, wait_s: float) -> bool:
+    """SIGTERM to the server holding ``lock`` (its pid is in it): one still importing just ends, a ready one stops
+    answering and lets its workers finish. True once the lock is free."""
+    if not _held(lock):
         return True
-    with contextlib.suppress(OSError, ValueError):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2)
-            s.connect(str(p[0]))
-            _send(s, {"op": "stop"})
-    deadline = time.monotonic() + timeout_s
-    while running(env):
+    try:
+        pid = int(lock.read_text().strip() or 0)
+        if pid > 0 and _held(lock):
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    deadline = time.monotonic() + wait_s
+    while _held(lock):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -383,6 +404,8 @@ def serve(sock_path: str, lock_path: str) -> int:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another server for this environment started first
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, str(os.getpid()).encode())  # whom to ask to stop, even while it is still importing
     started = time.monotonic()
     _preload()
     gc.collect()
@@ -396,9 +419,26 @@ def serve(sock_path: str, lock_path: str) -> int:
     finally:
         os.umask(old_umask)
     listener.listen(16)
+    sock_ino = os.stat(sock_path).st_ino
     idle_s = float(os.environ.get("FTS_WARM_IDLE_MIN", "30") or 30) * 60
     print(f"warm worker {os.getpid()}: ready in {time.monotonic() - started:.1f} s at {sock_path}", flush=True)
     closing = False
+    retired = False
+
+    def retire() -> None:
+        """Stop answering at once: the socket and the lock go (a new server may start for this environment now);
+        the workers already forked keep running and their endings still reach their supervisors."""
+        nonlocal retired
+        if retired:
+            return
+        retired = True
+        listener.close()
+        with contextlib.suppress(OSError):
+            if os.stat(sock_path).st_ino == sock_ino:  # ours, not a newer server's
+                os.unlink(sock_path)
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
 
     def on_term(signum, frame):
         nonlocal closing
@@ -423,16 +463,20 @@ def serve(sock_path: str, lock_path: str) -> int:
                         conn.sendall(json.dumps({"exit": _exit_status(status)}).encode() + b"\n")
                     conn.close()
                 last = time.monotonic()
-            if closing and not children:
-                return 0
-            if not children and time.monotonic() - last > idle_s:
+            if not children and not closing and time.monotonic() - last > idle_s:
                 print(f"warm worker {os.getpid()}: idle for {idle_s / 60:g} min, exiting", flush=True)
-                return 0
+                closing = True
+            if closing:
+                retire()
+                if not children:
+                    return 0
+                time.sleep(0.1)
+                continue
             try:
                 ready = select.select([listener], [], [], 0.1)[0]
             except InterruptedError:
                 continue
-            if not ready or closing:
+            if not ready:
                 continue
             conn, _ = listener.accept()
             fds: list[int] = []
@@ -467,11 +511,7 @@ def serve(sock_path: str, lock_path: str) -> int:
                     with contextlib.suppress(OSError):
                         os.close(fd)
     finally:
-        listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.exists(sock_path):
-                os.unlink(sock_path)
-        os.close(lock_fd)
+        retire()
 
 
 def _become_worker(conn: socket.socket, listener: socket.socket, others: list[socket.socket], fds: list[int],
