@@ -112,6 +112,10 @@ def finish_shutdown(monitor: runs.Monitor) -> None:
     """After the server closed, in the main thread's normal flow: stop watching; when the dashboard is PID 1 (a
     container) and a SIGTERM ended it, pass the shutdown on to the local jobs (they checkpoint and end interrupted)."""
     monitor.shutdown()
+    if SHUTDOWN.get("warm"):  # the warm worker this dashboard started goes with it (its running workers do not)
+        from core.runs.backends import unwarm
+
+        unwarm()
     if SHUTDOWN["signal"] is not None and os.getpid() == 1:
         try:
             _terminate_local_jobs()
@@ -136,6 +140,7 @@ def main() -> None:
     from core.runs.backends import prewarm
 
     if prewarm():  # runs then fork from it with the libraries imported: seconds, not 10-30 s, to their first step
+        SHUTDOWN["warm"] = True
         print("warm worker: starting (FTS_WARM_WORKER=0 turns it off)", flush=True)
 
     try:

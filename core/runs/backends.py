@@ -410,6 +410,15 @@ def prewarm() -> bool:
         return False
 
 
+def unwarm() -> None:
+    """Retire the warm worker of this environment (a dashboard that started it, shutting down): it stops answering
+    at once and exits when the workers it forked have ended; running jobs go on."""
+    try:
+        warm.stop(job_environment(), timeout_s=2)
+    except OSError as exc:
+        log.warning("could not stop the warm worker: %s", exc)
+
+
 def this_host() -> str:
     return socket.gethostname()
 
