@@ -63,6 +63,7 @@ def main() -> None:
     ws = Path(tempfile.mkdtemp(prefix="fts-first-step-"))
     os.environ["FTS_WORKSPACE"] = str(ws)
     os.environ.pop("DATABASE_URL", None)
+    os.environ.setdefault("FTS_MODELS_DIR", str(REPO / "workspace" / "models"))  # the converted model, not again
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from core.models import ensure_default_model
     from core.runs import warm

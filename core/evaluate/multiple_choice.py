@@ -316,29 +316,28 @@ def _request(r: dict, form: Formulation, prefix: str = "") -> _Request:
                     mc2_labels=list(mc2_labels) if mc2_choices is not None else None)
 
 
+def _normalised(rows: Sequence[Any], what: str) -> list:
+    """Every row through normalise_row; a bad one is named by its number ('row 3 of 40: …')."""
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(normalise_row(row))
+        except MultipleChoiceError as exc:
+            raise MultipleChoiceError(f"{what} {i + 1} of {len(rows)}: {exc}") from None
+    return out
+
 def build_requests(rows: Sequence[Any], style: str, *, task: str | None = None, num_fewshot: int | None = None,
                    fewshot_rows: Sequence[Any] | None = None, exclude_self: bool | None = None,
                    seed: int = FEWSHOT_SEED) -> tuple[Formulation, list[_Request]]:
     """(the formulation, one request per row). ``fewshot_rows``: the pool of few-shot examples (default: the rows
     themselves); ``exclude_self`` (default: when the pool is the rows) leaves each question out of its own draw."""
     _check_style(style)
-    normalised = []
-    for i, row in enumerate(rows):
-        try:
-            normalised.append(normalise_row(row))
-        except MultipleChoiceError as exc:
-            raise MultipleChoiceError(f"row {i + 1} of {len(rows)}: {exc}") from None
+    normalised = _normalised(rows, "row")
     form = formulation(style, normalised, task=task, num_fewshot=num_fewshot)
     if fewshot_rows is None:
         pool, exclude = normalised, True if exclude_self is None else exclude_self
     else:
-        pool = []
-        for i, row in enumerate(fewshot_rows):
-            try:
-                pool.append(normalise_row(row))
-            except MultipleChoiceError as exc:
-                raise MultipleChoiceError(f"few-shot row {i + 1} of {len(fewshot_rows)}: {exc}") from None
-        exclude = bool(exclude_self)
+        pool, exclude = _normalised(fewshot_rows, "few-shot row"), bool(exclude_self)
     draws = fewshot_draws(normalised, pool, form, exclude_self=exclude, seed=seed)
     requests = []
     shot_cache: dict[int, str] = {}

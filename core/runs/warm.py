@@ -156,7 +156,7 @@ def ensure(env: dict) -> bool:
     p = _paths(env)
     if p is None:
         return False
-    if running(env):
+    if _held(p[1]):  # a server for this environment runs (it may still be importing)
         with contextlib.suppress(OSError):
             os.utime(p[1])  # recently wanted: the last to be retired for another environment
         return False
@@ -253,6 +253,7 @@ class WarmChild:
         self.returncode: int | None = None
         self._buf = b""
         self._reading = False  # poll() from a signal handler while wait() reads: answer without reading
+        self._server_gone = False  # the server ended while our worker ran: watch the pid instead
 
     def _read(self, timeout: float | None) -> None:
         if self.returncode is not None or self._reading:
@@ -261,6 +262,16 @@ class WarmChild:
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             while self.returncode is None:
+                if self._server_gone:
+                    # the connection closed without an exit status: the server is gone (the worker holds its own
+                    # copy of the connection, so it has usually ended too). Report 1 ('exited without recording
+                    # how', if it recorded nothing) once the pid has ended
+                    if not _alive(self.pid):
+                        self.returncode = 1
+                    elif deadline is None or time.monotonic() < deadline:
+                        time.sleep(0.2 if deadline is None else min(0.2, deadline - time.monotonic()))
+                        continue
+                    return
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
                     ready = select.select([self._conn], [], [], left)[0]
@@ -273,8 +284,8 @@ class WarmChild:
                 except OSError:
                     chunk = b""
                 if not chunk:
-                    self._server_gone()
-                    return
+                    self._server_gone = True
+                    continue
                 self._buf += chunk
                 while b"\n" in self._buf:
                     line, _, self._buf = self._buf.partition(b"\n")
@@ -286,13 +297,6 @@ class WarmChild:
                     return
         finally:
             self._reading = False
-
-    def _server_gone(self) -> None:
-        """The server ended while our worker ran (killed): the worker lives on without it; wait for it to end.
-        Its exit status went with the server: report 1 ('exited without recording how', if it recorded nothing)."""
-        while _alive(self.pid):
-            time.sleep(0.2)
-        self.returncode = 1
 
     def poll(self) -> int | None:
         self._read(0)
