@@ -1,4 +1,4 @@
-"""The warm worker (core/runs/warm.py): workers forked from a server that imported the heavy libraries once, with
+"""The warm worker (core/runs/warm.py, its server core/runs/warm_server.py): workers forked from a server that imported the heavy libraries once, with
 the supervisor contract unchanged — the job's own environment and log, its exit status, stop, and death with its
 supervisor; only this user may ask it for anything."""
 from __future__ import annotations
@@ -129,3 +129,17 @@ def test_the_server_keeps_no_secret_and_an_installation_gets_at_most_two_servers
         warm.stop(other)
         warm.ensure(warm_server)
     assert warm.wait_ready(warm_server, 120)
+
+
+def test_the_files_of_servers_ended_a_day_ago_are_pruned_and_a_running_ones_are_kept(warm_server):
+    d = warm.socket_dir()
+    old = time.time() - warm.STALE_S - 60
+    stale = d / "0000dead-000000000000.lock"
+    for f in (stale, stale.with_suffix(".log"), stale.with_suffix(".sock")):
+        f.write_text("")
+        os.utime(f, (old, old))
+    running = warm._paths(warm_server)[1]
+    os.utime(running, (old, old))  # long-lived, but held: kept
+    warm._prune(d)
+    assert not any(f.exists() for f in (stale, stale.with_suffix(".log"), stale.with_suffix(".sock")))
+    assert running.exists() and warm.running(warm_server)

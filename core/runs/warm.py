@@ -21,7 +21,8 @@ How it fits the runs core (the supervisor contract is unchanged):
   before. ``FTS_WARM_WORKER=0`` turns it off. No CUDA is initialised before the fork (imports only), and the server
   is single-threaded in Python when it forks.
 
-This module imports only the standard library: the server runs it as a script (``python core/runs/warm.py``).
+This module is the client side (the supervisor's); the server is ``core/runs/warm_server.py``, which imports only the
+standard library and runs as a script.
 """
 from __future__ import annotations
 
@@ -38,24 +39,17 @@ import sys
 import time
 from pathlib import Path
 
+from core.runs.warm_server import MODULE_PREFIX, REQUEST_LIMIT
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REQUEST_LIMIT = 4 << 20
+SERVER = Path(__file__).resolve().with_name("warm_server.py")
+STALE_S = 24 * 3600  # the lock and log of a server that has not run for a day go (one pair per environment it had)
 # variables no preloaded library reads while it is imported (the studio's own, the job's, other tools'): a worker
 # whose environment differs only in these forks from the same server (it gets its own values in os.environ)
 VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES", "HF_TOKEN",
             "DOCKER_", "RAY_", "GRADIO_", "SPACE_ID", "SPACE_HOST", "OPENAI_", "ANTHROPIC_", "WANDB_API_KEY")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
 MAX_SERVERS = 2  # per installation: a session that keeps changing its environment does not pile them up
-MODULE_PREFIX = "core."
-PRELOAD = (  # (module, names): what a training / evaluation / export worker imports first
-    ("numpy", ()), ("torch", ()), ("safetensors.torch", ()), ("tokenizers", ()), ("pyarrow", ()), ("pandas", ()),
-    ("transformers", ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer", "Trainer", "TrainingArguments",
-                      "TrainerCallback", "PreTrainedTokenizerBase")),
-    ("transformers.trainer_callback", ("PrinterCallback",)),
-    ("accelerate", ()), ("peft", ("LoraConfig", "PeftModel", "get_peft_model")), ("datasets", ("Dataset",)),
-    ("trl", ("SFTConfig", "SFTTrainer", "DPOConfig", "DPOTrainer", "GRPOConfig", "GRPOTrainer")),
-    ("sqlalchemy", ()), ("sqlmodel", ()), ("pydantic", ()), ("psutil", ()), ("yaml", ()), ("jinja2", ()),
-)
 
 
 def enabled(env: dict | None = None) -> bool:
@@ -77,9 +71,9 @@ def key(env: dict) -> str:
 
 
 def _installation() -> str:
-    """This interpreter, its installed packages and this checkout's warm.py: the first part of every key."""
+    """This interpreter, its installed packages and this checkout's warm worker: the first part of every key."""
     site = [p for p in sys.path if p.endswith("site-packages")]
-    stamp = [sys.executable, str(Path(__file__).resolve()), str(Path(__file__).stat().st_mtime_ns)]
+    stamp = [sys.executable] + [f"{f}:{f.stat().st_mtime_ns}" for f in (Path(__file__).resolve(), SERVER)]
     stamp += [f"{p}:{os.stat(p).st_mtime_ns}" for p in site if os.path.isdir(p)]
     return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:8]
 
@@ -160,18 +154,32 @@ def ensure(env: dict) -> bool:
         with contextlib.suppress(OSError):
             os.utime(p[1])  # recently wanted: the last to be retired for another environment
         return False
+    _prune(p[0].parent)
     cap = max(1, int(env.get("FTS_WARM_MAX_SERVERS") or MAX_SERVERS))
     while servers() >= cap and _retire_oldest():
         pass
     with open(p[2], "ab") as logf:
         proc = subprocess.Popen(  # noqa: S603 - this file, as a script, no shell
-            [sys.executable, str(Path(__file__).resolve()), "--serve", str(p[0]), str(p[1])],
+            [sys.executable, str(SERVER), "--serve", str(p[0]), str(p[1])],
             cwd=str(REPO_ROOT), env=server_environment(env), stdin=subprocess.DEVNULL, stdout=logf,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     import threading
 
     threading.Thread(target=proc.wait, daemon=True, name="warm-worker-reaper").start()
     return True
+
+
+def _prune(d: Path) -> None:
+    """Remove the lock, log and socket of servers that ended more than STALE_S ago (any installation of this
+    user's): each environment a session ever had leaves a pair otherwise. A lock in use is never removed (a server
+    that opened one just as it goes checks, after locking it, that its file is still the one at that path)."""
+    now = time.time()
+    for lock in d.glob("*.lock"):
+        with contextlib.suppress(OSError):
+            if now - lock.stat().st_mtime > STALE_S and not _held(lock):
+                for f in (lock.with_suffix(".log"), lock.with_suffix(".sock"), lock):
+                    with contextlib.suppress(FileNotFoundError):
+                        f.unlink()
 
 
 def stop(env: dict, timeout_s: float = 10.0) -> bool:
@@ -349,266 +357,3 @@ def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0) -> Warm
         s.close()
         return None
     return WarmChild(s, pid)
-
-
-# ---------------------------------------------------------------------------------------------------- server side
-
-def _preload() -> None:
-    import importlib
-
-    for module, names in PRELOAD:
-        try:
-            m = importlib.import_module(module)
-            for name in names:
-                getattr(m, name)
-        except Exception as exc:  # noqa: BLE001 - what does not import here imports in the worker
-            print(f"warm worker: could not preload {module}: {type(exc).__name__}: {exc}", flush=True)
-
-
-def _peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
-def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
-    conn.settimeout(5)
-    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
-    if len(data) < 4:
-        raise ValueError("short request")
-    (size,) = struct.unpack("!I", data[:4])
-    if size > REQUEST_LIMIT:
-        raise ValueError("request too large")
-    data = data[4:]
-    while len(data) < size:
-        chunk = conn.recv(min(65536, size - len(data)))
-        if not chunk:
-            raise ValueError("short request")
-        data += chunk
-    return json.loads(data[:size]), list(fds)
-
-
-def _valid_run(req: dict) -> bool:
-    argv, env, cwd = req.get("argv"), req.get("env"), req.get("cwd")
-    return (isinstance(argv, list) and len(argv) >= 2 and all(isinstance(a, str) for a in argv) and argv[0] == "-m"
-            and argv[1].startswith(MODULE_PREFIX) and all(part.isidentifier() for part in argv[1].split("."))
-            and isinstance(cwd, str) and isinstance(env, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()))
-
-
-def _exit_status(status: int) -> int:
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
-def serve(sock_path: str, lock_path: str) -> int:
-    import fcntl
-    import gc
-
-    lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another server for this environment started first
-    os.ftruncate(lock_fd, 0)
-    os.write(lock_fd, str(os.getpid()).encode())  # whom to ask to stop, even while it is still importing
-    started = time.monotonic()
-    _preload()
-    gc.collect()
-    gc.freeze()  # the imported objects stay out of the collector's way: fewer pages copied in each worker
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock_path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        listener.bind(sock_path)
-    finally:
-        os.umask(old_umask)
-    listener.listen(16)
-    sock_ino = os.stat(sock_path).st_ino
-    idle_s = float(os.environ.get("FTS_WARM_IDLE_MIN", "30") or 30) * 60
-    print(f"warm worker {os.getpid()}: ready in {time.monotonic() - started:.1f} s at {sock_path}", flush=True)
-    closing = False
-    retired = False
-
-    def retire() -> None:
-        """Stop answering at once: the socket and the lock go (a new server may start for this environment now);
-        the workers already forked keep running and their endings still reach their supervisors."""
-        nonlocal retired
-        if retired:
-            return
-        retired = True
-        listener.close()
-        with contextlib.suppress(OSError):
-            if os.stat(sock_path).st_ino == sock_ino:  # ours, not a newer server's
-                os.unlink(sock_path)
-        with contextlib.suppress(OSError):
-            fcntl.flock(lock_fd, fcntl.LOCK_UN)
-            os.close(lock_fd)
-
-    def on_term(signum, frame):
-        nonlocal closing
-        closing = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    children: dict[int, socket.socket] = {}
-    last = time.monotonic()
-    try:
-        while True:
-            while children:  # reap: each ended worker's status goes to its supervisor
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                conn = children.pop(pid, None)
-                if conn is not None:
-                    with contextlib.suppress(OSError):
-                        conn.sendall(json.dumps({"exit": _exit_status(status)}).encode() + b"\n")
-                    conn.close()
-                last = time.monotonic()
-            if not children and not closing and time.monotonic() - last > idle_s:
-                print(f"warm worker {os.getpid()}: idle for {idle_s / 60:g} min, exiting", flush=True)
-                closing = True
-            if closing:
-                retire()
-                if not children:
-                    return 0
-                time.sleep(0.1)
-                continue
-            try:
-                ready = select.select([listener], [], [], 0.1)[0]
-            except InterruptedError:
-                continue
-            if not ready:
-                continue
-            conn, _ = listener.accept()
-            fds: list[int] = []
-            try:
-                if _peer_uid(conn) != os.getuid():
-                    conn.close()
-                    continue
-                req, fds = _receive(conn)
-                last = time.monotonic()
-                op = req.get("op")
-                if op == "ping":
-                    conn.sendall(json.dumps({"ok": True, "pid": os.getpid()}).encode() + b"\n")
-                    conn.close()
-                elif op == "stop":
-                    closing = True
-                    conn.close()
-                elif op == "run" and len(fds) == 3 and _valid_run(req):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    pid = os.fork()
-                    if pid == 0:
-                        _become_worker(conn, listener, list(children.values()), fds, req)  # never returns
-                    children[pid] = conn
-                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-                else:
-                    conn.close()
-            except (OSError, ValueError, TypeError) as exc:
-                print(f"warm worker: a request failed: {type(exc).__name__}: {exc}", flush=True)
-                conn.close()
-            finally:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-    finally:
-        retire()
-
-
-def _become_worker(conn: socket.socket, listener: socket.socket, others: list[socket.socket], fds: list[int],
-                   req: dict) -> None:
-    """In the forked child: become ``python -m <module> <args>`` as the supervisor would have started it."""
-    code = 1
-    try:
-        listener.close()
-        for other in others:
-            other.close()
-        os.setsid()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for target, fd in zip((0, 1, 2), fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        os.chdir(req["cwd"])
-        os.environ.clear()
-        os.environ.update(req["env"])
-        sys.path[0] = req["cwd"]  # as `python -m` puts the working directory first
-        _reseed()
-        _watch_supervisor(conn)
-        module, args = req["argv"][1], req["argv"][2:]
-        sys.argv = [module, *args]
-        code = _run_module(module)
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
-
-
-def _reseed() -> None:
-    import random
-
-    random.seed()
-    with contextlib.suppress(Exception):
-        import numpy
-
-        numpy.random.seed(None)
-    with contextlib.suppress(Exception):
-        import torch
-
-        torch.seed()
-
-
-def _watch_supervisor(conn: socket.socket) -> None:
-    import threading
-
-    def watch() -> None:  # the supervisor sends nothing more: EOF means it is gone, and its worker goes too
-        with contextlib.suppress(OSError):
-            conn.settimeout(None)
-            while conn.recv(4096):
-                pass
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, daemon=True, name="warm-worker-watch").start()
-
-
-def _run_module(module: str) -> int:
-    import atexit
-    import runpy
-    import threading
-    import traceback
-
-    code = 0
-    try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as exc:
-        if exc.code is None:
-            code = 0
-        elif isinstance(exc.code, int):
-            code = exc.code
-        else:
-            print(exc.code, file=sys.stderr)
-            code = 1
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        code = 128 + signal.SIGINT
-    except BaseException:  # noqa: BLE001 - as the interpreter would: the traceback, exit status 1
-        traceback.print_exc()
-        code = 1
-    with contextlib.suppress(Exception):
-        threading._shutdown()
-    with contextlib.suppress(Exception):
-        atexit._run_exitfuncs()
-    return code
-
-
-if __name__ == "__main__":
-    sys.path[0] = str(REPO_ROOT)  # as a cold worker's path starts (python -m from the repository), not core/runs/
-    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
-        sys.exit(serve(sys.argv[2], sys.argv[3]))
-    print("usage: python core/runs/warm.py --serve SOCKET LOCK (started by the studio)", file=sys.stderr)
-    sys.exit(2)
