@@ -24,8 +24,9 @@ os.environ.setdefault("FTS_WARM_IDLE_MIN", "10")  # the warm worker of a test se
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_worker():
-    """The warm worker (core/runs/warm.py, warm_server.py) for the suite's environment, started at once: every job the tests start
-    forks from it with the libraries imported (tests that change a variable the libraries read start their own)."""
+    """The warm worker (core/runs/warm.py, warm_server.py) for the suite's environment, started at once: every job
+    the tests start forks from it with the libraries imported (tests that change a variable the libraries read start
+    their own)."""
     from core.runs import warm
     from core.runs.backends import job_environment
 
