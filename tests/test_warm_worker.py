@@ -1,6 +1,6 @@
 """The warm worker (core/runs/warm.py, its server core/runs/warm_server.py): workers forked from a server that
-imported the heavy libraries once, with the supervisor contract unchanged — the job's own environment and log, its exit status, stop, and death with its
-supervisor; only this user may ask it for anything."""
+imported the heavy libraries once, with the supervisor contract unchanged — the job's own environment and log, its
+exit status, stop, and death with its supervisor; only this user may ask it for anything."""
 from __future__ import annotations
 
 import os
