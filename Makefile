@@ -9,7 +9,7 @@ run:
 
 test:
 	./scripts/setup.sh --dev
-	.venv/bin/python -m pytest -q --durations=15
+	.venv/bin/python -m pytest -q --durations=15 -n $${FTS_TEST_PROCESSES:-2} --dist loadgroup --no-loadscope-reorder
 
 lint:
 	./scripts/setup.sh --dev

@@ -22,14 +22,46 @@ os.environ["FTS_MODELS_DIR"] = str(SHARED_MODELS)
 os.environ.setdefault("FTS_WARM_IDLE_MIN", "10")  # the warm worker of a test session does not outlive it long
 
 
+# ---- running in parallel (`make test`: pytest-xdist, 2 processes, --dist loadgroup) ------------------------------
+# Tests that read the session's trained demo run go to one process (it trains it once; they run in order there); the
+# rest go a module at a time (a module's own fixtures are built once); modules that share a session service (the
+# PostgreSQL cluster) go together. The longest groups start first, so that no process is left with a long one at the
+# end (seconds from bench/RESULTS.md's per-file table; a module missing there just goes later).
+GROUP_OF_MODULE = {"test_runs_core": "postgres", "test_postgres": "postgres"}
+GROUP_SECONDS = {"demo": 300, "test_faults": 140, "test_jobs": 77, "test_hostile": 63, "test_api_walk": 60,
+                 "postgres": 52, "test_grpo": 43, "test_app": 38, "test_ray": 37, "test_gguf_export": 32,
+                 "test_base_models": 29, "test_preference": 28, "test_users": 23, "test_shared_studio": 18,
+                 "test_warm_worker": 18, "test_manage_runs": 17}
+
+
+def _group(item) -> str:
+    if "demo_run" in item.fixturenames:
+        return "demo"
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    return GROUP_OF_MODULE.get(module, module)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a serial run keeps the usual order
+        order = {g: i for i, g in enumerate(dict.fromkeys(_group(it) for it in items))}
+        items.sort(key=lambda it: (-GROUP_SECONDS.get(_group(it), 0), order[_group(it)]))
+
+
 @pytest.fixture(scope="session", autouse=True)
-def warm_worker():
+def warm_worker(tmp_path_factory):
     """The warm worker (core/runs/warm.py, warm_server.py) for the suite's environment, started at once: every job
     the tests start forks from it with the libraries imported (tests that change a variable the libraries read start
     their own)."""
     from core.runs import warm
     from core.runs.backends import job_environment
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each test process its own warm workers (its own cap of servers)
+        run_dir = tmp_path_factory.getbasetemp() / "run"
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(run_dir)
     env = job_environment()
     warm.ensure(env)
     yield
@@ -138,7 +170,7 @@ def wait_until(pred, timeout_s: float, poll_s: float = 0.1):
     raise TimeoutError("condition not reached")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -146,45 +178,69 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_free_port = free_port
+
+
+def launch_app(log_path: Path, *, script: str = "app.py", env: dict | None = None, timeout_s: float = 180,
+               any_answer: bool = False, **env_extra):
+    """Start the real dashboard (``python app.py``, or another launcher script in the repository) on a free loopback
+    port; wait until it answers 200 (``any_answer``: any HTTP answer, e.g. a login page). Returns ``(proc, url)``;
+    the caller stops it. An app that exits or never answers raises with its log's tail."""
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    env = {**(os.environ if env is None else env), "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", **env_extra}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, script], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("app exited: " + Path(log_path).read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except urllib.error.HTTPError:
+            if any_answer:
+                return proc, url
+            time.sleep(0.5)
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("app did not start: " + Path(log_path).read_text()[-3000:])
+
+
+def stop_app(proc, timeout_s: float = 20) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:  # a stuck app is killed
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def start_app():
     """Start the real dashboard (`python app.py`) on a free loopback port with the current environment's workspace;
     returns its URL. Every app started is stopped after the test."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     procs = []
 
     def start(log_path: Path, **env_extra) -> str:
-        port = _free_port()
-        env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False",
-               **env_extra}
-        log = open(log_path, "w")
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append((proc, log))
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("app exited: " + Path(log_path).read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return url
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("app did not start: " + Path(log_path).read_text()[-3000:])
+        proc, url = launch_app(log_path, **env_extra)
+        procs.append(proc)
+        return url
 
     yield start
-    for proc, log in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except Exception:  # noqa: BLE001 - a stuck app is killed
-            proc.kill()
-        log.close()
+    for proc in procs:
+        stop_app(proc)
 
 
 @pytest.fixture

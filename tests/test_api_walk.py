@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SHARED_MODELS, _free_port
+from tests.conftest import REPO, SHARED_MODELS, launch_app, stop_app
 
 pytestmark = pytest.mark.slow
 TEXT_COMPONENTS = {"Textbox", "Dropdown", "Radio", "Code", "Textarea", "Markdown", "Checkboxgroup"}
@@ -61,33 +61,11 @@ def studio(tmp_path_factory):
     _users(ws, "walker", "bob", "carol", "dave", "erin")
     subprocess.run([sys.executable, "-m", "core", "data", "import", str(REPO / "tests/fixtures/alpaca_en_demo.json")],
                    cwd=REPO, env=env, check=True, capture_output=True)
-    port = _free_port()
-    log = open(t / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "tests/audited_app.py"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**env, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-                                 "GRADIO_ANALYTICS_ENABLED": "False", "FTS_DATA_ROOTS": str(roots),
-                                 "GRADIO_TEMP_DIR": str(t / "gradio"), "FTS_TEST_CANARY": str(canary),
-                                 "FTS_TEST_CANARY_LOG": str(t / "hits.log"), "FTS_LOGIN_FAILURES_ACCOUNT": "3",
-                                 "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("app exited: " + (t / "app.log").read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                break
-        except urllib.error.HTTPError:
-            break  # it answers (with a login page or an error): it is up
-        except OSError:
-            time.sleep(0.5)
+    proc, url = launch_app(t / "app.log", script="tests/audited_app.py", env=env, any_answer=True,
+                           FTS_DATA_ROOTS=str(roots), GRADIO_TEMP_DIR=str(t / "gradio"), FTS_TEST_CANARY=str(canary),
+                           FTS_TEST_CANARY_LOG=str(t / "hits.log"), FTS_LOGIN_FAILURES_ACCOUNT="3", HF_HUB_OFFLINE="1")
     yield url, {"canary": canary, "roots": roots, "hits": t / "hits.log", "log": t / "app.log", "ws": ws, "home": t}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_app(proc)
 
 
 def _attacks(p: dict) -> dict[str, str]:

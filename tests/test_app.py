@@ -4,58 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from core.config import REPO_ROOT
+from tests.conftest import launch_app, stop_app
+from tests.pages import start_training_from_the_tab
 
 CHROMIUM = "/usr/bin/chromium"
 TABS = ["Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(workspace: Path, **env_extra) -> tuple[subprocess.Popen, str, Path]:
-    port = _free_port()
-    env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False",
-               **env_extra)
-    log_path = workspace / "app.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("app exited: " + log_path.read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, log_path
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("app did not start: " + log_path.read_text()[-3000:])
-
-
 @pytest.fixture
 def app_server(workspace, default_model_dir):
-    proc, url, _ = _launch(workspace)
+    proc, url = launch_app(workspace / "app.log")
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_app(proc)
 
 
 def test_app_builds_and_serves_all_six_tabs(app_server):
@@ -87,13 +53,7 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         page.goto(app_server)
         for tab in TABS:
             expect(page.get_by_role("tab", name=tab, exact=True)).to_be_visible()
-        ds = page.get_by_label("Training data", exact=True)
-        ds.fill(dataset)
-        ds.press("Enter")
-        page.get_by_label("Max steps (-1 = epochs)").fill("6")
-        page.get_by_label("Batch size").fill("2")
-        page.get_by_label("Max length (tokens)").fill("96")
-        page.get_by_role("button", name="Start training").click()
+        start_training_from_the_tab(page, dataset, max_steps=6, batch_size=2, max_length=96)
         expect(page.get_by_text("Run #1")).to_be_visible(timeout=30_000)
 
         # close the page mid-run and open a fresh one: it re-attaches to the running run
@@ -165,7 +125,8 @@ def test_two_sigterms_in_a_row_stop_the_dashboard_and_leave_its_runs_alone(works
     from core import runs
 
     monkeypatch.setenv("FTS_JOB_KINDS", "tests.job_kinds")
-    proc, _, log = _launch(workspace, FTS_JOB_KINDS="tests.job_kinds")
+    log = workspace / "app.log"
+    proc, _ = launch_app(log, FTS_JOB_KINDS="tests.job_kinds")
     try:
         job = runs.submit("count", {"steps": 400, "sleep_s": 0.1})
         deadline = time.time() + 60

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.base_models import make_base_model
+from tests.pages import start_training_from_the_tab
 
 pytestmark = pytest.mark.slow
 
@@ -325,13 +326,8 @@ def test_the_train_tab_preselects_and_takes_a_prompt_template_for_a_base_model(w
     page.locator("#train-template input").click()
     page.get_by_role("option", name="ChatML").click()
     expect(note).to_contain_text("2 special tokens")
-    ds = page.get_by_label("Training data", exact=True)
-    ds.fill(str(fixtures_dir / "alpaca_en_demo.json"))
-    ds.press("Enter")
-    page.get_by_label("Max steps (-1 = epochs)").fill("2")
-    page.get_by_label("Batch size").fill("2")
-    page.get_by_label("Max length (tokens)").fill("96")
-    page.get_by_role("button", name="Start training").click()
+    start_training_from_the_tab(page, str(fixtures_dir / "alpaca_en_demo.json"), max_steps=2, batch_size=2,
+                                max_length=96)
     expect(page.get_by_text("Run #1")).to_be_visible(timeout=30_000)
     page.screenshot(path=str(workspace / "train_base_model.png"), full_page=True)
     run = runs.wait_for(1, timeout_s=300)

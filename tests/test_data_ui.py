@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
+from tests.conftest import CHROMIUM, REPO, free_port
 
 
 def test_handler_flow(workspace, fixtures_dir):
@@ -54,12 +52,6 @@ def test_an_upload_is_named_by_its_own_file_name_not_the_temp_path(workspace, tm
     assert ds.source == "support.jsonl" and ds.name.startswith("support") and str(tmp) not in msg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 LAUNCHER = """
 import sys, time
 import gradio as gr
@@ -80,7 +72,7 @@ def test_browser_upload_preview_stats(workspace, fixtures_dir, tmp_path):
     pytest.importorskip("playwright")
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     script = tmp_path / "launch.py"
     script.write_text(LAUNCHER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from tests.pages import open_tab
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
@@ -22,9 +24,7 @@ def test_deploy_a_run_locally_from_the_tab_and_see_the_smoke_reply(demo_ws, star
 def _deploy_from_the_tab(demo_ws, url, browser):
     from core.deploy import deployments as D
 
-    page = browser.new_page(viewport={"width": 1500, "height": 1600})
-    page.goto(url)
-    page.get_by_role("tab", name="Deploy", exact=True).click()
+    page = open_tab(browser, url, "Deploy", height=1600)
     # the run's export dropdown is filled when the page loads its lists
     expect(page.locator("#dep-export-run input")).to_have_value(f"#{demo_ws['run_id']} quickstart-lora (lora)",
                                                                 timeout=20_000)

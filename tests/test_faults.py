@@ -25,7 +25,7 @@ from core.runs import paths, store
 from core.train.config import TrainConfig
 from core.train.jobs import submit_training
 from storage import RunStatus, reset_engines
-from tests.conftest import wait_until
+from tests.conftest import launch_app, wait_until
 
 pytestmark = pytest.mark.slow
 MB = 1024**2
@@ -354,31 +354,10 @@ def test_a_busy_database_loses_nothing(workspace, alpaca, default_model_dir, mon
     print(f"\nbusy database: {written[0]} hammer rows, steps {len(metric_steps(a.id))} + {len(metric_steps(b.id))}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_app(workspace: Path, log_name: str = "app.log"):
-    port = _free_port()
-    env = dict(os.environ, PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False")
     log = workspace / log_name
-    fh = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("app exited: " + log.read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, log
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("app did not start: " + log.read_text()[-3000:])
+    proc, url = launch_app(log)
+    return proc, url, log
 
 
 def test_a_run_the_disk_cannot_hold_is_refused_at_submit(small_disk, alpaca):

@@ -7,14 +7,14 @@ import time
 import pytest
 from playwright.sync_api import expect
 
+from tests.pages import open_tab
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, start_app, browser):
     url = start_app(demo_ws["ws"] / "app-playground.log")
-    page = browser.new_page(viewport={"width": 1500, "height": 1300})
-    page.goto(url)
-    page.get_by_role("tab", name="Playground", exact=True).click()
+    page = open_tab(browser, url, "Playground")
     # the newest run is preselected against the base once the page has loaded its lists
     expect(page.locator("#pg-model-b input")).to_have_value(f"run #{demo_ws['run_id']} quickstart-lora (lora)",
                                                             timeout=20_000)
@@ -53,9 +53,7 @@ def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, sta
 
 def test_an_evaluation_started_from_the_tab_shows_its_metrics(demo_ws, start_app, browser):
     url = start_app(demo_ws["ws"] / "app-evaluate.log")
-    page = browser.new_page(viewport={"width": 1500, "height": 1500})
-    page.goto(url)
-    page.get_by_role("tab", name="Evaluate", exact=True).click()
+    page = open_tab(browser, url, "Evaluate", height=1500)
     expect(page.locator("#eval-run input")).to_have_value(f"#{demo_ws['run_id']} quickstart-lora (lora, succeeded)",
                                                           timeout=20_000)
     limit = page.get_by_label("Sample (rows)")

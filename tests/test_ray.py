@@ -14,7 +14,7 @@ from core.runs import scheduler
 from core.runs.backends import RayBackend, get_backend, ray_job_environment
 from core.train.jobs import submit_training
 from storage import RunStatus
-from tests.conftest import _free_port, wait_until
+from tests.conftest import free_port, wait_until
 from tests.test_jobs import small_config
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_a_lost_ray_job_is_marked_by_reconcile(workspace, on_ray, count_kind):
 
 def test_ray_unreachable_at_submit_keeps_the_run_queued_until_it_answers(workspace, on_ray, count_kind,
                                                                          monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     job = runs.submit("count", {"steps": 2, "sleep_s": 0.05})
     assert job.status == RunStatus.queued and job.attempt == 0
     assert "cannot reach the Ray cluster at http://127.0.0.1:" in job.error

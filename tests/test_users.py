@@ -23,6 +23,7 @@ from core.users import (
     remove_user,
     users_file,
 )
+from tests.pages import start_training_from_the_tab
 
 
 @pytest.fixture
@@ -130,13 +131,8 @@ def _two_people(browser, sign_in, users, fixtures_dir):
     expect(alice.get_by_role("tab", name="Train", exact=True)).to_be_visible(timeout=30_000)
     expect(alice.locator("#fts-mode")).to_contain_text("shared mode")  # accounts make a team's studio
     alice.get_by_role("tab", name="Train", exact=True).click()
-    ds = alice.get_by_label("Training data", exact=True)
-    ds.fill(str(fixtures_dir / "alpaca_en_demo.json"))
-    ds.press("Enter")
-    alice.get_by_label("Max steps (-1 = epochs)").fill("400")
-    alice.get_by_label("Batch size").fill("1")
-    alice.get_by_label("Max length (tokens)").fill("64")
-    alice.get_by_role("button", name="Start training").click()
+    start_training_from_the_tab(alice, str(fixtures_dir / "alpaca_en_demo.json"), max_steps=400, batch_size=1,
+                                max_length=64)
     expect(alice.get_by_text("Run #1")).to_be_visible(timeout=60_000)
     deadline = time.time() + 300
     while runs.get_run(1).status != "running" and time.time() < deadline:
