@@ -242,6 +242,13 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
+def now_hms() -> str:
+    """The time of an event a message reports (a run started, stopped …), as the page shows it: 14:03:59."""
+    import time
+
+    return time.strftime("%H:%M:%S")
+
+
 def fmt_num(v: float | None, fmt: str = "{:.4f}") -> str:
     return "-" if v is None else fmt.format(v)
 

@@ -15,7 +15,7 @@ from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.recipes import get_recipe, recipe_menu, recipe_needs
 from core.train.rewards import REWARDS
-from ui.common import md_text
+from ui.common import md_text, now_hms
 
 # what each objective means, in the dropdown (the values are TrainConfig's: a new one shows as its bare name)
 OBJECTIVE_LABELS = {"sft": "SFT — supervised, on conversations",
@@ -285,14 +285,8 @@ def start_run(values: dict, *, skip_preflight: bool = False, owner: str = "") ->
     if run.status == RunStatus.queued and run.error:  # the backend could not take it yet: say why
         note += f"\n\n{md_text(run.error)}"
     # an event, not a status: the status changes, the Runs table on the right follows it
-    return f"Run #{run.id} started at {_now()} — its status and progress are under **Runs** on the right.{note}", \
+    return f"Run #{run.id} started at {now_hms()} — its status and progress are under **Runs** on the right.{note}", \
         run.id
-
-
-def _now() -> str:
-    import time
-
-    return time.strftime("%H:%M:%S")
 
 
 def _upload_as_dataset(values: dict, owner: str) -> dict:

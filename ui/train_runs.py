@@ -15,7 +15,7 @@ from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.rewards import REWARDS
-from ui.common import fmt_duration, fmt_num, is_mine, md_text, mine_box, owner_filter, progress_html, user_of
+from ui.common import fmt_duration, fmt_num, is_mine, md_text, mine_box, now_hms, owner_filter, progress_html, user_of
 from ui.train_form import objective_choices
 
 REFRESH_S = 1.0
@@ -304,12 +304,12 @@ def build_panel():
             check_can_manage(runs.get_run(rid), user, action)  # anyone may look; the owner (or an admin) acts
             if action == "stop":
                 run = runs.stop(rid)
-                return f"Run #{rid} {run.status} at {_now()}.", gr.update(choices=run_choices())
+                return f"Run #{rid} {run.status} at {now_hms()}.", gr.update(choices=run_choices())
             if action == "resume":
                 run = runs.resume(rid)
                 ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
                     " from the start (no checkpoint yet)"
-                return f"Run #{rid} resumed{ck} at {_now()}.", gr.update(choices=run_choices())
+                return f"Run #{rid} resumed{ck} at {now_hms()}.", gr.update(choices=run_choices())
             run = train_jobs.continue_training(rid, int(steps or 0), owner=user, objective=objective or None)
             how = f" with {objective.upper()}" if objective else ""
             return (f"Run #{run.id} continues #{rid}{how} for {int(steps)} steps.",
@@ -406,10 +406,4 @@ def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
         return f"**Not allowed:** {md_text(exc)}", gr.update()
     except (JobError, ValueError) as exc:
         return f"**Error:** {md_text(exc)}", gr.update()
-
-
-def _now() -> str:
-    import time
-
-    return time.strftime("%H:%M:%S")
 
