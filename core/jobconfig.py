@@ -165,9 +165,10 @@ def form_rows(model: type[BaseModel], group: str) -> list[list[str]]:
 
 
 def applies(model: type[BaseModel], name: str, values: dict) -> bool:
-    """Whether a field applies to a config with these values (its ``only`` condition holds, or it has none)."""
+    """Whether a field applies to a config with these values (its ``only`` condition holds, or it has none);
+    ``only={"target": ["tgi", "vllm"]}``: any of these values."""
     only = field_meta(model.model_fields[name]).get("only") or {}
-    return all(values.get(k) == v for k, v in only.items())
+    return all(values.get(k) in (v if isinstance(v, list) else [v]) for k, v in only.items())
 
 
 # ---- CLI flags ----------------------------------------------------------------------------------------------------
