@@ -229,6 +229,52 @@ def _what_changed(run_id: int, cache: dict) -> str:
     return "\n\n" + cache["report"]
 
 
+def run_action(action, run_id, steps, request=None, objective=None):
+    """Stop, resume or continue the selected run (its owner or an admin). (message, selection update)"""
+    if not run_id:
+        return "Select a run first.", gr.update()
+    from core.users import NotAllowed, check_can_manage
+
+    try:
+        rid = int(run_id)
+        user = user_of(request)
+        check_can_manage(runs.get_run(rid), user, action)  # anyone may look; the owner (or an admin) acts
+        if action == "stop":
+            run = runs.stop(rid)
+            return f"Run #{rid} {run.status} at {now_hms()}.", gr.update(choices=run_choices())
+        if action == "resume":
+            run = runs.resume(rid)
+            ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
+                " from the start (no checkpoint yet)"
+            return f"Run #{rid} resumed{ck} at {now_hms()}.", gr.update(choices=run_choices())
+        run = train_jobs.continue_training(rid, int(steps or 0), owner=user, objective=objective or None)
+        how = f" with {objective.upper()}" if objective else ""
+        return (f"Run #{run.id} continues #{rid}{how} for {int(steps)} steps.",
+                gr.update(choices=run_choices(), value=str(run.id)))
+    except NotAllowed as exc:
+        return f"**Not allowed:** {md_text(exc)}", gr.update()
+    except (JobError, ConfigError, ValueError) as exc:
+        return f"**Error:** {md_text(exc)}", gr.update()
+
+def on_stop(run_id, steps, request: gr.Request):
+    return run_action("stop", run_id, steps, request)
+
+def on_resume(run_id, steps, request: gr.Request):
+    return run_action("resume", run_id, steps, request)
+
+def on_continue(run_id, steps, objective, request: gr.Request):
+    return run_action("continue", run_id, steps, request, objective)
+
+def on_tag(run_id, tags, request: gr.Request):
+    return manage_run("tag", run_id, user_of(request), tags)
+
+def on_rename(run_id, name, request: gr.Request):
+    return manage_run("rename", run_id, user_of(request), name)
+
+def on_delete(run_id, request: gr.Request):
+    return (*manage_run("delete", run_id, user_of(request)), gr.update(visible=False))
+
+
 def build_panel():
     """The Runs column (inside the tab's row). Returns the selected-run dropdown (starting a run selects it); wires
     the run actions and the 1 s refresh."""
@@ -292,50 +338,6 @@ def build_panel():
         config_box = gr.Code(language="yaml", show_label=False)
 
     detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, metrics_cache]
-
-    def act(action, run_id, steps, request=None, objective=None):
-        if not run_id:
-            return "Select a run first.", gr.update()
-        from core.users import NotAllowed, check_can_manage
-
-        try:
-            rid = int(run_id)
-            user = user_of(request)
-            check_can_manage(runs.get_run(rid), user, action)  # anyone may look; the owner (or an admin) acts
-            if action == "stop":
-                run = runs.stop(rid)
-                return f"Run #{rid} {run.status} at {now_hms()}.", gr.update(choices=run_choices())
-            if action == "resume":
-                run = runs.resume(rid)
-                ck = f" from {run.resume_from_checkpoint.rsplit('/', 1)[-1]}" if run.resume_from_checkpoint else \
-                    " from the start (no checkpoint yet)"
-                return f"Run #{rid} resumed{ck} at {now_hms()}.", gr.update(choices=run_choices())
-            run = train_jobs.continue_training(rid, int(steps or 0), owner=user, objective=objective or None)
-            how = f" with {objective.upper()}" if objective else ""
-            return (f"Run #{run.id} continues #{rid}{how} for {int(steps)} steps.",
-                    gr.update(choices=run_choices(), value=str(run.id)))
-        except NotAllowed as exc:
-            return f"**Not allowed:** {md_text(exc)}", gr.update()
-        except (JobError, ConfigError, ValueError) as exc:
-            return f"**Error:** {md_text(exc)}", gr.update()
-
-    def on_stop(run_id, steps, request: gr.Request):
-        return act("stop", run_id, steps, request)
-
-    def on_resume(run_id, steps, request: gr.Request):
-        return act("resume", run_id, steps, request)
-
-    def on_continue(run_id, steps, objective, request: gr.Request):
-        return act("continue", run_id, steps, request, objective)
-
-    def on_tag(run_id, tags, request: gr.Request):
-        return manage_run("tag", run_id, user_of(request), tags)
-
-    def on_rename(run_id, name, request: gr.Request):
-        return manage_run("rename", run_id, user_of(request), name)
-
-    def on_delete(run_id, request: gr.Request):
-        return (*manage_run("delete", run_id, user_of(request)), gr.update(visible=False))
 
     tag_btn.click(on_tag, [selected, new_tags], [action_msg, selected])
     rename_btn.click(on_rename, [selected, new_name], [action_msg, selected])
