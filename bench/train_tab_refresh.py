@@ -33,7 +33,7 @@ def main() -> None:
     from core.config import db_session
     from core.runs import store
     from storage import RunMetric
-    from ui.train import run_details
+    from ui.train_runs import run_details
 
     job = store.submit("train", {"dataset": "x", "name": "long"}, name="long")
     with db_session() as s:

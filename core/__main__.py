@@ -14,43 +14,32 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
-
-
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+from core.jobconfig import add_flags, choices_of, flag_values
+from core.text import fail, print_json
+from core.train.config import TrainConfig
 
 
 def cmd_train(args) -> int:
     from core import runs
-    from core.train.config import ConfigError, TrainConfig
+    from core.train.config import ConfigError
     from core.train.jobs import submit_training
 
     try:
-        config = TrainConfig.from_file(args.config)
-        overrides = {}
-        if args.dataset:
-            overrides["dataset"] = args.dataset
-        if args.max_steps is not None:
-            overrides["max_steps"] = args.max_steps
-        if args.base_model:
-            overrides["base_model"] = args.base_model
-        if args.chat_template:
-            overrides["chat_template"] = args.chat_template
-        if overrides:
-            config = TrainConfig.from_dict({**config.model_dump(), **overrides})
+        overrides = flag_values(args, args.config_fields)
+        if args.config:
+            config = TrainConfig.from_file(args.config)
+            if overrides:
+                config = TrainConfig.from_dict({**config.model_dump(), **overrides})
+        else:  # the flags alone (--dataset at least)
+            config = TrainConfig.from_dict(overrides)
         run = submit_training(config)
     except (ConfigError, runs.JobError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if not args.wait:
         if args.json:
-            _print_json(runs.run_to_dict(run))
+            print_json(runs.run_to_dict(run))
         else:
             print(f"run {run.id} {run.status}  (follow with: python -m core runs show {run.id})")
         return 0
@@ -62,7 +51,7 @@ def cmd_train(args) -> int:
 
     run = _wait(run.id, progress)
     if args.json:
-        _print_json(runs.run_to_dict(run))
+        print_json(runs.run_to_dict(run))
     else:
         print(f"run {run.id} {run.status}" + (f": {run.error}" if run.error else f"  adapter: {run.adapter_path}"))
     return 0 if run.status == runs.RunStatus.succeeded else 1
@@ -103,7 +92,7 @@ def cmd_runs(args) -> int:
             if args.tag:
                 rows = [r for r in rows if args.tag.lstrip("#").lower() in (r.tags or [])]
             if args.json:
-                _print_json([runs.run_to_dict(r) for r in rows])
+                print_json([runs.run_to_dict(r) for r in rows])
             else:
                 print(f"{'id':>4}  {'kind':<8} {'status':<11} {'method':<6} {'step':>11}  {'loss':>8}  name")
                 for r in rows:
@@ -115,7 +104,7 @@ def cmd_runs(args) -> int:
             run = runs.get_run(args.id)
             d = runs.run_to_dict(run, with_config=True, metrics=runs.run_metrics(run.id))
             if args.json:
-                _print_json(d)
+                print_json(d)
             else:
                 for k, v in d.items():
                     if k not in ("config", "metrics"):
@@ -164,11 +153,11 @@ def cmd_runs(args) -> int:
             print(runs.log_tail(args.id, max_lines=args.lines, max_chars=10**7))
             return 0
         else:  # pragma: no cover - argparse enforces the choices
-            return _fail(f"unknown runs command {args.runs_cmd}")
+            return fail(f"unknown runs command {args.runs_cmd}")
     except (runs.JobError, ConfigError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if getattr(args, "json", False):
-        _print_json(runs.run_to_dict(run))
+        print_json(runs.run_to_dict(run))
     else:
         print(f"run {run.id} {run.status}")
     return 0
@@ -181,7 +170,7 @@ def _compare_runs(args) -> int:
     dhead, diff = compare.config_diff(args.ids)
     points, notes = compare.curves(args.ids, args.curve, args.x) if args.curve else ([], [])
     if args.json:
-        _print_json({"headlines": [dict(zip(head, r)) for r in rows],
+        print_json({"headlines": [dict(zip(head, r)) for r in rows],
                      "config_diff": [dict(zip(dhead, r)) for r in diff],
                      **({"curve": args.curve, "x": args.x, "points": points, "notes": notes} if args.curve else {})})
         return 0
@@ -219,7 +208,7 @@ def _delete_run(args) -> int:
         return 2
     gone = delete_run(run.id)
     if args.json:
-        _print_json(gone)
+        print_json(gone)
     else:
         print(f"deleted run {run.id}" + (f" and jobs {', '.join(map(str, gone['runs'][1:]))}" if gone["runs"][1:]
                                          else "") + f"; {gone['evaluations']} evaluation(s)")
@@ -232,7 +221,7 @@ def cmd_prepare_model(args) -> int:
     try:
         path = ensure_default_model(progress=lambda m: print(m, file=sys.stderr))
     except ModelNotFoundError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(path)
     return 0
 
@@ -241,16 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Finetune Studio command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="queue a training run from a YAML TrainConfig")
-    p.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
-    p.add_argument("--dataset", help="override the config's dataset (id or path)")
-    p.add_argument("--max-steps", type=int, help="override max_steps")
-    p.add_argument("--base-model", help="override the config's base model")
-    p.add_argument("--chat-template", help="prompt template for a base model without one: chatml, llama3, mistral, "
-                   "alpaca, or a model id / folder to copy it from")
+    p = sub.add_parser("train", help="queue a training run from a YAML TrainConfig and / or one flag per field")
+    p.add_argument("--config", default=None, help="YAML file with TrainConfig fields (the flags below override it)")
+    fields = p.add_argument_group("TrainConfig fields (each overrides the YAML's)")
     p.add_argument("--wait", action="store_true", help="block until the run finishes, printing progress to stderr")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, config_fields=add_flags(fields, TrainConfig))
 
     runs = sub.add_parser("runs", help="list, inspect, stop and resume runs")
     rs = runs.add_subparsers(dest="runs_cmd", required=True)
@@ -272,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = rs.add_parser("continue", help="train a finished run's adapter for more steps (a new run)")
     q.add_argument("id", type=int)
     q.add_argument("--steps", type=int, required=True)
-    q.add_argument("--objective", choices=("sft", "dpo", "orpo", "grpo"), default=None,
+    q.add_argument("--objective", choices=choices_of(TrainConfig, "objective"), default=None,
                    help="train on with another objective (SFT then DPO / GRPO); default: the run's own")
     q.add_argument("--dataset", default=None, help="another dataset id or file (DPO needs preference pairs)")
     q.add_argument("--reward", action="append", default=None, help="GRPO reward (repeatable; default: the run's, "

@@ -41,3 +41,19 @@ class TerminalSafeWriter:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+# ---- the CLI's output (core/__main__.py and every core/*/cli.py) -------------------------------------------------
+def print_json(obj, *, sort_keys: bool = False) -> None:
+    """A command's ``--json`` output: indented, non-ASCII text as itself, anything else (dates, paths) as its str."""
+    import json
+
+    print(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=sort_keys, default=str))
+
+
+def fail(msg) -> int:
+    """Bad input: one line on stderr (``error: <why>``, white space folded) and the exit status 2 (README)."""
+    import sys
+
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2

@@ -214,6 +214,8 @@ def run_cli(args) -> int:
     import getpass
     import sys
 
+    from core.text import fail
+
     try:
         if args.users_command == "add":
             if args.password_stdin:
@@ -231,6 +233,5 @@ def run_cli(args) -> int:
             for u in list_users():
                 print(u["name"] + (" (admin)" if u["admin"] else "") + (f" [{u['from']}]" if u.get("from") else ""))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     return 0

@@ -67,7 +67,7 @@ def test_the_data_tab_refuses_a_server_file_and_stores_nothing(shared, tmp_path)
 
 def test_the_train_tab_refuses_a_server_model_folder_before_queueing(shared, tmp_path, fixtures_dir):
     from core import runs
-    from ui.train import start_run
+    from ui.train_form import start_run
 
     data = shared / "alpaca.json"
     data.write_text((fixtures_dir / "alpaca_en_demo.json").read_text())

@@ -282,7 +282,7 @@ def test_recipes_fill_the_form_and_say_what_this_machine_lacks():
 
     from core.train.config import TrainConfig
     from core.train.recipes import RECIPES, recipe_needs
-    from ui.train import recipe_values
+    from ui.train_form import recipe_values
 
     for r in RECIPES.values():
         TrainConfig(base_model=r.base_model, dataset="1", **r.settings)  # every recipe is a valid config

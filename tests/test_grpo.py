@@ -111,7 +111,7 @@ def test_a_grpo_run_raises_its_mean_reward_and_shows_its_samples_then_continues_
     """The base model rambles (answers cap at 16 new tokens here); the length reward wants at most 30 characters:
     within a few seeded steps the model learns to stop sooner and the mean reward rises (seen: 0.11 -> 0.81, 0.51,
     1.0). beta > 0: the KL to the starting adapter is logged, and that frozen copy is not saved."""
-    from ui.train import run_details
+    from ui.train_runs import run_details
 
     data = write_demo_dataset(workspace / "demo.jsonl", n=48, seed=3)
     config = TrainConfig(dataset=str(data), objective="grpo", rewards=["length", "valid_json"], length_max=30,
@@ -147,7 +147,7 @@ def test_a_grpo_run_raises_its_mean_reward_and_shows_its_samples_then_continues_
 
 
 def test_the_train_form_sends_the_grpo_box_only_for_grpo():
-    from ui.train import config_from_inputs
+    from ui.train_form import config_from_inputs
 
     form = {"dataset": "1", "objective": "sft", "rewards": ["regex"], "reward_regex": "", "num_generations": 4.0,
             "max_completion_length": 64.0, "temperature": 1.0, "length_min": 0, "length_max": 0}

@@ -151,7 +151,7 @@ def test_the_cli_asks_for_yes_before_it_deletes(workspace):
 
 def test_only_the_owner_or_an_admin_may_rename_or_delete(workspace, monkeypatch):
     from core.users import add_user
-    from ui.train import delete_question, manage_run
+    from ui.train_runs import delete_question, manage_run
 
     monkeypatch.delenv("FTS_AUTH", raising=False)
     monkeypatch.setenv("FTS_USERS_FILE", str(workspace / "users.json"))
@@ -177,7 +177,7 @@ def test_tags_are_cleaned_shown_filtered_and_only_the_owner_sets_them(workspace,
     from core.train.compare import run_label
     from core.train.jobs import tag_run
     from core.users import add_user
-    from ui.train import manage_run, runs_frame
+    from ui.train_runs import manage_run, runs_frame
 
     run = ended_run(name="tagged", owner="alice")
     other = ended_run(name="plain")

@@ -167,7 +167,7 @@ def test_every_model_and_folder_field_refuses_a_server_folder_the_same_way_wheth
     from core.generate import GenerateError, resolve_source
     from ui.data import run_stats, show_row
     from ui.estimate import run_estimate
-    from ui.train import template_note
+    from ui.train_form import template_note
 
     private = _model_folder(tmp_path / "private-model", "{{ 'PRIVATE-TEMPLATE-77' }}")
     missing = tmp_path / "no-such-model"
@@ -208,7 +208,7 @@ def test_an_upload_is_usable_by_its_uploader_only_and_a_run_never_names_its_serv
     from core import runs
     from core.data import get_dataset
     from ui.data import run_import
-    from ui.train import start_run
+    from ui.train_form import start_run
 
     text = (fixtures_dir / "alpaca_en_demo.json").read_text()
     bobs = _upload("bob-private.json", text, "bob", tmp_path)
@@ -223,7 +223,7 @@ def test_an_upload_is_usable_by_its_uploader_only_and_a_run_never_names_its_serv
                                                    None, 256)[0]
     # alice's own upload in the Train tab: imported as her dataset; the run's config names the dataset, not the path
     alices = _upload("alice-data.json", text, "alice", tmp_path)
-    monkeypatch.setattr("ui.train._preflight_warning", lambda config: None)
+    monkeypatch.setattr("ui.train_form._preflight_warning", lambda config: None)
     msg, run_id = start_run({"upload": str(alices), "base_model": "default", "max_steps": 1, "name": "mine"},
                             owner="alice")
     assert run_id is not None, msg

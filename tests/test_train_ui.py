@@ -5,10 +5,10 @@ from sqlmodel import select
 
 from core.config import db_session
 from storage import Run
-from ui.train import config_from_inputs, start_run
+from ui.train_form import config_from_inputs, start_run
 
 FORM = {"name": None, "base_model": "default", "method": "lora", "num_epochs": 1, "max_steps": 3, "learning_rate": 2e-4,
-        "batch_size": 2, "max_length": 96, "lora_target_modules_text": "all-linear", "upload": None}
+        "batch_size": 2, "max_length": 96, "lora_target_modules": "all-linear", "upload": None}
 
 
 def _llama_13b_dir(tmp_path):
@@ -22,7 +22,7 @@ def _llama_13b_dir(tmp_path):
 
 
 def test_empty_inputs_keep_defaults_and_targets_are_split():
-    cfg = config_from_inputs({**FORM, "dataset": " 4 ", "lora_target_modules_text": "q_proj, v_proj", "seed": None})
+    cfg = config_from_inputs({**FORM, "dataset": " 4 ", "lora_target_modules": "q_proj, v_proj", "seed": None})
     assert cfg.dataset == "4" and cfg.name == "" and cfg.seed == 42 and cfg.lora_target_modules == ["q_proj", "v_proj"]
 
 
@@ -69,7 +69,7 @@ def test_refresh_reads_only_new_metric_rows(workspace):
 
     from core.runs import store
     from storage import RunMetric
-    from ui.train import run_details
+    from ui.train_runs import run_details
 
     job = store.submit("train", {"dataset": "x", "name": "long"}, name="long")
     with db_session() as s:
@@ -94,7 +94,7 @@ def test_a_refresh_sends_only_what_changed_and_a_new_label_reaches_the_run_list(
     import gradio as gr
 
     from core.runs import store
-    from ui.train import tick
+    from ui.train_runs import tick
 
     job = store.submit("train", {"dataset": "x", "name": "live"}, name="live")
     store.transition(job.id, "starting")

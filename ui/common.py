@@ -242,6 +242,13 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
+def now_hms() -> str:
+    """The time of an event a message reports (a run started, stopped …), as the page shows it: 14:03:59."""
+    import time
+
+    return time.strftime("%H:%M:%S")
+
+
 def fmt_num(v: float | None, fmt: str = "{:.4f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -262,3 +269,22 @@ def progress_html(step: int, max_steps: int, status: str, eta_s: float | None, t
         bits.append(f"{tokens_per_s:,.0f} tokens/s")
     return (f'<div class="fts-progress"><div style="width:{pct:.1f}%"></div></div>'
             f'<div class="fts-status">{" · ".join(bits)}</div>')
+
+
+def job_progress(job_id: str | None, outcome=None) -> str:
+    """A job's progress bar and status line (evaluate and export jobs), then what it ended with: ``outcome(job)``'s
+    HTML where given and not empty, else the first line of a failed job's error. "" for no job (or one gone)."""
+    from core import runs
+    from core.runs import JobError, RunStatus
+
+    if not job_id:
+        return ""
+    try:
+        job = runs.get_run(int(job_id))
+    except (JobError, ValueError):
+        return ""
+    text = progress_html(job.step, job.max_steps, job.status.value, job.eta_s, None)
+    ending = outcome(job) if outcome else ""
+    if not ending and job.status == RunStatus.failed and job.error:
+        ending = f'<div class="fts-error">{html.escape(job.error.splitlines()[0])}</div>'
+    return text + ending

@@ -15,8 +15,10 @@ import pandas as pd
 
 from core import runs
 from core.deploy import deployments as D
+from core.deploy.config import DeployConfig, ExportConfig
+from core.jobconfig import choices_of
 from core.runs import JobError, RunStatus
-from ui.common import is_mine, mine_box, owner_filter, progress_html
+from ui.common import is_mine, job_progress, mine_box, owner_filter
 
 EXPORT_COLUMNS = ["job", "run", "format", "status", "output", "by"]
 DEPLOY_COLUMNS = ["id", "target", "model", "status", "url", "by"]
@@ -92,24 +94,19 @@ def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", pr
 
 
 def export_progress(job_id: str | None) -> str:
-    if not job_id:
+    return job_progress(job_id, _export_outcome)
+
+
+def _export_outcome(job) -> str:
+    """Where a finished export is (a folder, or the Hub repository it was pushed to)."""
+    if job.status != RunStatus.succeeded:
         return ""
-    try:
-        job = runs.get_run(int(job_id))
-    except (JobError, ValueError):
-        return ""
-    text = progress_html(job.step, job.max_steps, job.status.value, job.eta_s, None)
     fm = job.final_metrics or {}
-    if job.status == RunStatus.succeeded and fm.get("url"):
-        text += (f"<div>Pushed to <code>{html.escape(str(fm.get('url')))}</code> "
-                 f"({html.escape(fm.get('what', ''))})</div>")
-    elif job.status == RunStatus.succeeded:
-        text += (f"<div>Ready: <code>{html.escape(str(fm.get('output')))}</code> "
-                 f"({(fm.get('bytes') or 0) / 1e6:.0f} MB, {fm.get('seconds')} s). {html.escape(fm.get('note', ''))}"
-                 "</div>")
-    elif job.status == RunStatus.failed and job.error:
-        text += f'<div class="fts-error">{html.escape(job.error.splitlines()[0])}</div>'
-    return text
+    if fm.get("url"):
+        return (f"<div>Pushed to <code>{html.escape(str(fm.get('url')))}</code> "
+                f"({html.escape(fm.get('what', ''))})</div>")
+    return (f"<div>Ready: <code>{html.escape(str(fm.get('output')))}</code> "
+            f"({(fm.get('bytes') or 0) / 1e6:.0f} MB, {fm.get('seconds')} s). {html.escape(fm.get('note', ''))}</div>")
 
 
 def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_gpus, quantize_4bit: bool,
@@ -120,22 +117,25 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
 
     user = user_of(request)
     who = user or "anonymous"
-    ref = model_ref or "default"
     try:
+        cfg = DeployConfig.from_dict({  # a ConfigError is a ValueError: shown below
+            "model": model_ref or "default", "target": target, "gpu": gpu, "num_gpus": int(num_gpus or 1),
+            "port": int(port) if port else None,  # an empty number box sends 0: a free port
+            "quantize_4bit": bool(quantize_4bit), "keep_adapter": bool(keep_adapter)})
+        ref = cfg.model_ref()
         run_ref = ref.strip().lower()
         if run_ref.startswith("run:") and run_ref[4:].strip().isdigit():  # serving a run is its owner's call
             check_can_manage(runs.get_run(int(run_ref[4:])), user, "deploy")
-        port_n = int(port) if port else None  # an empty number box sends 0: a free port
         from core.access import check_user_path
 
         check_user_path(ref, "the model folder")  # PathNotAllowed is a ValueError: shown below
-        if target == "local":
-            dep = D.start_local(ref, port=port_n, created_by=who, wait=False)
+        if cfg.target == "local":
+            dep = D.start_local(ref, port=cfg.port, created_by=who, wait=False)
             return (f"Deployment #{dep.id} **{dep.status}** on `{dep.url}` — loading the model (a run without a "
                     "merged model is merged first); the status turns **running** when `/health` answers.",
                     " ".join(dep.args), str(dep.id))
-        res = D.deploy_container(ref, target, gpu=gpu or None, port=port_n, num_gpus=int(num_gpus or 1),
-                                 quantize_4bit=bool(quantize_4bit), keep_adapter=bool(keep_adapter), created_by=who,
+        res = D.deploy_container(ref, cfg.target, gpu=cfg.gpu, port=cfg.port, num_gpus=cfg.num_gpus,
+                                 quantize_4bit=cfg.quantize_4bit, keep_adapter=cfg.keep_adapter, created_by=who,
                                  wait=False)  # a pull can take many minutes: it goes on, its progress shows below
     except (D.DeployError, ValueError) as exc:
         return f"**Error:** {html.escape(str(exc).splitlines()[0])}", "", None
@@ -239,9 +239,10 @@ def build_tab():
                 ex_run = gr.Dropdown(choices=[], label="Finished run", scale=4, elem_id="dep-export-run",
                                   allow_custom_value=True)  # a refresh can remove the shown item
                 refresh = gr.Button("↻", scale=0, min_width=40, size="sm")
-            ex_fmt = gr.Radio(["safetensors", "gguf", "adapter", "hub"], value="safetensors", label="Format",
+            ex_fmt = gr.Radio(choices_of(ExportConfig, "format"), value="safetensors", label="Format",
                               info="hub: push the merged model with a model card (token: HF_TOKEN on the server)")
-            ex_quant = gr.Radio(["f16", "q8_0"], value="f16", label="GGUF type", info="Q8_0: about half the size")
+            ex_quant = gr.Radio(choices_of(ExportConfig, "quant"), value="f16", label="GGUF type",
+                                info="Q8_0: about half the size")
             with gr.Row():
                 ex_repo = gr.Textbox(label="Hub repository (hub)", placeholder="my-org/support-json-lora", scale=3)
                 ex_private = gr.Checkbox(True, label="private", scale=1)
@@ -258,7 +259,7 @@ def build_tab():
             with gr.Row():
                 model = gr.Dropdown(choices=model_choices(), value="default", label="Model", scale=3,
                                     elem_id="dep-model")
-                target = gr.Radio(["local", "tgi", "vllm"], value="local", label="Target", scale=2,
+                target = gr.Radio(choices_of(DeployConfig, "target"), value="local", label="Target", scale=2,
                                   elem_id="dep-target")
             with gr.Row():
                 port = gr.Number(None, label="Port (0: a free one)", precision=0, minimum=0, maximum=65535)

@@ -18,8 +18,9 @@ from core.evaluate import results
 from core.evaluate.config import EvalConfig, EvalConfigError
 from core.evaluate.metrics import HIGHER_IS_BETTER
 from core.evaluate.submit import submit_evaluation
-from core.runs import JobError, RunStatus
-from ui.common import fmt_num, is_mine, md_text, mine_box, owner_filter, progress_html
+from core.jobconfig import choices_of
+from core.runs import JobError
+from ui.common import fmt_num, is_mine, job_progress, md_text, mine_box, owner_filter
 
 OWN_SPLIT = "__run__"
 SPLIT_CHOICES = ["auto", "all", "test", "validation", "train"]
@@ -177,19 +178,6 @@ def show_evaluation(evaluation_id: str | None, which: str = "all"):
     return head, metrics_frame(ev), examples_frame(ev, which), compare_frame(ev)
 
 
-def job_progress(job_id: str | None) -> str:
-    if not job_id:
-        return ""
-    try:
-        job = runs.get_run(int(job_id))
-    except (JobError, ValueError):
-        return ""
-    text = progress_html(job.step, job.max_steps, job.status.value, job.eta_s, None)
-    if job.status == RunStatus.failed and job.error:
-        text += f'<div class="fts-error">{html.escape(job.error.splitlines()[0])}</div>'
-    return text
-
-
 def export_file(evaluation_id: str | None, fmt: str, which: str) -> str | None:
     if not evaluation_id:
         raise gr.Error("Select an evaluation first.")
@@ -223,7 +211,7 @@ def build_tab() -> None:
             mode = gr.Radio(["generation", "multiple choice", "lm-eval task"], value="generation", label="Mode",
                             info="a multiple-choice dataset is always scored as multiple choice")
             with gr.Row():
-                mc_style = gr.Radio(["arc", "mmlu", "native"], value="arc", label="Multiple-choice prompt",
+                mc_style = gr.Radio(choices_of(EvalConfig, "mc_style"), value="arc", label="Multiple-choice prompt",
                                     info="ARC: 'Question: …\\nAnswer:'; MMLU: lettered options; native: "
                                          "lm-eval's own task for the file's layout (HellaSwag, TruthfulQA MC1/MC2, "
                                          "ARC, OpenBookQA, MMLU)", elem_id="eval-mc-style")

@@ -11,15 +11,7 @@ import json
 import sys
 
 from core.data.formats import FORMATS
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-
-
-def _fail(msg: str) -> int:
-    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
-    return 2
+from core.text import fail, print_json
 
 
 def _parse_kv(items: list[str] | None, what: str) -> dict[str, str]:
@@ -48,9 +40,9 @@ def cmd_import(args) -> int:
             model=None if args.model == "none" else args.model, max_length=args.max_length,
         )
     except (DatasetError, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         print(result.message)
         for p in result.problems:
@@ -73,7 +65,7 @@ def cmd_list(args) -> int:
     items = [dataset_summary(ds) for ds in list_datasets()]
     if args.json:
         keys = ("id", "name", "format", "kind", "rows", "splits", "content_hash", "created_at")
-        _print_json([{k: d[k] for k in keys} for d in items])
+        print_json([{k: d[k] for k in keys} for d in items])
         return 0
     if not items:
         print("no datasets yet: python -m core data import PATH")
@@ -97,9 +89,9 @@ def cmd_show(args) -> int:
         if args.rows:
             summary["sample_rows"] = read_split(ds, "train")[: args.rows]
     except DatasetError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         for key in ("id", "name", "format", "kind", "rows", "splits", "source", "path", "created_at", "token_stats"):
             print(f"{key:>12}: {summary[key]}")
@@ -117,11 +109,11 @@ def cmd_stats(args) -> int:
     try:
         out = compute_token_stats(args.id, args.model, args.max_length, save=not args.no_save)
     except DatasetError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - CLI reports any tokenizer load failure (ModelNotFoundError, OSError)
-        return _fail(f"cannot count tokens with '{args.model}': {exc}")
+        return fail(f"cannot count tokens with '{args.model}': {exc}")
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         for k, v in out["token_stats"].items():
             print(f"{k:>16}: {v}")

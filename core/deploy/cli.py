@@ -10,17 +10,11 @@ Exit codes: 0 ok, 1 the job or server did not succeed, 2 bad input (one line on 
 """
 from __future__ import annotations
 
-import json
 import sys
 
-
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+from core.deploy.config import DeployConfig, ExportConfig
+from core.jobconfig import add_flags, flag_values
+from core.text import fail, print_json
 
 
 def cmd_export(args) -> int:
@@ -28,13 +22,11 @@ def cmd_export(args) -> int:
     from core.deploy.export import submit_export
 
     if args.merge and args.format == "adapter":
-        return _fail("--merge and --format adapter contradict each other: the adapter format keeps it separate")
-    data = {"run_id": args.run, "format": args.format, "quant": args.quant, "out_dir": args.out,
-            "repo_id": args.repo_id, "private": not args.public, "push_adapter": args.push_adapter}
+        return fail("--merge and --format adapter contradict each other: the adapter format keeps it separate")
     try:
-        job = submit_export({k: v for k, v in data.items() if v is not None})
+        job = submit_export(flag_values(args, args.config_fields))
     except runs.JobError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
 
     def progress(r):
         if r.max_steps:
@@ -43,7 +35,7 @@ def cmd_export(args) -> int:
     job = runs.wait_for(job.id, on_progress=progress)
     ok = job.status == runs.RunStatus.succeeded
     if args.json:
-        _print_json({"job_id": job.id, "status": job.status.value, "error": job.error, **(job.final_metrics or {})})
+        print_json({"job_id": job.id, "status": job.status.value, "error": job.error, **(job.final_metrics or {})})
     elif ok:
         fm = job.final_metrics or {}
         print(f"export job {job.id}: {fm.get('format')} at {fm.get('output')} ({(fm.get('bytes') or 0) / 1e6:.0f} MB)"
@@ -57,27 +49,28 @@ def cmd_export(args) -> int:
 def cmd_deploy(args) -> int:
     from core.deploy import deployments as D
 
-    ref = f"run:{args.run}" if args.run is not None else (args.model or "default")
     try:
-        if args.target == "local":
+        cfg = DeployConfig.from_dict(flag_values(args, args.config_fields))
+        ref = cfg.model_ref()
+        if cfg.target == "local":
             if args.dry_run:
                 run_id, model_dir, name, needs_merge = D.resolve_target_model(ref)
                 out = {"target": "local", "model_dir": model_dir, "served_name": name, "needs_merge": needs_merge,
-                       "args": D.server_argv(model_dir, name, args.port or "<free port>",
+                       "args": D.server_argv(model_dir, name, cfg.port or "<free port>",
                                              merge_run=run_id if needs_merge else None)}
-                _print_json(out) if args.json else print(" ".join(out["args"]))
+                print_json(out) if args.json else print(" ".join(out["args"]))
                 return 0
-            dep = D.start_local(ref, port=args.port, timeout_s=args.timeout)
+            dep = D.start_local(ref, port=cfg.port, timeout_s=cfg.timeout_s)
             out = D.to_dict(dep)
             if dep.status == "running" and args.smoke:
                 out["smoke"] = D.smoke_test(dep.id)
         else:
-            res = D.deploy_container(ref, args.target, gpu=args.gpu, port=args.port, num_gpus=args.num_gpus,
-                                     quantize_4bit=args.quantize_4bit, keep_adapter=args.keep_adapter,
+            res = D.deploy_container(ref, cfg.target, gpu=cfg.gpu, port=cfg.port, num_gpus=cfg.num_gpus,
+                                     quantize_4bit=cfg.quantize_4bit, keep_adapter=cfg.keep_adapter,
                                      dry_run=args.dry_run)
             row = res.get("deployment") or {}
             if args.json:
-                _print_json(res)
+                print_json(res)
             else:
                 print(res["command"])
                 if res.get("engine"):
@@ -87,9 +80,9 @@ def cmd_deploy(args) -> int:
                           file=sys.stderr)
             return 1 if row.get("status") == "failed" else 0
     except (D.DeployError, ValueError) as exc:
-        return _fail(str(exc).splitlines()[0])
+        return fail(str(exc).splitlines()[0])
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         print(f"deployment {dep.id} {dep.status}: {dep.url} serving '{dep.served_name}'"
               + (f"\n{dep.error}" if dep.error else ""))
@@ -105,54 +98,42 @@ def cmd_deployments(args) -> int:
         if args.dep_cmd == "list":
             rows = D.list_deployments(active_only=not args.all)
             if args.json:
-                _print_json([D.to_dict(d) for d in rows])
+                print_json([D.to_dict(d) for d in rows])
             else:
                 for d in rows:
                     print(f"{d.id:>4}  {d.target:<6} {d.status:<9} {d.url:<32} {d.served_name}")
             return 0
         if args.dep_cmd == "show":
             d = D.get(args.id)
-            _print_json({**D.to_dict(d), "snippets": D.snippets(d)}) if args.json else print(
+            print_json({**D.to_dict(d), "snippets": D.snippets(d)}) if args.json else print(
                 f"{d.id} {d.target} {d.status} {d.url} '{d.served_name}'" + (f"\n{d.error}" if d.error else ""))
             return 0
         if args.dep_cmd == "stop":
             d = D.stop(args.id)
-            _print_json(D.to_dict(d)) if args.json else print(f"deployment {d.id} {d.status}")
+            print_json(D.to_dict(d)) if args.json else print(f"deployment {d.id} {d.status}")
             return 0
         res = D.smoke_test(args.id, prompt=args.prompt)
-        _print_json(res) if args.json else print(f"{res['latency_s']} s, model '{res['model']}': {res['reply']}")
+        print_json(res) if args.json else print(f"{res['latency_s']} s, model '{res['model']}': {res['reply']}")
         return 0
     except D.DeployError as exc:
-        return _fail(str(exc).splitlines()[0])
+        return fail(str(exc).splitlines()[0])
 
 
 def register_cli(sub) -> None:
     p = sub.add_parser("export", help="merge / export a finished run (a job; waits for it)")
-    p.add_argument("--run", type=int, required=True)
-    p.add_argument("--format", default="safetensors", choices=["safetensors", "gguf", "adapter", "hub"])
+    fields = add_flags(p, ExportConfig, exclude=("name",), required=("run_id",))
+    p.add_argument("--public", dest="private", action="store_false", default=None,
+                   help="hub: a public repository (= --no-private)")
     p.add_argument("--merge", action="store_true", help="merge the adapter (the default for safetensors and gguf)")
-    p.add_argument("--quant", default="f16", choices=["f16", "q8_0"], help="GGUF tensor type")
-    p.add_argument("--out", default=None, help="also copy the result into this new or empty folder")
-    p.add_argument("--repo-id", default=None, help="hub: owner/name to push to (token: HF_TOKEN)")
-    p.add_argument("--public", action="store_true", help="hub: a public repository (default private)")
-    p.add_argument("--push-adapter", action="store_true", help="hub: push the adapter alone, not the merged model")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, config_fields=fields)
 
     p = sub.add_parser("deploy", help="serve a run or model: a local server, or a TGI / vLLM container")
-    p.add_argument("--run", type=int, default=None)
-    p.add_argument("--model", default=None, help="or: default | a model folder")
-    p.add_argument("--target", default="local", choices=["local", "tgi", "vllm"])
+    fields = add_flags(p, DeployConfig)
     p.add_argument("--dry-run", action="store_true", help="print the argument list, start nothing")
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--gpu", default=None, help="GPU name from the Estimate tab's catalog (TGI/vLLM sizing)")
-    p.add_argument("--num-gpus", type=int, default=1)
-    p.add_argument("--quantize-4bit", action="store_true")
-    p.add_argument("--keep-adapter", action="store_true", help="serve base + adapter (multi-LoRA) instead of merged")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for /health (local)")
     p.add_argument("--smoke", action="store_true", help="send one chat request once it is up")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_deploy)
+    p.set_defaults(func=cmd_deploy, config_fields=fields)
 
     p = sub.add_parser("deployments", help="serving endpoints the studio started")
     ds = p.add_subparsers(dest="dep_cmd", required=True)

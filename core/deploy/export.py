@@ -11,42 +11,17 @@ Formats (``ExportConfig.format``):
 
 The merged folder of a run lives at ``runs/<run id>/merged/`` (one per run, reused by later exports and by the local
 server while it is newer than the adapter); other outputs go under the export job's own folder, or ``out_dir``.
-Runs in its own process (the runs core), never in the dashboard's.
+Runs in its own process (the runs core), never in the dashboard's. Its config: core.deploy.config.ExportConfig.
 """
 from __future__ import annotations
 
 import shutil
 import time
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from core.deploy.config import ExportConfig
 from core.runs import paths
 from core.runs.errors import JobError
-
-Format = Literal["safetensors", "gguf", "adapter", "hub"]
-
-
-class ExportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: int
-    format: Format = "safetensors"
-    quant: Literal["f16", "q8_0"] = "f16"
-    out_dir: str | None = Field(None, description="copy the result here too (a new or empty folder)")
-    name: str = ""
-    repo_id: str | None = Field(None, description="hub: the repository to push to (owner/name)")
-    private: bool = True
-    push_adapter: bool = Field(False, description="hub: push the adapter alone instead of the merged model")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ExportConfig:
-        try:
-            return cls(**data)
-        except ValidationError as exc:
-            parts = [f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
-            raise JobError("invalid export: " + "; ".join(parts)) from None
 
 
 def merged_dir(run_id: int) -> Path:

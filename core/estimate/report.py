@@ -1,8 +1,6 @@
 """The estimate as one report (UI and CLI), the Train tab's pre-flight check, and ``python -m core estimate``."""
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,6 +23,7 @@ from core.estimate.memory import (
 )
 from core.estimate.spec import GIB, EstimateError, ModelSpec, count_parameters
 from core.models import load_tokenizer, resolve_model
+from core.text import fail, print_json
 
 
 def estimate_report(spec: ModelSpec, plan: TrainingPlan, *, precision_requested: str = "auto",
@@ -238,10 +237,9 @@ def run_cli(args) -> int:
         report = estimate_report(spec, plan, precision_requested=args.dtype, tokens=tokens, epochs=args.epochs,
                                  gpu=args.gpu, mfu=args.mfu, price_per_gpu_hour=args.price)
     except EstimateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print_json(report, sort_keys=True)
         return 0
     print(report["architecture"])
     print(f"params {report['params']:,}  trainable {report['trainable_params']:,}  ({plan.method}, {plan.precision}, "

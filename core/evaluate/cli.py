@@ -11,17 +11,15 @@ Exit codes: 0 ok, 1 the evaluation ran but did not succeed, 2 bad input (one lin
 """
 from __future__ import annotations
 
-import json
 import sys
 
+from core.evaluate.config import EvalConfig
+from core.jobconfig import add_flags, flag_values
+from core.text import fail, print_json
 
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+# the flags of `evaluate` that are EvalConfig fields (the rest: --multiple-choice, --json); mode follows the flags
+EVAL_FLAGS = ("run_id", "tuned", "base", "dataset", "split", "limit", "seed", "max_new_tokens", "temperature", "top_p",
+              "batch_size", "mc_style", "mc_task", "num_fewshot", "fewshot_split", "lm_eval_task", "name")
 
 
 def cmd_generate(args) -> int:
@@ -36,9 +34,9 @@ def cmd_generate(args) -> int:
                                                         temperature=args.temperature, top_p=args.top_p,
                                                         seed=args.seed))
     except GenerateError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.json:
-        _print_json({"model": args.model, **result.as_dict()})
+        print_json({"model": args.model, **result.as_dict()})
     else:
         print(result.text)
     return 0
@@ -47,27 +45,23 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from core import runs
     from core.evaluate import results
-    from core.evaluate.config import EvalConfig, EvalConfigError
+    from core.evaluate.config import EvalConfigError
     from core.evaluate.submit import submit_evaluation
 
-    data = {"run_id": args.run, "tuned": args.model, "base": args.base, "dataset": args.dataset,
-            "split": args.split, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
-            "batch_size": args.batch_size}
-    if args.multiple_choice or args.style or args.native_task or args.num_fewshot is not None:
-        data.update(mode="multiple_choice", mc_style=args.style or "arc", mc_task=args.native_task,
-                    num_fewshot=args.num_fewshot, fewshot_split=args.fewshot_split)
+    data = flag_values(args, EVAL_FLAGS)
+    if args.multiple_choice or args.mc_style or args.mc_task or args.num_fewshot is not None:
+        data["mode"] = "multiple_choice"
     elif args.fewshot_split:
-        return _fail("--fewshot-split goes with --num-fewshot (multiple choice)")
+        return fail("--fewshot-split goes with --num-fewshot (multiple choice)")
     if args.lm_eval_task:
-        data.update(mode="lm_eval", lm_eval_task=args.lm_eval_task)
+        data["mode"] = "lm_eval"
+    if args.limit is not None:  # unset: 200 rows for generation, every row for multiple choice
+        data["limit"] = args.limit or None
     try:
-        data = {k: v for k, v in data.items() if v is not None}
-        if args.limit is not None:  # unset: 200 rows for generation, every row for multiple choice
-            data["limit"] = args.limit or None
         cfg = EvalConfig.from_dict(data)
         job = submit_evaluation(cfg)
     except (EvalConfigError, runs.JobError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
 
     def progress(r):
         if r.max_steps:
@@ -77,12 +71,12 @@ def cmd_evaluate(args) -> int:
     ev = results.by_job(job.id)
     if job.status != runs.RunStatus.succeeded or ev is None:
         if args.json:
-            _print_json({"job": runs.run_to_dict(job)})
+            print_json({"job": runs.run_to_dict(job)})
         else:
             print(f"evaluation job {job.id} {job.status}: {job.error}", file=sys.stderr)
         return 1
     if args.json:
-        _print_json({**results.to_dict(ev), "job_id": job.id})
+        print_json({**results.to_dict(ev), "job_id": job.id})
     else:
         _print_table(results.to_dict(ev))
     return 0
@@ -111,7 +105,7 @@ def cmd_evaluations(args) -> int:
         if args.ev_cmd == "list":
             rows = results.list_evaluations()
             if args.json:
-                _print_json([results.to_dict(e) for e in rows])
+                print_json([results.to_dict(e) for e in rows])
             else:
                 for e in rows:
                     print(f"{e.id:>4}  run {e.run_id or '-':>4}  {e.kind:<15} {e.dataset_ref:<10} {e.split:<10} "
@@ -120,12 +114,12 @@ def cmd_evaluations(args) -> int:
         ev = results.get(args.id)
         if args.ev_cmd == "show":
             d = results.to_dict(ev, with_examples=args.examples)
-            _print_json(d) if args.json else _print_table(d)
+            print_json(d) if args.json else _print_table(d)
             return 0
         sys.stdout.buffer.write(results.export(ev, args.format, args.filter))
         return 0
     except (results.EvaluationNotFound, ValueError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
 
 
 def register_cli(sub) -> None:
@@ -141,27 +135,9 @@ def register_cli(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="base vs fine-tuned on held-out data (a job; waits for it)")
-    p.add_argument("--run", type=int, default=None, help="the training run to evaluate")
-    p.add_argument("--model", default=None, help="or an adapter / model folder as the tuned side")
-    p.add_argument("--base", default=None, help="the base side (default: the tuned side's base model)")
-    p.add_argument("--dataset", default=None, help="a Data-tab dataset id (default: the run's held-out rows)")
-    p.add_argument("--split", default=None, choices=["test", "validation", "train", "all"],
-                   help="default: a dataset whole (all); a run's own rows: test, else validation")
-    p.add_argument("--limit", type=int, default=None,
-                   help="evaluate a sample of at most N rows (0: all; default 200 for generation, all for multiple "
-                        "choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
+    add_flags(p, EvalConfig, fields=EVAL_FLAGS, help_text={
+        "limit": "evaluate a sample of at most N rows (0: all; default 200 for generation, all for multiple choice)"})
     p.add_argument("--multiple-choice", action="store_true", help="score choices by log-likelihood (ARC/MMLU way)")
-    p.add_argument("--style", default=None, choices=["arc", "mmlu", "native"],
-                   help="multiple-choice prompt: arc (default), mmlu, or native (lm-eval's own task for the layout)")
-    p.add_argument("--native-task", default=None, choices=["arc", "openbookqa", "hellaswag", "truthfulqa", "mmlu"],
-                   help="with --style native: the task to follow (default: the rows' layout)")
-    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples before each question (default 0)")
-    p.add_argument("--fewshot-split", default=None, choices=["test", "validation", "train", "all"],
-                   help="where few-shot examples come from (default: the scored rows, each question left out)")
-    p.add_argument("--lm-eval-task", default=None, help="an lm-evaluation-harness task name (needs its data)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -2,46 +2,59 @@
 the Evaluation row stores it."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from core.jobconfig import ConfigError, JobConfig, meta
 
 Mode = Literal["generation", "multiple_choice", "lm_eval"]
 SPLITS = ("test", "validation", "train", "all")
 NATIVE_TASKS = ("arc", "openbookqa", "hellaswag", "truthfulqa", "mmlu")  # = core.evaluate.multiple_choice's
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(ConfigError):
     """A config a person can fix; the message names the field."""
 
 
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EvalConfig(JobConfig):
+    """Each field's description is its ``python -m core evaluate`` flag's help (core.jobconfig.add_flags)."""
 
-    name: str = ""
-    run_id: int | None = Field(None, description="the training run to evaluate (its adapter or model is 'tuned')")
-    tuned: str | None = Field(None, description="or any adapter / model folder as the tuned side")
+    config_what: ClassVar[str] = "evaluation"
+    config_error: ClassVar[type[ValueError]] = EvalConfigError
+
+    name: str = Field("", description="the evaluation's name")
+    run_id: int | None = Field(None, description="the training run to evaluate (its adapter or model is 'tuned')",
+                               json_schema_extra=meta(flag="run"))
+    tuned: str | None = Field(None, description="or any adapter / model folder as the tuned side",
+                              json_schema_extra=meta(flag="model"))
     base: str | None = Field(None, description="the base side; default: the tuned side's base model")
     dataset: str | None = Field(None, description="a Data-tab dataset id; default: the run's own held-out rows")
     split: str | None = Field(None, description="test | validation | train | all; default: a dataset is scored "
                                                 "whole (all), a run's own rows are its held-out ones (test, else "
-                                                "validation)")
+                                                "validation)", json_schema_extra=meta(choices=SPLITS))
     limit: int | None = Field(200, description="evaluate a random sample of at most this many rows (None: all); "
                                                "left unset in multiple-choice mode: every row, as the harness")
-    seed: int = 0
-    mode: Mode = "generation"
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
+    seed: int = Field(0, description="the seed of the row sample and of sampled answers")
+    mode: Mode = Field("generation", description="generation (answers scored against the references), "
+                                                 "multiple_choice (choices scored by log-likelihood) or lm_eval (an "
+                                                 "lm-evaluation-harness task)")
+    max_new_tokens: int = Field(128, description="most new tokens per answer")
+    temperature: float = Field(0.0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, description="nucleus sampling's probability mass")
     batch_size: int = Field(16, description="prompts per batch (base and tuned rows of a prompt share a batch)")
-    mc_style: Literal["arc", "mmlu", "native"] = "arc"
+    mc_style: Literal["arc", "mmlu", "native"] = Field(
+        "arc", description="multiple-choice prompt: arc, mmlu, or native (lm-eval's own task for the layout)",
+        json_schema_extra=meta(flag="style"))
     mc_task: str | None = Field(None, description="native style: the harness task to follow (arc, openbookqa, "
-                                                  "hellaswag, truthfulqa, mmlu); default: the rows' layout")
+                                                  "hellaswag, truthfulqa, mmlu); default: the rows' layout",
+                                json_schema_extra=meta(flag="native_task", choices=NATIVE_TASKS))
     num_fewshot: int | None = Field(None, description="few-shot examples before each question (default 0, as the "
                                                       "harness's tasks)")
     fewshot_split: str | None = Field(None, description="the split few-shot examples come from (default: the rows "
-                                                        "being scored, each question left out of its own draw)")
-    lm_eval_task: str | None = None
+                                                        "being scored, each question left out of its own draw)",
+                                      json_schema_extra=meta(choices=SPLITS))
+    lm_eval_task: str | None = Field(None, description="an lm-evaluation-harness task name (needs its data)")
 
     @field_validator("limit")
     @classmethod
@@ -109,14 +122,3 @@ class EvalConfig(BaseModel):
         """The split scored: the one asked for; else a dataset whole (``all``), a run's own rows ``test`` (the job
         falls back to ``validation`` when the run has no test rows)."""
         return self.split or ("all" if self.dataset else "test")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EvalConfig:
-        try:
-            return cls(**data)
-        except ValidationError as exc:
-            parts = []
-            for err in exc.errors():
-                loc = ".".join(str(x) for x in err["loc"]) or "config"
-                parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-            raise EvalConfigError("invalid evaluation: " + "; ".join(parts)) from None

@@ -1,14 +1,16 @@
-"""TrainConfig: the single contract between the Train tab, the CLI (YAML), the worker, the DB and Evaluate/Deploy.
+"""TrainConfig: the single contract between the Train tab, the CLI (YAML and flags), the worker, the DB and
+Evaluate/Deploy.
 
-Adding a hyperparameter means adding one field here.
+Adding a hyperparameter means adding one field here (with ``meta(at=…)`` where it sits on the Train tab's form): its
+flag on ``python -m core train``, its widget, its int coercion and its choices follow (core.jobconfig).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from core.jobconfig import ConfigError, JobConfig, meta
 
 Method = Literal["lora", "qlora", "full"]
 Objective = Literal["sft", "dpo", "orpo", "grpo"]
@@ -23,74 +25,131 @@ INT_CEILINGS = {"batch_size": 65_536, "grad_accum": 65_536, "max_length": 1_048_
                 "lora_alpha": 65_536, "save_steps": MAX_STEPS, "eval_steps": MAX_STEPS, "logging_steps": MAX_STEPS,
                 "save_total_limit": 1_000, "num_gpus": 1_024, "length_min": 10_000_000, "length_max": 10_000_000,
                 "seed": 2**32 - 1}
+GRPO = {"objective": "grpo"}  # the fields that apply to GRPO runs only (the Train tab hides them for the others)
 
 
-class ConfigError(ValueError):
-    """A config a person can fix; the message names the field and what is wrong."""
+class TrainConfig(JobConfig):
+    """Each field carries its help text (``description``: the CLI's ``--help``) and, for the Train tab, where it sits
+    on the form (``meta(at=(group, row, column))``) with its label; ``only`` marks the fields that apply to one
+    objective. The tab's widgets, the CLI's flags, the int coercion and the choice lists all come from here."""
 
-
-class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    config_what: ClassVar[str] = "training config"
 
-    name: str = ""
+    name: str = Field("", description="the run's name (default: run-<id>)",
+                      json_schema_extra=meta(label="Run name", at=("advanced", 0, 0)))
     base_model: str = Field("default",
-                            description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a Hub id")
-    dataset: str = Field(..., description="dataset id from the Data tab (e.g. '3') or a path to a data file")
-    method: Method = "lora"
+                            description="'default' (embedded SmolLM2-135M-Instruct), a local dir or a Hub id",
+                            json_schema_extra=meta(label="Base model", at=("source", 0, 0),
+                                                   info="'default', a local model folder, or a Hub id (needs "
+                                                        "network)"))
+    dataset: str = Field(..., description="dataset id from the Data tab (e.g. '3') or a path to a data file",
+                         json_schema_extra=meta(label="Training data", at=("source", 2, 0),
+                                                info="a dataset imported in the Data tab, or a file path"))
+    method: Method = Field("lora", description="lora, qlora (a 4-bit base + LoRA, bitsandbytes) or full",
+                           json_schema_extra=meta(label="Method", at=("method", 0, 0), widget="radio",
+                                                  info="QLoRA = 4-bit base + LoRA (bitsandbytes)"))
     objective: Objective = Field(
         "sft", description="what the run optimises: sft (supervised, on conversations), dpo (direct preference "
                            "optimisation on chosen/rejected pairs, against the model as it was at step 0) or orpo "
                            "(odds-ratio preference optimisation: SFT on chosen + a preference term, no reference) or "
                            "grpo (group relative policy optimisation: the model answers each prompt several times and "
-                           "learns from the answers the rewards score above their group's mean)")
+                           "learns from the answers the rewards score above their group's mean)",
+        json_schema_extra=meta(label="Objective", at=("method", 1, 0),
+                               info="DPO / ORPO train on preference pairs (chosen vs rejected answers)"))
     beta: float = Field(0.1, description="DPO: how far from the reference the policy may move (0.1 typical); "
                                          "ORPO: the weight of the odds-ratio term (lambda); GRPO: the weight of the "
-                                         "KL penalty against the model at step 0 (0 = none, no reference pass)")
+                                         "KL penalty against the model at step 0 (0 = none, no reference pass)",
+                        json_schema_extra=meta(label="Beta (DPO) / lambda (ORPO) / KL (GRPO)", at=("method", 1, 1),
+                                               minimum=0))
     preference_loss: PreferenceLoss = Field("sigmoid", description="DPO loss: sigmoid (the paper's), ipo, hinge")
     keep_identical_pairs: bool = Field(False, description="keep pairs whose chosen and rejected answers are the "
                                                           "same text (they teach DPO nothing; dropped and counted)")
     rewards: list[str] = Field(default_factory=lambda: ["field_accuracy"],
                                description="GRPO: reward functions, summed (core.train.rewards): field_accuracy, "
-                                           "valid_json, regex, length, rouge_l")
-    reward_regex: Optional[str] = Field(None, description="GRPO reward 'regex': the pattern an answer should match")
-    length_min: int = Field(0, description="GRPO reward 'length': fewest characters (0 = no lower bound)")
-    length_max: int = Field(0, description="GRPO reward 'length': most characters (0 = no upper bound)")
-    num_generations: int = Field(4, description="GRPO: answers sampled per prompt (the group; at least 2)")
-    max_completion_length: int = Field(128, description="GRPO: most new tokens per sampled answer")
-    temperature: float = Field(1.0, description="GRPO: sampling temperature of the answers")
+                                           "valid_json, regex, length, rouge_l",
+                               json_schema_extra=meta(label="Rewards (summed per answer)", at=("grpo", 0, 0),
+                                                      only=GRPO, widget="checkboxes"))
+    reward_regex: Optional[str] = Field(None, description="GRPO reward 'regex': the pattern an answer should match",
+                                        json_schema_extra=meta(label="Pattern (reward 'regex')", at=("grpo", 2, 0),
+                                                               only=GRPO))
+    length_min: int = Field(0, description="GRPO reward 'length': fewest characters (0 = no lower bound)",
+                            json_schema_extra=meta(label="Min chars (reward 'length')", at=("grpo", 2, 1),
+                                                   only=GRPO, minimum=0))
+    length_max: int = Field(0, description="GRPO reward 'length': most characters (0 = no upper bound)",
+                            json_schema_extra=meta(label="Max chars (reward 'length')", at=("grpo", 2, 2),
+                                                   only=GRPO, minimum=0))
+    num_generations: int = Field(4, description="GRPO: answers sampled per prompt (the group; at least 2)",
+                                 json_schema_extra=meta(label="Answers per prompt", at=("grpo", 1, 0), only=GRPO,
+                                                        minimum=2))
+    max_completion_length: int = Field(128, description="GRPO: most new tokens per sampled answer",
+                                       json_schema_extra=meta(label="Max new tokens", at=("grpo", 1, 1), only=GRPO,
+                                                              minimum=1))
+    temperature: float = Field(1.0, description="GRPO: sampling temperature of the answers",
+                               json_schema_extra=meta(label="Temperature", at=("grpo", 1, 2), only=GRPO,
+                                                      minimum=0.01))
     chat_template: Optional[str] = Field(
         None, description="prompt template for a model without one (or to replace its own): chatml, llama3, "
                           "mistral, alpaca, or a model id / folder to copy the chat template from; empty = the "
-                          "model's own")
+                          "model's own",
+        json_schema_extra=meta(label="Prompt template", at=("source", 1, 0),
+                               info="how conversations become text; for a base model without one — or type a model "
+                                    "id / folder to copy its chat template"))
 
-    max_length: int = Field(512, description="tokens per example; longer rows are truncated")
-    num_epochs: float = 1.0
-    max_steps: int = Field(-1, description="> 0 overrides epochs")
-    batch_size: int = 4
-    grad_accum: int = 1
-    learning_rate: float = 2e-4
-    lr_scheduler: Scheduler = "linear"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    precision: Precision = "auto"
+    max_length: int = Field(512, description="tokens per example; longer rows are truncated",
+                            json_schema_extra=meta(label="Max length (tokens)", at=("basic", 1, 2), minimum=8))
+    num_epochs: float = Field(1.0, description="passes over the training rows",
+                              json_schema_extra=meta(label="Epochs", at=("basic", 0, 0), minimum=0))
+    max_steps: int = Field(-1, description="> 0 overrides epochs",
+                           json_schema_extra=meta(label="Max steps (-1 = epochs)", at=("basic", 0, 1)))
+    batch_size: int = Field(4, description="examples per device per step",
+                            json_schema_extra=meta(label="Batch size", at=("basic", 1, 1), minimum=1))
+    grad_accum: int = Field(1, description="gradient accumulation steps (effective batch = batch size x this)",
+                            json_schema_extra=meta(label="Grad accumulation", at=("advanced", 1, 0), minimum=1))
+    learning_rate: float = Field(2e-4, description="peak learning rate",
+                                 json_schema_extra=meta(label="Learning rate", at=("basic", 1, 0)))
+    lr_scheduler: Scheduler = Field("linear", description="learning-rate schedule after the warmup",
+                                    json_schema_extra=meta(label="LR scheduler", at=("advanced", 1, 1)))
+    warmup_ratio: float = Field(0.0, description="fraction of the steps spent warming the learning rate up",
+                                json_schema_extra=meta(label="Warmup ratio", at=("advanced", 1, 2)))
+    weight_decay: float = Field(0.0, description="AdamW weight decay",
+                                json_schema_extra=meta(label="Weight decay", at=("advanced", 4, 0)))
+    max_grad_norm: float = Field(1.0, description="gradients are clipped to this norm")
+    precision: Precision = Field("auto", description="auto: bf16/fp16 on a GPU, fp32 on a CPU",
+                                 json_schema_extra=meta(label="Precision", at=("advanced", 4, 1),
+                                                        info="auto: bf16/fp16 on GPU, fp32 on CPU"))
 
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+    lora_r: int = Field(16, description="LoRA rank",
+                        json_schema_extra=meta(label="LoRA r", at=("advanced", 2, 0)))
+    lora_alpha: int = Field(32, description="LoRA scaling alpha",
+                            json_schema_extra=meta(label="LoRA alpha", at=("advanced", 2, 1)))
+    lora_dropout: float = Field(0.0, description="dropout on the LoRA layers",
+                                json_schema_extra=meta(label="LoRA dropout", at=("advanced", 2, 2)))
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["all-linear"],
+                                           description="modules LoRA wraps: 'all-linear' or names like q_proj v_proj",
+                                           json_schema_extra=meta(label="LoRA target modules", at=("advanced", 3, 0),
+                                                                  widget="text",
+                                                                  info="'all-linear' or names like q_proj,v_proj"))
 
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less "
+                                                            "memory, slower)",
+                                         json_schema_extra=meta(label="Gradient checkpointing",
+                                                                at=("advanced", 6, 0)))
     packing: bool = Field(True,
-                          description="padding-free batching: rows are concatenated with exact attention boundaries")
-    group_by_length: bool = True
-    seed: int = 42
+                          description="padding-free batching: rows are concatenated with exact attention boundaries",
+                          json_schema_extra=meta(label="Padding-free batching", at=("advanced", 6, 1)))
+    group_by_length: bool = Field(True, description="batch rows of similar length together")
+    seed: int = Field(42, description="random seed (shuffling, initialisation, sampling)",
+                      json_schema_extra=meta(label="Seed", at=("advanced", 4, 2)))
 
-    eval_split: float = Field(0.0, description="fraction of the training rows held out for eval loss (0 = none)")
-    eval_steps: int = 0
-    save_steps: int = Field(50, description="checkpoint (with optimizer state) every N steps; 0 = only at the end")
-    save_total_limit: int = 2
-    logging_steps: int = 1
+    eval_split: float = Field(0.0, description="fraction of the training rows held out for eval loss (0 = none)",
+                              json_schema_extra=meta(label="Eval split (0-0.5)", at=("advanced", 5, 0)))
+    eval_steps: int = Field(0, description="eval loss every N steps (0 = at the end only, with an eval split)",
+                            json_schema_extra=meta(label="Eval every N steps", at=("advanced", 5, 1)))
+    save_steps: int = Field(50, description="checkpoint (with optimizer state) every N steps; 0 = only at the end",
+                            json_schema_extra=meta(label="Checkpoint every N steps", at=("advanced", 5, 2)))
+    save_total_limit: int = Field(2, description="checkpoints kept (the oldest are deleted)")
+    logging_steps: int = Field(1, description="a metrics row every N steps")
 
     init_adapter: Optional[str] = Field(None, description="continue training from this adapter directory")
     max_wall_clock_hours: float = Field(0.0, description="stop the run (with a checkpoint, resumable) after this many "
@@ -275,41 +334,5 @@ class TrainConfig(BaseModel):
                                  "eval_steps at 0 and measure the run in the Evaluate tab")
         return self
 
-    # ---- YAML in and out -------------------------------------------------------------------------------------
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    @classmethod
-    def from_yaml(cls, text: str) -> TrainConfig:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError("config YAML must be a mapping of field: value")
-        return cls.from_dict(data)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> TrainConfig:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        return cls.from_yaml(p.read_text(encoding="utf-8"))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        try:
-            return cls(**data)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc)) from None
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        parts.append(f"{loc}: {msg}")
-    return "invalid training config: " + "; ".join(parts)
+__all__ = ["ConfigError", "TrainConfig"]
