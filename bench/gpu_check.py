@@ -40,12 +40,18 @@ lora 2 x 45 (imports 10 + load 16 GB 20 + 10 steps); qlora 2 x 60 (quantise on l
 (one load, 2-3 attentions x 5 steps) = ~415 s = 7 min. Each measure runs in its own process with a hard cap (caps
 below), and none starts once the whole check would pass --budget-s (470 s): the check ends under 8 minutes.
 
-Fire it on a lent GPU machine (the device has torch, transformers 5.17, peft, accelerate; not trl, datasets,
-bitsandbytes, sqlmodel): here, once, `bash bench/gpu_check_wheels.sh` (fills .whl/, ignored by git, and prints its
-size: it must fit 64 MiB with the tracked tree), then the device tool's run with carry [".whl"], timeout_s 600:
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 bench/gpu_check.py --json-out $OUT/gpu_check.jsonl
-Put the lines in bench/RESULTS.md ("GPU check").
+Fire it on a lent GPU machine. The device image (Python 3.12, torch 2.11+cu130) has torch, transformers 5.17, peft,
+accelerate; not trl, datasets, bitsandbytes, sqlmodel/pydantic. Here, once: `bash bench/gpu_check_wheels.sh` (fills
+.whl/, ignored by git, with what must travel at this project's pins, and checks it fits the 64 MiB a call carries,
+tracked tree included: 30.6 MiB + 1.9 MiB). Then the device tool's `run`, kind left out (an H100 first), carry
+[".whl"], timeout_s 560 (leaves device time for a partial rerun with --only), command (one line):
+    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+    --target /tmp/site .whl/*.whl || exit; export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1;
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader;
+    python3 bench/gpu_check.py --json-out $OUT/gpu_check.jsonl --log $OUT/measures.log
+The JSON lines come back in output_tail and $OUT/gpu_check.jsonl, each measure's own output in $OUT/measures.log.
+Put the figures in bench/RESULTS.md ("GPU check"), naming the card. Exit status: 0 all ran or were skipped with a
+reason, 1 a measure failed (its line says why), 2 bad arguments or no CUDA in the real mode.
 """
 from __future__ import annotations
 
@@ -124,9 +130,10 @@ def save_tokenizer(folder: Path, vocab_size: int) -> None:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": PAD_ID, "<eos>": EOS_ID, **{str(i): i for i in range(2, vocab_size)}}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))  # noqa: S106 - a token, not a password
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>",  # noqa: S106 - tokens
+                                  unk_token="<pad>")  # noqa: S106
     tok.model_max_length = 1 << 20
     tok.save_pretrained(folder)
 
@@ -284,15 +291,9 @@ def our_config(job: dict, method: str) -> TrainConfig:
 
 def m_train(job: dict) -> dict:
     """lora / qlora / distributed: our worker's trainer, as a run trains."""
-    import torch
-
     method = job["method"]
-    if method == "qlora":
-        err = qlora_support_error()
-        if err:
-            return {"skipped": err}
-        if not torch.cuda.is_available():
-            job["note"] = "bitsandbytes' CPU backend (the studio's CPU QLoRA path)"
+    if method == "qlora" and qlora_support_error():
+        return {"skipped": qlora_support_error()}
     config = our_config(job, method)
     ctx = job_context(config, job.get("run_id"))
     t = time.perf_counter()
@@ -316,6 +317,8 @@ def m_train(job: dict) -> dict:
     out["ratio"] = round(out["peak_bytes"] / out["estimate_bytes"], 3)
     if world > 1:
         out["note"] = f"DDP over {world} processes through the Trainer; peak_bytes and estimate are rank 0's"
+    elif method == "qlora" and plan.device == "cpu":
+        out["note"] = "bitsandbytes' CPU backend (the studio's CPU QLoRA path: fp32 adapters)"
     return out
 
 
@@ -464,12 +467,13 @@ def plan_jobs(args, work: Path, cuda_gpus: int) -> list[list[dict]]:
         write_data(data, shape["vocab_size"], (args.steps + 2) * args.batch * max(2, cuda_gpus), args.seq, seed=i)
         common = {"model": model, "model_dir": str(model_dir), "data": str(data), "shape": [family, shape],
                   "batch": args.batch, "seq": args.seq, "steps": args.steps, "warmup": args.warmup, "work": str(work)}
-        names = ["prepare", "lora"] + (["plain_trl", "attention"] if i == 0 else []) + ["qlora"]
+        names = ["lora"] + (["plain_trl", "attention"] if i == 0 else []) + ["qlora"]
         if i == len(shapes) - 1:
             names.append("distributed")
-        for name in names:
-            if args.only and name not in args.only and name != "prepare":
-                continue
+        names = [n for n in names if not args.only or n in args.only or (n == "lora" and "plain_trl" in args.only)]
+        if not names:  # nothing measured on this shape: not even built
+            continue
+        for name in ["prepare", *names]:
             job = {**common, "measure": name, "method": {"qlora": "qlora"}.get(name, "lora")}
             groups.append([job])
         groups.append([{"measure": "_cleanup", "model": model, "model_dir": str(model_dir)}])
@@ -484,9 +488,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=None, help="max_length (default 1024; tiny 64)")
     ap.add_argument("--budget-s", type=float, default=None, help="no measure starts past this (default 470; tiny 300)")
-    ap.add_argument("--only", nargs="*", help="measures to run (prepare always runs)")
+    ap.add_argument("--only", nargs="*", choices=["lora", "qlora", "plain_trl", "attention", "distributed"],
+                    help="measures to run (the shapes they need are prepared; plain_trl brings lora for the ratio)")
     ap.add_argument("--work-dir", default=None, help="scratch folder for the random models (default: a temp dir)")
     ap.add_argument("--json-out", default=None, help="also write the JSON lines to this file")
+    ap.add_argument("--log", default=None, help="the measures' own output, one file (default: in the work dir)")
     ap.add_argument("--no-distributed", action="store_true", help="skip the distributed measure")
     ap.add_argument("--_run", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -534,6 +540,8 @@ def main() -> int:
         rest = [g for g in groups if g[0]["measure"] in ("distributed", "_cleanup")]
         groups = [single] + rest
     results: dict[tuple[str, str], dict] = {}
+    log = Path(args.log) if args.log else work / "measures.log"
+    log.write_text("")
     for group in groups:
         first = group[0]
         if first["measure"] == "_cleanup":
@@ -566,7 +574,7 @@ def main() -> int:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                    __file__, "--_run", str(jobs_file)]
         jobs_file.write_text(json.dumps(group))
-        got = run_group(cmd, env, cap, work / f"{jobs_file.stem}.log")
+        got = run_group(cmd, env, cap, log, jobs_file.stem)
         seen = {(ln["measure"], ln["model"]) for ln in got["lines"]}
         for line in got["lines"]:
             emit(line)
@@ -615,9 +623,12 @@ def _pre_run(env: dict, config: TrainConfig) -> int:
             os.environ["FTS_WORKSPACE"] = saved
 
 
-def run_group(cmd: list[str], env: dict, cap_s: float, log: Path) -> dict:
-    """Run one child with a hard time cap; its JSON lines, and why it ended early if it did."""
-    with open(log, "w") as err:
+def run_group(cmd: list[str], env: dict, cap_s: float, log: Path, label: str) -> dict:
+    """Run one child with a hard time cap (its output appended to ``log``); its JSON lines, and why it ended early
+    if it did."""
+    with open(log, "a") as err:
+        err.write(f"==== {label}: {' '.join(cmd)}\n")
+        err.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO,
                                 start_new_session=True)
         try:
