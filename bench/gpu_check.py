@@ -39,6 +39,8 @@ checkpointing on by TRL's default) <= 1.5 s. Expected seconds: prepare 2 x 45 (i
 lora 2 x 45 (imports 10 + load 16 GB 20 + 10 steps); qlora 2 x 60 (quantise on load); plain_trl 55; attention 60
 (one load, 2-3 attentions x 5 steps) = ~415 s = 7 min. Each measure runs in its own process with a hard cap (caps
 below), and none starts once the whole check would pass --budget-s (470 s): the check ends under 8 minutes.
+--cpu-tiny runs the single-process measures in one process (imports paid once); --isolate runs them one process each,
+as the real check does (the caps and the budget guard then run here too: try --budget-s 75).
 
 Fire it on a lent GPU machine. The device image (Python 3.12, torch 2.11+cu130) has torch, transformers 5.17, peft,
 accelerate; not trl, datasets, bitsandbytes, sqlmodel/pydantic. Here, once: `bash bench/gpu_check_wheels.sh` (fills
@@ -494,6 +496,8 @@ def main() -> int:
     ap.add_argument("--json-out", default=None, help="also write the JSON lines to this file")
     ap.add_argument("--log", default=None, help="the measures' own output, one file (default: in the work dir)")
     ap.add_argument("--no-distributed", action="store_true", help="skip the distributed measure")
+    ap.add_argument("--isolate", action="store_true",
+                    help="--cpu-tiny: each measure in its own process, as the real check runs them")
     ap.add_argument("--_run", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._run:
@@ -535,7 +539,7 @@ def main() -> int:
           "steps": args.steps, "warmup": args.warmup, "batch": args.batch, "seq": args.seq, "budget_s": budget,
           **versions(), "device": "cpu (tiny configs)" if tiny else f"cuda x{gpus}"})
     groups = plan_jobs(args, work, 0 if tiny else gpus)
-    if tiny:  # one process for every single-process measure: the imports are paid once
+    if tiny and not args.isolate:  # one process for every single-process measure: the imports are paid once
         single = [g[0] for g in groups if g[0]["measure"] not in ("distributed", "_cleanup")]
         rest = [g for g in groups if g[0]["measure"] in ("distributed", "_cleanup")]
         groups = [single] + rest
@@ -562,7 +566,7 @@ def main() -> int:
         if left < expected:
             for j in group:
                 emit({"measure": j["measure"], "model": j["model"],
-                      "skipped": f"budget: {left:.0f} s left of {budget:.0f}, this needs ~{expected:.0f} s"})
+                      "skipped": f"budget: {max(0.0, left):.0f} s left of {budget:.0f}, this needs ~{expected:.0f} s"})
             continue
         cap = min(left, sum(CAPS_S[j["measure"]] for j in group) * (2.0 if tiny else 1.0))
         jobs_file = work / f"jobs-{len(results)}-{first['measure']}.json"
