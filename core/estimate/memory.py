@@ -64,7 +64,7 @@ class TrainingPlan:
     double_quant: bool = True  # QLoRA: bnb_4bit_use_double_quant
     device: str = "cuda"  # cuda | cpu (CPU: no CUDA context, allocator slack not modelled)
     # embedding rows a prompt template adds / trains (core.data.templates): they grow the vocabulary; LoRA/QLoRA
-    # train them with PEFT trainable tokens (core.train.worker), a full fine-tune as ordinary parameters
+    # train them with PEFT trainable tokens (core.train.model), a full fine-tune as ordinary parameters
     new_tokens: int = 0
 
     def validated(self) -> TrainingPlan:
