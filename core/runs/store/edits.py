@@ -42,8 +42,6 @@ def rename(job_id: int, name: str) -> Run:
 
 
 TAG_MAX, TAGS_MAX = 32, 10
-
-
 _TAG_OK = re.compile(r"^[\w.+-]+$")
 
 

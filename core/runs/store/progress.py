@@ -15,8 +15,6 @@ from storage.tables import utcnow
 PROGRESS_FIELDS = frozenset({"step", "max_steps", "epoch", "tokens_per_s", "eta_s", "last_loss", "adapter_path",
                              "output_dir", "final_metrics", "heartbeat_at", "peak_memory_bytes",
                              "memory_limit_bytes", "worker_pid", "worker_host", "resume_from_checkpoint"})
-
-
 METRIC_FIELDS = ("step", "epoch", "loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "memory_bytes",
                  "wall_time_s", "extra")
 

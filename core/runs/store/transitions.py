@@ -16,8 +16,6 @@ from core.runs.store.retry import retrying
 from storage import Run, RunStatus
 
 S = RunStatus
-
-
 #: The run lifecycle: status → the statuses it may move to. Nothing else moves a job.
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.queued: frozenset({S.starting, S.stopped}),  # claimed by the scheduler / cancelled
