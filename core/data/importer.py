@@ -15,7 +15,9 @@ from typing import Any
 
 from core.data import formats as F
 from core.data.errors import PROBLEM_CODES, DatasetError, RowProblem, is_fatal
-from core.data.readers import ImportLimits, RawRead, import_limits, read_file, read_hub
+from core.data.hub import read_hub
+from core.data.limits import ImportLimits, import_limits
+from core.data.readers import RawRead, read_file
 from core.data.splits import (
     ALL,
     SPLIT_COLUMNS,
@@ -117,7 +119,7 @@ def prepare_dataset(
     limits: ImportLimits | None = None,
 ) -> PreparedData:
     """Read and normalise a source in memory, collecting per-row problems. Raises DatasetError if unusable.
-    ``limits``: the caps (default: the page's, core.data.readers.import_limits)."""
+    ``limits``: the caps (default: the page's, core.data.limits.import_limits)."""
     started = time.time()
     raw = raw or read_source(source, progress, limits)
     _progress(progress, 0.3, f"read {len(raw.records):,} records")
