@@ -27,13 +27,7 @@ from __future__ import annotations
 
 from core.runs.store.edits import NAME_MAX, TAG_MAX, TAGS_MAX, delete_rows, normalise_tags, rename, set_tags
 from core.runs.store.lifecycle import claim_next, finish, mark_started, request_stop, requeue, submit, unclaim
-from core.runs.store.outcome import (
-    OUTCOME_RESERVED_BYTES,
-    clear_outcome,
-    read_outcome,
-    reserve_outcome,
-    write_outcome,
-)
+from core.runs.store.outcome import OUTCOME_RESERVED_BYTES, clear_outcome, read_outcome, reserve_outcome, write_outcome
 from core.runs.store.progress import (
     METRIC_FIELDS,
     PROGRESS_FIELDS,
