@@ -64,7 +64,7 @@ def main() -> None:
     os.environ["FTS_WORKSPACE"] = tempfile.mkdtemp(prefix="fts-bench-dpo-")
     os.environ.pop("DATABASE_URL", None)
 
-    from core.data.importer import prepare_dataset
+    from core.data.prepare import prepare_dataset
     from core.models import ensure_default_model
 
     model_dir = str(ensure_default_model())

@@ -4,7 +4,7 @@ trainable tokens on the embedding and, when untied, the lm_head), same model, sa
 For each architecture (GPT-2: tied lm_head, Conv1D; Llama: untied lm_head) a random base model is built the way
 ``tests/base_models.py`` builds one, at a size where the vocabulary matters (V = 32,000 by default: the 800-token
 byte-level BPE of tests/base_models.py padded with plain filler tokens to V, so the tokenizer and the embedding agree
-as in a real base model). Each side then goes through what ``core.train.worker`` does: ``apply_template`` on the
+as in a real base model). Each side then goes through what ``core.train.model`` does: ``apply_template`` on the
 tokenizer, ``grow_vocab`` (mean-row init), the rows to train (new tokens + the template's tokens, the base having
 no template), ``LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
 trainable_token_indices={embedding: ids, lm_head: ids if untied})``, fused AdamW over the trainable parameters.
@@ -62,7 +62,7 @@ def base_model(arch: str, vocab: int, hidden: int, layers: int):
 
 
 def prepare(model, tokenizer, template: str):
-    """core.train.worker's template steps + LoRA config, on a copy of the base model; (peft model, trained ids)."""
+    """core.train.model's template steps + LoRA config, on a copy of the base model; (peft model, trained ids)."""
     from peft import LoraConfig, get_peft_model
 
     from core.data.templates import apply_template, embedding_module_names, grow_vocab

@@ -14,7 +14,7 @@ tokenizer / base / template / adapter folder, the base an adapter's ``adapter_co
 * refused, with one line, when it is neither — whether the place exists or not (the answer is the same, so nothing
   is revealed about the disk).
 
-``core.models.resolve_model`` and ``core.data.importer.read_source`` are the two doors every model and data
+``core.models.resolve_model`` and ``core.data.prepare.read_source`` are the two doors every model and data
 reference passes through, and both call :func:`locate`, so a field added to a tab later is covered without a
 check of its own. The CLI, the job workers and the host's own start-up code are the host's: they never call
 ``serve_page()`` (or run inside :func:`trusted`) and are not restricted. Locally (loopback, no accounts) paths work

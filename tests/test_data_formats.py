@@ -7,7 +7,7 @@ import pytest
 
 from core.data import DatasetError, SplitSpec, assign_splits, load_training_rows, prepare_dataset
 from core.data.formats import detect_format
-from core.data.readers import read_hub
+from core.data.hub import read_hub
 
 
 def codes(prep) -> dict[str, list[int]]:

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.data import DatasetError
-from core.data.importer import import_dataset, list_datasets
+from core.data.importer import import_dataset
+from core.data.stored import list_datasets
 
 EXTENSIONS = [".json", ".jsonl", ".csv", ".tsv", ".txt"]
 KEYS = ["instruction", "input", "output", "text", "messages", "conversations", "role", "content", "from", "value",

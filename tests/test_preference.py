@@ -14,7 +14,7 @@ from sqlmodel import select
 from core import runs
 from core.config import db_session
 from core.data import import_dataset
-from core.data.importer import prepare_dataset
+from core.data.prepare import prepare_dataset
 from core.runs import JobError
 from core.train.config import ConfigError, TrainConfig
 from core.train.jobs import submit_training

@@ -88,7 +88,7 @@ def test_a_dataset_card_that_reaches_outside_its_dataset_is_refused_before_it_is
     from huggingface_hub import constants
 
     from core.data import DatasetError
-    from core.data.readers import check_dataset_card, read_hub
+    from core.data.hub import check_dataset_card, read_hub
 
     secret = _secret(tmp_path)
     hostile = [f"data_files: {secret}", "data_files: [train.json, ../../../etc/passwd]",

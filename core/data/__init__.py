@@ -50,20 +50,11 @@ template_values=None, model="default", max_length=2048, progress=None) -> Import
 """
 from core.data.errors import PROBLEM_CODES, DatasetError, RowProblem
 from core.data.formats import FORMATS, KIND_OF_FORMAT
-from core.data.importer import (
-    ImportResult,
-    PreparedData,
-    get_dataset,
-    import_dataset,
-    import_demo_task,
-    import_records,
-    list_datasets,
-    load_training_rows,
-    prepare_dataset,
-    read_split,
-    summarise_problems,
-)
+from core.data.importer import ImportResult, import_dataset, import_demo_task, import_records
+from core.data.prepare import PreparedData, prepare_dataset, summarise_problems
 from core.data.splits import SplitSpec, assign_splits
+from core.data.stored import get_dataset, list_datasets, read_split
+from core.data.training_rows import load_training_rows
 from core.data.validate import fill_placeholders, find_placeholders
 from core.data.views import (
     compute_token_stats,

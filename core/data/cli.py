@@ -59,7 +59,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from core.data.importer import list_datasets
+    from core.data.stored import list_datasets
     from core.data.views import dataset_summary
 
     items = [dataset_summary(ds) for ds in list_datasets()]
@@ -80,7 +80,7 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     from core.data import DatasetError
-    from core.data.importer import get_dataset, read_split
+    from core.data.stored import get_dataset, read_split
     from core.data.views import dataset_summary
 
     try:

@@ -4,7 +4,7 @@ The page must never load untrusted bulk into itself (issue 25): a source over ``
 data once decompressed), over 100,000 rows by its own metadata, or a Hub dataset (its size is known only once it is
 downloaded) is imported by a worker process with a memory cap (``FTS_IMPORT_MAX_MEMORY_GB``, 4 GB, enforced by its
 supervisor from outside the process), with progress, stoppable, under the same caps as the page
-(``core.data.readers.ImportLimits``, decided when it was asked for and carried in the job's config). Its result is a
+(``core.data.limits.ImportLimits``, decided when it was asked for and carried in the job's config). Its result is a
 dataset row like any other; the job's ``final_metrics`` name it.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.errors import DatasetError
-from core.data.readers import PARQUET_EXTENSIONS, ImportLimits, import_limits
+from core.data.limits import ImportLimits, import_limits
+from core.data.readers import PARQUET_EXTENSIONS
 
 IN_PAGE_ROWS = 100_000
 

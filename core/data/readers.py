@@ -1,21 +1,22 @@
-"""Read a data file (JSON array, JSONL, CSV/TSV, Parquet, TXT) or a Hub dataset into raw records.
+"""Read a data file (JSON array, JSONL, CSV/TSV, Parquet, TXT) into raw records (a Hub dataset: core.data.hub).
 
 Pure I/O: no format detection beyond the container. Every record keeps its 1-based row number (the line number
 for JSONL/TXT, the position for JSON arrays / CSV / Parquet) so problems can point at it. Encodings are sniffed:
 UTF-8 (with or without BOM), UTF-16/32 with BOM, UTF-16 without BOM, and Latin-1 as the last resort (reported).
+The caps on what one import may hold are checked before the records are built (core.data.limits).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.data.errors import DatasetError, RowProblem
+from core.data.limits import ImportLimits
 
 Progress = Callable[..., Any]
 
@@ -26,7 +27,6 @@ CSV_EXTENSIONS = {".csv"}
 TSV_EXTENSIONS = {".tsv", ".tab"}
 PARQUET_EXTENSIONS = {".parquet", ".pq"}
 SUPPORTED = ".json, .jsonl, .csv, .tsv, .parquet, .txt"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # a column whose cells hold JSON (CSV exports of chat data)
 _JSON_CELL_COLUMNS = {"messages", "conversations", "history", "tools", "chosen", "rejected", "prompt", "completion"}
 
@@ -39,66 +39,6 @@ class RawRead:
     problems: list[RowProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # file-level remarks (encoding fallback, BOM, CRLF)
     source_splits: dict[int, str] = field(default_factory=dict)  # row -> split name, for Hub datasets
-
-
-# ---- caps on what one import may hold (issue 25: a file that expands) -----------------------------------------
-
-SHARED_MAX_ROWS = 500_000
-SHARED_MAX_MB = 1024
-
-
-@dataclass(frozen=True)
-class ImportLimits:
-    """Caps checked before a source is materialised: rows, and bytes of data once decompressed (a text file's size,
-    a Parquet file's uncompressed size from its footer). None: no cap."""
-
-    max_rows: int | None = None
-    max_bytes: int | None = None
-
-    def check_rows(self, n: int, what: str, *, at_least: bool = False) -> None:
-        if self.max_rows is not None and n > self.max_rows:
-            raise DatasetError(f"{what} has {'more than ' if at_least else ''}{n:,} rows; this studio imports at most "
-                               f"{self.max_rows:,} in one dataset (FTS_MAX_IMPORT_ROWS): import a sample of it")
-
-    def check_bytes(self, n: int, what: str) -> None:
-        if self.max_bytes is not None and n > self.max_bytes:
-            raise DatasetError(f"{what} holds {n / 1024**2:,.0f} MB of data once decompressed; this studio imports at "
-                               f"most {self.max_bytes / 1024**2:,.0f} MB in one dataset (FTS_MAX_IMPORT_MB): import a "
-                               "sample of it")
-
-    def to_dict(self) -> dict:
-        return {"max_rows": self.max_rows, "max_bytes": self.max_bytes}
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> ImportLimits:
-        data = data or {}
-        return cls(data.get("max_rows"), data.get("max_bytes"))
-
-
-def _cap_env(name: str) -> int | None:
-    import os
-
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return max(1, int(float(raw)))
-    except ValueError:
-        return None
-
-
-def import_limits() -> ImportLimits:
-    """The caps for an import asked for from the page: ``FTS_MAX_IMPORT_ROWS`` / ``FTS_MAX_IMPORT_MB`` when the admin
-    set them; in a shared studio 500,000 rows and 1,024 MB by default. The CLI (the host's own) has none."""
-    from core.access import in_page, shared_mode
-
-    if not in_page():
-        return ImportLimits()
-    rows, mb = _cap_env("FTS_MAX_IMPORT_ROWS"), _cap_env("FTS_MAX_IMPORT_MB")
-    if shared_mode():
-        rows = rows or SHARED_MAX_ROWS
-        mb = mb or SHARED_MAX_MB
-    return ImportLimits(rows, mb * 1024**2 if mb else None)
 
 
 def decode_bytes(data: bytes) -> tuple[str, str, list[str]]:
@@ -324,166 +264,3 @@ def _read_parquet(p: Path, limits: ImportLimits | None = None) -> RawRead:
     if not rows:
         raise DatasetError(f"file {p} has no rows")
     return RawRead(records=[(i + 1, r) for i, r in enumerate(rows)], container="parquet")
-
-
-def looks_like_hub_id(ref: str) -> bool:
-    ref = ref.strip()
-    return bool(HUB_ID.match(ref)) and not Path(ref).expanduser().exists()
-
-
-# ---- a dataset card is read before the library that would follow it --------------------------------------------
-
-def _card_metadata(text: str) -> dict:
-    """The YAML header of a dataset card (README.md), {} when it has none or it is not a mapping."""
-    import yaml
-
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    try:
-        meta = yaml.safe_load(text[3:end])
-    except yaml.YAMLError as exc:
-        raise DatasetError(f"the dataset card (README.md) has a broken YAML header: {str(exc).splitlines()[0]}"
-                           ) from None
-    return meta if isinstance(meta, dict) else {}
-
-
-def _card_strings(value) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _card_strings(v)]
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in _card_strings(v)]
-    return []
-
-
-def _outside_the_dataset(pattern: str) -> bool:
-    p = pattern.strip().replace("\\", "/")
-    return (p.startswith(("/", "~")) or "://" in p or re.match(r"^[A-Za-z]:", p) is not None
-            or any(part == ".." for part in p.split("/")))
-
-
-def check_dataset_card(text: str, dataset_id: str) -> None:
-    """Refuse a dataset card whose ``configs`` point outside the dataset: ``datasets.load_dataset`` follows
-    absolute ``data_files`` / ``data_dir`` to this machine's disk and URLs to other hosts, so a card could make an
-    import read any file the studio can read. Relative patterns inside the dataset are fine."""
-    meta = _card_metadata(text)
-    configs = meta.get("configs") or []
-    if not isinstance(configs, list):
-        configs = [configs]
-    for cfg in configs:
-        if not isinstance(cfg, dict):
-            continue
-        for key in ("data_files", "data_dir"):
-            for pattern in _card_strings(cfg.get(key)):
-                if _outside_the_dataset(pattern):
-                    raise DatasetError(f"the dataset card of '{dataset_id}' lists {key} outside the dataset "
-                                       f"('{pattern[:120]}'): the studio reads only the dataset's own files")
-        for value in _card_strings({k: v for k, v in cfg.items() if k not in ("data_files", "data_dir")}):
-            if value.strip().startswith(("/", "~")) or "://" in value:
-                raise DatasetError(f"the dataset card of '{dataset_id}' names a location outside the dataset "
-                                   f"('{value[:120]}'): the studio reads only the dataset's own files")
-
-
-def _hub_unreachable(exc: Exception) -> bool:
-    msg, name = str(exc), type(exc).__name__
-    return any(s in (msg + name).lower() for s in (
-        "connection", "resolve", "timed out", "timeout", "offline", "unreachable", "network", "max retries",
-        "name or service", "localentrynotfound", "cannot find the requested files in the local cache"))
-
-
-def _check_card(dataset_id: str) -> None:
-    """Read the dataset card of a local folder or a Hub dataset and refuse one that points outside the dataset."""
-    local = Path(dataset_id).expanduser()
-    if local.is_dir():
-        card = local / "README.md"
-        if card.is_file():
-            check_dataset_card(card.read_text(encoding="utf-8", errors="replace")[:1_000_000], dataset_id)
-        return
-    check_dataset_card(_hub_card_text(dataset_id), dataset_id)
-
-
-HUB_CARD_TIMEOUT_S = 10.0
-
-
-def _hub_card_text(dataset_id: str) -> str:
-    """A Hub dataset's README.md: from the local Hugging Face cache, else one GET (no retries: an unreachable Hub is
-    said at once, not after huggingface_hub's backoff); '' when the dataset has no card."""
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants, try_to_load_from_cache
-    from huggingface_hub.utils import get_token
-
-    cached = try_to_load_from_cache(dataset_id, "README.md", repo_type="dataset")
-    if isinstance(cached, str):
-        return Path(cached).read_text(encoding="utf-8", errors="replace")[:1_000_000]
-    if constants.HF_HUB_OFFLINE:
-        raise DatasetError(f"the Hugging Face Hub is unreachable (HF_HUB_OFFLINE is set); cannot load '{dataset_id}'")
-    url = f"{constants.ENDPOINT.rstrip('/')}/datasets/{dataset_id}/resolve/main/README.md"
-    req = urllib.request.Request(url)  # noqa: S310 - the Hub endpoint (https, or HF_ENDPOINT set by the admin)
-    token = get_token()
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=HUB_CARD_TIMEOUT_S) as answer:  # noqa: S310 - see above
-            return answer.read(1_000_000).decode("utf-8", errors="replace")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404 and (exc.headers.get("X-Error-Code") or "") == "EntryNotFound":
-            return ""  # the dataset exists and has no card
-        if exc.code in (401, 403):
-            raise DatasetError(f"'{dataset_id}' is gated or private on the Hugging Face Hub (HTTP {exc.code}): "
-                               "accept its terms on the Hub and set HF_TOKEN") from None
-        if exc.code == 404:
-            raise DatasetError(f"'{dataset_id}' was not found on the Hugging Face Hub (is the id misspelt, or is "
-                               "it private? set HF_TOKEN)") from None
-        raise DatasetError(f"the Hugging Face Hub answered HTTP {exc.code} for '{dataset_id}'") from None
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"the Hugging Face Hub is unreachable from this machine; cannot load '{dataset_id}' "
-                           f"({type(getattr(exc, 'reason', exc)).__name__})") from None
-
-
-def read_hub(dataset_id: str, *, config: str | None = None, progress: Progress | None = None,
-             max_rows: int | None = None) -> RawRead:
-    """Load every split of a Hub dataset with ``datasets.load_dataset``, after its card was checked (nothing it
-    lists outside the dataset is read). ``max_rows``: refused, before any row is turned into a record, when the
-    dataset has more.
-
-    Offline: DatasetError('the Hub is unreachable')."""
-    import os
-
-    if progress is not None:
-        progress(0.05, desc=f"downloading {dataset_id} from the Hub")
-    _check_card(dataset_id)
-    if os.environ.get("HF_HUB_OFFLINE", "").strip() in ("1", "true", "yes") and not Path(dataset_id).is_dir():
-        raise DatasetError(f"the Hugging Face Hub is unreachable (HF_HUB_OFFLINE is set); cannot load '{dataset_id}'")
-    try:
-        from datasets import load_dataset
-
-        dsd = load_dataset(dataset_id, config)
-    except Exception as exc:  # noqa: BLE001 - network errors surface as many types (ConnectionError, HfHubHTTPError...)
-        msg = str(exc)
-        name = type(exc).__name__
-        if _hub_unreachable(exc):
-            raise DatasetError(
-                f"the Hugging Face Hub is unreachable from this machine; cannot load '{dataset_id}' ({name})"
-            ) from None
-        raise DatasetError(f"could not load '{dataset_id}' from the Hugging Face Hub ({name}: {msg[:200]})") from None
-    total = sum(ds.num_rows for ds in dsd.values())
-    if max_rows is not None and total > max_rows:
-        raise DatasetError(f"'{dataset_id}' has {total:,} rows; this studio imports at most {max_rows:,} "
-                           "(FTS_MAX_IMPORT_ROWS): import a subset (a split or a sample)")
-    records: list[tuple[int, Any]] = []
-    splits: dict[int, str] = {}
-    n = 0
-    for split_name, ds in dsd.items():
-        for rec in ds:
-            n += 1
-            records.append((n, rec))
-            splits[n] = split_name
-    if not records:
-        raise DatasetError(f"Hub dataset '{dataset_id}' has no rows")
-    return RawRead(records=records, container="hub", source_splits=splits if len(dsd) > 1 else {})

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from core.data.errors import DatasetError
-from core.data.importer import DEFAULT_MAX_LENGTH, get_dataset, list_datasets, read_split
+from core.data.importer import DEFAULT_MAX_LENGTH
 from core.data.splits import SPLITS
+from core.data.stored import get_dataset, list_datasets, read_split
 
 Progress = Callable[..., Any]
 KIND_LABELS = {"preference": "preference (for DPO / ORPO)", "multiple_choice": "multiple choice (for Evaluate)"}

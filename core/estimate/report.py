@@ -84,7 +84,7 @@ def _local_path(ref: str) -> Optional[str]:
 def template_new_tokens(base_model: Optional[str], chat_template: Optional[str]) -> int:
     """How many embedding rows a prompt template makes the worker train (``TrainingPlan.new_tokens``).
 
-    As core.train.worker does: the template's tokens missing from the vocabulary, plus — when the base model had no
+    As core.train.model does: the template's tokens missing from the vocabulary, plus — when the base model had no
     chat template of its own — the template tokens it already has (untrained rows, Llama-3 base's ``<|eot_id|>``).
     Exact when the base model is on this machine (its tokenizer is read, nothing downloaded); otherwise a built-in
     template counts all its special tokens and a template copied from another model counts 0. Never raises."""

@@ -12,8 +12,9 @@ from core.access import PathNotAllowed, in_page, locate, shared_mode
 from core.config import get_settings
 from core.data import DatasetError, get_dataset, load_training_rows
 from core.data.formats import PREFERENCE_OBJECTIVES
-from core.data.importer import PREFERENCE_FOR_SFT, SFT_FOR_PREFERENCE, prepare_dataset
+from core.data.prepare import prepare_dataset
 from core.data.templates import CHOICE_HELP, TEMPLATES, model_has_chat_template
+from core.data.training_rows import PREFERENCE_FOR_SFT, SFT_FOR_PREFERENCE
 from core.estimate.report import disk_plan
 from core.estimate.spec import EstimateError
 from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
