@@ -3,7 +3,7 @@
 * ``local``: ``transformers serve`` pinned to the merged model (core.deploy.local_server) as a process in its own
   process group on a free loopback port. A training run that has no merged folder yet is merged by that process
   first (never by the dashboard). Status: ``starting`` until ``/health`` answers, then ``running``.
-* ``tgi`` / ``vllm``: the exact ``docker run`` argument list (core.deploy.launchers). Where a Docker engine answers,
+* ``tgi`` / ``vllm``: the exact ``docker run`` argument list (core.deploy.containers). Where a Docker engine answers,
   the container is started with the docker SDK and watched; where none does, the row is ``planned`` and holds the
   command to run on a GPU host.
 
@@ -395,7 +395,8 @@ def stop(dep_id: int) -> Deployment:
                 raise DeployError(f"deployment {dep.id} stopped, but port {dep.port} is still in use by another "
                                   "process")
     elif dep.container_id:
-        from core.deploy.launchers import LaunchError, stop_container
+        from core.deploy.docker_engine import stop_container
+        from core.estimate.serving import LaunchError
 
         try:
             stop_container(dep.container_id)
@@ -443,7 +444,7 @@ def _aware(dt):
 # ---- containers (TGI / vLLM) -----------------------------------------------------------------------------------------
 
 def _refresh_container(dep: Deployment) -> Deployment:
-    from core.deploy.launchers import container_status
+    from core.deploy.docker_engine import container_status
 
     if not dep.container_id:
         if dep.status == "starting" and dep.log_path:  # pulling: its launcher writes progress as it goes
@@ -477,7 +478,9 @@ def deploy_container(model_ref: str, target: str, *, gpu: str | None = None, por
     Launching pulls the image first when the engine lacks it (TGI is ~10 GB): the row is ``starting`` with no URL
     meanwhile and the pull's progress goes to its log (:func:`pull_line`). ``wait``: return when the container is
     started (or the launch failed); else at once, the pull and the start going on in a thread of this process."""
-    from core.deploy import launchers as L
+    from core.deploy.containers import ServeSpec, docker_command_text, tgi_docker_args, vllm_docker_args
+    from core.deploy.docker_engine import docker_engine
+    from core.estimate.serving import LaunchError, size_for_gpu
 
     if target not in ("tgi", "vllm"):
         raise DeployError(f"target must be local, tgi or vllm (got '{target}')")
@@ -496,15 +499,15 @@ def deploy_container(model_ref: str, target: str, *, gpu: str | None = None, por
         needs_merge = False
     port = int(port or 8080)
     try:
-        sizing = L.size_for_gpu(serve_dir if not needs_merge else _base_dir_of(run_id), gpu, num_gpus, quantize_4bit)
-        spec = L.ServeSpec(model_dir=serve_dir, served_name=name, port=port, gpu=gpu, num_gpus=num_gpus,
-                           max_input_tokens=sizing.get("max_input_tokens"),
-                           max_total_tokens=sizing.get("max_total_tokens"), quantize_4bit=quantize_4bit,
-                           lora_adapters=adapters)
-        args = L.tgi_docker_args(spec) if target == "tgi" else L.vllm_docker_args(spec)
-    except L.LaunchError as exc:
+        sizing = size_for_gpu(serve_dir if not needs_merge else _base_dir_of(run_id), gpu, num_gpus, quantize_4bit)
+        spec = ServeSpec(model_dir=serve_dir, served_name=name, port=port, gpu=gpu, num_gpus=num_gpus,
+                         max_input_tokens=sizing.get("max_input_tokens"),
+                         max_total_tokens=sizing.get("max_total_tokens"), quantize_4bit=quantize_4bit,
+                         lora_adapters=adapters)
+        args = tgi_docker_args(spec) if target == "tgi" else vllm_docker_args(spec)
+    except LaunchError as exc:
         raise DeployError(str(exc)) from None
-    out = {"args": args, "command": L.docker_command_text(args), "sizing": sizing, "deployment": None, "engine": "",
+    out = {"args": args, "command": docker_command_text(args), "sizing": sizing, "deployment": None, "engine": "",
            "needs_merge": needs_merge, "model_dir": serve_dir}
     if needs_merge:
         out["engine"] = (f"run {run_id} has no merged model yet: export it (safetensors) first, then start "
@@ -517,7 +520,7 @@ def deploy_container(model_ref: str, target: str, *, gpu: str | None = None, por
         client, reason = None, ("this Space serves through the local server only: run the command above on a GPU "
                                 "host with Docker")
     else:
-        client, reason = (None, out["engine"]) if needs_merge else L.docker_engine()
+        client, reason = (None, out["engine"]) if needs_merge else docker_engine()
     row = Deployment(run_id=run_id, target=target, model_ref=model_ref, model_dir=serve_dir, served_name=name,
                      host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}/v1", args=args,
                      created_by=created_by or "anonymous")
@@ -546,7 +549,8 @@ PULL_STALE_S = float(os.environ.get("FTS_PULL_STALE_S", "600"))
 def _launch(dep_id: int, spec, target: str) -> Deployment:
     """Pull (with progress in the row's log) and start a container for a ``starting`` row; the row becomes the
     container's (with its URL) or ``failed`` with one line of why — and no URL, since nothing answers there."""
-    from core.deploy import launchers as L
+    from core.deploy.docker_engine import launch_container, stop_container
+    from core.estimate.serving import LaunchError
 
     dep = _get_row(dep_id)
     path = Path(dep.log_path)
@@ -562,8 +566,8 @@ def _launch(dep_id: int, spec, target: str) -> Deployment:
         return _get_row(dep_id).status == "starting"
 
     try:
-        launched = L.launch_container(spec, target, on_progress=note, proceed=still_wanted)
-    except L.LaunchError as exc:
+        launched = launch_container(spec, target, on_progress=note, proceed=still_wanted)
+    except LaunchError as exc:
         note(f"failed: {str(exc).splitlines()[0]}")
         if not still_wanted():  # stopped meanwhile: that is its ending
             return _get_row(dep_id)
@@ -575,8 +579,8 @@ def _launch(dep_id: int, spec, target: str) -> Deployment:
     dep = _update(dep_id, expect=("starting",), container_id=launched["container_id"], url=launched.get("url") or "")
     if dep.container_id != launched["container_id"]:  # stopped while it was starting: stop what was started
         try:
-            L.stop_container(launched["container_id"])
-        except L.LaunchError:
+            stop_container(launched["container_id"])
+        except LaunchError:
             pass
     return dep
 
