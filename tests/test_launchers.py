@@ -281,6 +281,7 @@ def test_an_engine_that_can_pull_reports_the_pull_then_starts_the_container(tmp_
 
 
 def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspace, default_model_dir, monkeypatch):
+    from core.deploy import deployment_rows
     from core.deploy import deployments as D
     from tests.conftest import wait_until
     from tests.fake_docker import FakeEngine
@@ -304,7 +305,7 @@ def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspac
         assert f"pulling {containers.TGI_IMAGE} from ghcr.io: " in shown and "layers done" in shown
         started = wait_until(lambda: D.peek(dep["id"]).container_id and D.peek(dep["id"]), 30, poll_s=0.2)
         assert started.status == "starting" and started.url == "http://127.0.0.1:8096/v1"  # until /health answers
-        assert "container started; waiting for /health" in D._log_tail(started).replace(
+        assert "container started; waiting for /health" in deployment_rows.log_tail(started).replace(
             f"container {started.container_id[:12]} started", "container started")
         assert D.stop(dep["id"]).status == "stopped"
         assert engine.containers[started.container_id]["status"] == "exited"
