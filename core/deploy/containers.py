@@ -26,12 +26,10 @@ A token value never appears in an argument list: ``-e HF_TOKEN`` passes it by na
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
 from core.estimate.serving import (
     GPU_MEMORY_UTILIZATION,
@@ -42,6 +40,7 @@ from core.estimate.serving import (
     serve_dtype,
     size_for_gpu,
 )
+from core.models import adapter_rank
 
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.7"
 # vLLM 0.31.0 (released 2026-10-05): the newest release whose image tag is widely confirmed in public deployments;
@@ -153,17 +152,6 @@ def _check_heads(cfg: dict | None, n: int) -> None:
                           f"parallelism): choose num_gpus among {[d for d in range(1, 9) if heads % d == 0]}")
 
 
-def _adapter_rank(folder: str) -> int | None:
-    """The LoRA rank from ``adapter_config.json`` (the largest of ``r`` and any ``rank_pattern``), if readable here."""
-    try:
-        cfg = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    ranks = [cfg.get("r")] + list((cfg.get("rank_pattern") or {}).values())
-    ranks = [int(r) for r in ranks if isinstance(r, int | float) and r > 0]
-    return max(ranks) if ranks else None
-
-
 def _container_name(engine: str, spec: ServeSpec) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.served_name).strip("-.")[:60] or "model"
     return f"fts-{engine}-{slug}-{spec.port}"
@@ -218,7 +206,7 @@ def vllm_plan(spec: ServeSpec, image: str = VLLM_IMAGE) -> ContainerPlan:
     if spec.quantize_4bit:
         args += ["--quantization", "bitsandbytes"]
     if spec.lora_adapters:
-        ranks = [r for r in (_adapter_rank(f) for _, f in spec.lora_adapters) if r]
+        ranks = [r for r in (adapter_rank(f) for _, f in spec.lora_adapters) if r]
         args += ["--enable-lora", "--max-loras", str(len(spec.lora_adapters))]
         if ranks:
             rank = next((r for r in VLLM_LORA_RANKS if r >= max(ranks)), None)

@@ -3,7 +3,6 @@ training run (``run:7`` or ``7``), an adapter folder — into a :class:`ModelSou
 an adapter."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,26 +22,6 @@ class ModelSource:
     @property
     def key(self) -> str:
         return f"{self.endpoint}|{self.base}" if self.endpoint else f"{self.base}|{self.adapter or ''}"
-
-
-def _adapter_base(adapter_dir: Path) -> str:
-    """The base model an adapter was trained on: our train_config.yaml first, then PEFT's adapter_config.json."""
-    cfg = adapter_dir / "train_config.yaml"
-    if cfg.is_file():
-        import yaml
-
-        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-        if data.get("base_model"):
-            return str(data["base_model"])
-    try:
-        data = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GenerateError(f"{adapter_dir} has no readable adapter_config.json ({exc})") from None
-    base = data.get("base_model_name_or_path")
-    if not base:
-        raise GenerateError(f"{adapter_dir}/adapter_config.json does not name its base model "
-                            "(base_model_name_or_path); pick the base model explicitly")
-    return str(base)
 
 
 def source_for_run(run_id: int) -> ModelSource:
@@ -68,7 +47,7 @@ def resolve_source(text: str | None) -> ModelSource:
     """``default`` / a Hub id / a model folder; ``run:7`` or ``7`` (a training run); an adapter folder. A running
     deployment (``deployment:3``) is a source only where its endpoint can serve: the Playground and ``python -m core
     generate`` resolve it (core.deploy.sources), everything else is told to name the run it serves."""
-    from core.models import DEFAULT_MODEL_NAME, ModelNotFoundError, resolve_model
+    from core.models import ADAPTER_CONFIG_FILE, DEFAULT_MODEL_NAME, ModelNotFoundError, resolve_model
 
     ref = (text or "").strip() or "default"
     low = ref.lower()
@@ -87,15 +66,15 @@ def resolve_source(text: str | None) -> ModelSource:
     except PathNotAllowed as exc:
         raise GenerateError(str(exc)) from None
     p = loc.path if loc.kind == "path" else None
-    if p is not None and p.is_dir() and (p / "adapter_config.json").is_file():
-        from core.models import check_safe_to_load
+    if p is not None and p.is_dir() and (p / ADAPTER_CONFIG_FILE).is_file():
+        from core.models import AdapterReadError, adapter_base_model, check_safe_to_load
 
         try:
             check_safe_to_load(p)  # safetensors only, as for every folder a user points at
-            base = _adapter_base(p)
+            base = adapter_base_model(p)
             # the base an adapter names (its adapter_config.json is the uploader's text) passes the resolver too
             resolve_model(base, prepare_default=False, what=f"the base model named by adapter {p.name}")
-        except ModelNotFoundError as exc:
+        except (ModelNotFoundError, AdapterReadError) as exc:
             raise GenerateError(str(exc)) from None
         return ModelSource(f"adapter {p}", base, str(p))
     try:
