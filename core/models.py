@@ -176,7 +176,7 @@ def resolve_model(ref: str | None, *, prepare_default: bool = True, what: str = 
     )
 
 
-# ---- a LoRA adapter folder (PEFT's format): read here once for generate, inference, merge and the launchers ------
+# ---- a LoRA adapter folder (PEFT's format): read here once for generate, inference, merge and the vLLM plan -----
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
