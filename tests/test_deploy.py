@@ -254,8 +254,8 @@ def test_deployment_details_show_paths_and_logs_as_text(workspace):
     from ui.deploy import deployment_details
 
     dep = deployment_rows.save_row(Deployment(target="local", model_ref="x", model_dir="/m/`a`<b>", served_name="n<i>",
-                             url="http://127.0.0.1:1/v1", status="failed", port=1,
-                             error="boom\n```\n</pre><script>alert(1)</script>"))
+                                              url="http://127.0.0.1:1/v1", status="failed", port=1,
+                                              error="boom\n```\n</pre><script>alert(1)</script>"))
     text, curl, py, oai = deployment_details(str(dep.id))
     assert "<script>" not in text and "&lt;script&gt;" in text and "&lt;b&gt;" in text and "n&lt;i&gt;" in text
 

@@ -27,8 +27,8 @@ def refresh_container(dep: Deployment) -> Deployment:
             since = time.time() - (path.stat().st_mtime if path.exists() else aware(dep.created_at).timestamp())
             if since > PULL_STALE_S:
                 return update_row(dep.id, expect=("starting",), status="failed", url="", stopped_at=utcnow(),
-                               error=f"the image pull stopped: no progress for {since:.0f} s (the dashboard that "
-                                     "pulled it stopped?); deploy again")
+                                  error=f"the image pull stopped: no progress for {since:.0f} s (the dashboard that "
+                                        "pulled it stopped?); deploy again")
         return dep
     state = container_status(dep.container_id)
     if state is None:  # no engine to ask: keep what we knew
@@ -37,7 +37,7 @@ def refresh_container(dep: Deployment) -> Deployment:
         return dep
     if state != "running":
         return update_row(dep.id, expect=(dep.status,), status="dead" if dep.status == "running" else "failed",
-                       stopped_at=utcnow(), error=f"container {dep.container_id[:12]} is {state}")
+                          stopped_at=utcnow(), error=f"container {dep.container_id[:12]} is {state}")
     if dep.status == "starting" and answers_health(url_root(dep)):
         return update_row(dep.id, expect=("starting",), status="running")
     return dep
@@ -146,7 +146,7 @@ def _launch(dep_id: int, spec, target: str) -> Deployment:
         return update_row(dep_id, expect=("starting",), status="failed", error=str(exc), url="", stopped_at=utcnow())
     except Exception as exc:  # noqa: BLE001 - a launch thread never dies silently: the row says why
         return update_row(dep_id, expect=("starting",), status="failed", url="", stopped_at=utcnow(),
-                       error=f"the launch failed: {type(exc).__name__}: {str(exc)[:300]}")
+                          error=f"the launch failed: {type(exc).__name__}: {str(exc)[:300]}")
     note(f"container {launched['container_id'][:12]} started; waiting for /health at {launched['url']}")
     dep = update_row(dep_id, expect=("starting",), container_id=launched["container_id"], url=launched.get("url") or "")
     if dep.container_id != launched["container_id"]:  # stopped while it was starting: stop what was started

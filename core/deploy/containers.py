@@ -182,7 +182,7 @@ def tgi_plan(spec: ServeSpec) -> ContainerPlan:
     if spec.lora_adapters:
         args += ["--lora-adapters", ",".join(f"{n}={CONTAINER_LORA_DIR}/{n}" for n, _ in spec.lora_adapters)]
     return ContainerPlan("tgi", TGI_IMAGE, _container_name("tgi", spec), TGI_CONTAINER_PORT, spec.port, _mounts(spec),
-                 ("HF_TOKEN",) if spec.hf_token_env else (), tuple(args))
+                         ("HF_TOKEN",) if spec.hf_token_env else (), tuple(args))
 
 
 def vllm_plan(spec: ServeSpec, image: str = VLLM_IMAGE) -> ContainerPlan:
@@ -217,7 +217,7 @@ def vllm_plan(spec: ServeSpec, image: str = VLLM_IMAGE) -> ContainerPlan:
         # the served model answers that name
         args += ["--lora-modules", *(f"{n}={CONTAINER_LORA_DIR}/{n}" for n, _ in spec.lora_adapters)]
     return ContainerPlan("vllm", image, _container_name("vllm", spec), VLLM_CONTAINER_PORT, spec.port, _mounts(spec),
-                 ("HF_TOKEN",) if spec.hf_token_env else (), tuple(args), ipc_host=True)
+                         ("HF_TOKEN",) if spec.hf_token_env else (), tuple(args), ipc_host=True)
 
 
 def docker_run_args(plan: ContainerPlan) -> list[str]:

@@ -94,9 +94,9 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
     host = "127.0.0.1"
     port = int(port) if port is not None else free_port(host)
     dep = save_row(Deployment(run_id=run_id, target="local", model_ref=model_ref, model_dir=model_dir, served_name=name,
-                           host=host, port=port, url=f"http://{host}:{port}/v1", status="starting",
-                           created_by=created_by or "anonymous",
-                           health_timeout_s=DEFAULT_HEALTH_TIMEOUT_S if timeout_s is None else float(timeout_s)))
+                              host=host, port=port, url=f"http://{host}:{port}/v1", status="starting",
+                              created_by=created_by or "anonymous",
+                              health_timeout_s=DEFAULT_HEALTH_TIMEOUT_S if timeout_s is None else float(timeout_s)))
     log_dir = get_settings().workspace / "deployments"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{dep.id}.log"
@@ -109,7 +109,7 @@ def start_local(model_ref: str = "default", *, port: int | None = None, created_
                                     cwd=str(Path(__file__).resolve().parents[2]), env=server_env())
     except OSError as exc:
         return update_row(dep.id, status="failed", error=f"could not start the server process: {exc}",
-                       log_path=str(log_path), args=argv, stopped_at=utcnow())
+                          log_path=str(log_path), args=argv, stopped_at=utcnow())
     track(proc)
     dep = update_row(dep.id, pid=proc.pid, log_path=str(log_path), args=argv)
     if wait:
@@ -149,7 +149,7 @@ def refresh(dep: Deployment, proc: subprocess.Popen | None = None) -> Deployment
         why = ("the server process is gone (killed or crashed)" if was == "running"
                else "the server process exited before it became healthy")
         return update_row(dep.id, expect=(was,), status=status, stopped_at=now,
-                       error=f"{why}.\n--- log tail ---\n{log_tail(dep)}")
+                          error=f"{why}.\n--- log tail ---\n{log_tail(dep)}")
     if dep.status == "starting":
         if answers_health(url_root(dep)):
             return update_row(dep.id, expect=("starting",), status="running")
@@ -161,9 +161,9 @@ def refresh(dep: Deployment, proc: subprocess.Popen | None = None) -> Deployment
                 return moved
             terminate(moved)
             return update_row(dep.id, expect=("stopping",), status="failed", stopped_at=utcnow(),
-                           error=f"the server did not answer /health within {timeout_s:.0f}s of loading the model "
-                                 "(FTS_SERVE_HEALTH_TIMEOUT_S); it was stopped.\n--- log tail ---\n"
-                                 f"{log_tail(dep)}")
+                              error=f"the server did not answer /health within {timeout_s:.0f}s of loading the model "
+                                    "(FTS_SERVE_HEALTH_TIMEOUT_S); it was stopped.\n--- log tail ---\n"
+                                    f"{log_tail(dep)}")
     return dep
 
 
@@ -188,7 +188,7 @@ def stop(dep_id: int) -> Deployment:
                 time.sleep(0.1)
             else:
                 update_row(dep.id, expect=("stopping",), status="stopped", stopped_at=utcnow(),
-                        error=f"the server stopped, but port {dep.port} is still taken by another process")
+                           error=f"the server stopped, but port {dep.port} is still taken by another process")
                 raise DeployError(f"deployment {dep.id} stopped, but port {dep.port} is still in use by another "
                                   "process")
     elif dep.container_id:
