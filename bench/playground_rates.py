@@ -18,7 +18,8 @@ sys.path.insert(0, str(REPO))
 
 def main() -> int:
     from core.data.demo import DEMO_SYSTEM_PROMPT
-    from core.generate import BatchDecoder, GenSettings, ModelCache, _rate, prompt_ids, resolve_source
+    from core.generate import BatchDecoder, GenSettings, ModelCache, prompt_ids, resolve_source
+    from core.generate.streaming import _rate
     from core.quickstart import demo_message
 
     ap = argparse.ArgumentParser()

@@ -18,7 +18,6 @@ small-batch trick is off (``F.linear`` throughout); the per-row LoRA still appli
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -222,17 +221,16 @@ class FastLoraModel(nn.Module):
         LoRA on linear layers."""
         from safetensors.torch import load_file
 
-        d = Path(adapter_dir)
+        from core.models import AdapterReadError, adapter_weights_file, read_adapter_config
+
         try:
-            cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UnsupportedAdapter(f"no readable adapter_config.json in {d} ({exc})") from None
-        why = unsupported_reason(cfg)
-        if why:
-            raise UnsupportedAdapter(why)
-        weights = d / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise UnsupportedAdapter(f"{d} has no adapter_model.safetensors")
+            cfg = read_adapter_config(adapter_dir)
+            why = unsupported_reason(cfg)
+            if why:
+                raise UnsupportedAdapter(why)
+            weights = adapter_weights_file(adapter_dir)
+        except AdapterReadError as exc:
+            raise UnsupportedAdapter(str(exc)) from None
         tensors = load_file(str(weights))
         r, scale = int(cfg["r"]), lora_scale(cfg)
         try:

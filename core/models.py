@@ -8,6 +8,7 @@ sure two processes never convert at the same time.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -173,6 +174,58 @@ def resolve_model(ref: str | None, *, prepare_default: bool = True, what: str = 
         f"model '{ref}' not found: it is not 'default', not an existing local directory, and not a Hub id "
         "like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
     )
+
+
+# ---- a LoRA adapter folder (PEFT's format): read here once for generate, inference, merge and the vLLM plan -----
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class AdapterReadError(ValueError):
+    """An adapter folder whose adapter_config.json, base model or weights cannot be read; the message says which."""
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """PEFT's ``adapter_config.json`` of an adapter folder."""
+    try:
+        return json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AdapterReadError(f"{adapter_dir} has no readable {ADAPTER_CONFIG_FILE} ({exc})") from None
+
+
+def adapter_weights_file(adapter_dir: str | Path) -> Path:
+    """The adapter's weights (safetensors only: nothing is unpickled)."""
+    weights = Path(adapter_dir) / ADAPTER_WEIGHTS_FILE
+    if not weights.is_file():
+        raise AdapterReadError(f"{adapter_dir} has no {ADAPTER_WEIGHTS_FILE}")
+    return weights
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str:
+    """The base model an adapter was trained on: our train_config.yaml first, then PEFT's adapter_config.json."""
+    cfg = Path(adapter_dir) / "train_config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+        if data.get("base_model"):
+            return str(data["base_model"])
+    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not base:
+        raise AdapterReadError(f"{adapter_dir}/{ADAPTER_CONFIG_FILE} does not name its base model "
+                               "(base_model_name_or_path); pick the base model explicitly")
+    return str(base)
+
+
+def adapter_rank(adapter_dir: str | Path) -> int | None:
+    """The LoRA rank (the largest of ``r`` and any ``rank_pattern``), None when the config cannot be read here."""
+    try:
+        cfg = read_adapter_config(adapter_dir)
+    except AdapterReadError:
+        return None
+    ranks = [cfg.get("r")] + list((cfg.get("rank_pattern") or {}).values())
+    ranks = [int(r) for r in ranks if isinstance(r, int | float) and r > 0]
+    return max(ranks) if ranks else None
 
 
 # ---- what the studio agrees to load (issue 15): safetensors only, no model code from model files ----------------

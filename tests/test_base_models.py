@@ -199,7 +199,8 @@ def test_the_same_prompt_in_training_data_preview_evaluate_playground_merge_and_
     if arch == "llama":  # GGUF export is for Llama-architecture models
         import gguf
 
-        from core.deploy.gguf_export import _render, export_gguf, write_modelfile
+        from core.deploy.gguf import export_gguf
+        from core.deploy.ollama import _render, write_modelfile
 
         out = export_gguf(merged, tmp_path / "m.gguf", "f16")
         fields = gguf.GGUFReader(out["path"]).fields

@@ -180,6 +180,7 @@ def test_the_served_model_field_is_the_served_name_through_the_cli(served, demo_
 
 def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(served, demo_ws):
     from core.deploy import deployments as D
+    from core.deploy import server_processes
 
     # a second server on the base model, stopped from the API: the port is free and the row says stopped
     dep = D.start_local("default", timeout_s=240)
@@ -190,14 +191,14 @@ def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(served, demo
     stale = D.peek(dep.id)  # what a tick of another page read just before the stop
     stopped = D.stop(dep.id)
     assert stopped.status == "stopped" and D.port_is_free(port)
-    assert not D._is_our_server(dep.pid, dep.id)
+    assert not server_processes.is_our_server(dep.pid, dep.id)
     # that page's check then finds no process: it decided from 'running', so it changes nothing (no false 'dead')
     assert D.refresh(stale).status == "stopped" and D.get(dep.id).error is None
     assert D.stop(dep.id).status == "stopped"  # stopping twice is harmless
     # the run's server killed from outside: the next read marks it dead, with its log tail
     os.killpg(served["pid"], signal.SIGKILL)
     for _ in range(100):
-        if not D._is_our_server(served["pid"], served["id"]):
+        if not server_processes.is_our_server(served["pid"], served["id"]):
             break
         time.sleep(0.05)
     row = D.get(served["id"])
@@ -208,13 +209,15 @@ def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(served, demo
 
 
 def test_deployment_faults_each_end_in_a_clear_status(demo_ws, tmp_path, monkeypatch):
+    from core.deploy import deployment_rows, server_processes
     from core.deploy import deployments as D
+    from core.runs.errors import JobError
 
     # a folder that is not a model
     with pytest.raises(D.DeployError, match="not found"):
         D.start_local(str(tmp_path / "missing"))
     # a run with nothing to serve
-    with pytest.raises(D.JobError, match="run 999 not found"):
+    with pytest.raises(JobError, match="run 999 not found"):
         D.start_local("run:999")
     # the server dies at start: a model folder whose weights are garbage
     broken = tmp_path / "broken"
@@ -228,31 +231,31 @@ def test_deployment_faults_each_end_in_a_clear_status(demo_ws, tmp_path, monkeyp
     # health never OK within the timeout: the process is stopped and the row failed
     dep = D.start_local("default", timeout_s=0.5)
     assert dep.status == "failed" and "did not answer /health within" in dep.error
-    assert not D._is_our_server(dep.pid, dep.id)
+    assert not server_processes.is_our_server(dep.pid, dep.id)
     # an orphan (a server whose row is no longer active) is stopped on the studio's start
     orphan = D.start_local("default", wait=False)
-    D._update(orphan.id, status="stopped")
+    deployment_rows.update_row(orphan.id, status="stopped")
     for _ in range(50):
-        if D._is_our_server(orphan.pid, orphan.id):
+        if server_processes.is_our_server(orphan.pid, orphan.id):
             break
         time.sleep(0.1)
     result = D.reconcile_on_start()
     assert orphan.id in result["orphans_stopped"]
     for _ in range(100):
-        if not D._is_our_server(orphan.pid, orphan.id):
+        if not server_processes.is_our_server(orphan.pid, orphan.id):
             break
         time.sleep(0.1)
-    assert not D._is_our_server(orphan.pid, orphan.id)
+    assert not server_processes.is_our_server(orphan.pid, orphan.id)
 
 
 def test_deployment_details_show_paths_and_logs_as_text(workspace):
-    from core.deploy import deployments as D
+    from core.deploy import deployment_rows
     from storage import Deployment
     from ui.deploy import deployment_details
 
-    dep = D._save(Deployment(target="local", model_ref="x", model_dir="/m/`a`<b>", served_name="n<i>",
-                             url="http://127.0.0.1:1/v1", status="failed", port=1,
-                             error="boom\n```\n</pre><script>alert(1)</script>"))
+    dep = deployment_rows.save_row(Deployment(target="local", model_ref="x", model_dir="/m/`a`<b>", served_name="n<i>",
+                                              url="http://127.0.0.1:1/v1", status="failed", port=1,
+                                              error="boom\n```\n</pre><script>alert(1)</script>"))
     text, curl, py, oai = deployment_details(str(dep.id))
     assert "<script>" not in text and "&lt;script&gt;" in text and "&lt;b&gt;" in text and "n&lt;i&gt;" in text
 

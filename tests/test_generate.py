@@ -148,7 +148,7 @@ def test_a_side_that_stops_early_is_timed_over_its_own_decoding(cache, adapter_d
     """Issue 31: a side that finished early showed its tokens over time it did not decode ('0.8 tokens/s · 28
     tokens' next to '2.0 · 96'). Each forward pass's time goes to the rows in it, split between them; a row that
     left the batch is charged nothing more, so its rate is its own."""
-    from core.generate import _rate
+    from core.generate.streaming import _rate
 
     slot_b = cache.slot(ModelSource("base", "default"))
     slot_t = cache.slot(ModelSource("tuned", "default", str(adapter_dir)))

@@ -1,7 +1,7 @@
-"""GGUF export (core.deploy.gguf_export) on real files: the embedded SmolLM2-135M-Instruct folder, a tiny random Llama
-with its own trained byte-level BPE tokenizer, and a tiny GPT-2. Files are read back with transformers' GGUF loader
-(which undoes llama.cpp's Q/K permutation) and with gguf's reader, and compared against the llama.cpp-made GGUF the
-default model ships in.
+"""GGUF export (core.deploy.gguf; the Modelfile: core.deploy.ollama) on real files: the embedded SmolLM2-135M-Instruct
+folder, a tiny random Llama with its own trained byte-level BPE tokenizer, and a tiny GPT-2. Files are read back with
+transformers' GGUF loader (which undoes llama.cpp's Q/K permutation) and with gguf's reader, and compared against the
+llama.cpp-made GGUF the default model ships in.
 
 Measured on the 2-core dev box (SmolLM2, 3 prompts, 61 positions): F16 export 1.7 s, 270.9 MB; Q8_0 export 1.9 s,
 144.8 MB. Against the HF model in fp32, F16 logits differ by at most 0.041 (max |logit| ≈ 41) with the argmax
@@ -17,14 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.deploy.gguf_export import (
-    QUANTS,
-    SUPPORTED_ARCHITECTURES,
-    GGUFExportError,
-    _bpe_pre_tokenizer,
-    export_gguf,
-    write_modelfile,
-)
+from core.deploy.gguf import QUANTS, export_gguf
+from core.deploy.gguf_folder import SUPPORTED_ARCHITECTURES, GGUFExportError
+from core.deploy.gguf_tokenizer import _bpe_pre_tokenizer
+from core.deploy.ollama import write_modelfile
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:\n        return n"]
 SAMPLE_TEXTS = [
@@ -402,7 +398,7 @@ def test_pre_tokenizer_names():
     assert _bpe_pre_tokenizer({"pre_tokenizer": byte_level}) == "gpt-2"
     smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
     assert _bpe_pre_tokenizer({"pre_tokenizer": smollm}) == "smollm"
-    from core.deploy.gguf_export import _LLAMA3_SPLIT
+    from core.deploy.gguf_tokenizer import _LLAMA3_SPLIT
 
     llama3 = {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": _LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},

@@ -1,4 +1,5 @@
-"""TGI / vLLM launchers: exact docker argument lists, sizing from the estimate, the no-engine path, cloud settings.
+"""TGI / vLLM launchers: exact docker argument lists (core.deploy.containers), sizing from the estimate
+(core.estimate.serving), the no-engine path (core.deploy.docker_engine), cloud settings (core.deploy.clouds).
 
 Real parts only: configs and adapter folders are written to tmp_path, the default model is the converted SmolLM2, and
 the no-engine path talks to a socket that does not exist.
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from core.deploy import launchers as L
-from core.deploy.launchers import LaunchError, ServeSpec
+from core.deploy import clouds, containers
+from core.deploy import docker_engine as docker_sdk
+from core.deploy.containers import ServeSpec
+from core.estimate import serving
+from core.estimate.serving import LaunchError
 
 # A Llama-2-7B-shaped config (fp16 checkpoint, 4,096-token context) and a Llama-2-70B one.
 LLAMA_7B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
@@ -44,7 +48,7 @@ def _adapter(tmp_path: Path, name: str, r: int) -> Path:
 
 def test_tgi_merged_model_sized_for_an_a10g(tmp_path):
     model = _model(tmp_path, "merged", LLAMA_7B)
-    args = L.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB"))
+    args = containers.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB"))
     assert args == [
         "docker", "run", "-d", "--gpus", "all", "--shm-size", "1g", "-p", "8080:80",
         "-v", f"{model}:/data/model:ro",
@@ -64,7 +68,7 @@ def test_tgi_lora_adapters_and_4bit(tmp_path, monkeypatch):
     spec = ServeSpec(model_dir="base", served_name="llama-multi", port=9000, gpu="L4", max_input_tokens=2000,
                      max_total_tokens=3000, quantize_4bit=True,
                      lora_adapters=(("sql", str(sql)), ("chat", str(chat))), hf_token_env=True)
-    assert L.tgi_docker_args(spec) == [
+    assert containers.tgi_docker_args(spec) == [
         "docker", "run", "-d", "--gpus", "all", "--shm-size", "1g", "-p", "9000:80",
         "-v", f"{base}:/data/model:ro",
         "-v", f"{sql}:/data/lora/sql:ro",
@@ -84,7 +88,7 @@ def test_vllm_merged_model(tmp_path):
     model = _model(tmp_path, "merged", LLAMA_7B)
     spec = ServeSpec(model_dir=str(model), served_name="support-bot", port=8001, gpu="A100 80GB",
                      max_total_tokens=4096)
-    assert L.vllm_docker_args(spec) == [
+    assert containers.vllm_docker_args(spec) == [
         "docker", "run", "-d", "--gpus", "all", "--ipc", "host", "-p", "8001:8000",
         "-v", f"{model}:/data/model:ro",
         "--name", "fts-vllm-support-bot-8001",
@@ -102,7 +106,7 @@ def test_vllm_lora_adapters_on_two_gpus(tmp_path):
     sql, chat = _adapter(tmp_path, "sql-adapter", 24), _adapter(tmp_path, "chat-adapter", 8)
     spec = ServeSpec(model_dir=str(base), served_name="llama-multi", gpu="A10G 24GB", num_gpus=2,
                      lora_adapters=(("sql", str(sql)), ("chat", str(chat))))
-    assert L.vllm_docker_args(spec) == [
+    assert containers.vllm_docker_args(spec) == [
         "docker", "run", "-d", "--gpus", "all", "--ipc", "host", "-p", "8080:8000",
         "-v", f"{base}:/data/model:ro",
         "-v", f"{sql}:/data/lora/sql:ro",
@@ -124,8 +128,8 @@ def test_vllm_4bit_needs_the_bnb_plugin_image(tmp_path):
     model = _model(tmp_path, "merged", LLAMA_7B)
     spec = ServeSpec(model_dir=str(model), served_name="m", max_total_tokens=2048, quantize_4bit=True)
     with pytest.raises(LaunchError, match="vllm-bnb-plugin"):
-        L.vllm_docker_args(spec)
-    args = L.vllm_docker_args(spec, image="me/vllm-bnb:0.31.0")
+        containers.vllm_docker_args(spec)
+    args = containers.vllm_docker_args(spec, image="me/vllm-bnb:0.31.0")
     assert args[args.index("me/vllm-bnb:0.31.0") - 1] == "fts-vllm-m-8080"
     assert args[-2:] == ["--quantization", "bitsandbytes"]
 
@@ -133,20 +137,21 @@ def test_vllm_4bit_needs_the_bnb_plugin_image(tmp_path):
 def test_settings_a_person_can_fix(tmp_path):
     model = _model(tmp_path, "merged", LLAMA_7B)
     with pytest.raises(LaunchError, match="smaller than max_total_tokens"):
-        L.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="m", max_input_tokens=4096,
+        containers.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="m", max_input_tokens=4096,
                                     max_total_tokens=4096))
     with pytest.raises(LaunchError, match="longer than the model's context"):
-        L.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="m", max_total_tokens=8192))
+        containers.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="m", max_total_tokens=8192))
     with pytest.raises(LaunchError, match="adapter name"):
-        L.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="m", lora_adapters=(("a,b", str(model)),)))
+        containers.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="m",
+                                             lora_adapters=(("a,b", str(model)),)))
     with pytest.raises(LaunchError, match="unknown GPU 'B9000'.*NVIDIA L4 24 GB"):
-        L.size_for_gpu(str(model), "B9000")
+        serving.size_for_gpu(str(model), "B9000")
     with pytest.raises(LaunchError, match="do not split over 3 GPUs"):
-        L.vllm_docker_args(ServeSpec(model_dir=str(model), served_name="m", num_gpus=3, max_total_tokens=2048))
+        containers.vllm_docker_args(ServeSpec(model_dir=str(model), served_name="m", num_gpus=3, max_total_tokens=2048))
     with pytest.raises(LaunchError, match="no config.json"):
-        L.tgi_docker_args(ServeSpec(model_dir=str(tmp_path / "missing"), served_name="m"))
+        containers.tgi_docker_args(ServeSpec(model_dir=str(tmp_path / "missing"), served_name="m"))
     # with both limits given, no config is needed: the command may be meant for a folder on another host
-    remote = L.tgi_docker_args(ServeSpec(model_dir="/srv/models/m", served_name="m", max_input_tokens=1000,
+    remote = containers.tgi_docker_args(ServeSpec(model_dir="/srv/models/m", served_name="m", max_input_tokens=1000,
                                          max_total_tokens=2000))
     assert "-v" in remote and "/srv/models/m:/data/model:ro" in remote and remote[-2:] == ["--dtype", "bfloat16"]
 
@@ -156,7 +161,7 @@ def test_settings_a_person_can_fix(tmp_path):
 def test_default_model_fits_a_24gb_gpu_capped_by_its_context(default_model_dir):
     config = json.loads((Path(default_model_dir) / "config.json").read_text(encoding="utf-8"))
     assert config["max_position_embeddings"] == 8192
-    sized = L.size_for_gpu(str(default_model_dir), "A10G 24GB")
+    sized = serving.size_for_gpu(str(default_model_dir), "A10G 24GB")
     assert sized["fits"] is True
     assert sized["max_total_tokens"] == 8192 and sized["max_input_tokens"] == 8192 - 1024
     # KV cache per token: 2 (K and V) · 30 layers · 3 kv heads · head_dim 64 · 2 bytes (bf16; the fp32 checkpoint
@@ -168,25 +173,25 @@ def test_default_model_fits_a_24gb_gpu_capped_by_its_context(default_model_dir):
     assert sized["gpu_bytes"] == 23_609_475_072 and sized["dtype"] == "bfloat16"
     assert "context length (8,192)" in sized["why"] and "A10G" in sized["why"]
     # and the TGI command built from it carries those limits
-    args = L.tgi_docker_args(ServeSpec(model_dir=str(default_model_dir), served_name="smol", gpu="A10G 24GB"))
+    args = containers.tgi_docker_args(ServeSpec(model_dir=str(default_model_dir), served_name="smol", gpu="A10G 24GB"))
     assert args[args.index("--max-total-tokens") + 1] == "8192"
     assert args[args.index("--max-input-tokens") + 1] == "7168"
 
 
 def test_llama_70b_does_not_fit_one_24gb_gpu(tmp_path):
     model = _model(tmp_path, "llama-2-70b", LLAMA_70B)  # a config only: the estimate never reads weights
-    sized = L.size_for_gpu(str(model), "A10G 24GB")
+    sized = serving.size_for_gpu(str(model), "A10G 24GB")
     assert sized["fits"] is False
     assert sized["weights_bytes"] > 120 * 1024**3  # ~69 B parameters in fp16
     why = sized["why"]
     assert "does not fit on one NVIDIA A10G 24 GB" in why and "128.5 GiB of weights" in why
     assert "num_gpus=8" in why and "quantize_4bit=True" in why
     # the suggestions hold: 8 A10Gs fit, and so does 4-bit on an A100 80 GB
-    assert L.size_for_gpu(str(model), "A10G 24GB", num_gpus=8)["fits"] is True
-    assert L.size_for_gpu(str(model), "A100 80GB", quantize_4bit=True)["fits"] is True
+    assert serving.size_for_gpu(str(model), "A10G 24GB", num_gpus=8)["fits"] is True
+    assert serving.size_for_gpu(str(model), "A100 80GB", quantize_4bit=True)["fits"] is True
     # a memory-limited card gets a shorter window instead of failing when the weights fit
     long_ctx = _model(tmp_path, "llama-7b-128k", {**LLAMA_7B, "max_position_embeddings": 131072})
-    l4 = L.size_for_gpu(str(long_ctx), "L4")
+    l4 = serving.size_for_gpu(str(long_ctx), "L4")
     assert l4["fits"] is True and 2048 <= l4["max_total_tokens"] < 131072 and l4["max_total_tokens"] % 256 == 0
     assert "the model allows 131,072 tokens" in l4["why"]
 
@@ -195,33 +200,34 @@ def test_llama_70b_does_not_fit_one_24gb_gpu(tmp_path):
 
 def test_no_docker_engine_says_where_it_looked_and_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
-    client, reason = L.docker_engine()
+    client, reason = docker_sdk.docker_engine()
     assert client is None
     assert "no Docker engine reachable at unix:///nonexistent.sock" in reason and "GPU host" in reason
     model = _model(tmp_path, "merged", LLAMA_7B)
     spec = ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB")
     with pytest.raises(LaunchError) as err:
-        L.launch_container(spec, "tgi")
+        docker_sdk.launch_container(spec, "tgi")
     message = str(err.value)
     assert "unix:///nonexistent.sock" in message
-    assert L.docker_command_text(L.tgi_docker_args(spec)) in message
-    assert L.container_status("0123456789ab") is None
+    assert containers.docker_command_text(containers.tgi_docker_args(spec)) in message
+    assert docker_sdk.container_status("0123456789ab") is None
     with pytest.raises(LaunchError, match="docker stop 0123456789ab"):
-        L.stop_container("0123456789ab")
+        docker_sdk.stop_container("0123456789ab")
     with pytest.raises(LaunchError, match="target must be one of tgi, vllm"):
-        L.launch_container(spec, "ollama")
+        docker_sdk.launch_container(spec, "ollama")
 
 
 def test_without_the_docker_sdk_everything_but_the_launch_works(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "docker", None)  # `import docker` now raises ImportError
-    client, reason = L.docker_engine()
-    assert client is None and reason == f"the docker Python SDK is not installed (pip install {L.DOCKER_SDK_PIN})"
+    client, reason = docker_sdk.docker_engine()
+    pin = docker_sdk.DOCKER_SDK_PIN
+    assert client is None and reason == f"the docker Python SDK is not installed (pip install {pin})"
     model = _model(tmp_path, "merged", LLAMA_7B)
     spec = ServeSpec(model_dir=str(model), served_name="m", gpu="L4")
-    assert L.tgi_docker_args(spec)[:2] == ["docker", "run"]
-    assert "MAX_TOTAL_TOKENS" in L.cloud_settings(spec, "sagemaker")
+    assert containers.tgi_docker_args(spec)[:2] == ["docker", "run"]
+    assert "MAX_TOTAL_TOKENS" in clouds.cloud_settings(spec, "sagemaker")
     with pytest.raises(LaunchError, match="pip install docker=="):
-        L.launch_container(spec, "vllm")
+        docker_sdk.launch_container(spec, "vllm")
 
 
 # ---- an engine that answers (tests/fake_docker.py: no Docker daemon runs here, the SDK and its errors are real) ------
@@ -237,15 +243,16 @@ def test_an_engine_without_a_registry_says_in_one_line_which_image_from_where_an
     with FakeEngine(offline=True) as engine:
         monkeypatch.setenv("DOCKER_HOST", engine.address)
         with pytest.raises(LaunchError) as err:
-            L.launch_container(spec, "tgi")
+            docker_sdk.launch_container(spec, "tgi")
     msg = str(err.value)
     assert "\n" not in msg and "500 Server Error" not in msg and "http+docker" not in msg
-    assert msg.startswith(f"the image {L.TGI_IMAGE} could not be pulled from ghcr.io: ghcr.io cannot be resolved")
+    assert msg.startswith(f"the image {containers.TGI_IMAGE} could not be pulled from ghcr.io: "
+                          "ghcr.io cannot be resolved")
     tar = "text-generation-inference-3.3.7.tar"
-    assert f"docker save {L.TGI_IMAGE} -o {tar}" in msg and f"docker load -i {tar}" in msg
+    assert f"docker save {containers.TGI_IMAGE} -o {tar}" in msg and f"docker load -i {tar}" in msg
     assert not any(c.startswith("POST /containers") for c in engine.calls)  # nothing started
-    assert L.image_registry("vllm/vllm-openai:v0.31.0") == "docker.io"
-    denied = L.pull_failure(L.TGI_IMAGE, "unauthorized: authentication required")
+    assert docker_sdk.image_registry("vllm/vllm-openai:v0.31.0") == "docker.io"
+    denied = docker_sdk.pull_failure(containers.TGI_IMAGE, "unauthorized: authentication required")
     assert "refused access (docker login ghcr.io" in denied
 
 
@@ -257,21 +264,24 @@ def test_an_engine_that_can_pull_reports_the_pull_then_starts_the_container(tmp_
     lines = []
     with FakeEngine(pull_s=2.5) as engine:
         monkeypatch.setenv("DOCKER_HOST", engine.address)
-        out = L.launch_container(spec, "tgi", on_progress=lines.append)
+        out = docker_sdk.launch_container(spec, "tgi", on_progress=lines.append)
         assert engine.containers[out["container_id"]]["status"] == "running"
-        assert out["url"] == "http://127.0.0.1:8099/v1" and L.container_status(out["container_id"]) == "running"
+        assert out["url"] == "http://127.0.0.1:8099/v1"
+        assert docker_sdk.container_status(out["container_id"]) == "running"
         # pulled once: a second launch finds the image and pulls nothing
         calls = len([c for c in engine.calls if c == "POST /images/create"])
-        L.stop_container(out["container_id"])
-        L.launch_container(ServeSpec(model_dir=str(model), served_name="other", gpu="A10G 24GB", port=8098), "tgi")
+        docker_sdk.stop_container(out["container_id"])
+        other = ServeSpec(model_dir=str(model), served_name="other", gpu="A10G 24GB", port=8098)
+        docker_sdk.launch_container(other, "tgi")
         assert calls == 1 and len([c for c in engine.calls if c == "POST /images/create"]) == 1
-    assert lines[0] == f"pulling {L.TGI_IMAGE} from ghcr.io: asking the registry"
+    assert lines[0] == f"pulling {containers.TGI_IMAGE} from ghcr.io: asking the registry"
     middle = [ln for ln in lines if " MB of 1.2 GB (" in ln or " GB of 1.2 GB (" in ln]
     assert middle and any("%" in ln and "of 3 layers done" in ln for ln in middle)
-    assert lines[-1] == f"pulled {L.TGI_IMAGE} (1.2 GB)"
+    assert lines[-1] == f"pulled {containers.TGI_IMAGE} (1.2 GB)"
 
 
 def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspace, default_model_dir, monkeypatch):
+    from core.deploy import deployment_rows
     from core.deploy import deployments as D
     from tests.conftest import wait_until
     from tests.fake_docker import FakeEngine
@@ -281,7 +291,7 @@ def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspac
         monkeypatch.setenv("DOCKER_HOST", engine.address)
         failed = D.deploy_container("default", "tgi", gpu="a10g", port=8097)["deployment"]
     assert failed["status"] == "failed" and failed["url"] == "" and failed["container_id"] is None
-    assert failed["error"].startswith(f"the image {L.TGI_IMAGE} could not be pulled from ghcr.io")
+    assert failed["error"].startswith(f"the image {containers.TGI_IMAGE} could not be pulled from ghcr.io")
     row = deployments_frame().set_index("id").loc[failed["id"]]
     assert row["status"] == "failed" and row["url"] == ""
     text, curl, py, oai = deployment_details(str(failed["id"]))
@@ -292,10 +302,10 @@ def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspac
         dep = D.deploy_container("default", "tgi", gpu="a10g", port=8096, wait=False)["deployment"]
         assert dep["status"] == "starting" and dep["url"] == ""  # pulling: nothing answers yet
         shown = wait_until(lambda: " %), " in (t := deployment_details(str(dep["id"]))[0]) and t, 30, poll_s=0.2)
-        assert f"pulling {L.TGI_IMAGE} from ghcr.io: " in shown and "layers done" in shown
+        assert f"pulling {containers.TGI_IMAGE} from ghcr.io: " in shown and "layers done" in shown
         started = wait_until(lambda: D.peek(dep["id"]).container_id and D.peek(dep["id"]), 30, poll_s=0.2)
         assert started.status == "starting" and started.url == "http://127.0.0.1:8096/v1"  # until /health answers
-        assert "container started; waiting for /health" in D._log_tail(started).replace(
+        assert "container started; waiting for /health" in deployment_rows.log_tail(started).replace(
             f"container {started.container_id[:12]} started", "container started")
         assert D.stop(dep["id"]).status == "stopped"
         assert engine.containers[started.container_id]["status"] == "exited"
@@ -309,13 +319,13 @@ def test_command_text_round_trips_and_no_token_value_leaks(tmp_path, monkeypatch
     adapter = _adapter(tmp_path, "it's-an-adapter", 16)
     spec = ServeSpec(model_dir=str(base), served_name="bot", gpu="A10G 24GB", hf_token_env=True,
                      lora_adapters=(("bot", str(adapter)),))
-    for args in (L.tgi_docker_args(spec), L.vllm_docker_args(spec)):
-        text = L.docker_command_text(args)
+    for args in (containers.tgi_docker_args(spec), containers.vllm_docker_args(spec)):
+        text = containers.docker_command_text(args)
         assert shlex.split(text) == args
         assert args[args.index("-e") + 1] == "HF_TOKEN"
         assert "hf_secret" not in text and all("hf_secret" not in a for a in args)
-    for target in L.CLOUD_TARGETS:
-        text = L.cloud_settings(spec, target)
+    for target in clouds.CLOUD_TARGETS:
+        text = clouds.cloud_settings(spec, target)
         assert "hf_secret" not in text and "HF_TOKEN" in text
 
 
@@ -324,28 +334,28 @@ def test_cloud_settings_name_the_verified_images_and_env(tmp_path):
     spec = ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB")
     limits = ['"MAX_INPUT_TOKENS": "3072"', '"MAX_TOTAL_TOKENS": "4096"', '"MAX_BATCH_PREFILL_TOKENS": "3122"']
 
-    hf = L.cloud_settings(spec, "hf_endpoints")
-    assert L.TGI_IMAGE in hf and '"healthRoute": "/health"' in hf and '"port": 80' in hf
+    hf = clouds.cloud_settings(spec, "hf_endpoints")
+    assert containers.TGI_IMAGE in hf and '"healthRoute": "/health"' in hf and '"port": 80' in hf
     assert "MODEL_ID=/repository" in hf and '"MODEL_ID": "/repository"' in hf and "MAX_TOTAL_TOKENS=4096" in hf
     assert 'instance_type="nvidia-a10g"' in hf and "create_inference_endpoint(" in hf
     assert all(x in hf for x in limits)
 
-    sm = L.cloud_settings(spec, "sagemaker")
+    sm = clouds.cloud_settings(spec, "sagemaker")
     assert 'get_huggingface_llm_image_uri("huggingface", version="3.3.6")' in sm
     assert '"HF_MODEL_ID": "/opt/ml/model"' in sm and '"SM_NUM_GPUS": "1"' in sm
     assert 'instance_type="ml.g5.xlarge"' in sm and all(x in sm for x in limits)
 
-    vx = L.cloud_settings(spec, "vertex")
-    assert L.VERTEX_TGI_IMAGE in vx and "aiplatform.Model.upload(" in vx
+    vx = clouds.cloud_settings(spec, "vertex")
+    assert clouds.VERTEX_TGI_IMAGE in vx and "aiplatform.Model.upload(" in vx
     assert "serving_container_image_uri=" in vx and "serving_container_environment_variables=" in vx
     assert '"MESSAGES_API_ENABLED": "true"' in vx and '"NUM_SHARD": "1"' in vx
     assert 'accelerator_type="NVIDIA_L4"' in vx and all(x in vx for x in limits)  # no A10G on Google Cloud
 
     four = ServeSpec(model_dir=str(model), served_name="support-bot", gpu="L4", quantize_4bit=True)
-    assert '"HF_MODEL_QUANTIZE": "bitsandbytes-nf4"' in L.cloud_settings(four, "sagemaker")
-    assert '"QUANTIZE": "bitsandbytes-nf4"' in L.cloud_settings(four, "vertex")
-    for target in L.CLOUD_TARGETS:  # every snippet is valid Python
-        compile(L.cloud_settings(spec, target), target, "exec")
-        compile(L.cloud_settings(four, target), target, "exec")
+    assert '"HF_MODEL_QUANTIZE": "bitsandbytes-nf4"' in clouds.cloud_settings(four, "sagemaker")
+    assert '"QUANTIZE": "bitsandbytes-nf4"' in clouds.cloud_settings(four, "vertex")
+    for target in clouds.CLOUD_TARGETS:  # every snippet is valid Python
+        compile(clouds.cloud_settings(spec, target), target, "exec")
+        compile(clouds.cloud_settings(four, target), target, "exec")
     with pytest.raises(LaunchError, match="cloud target must be one of"):
-        L.cloud_settings(spec, "azure")
+        clouds.cloud_settings(spec, "azure")

@@ -220,13 +220,15 @@ def stop_deployment(dep_id: str | None, user: str = "") -> str:
 
 
 def cloud_text(model_ref: str | None, target_label: str, gpu: str | None, num_gpus) -> str:
-    from core.deploy import launchers as L
+    from core.deploy.clouds import cloud_settings
+    from core.deploy.containers import ServeSpec
+    from core.estimate.serving import LaunchError
 
     try:
         run_id, model_dir, name, _ = D.resolve_target_model(model_ref or "default")
-        spec = L.ServeSpec(model_dir=model_dir, served_name=name, gpu=gpu or None, num_gpus=int(num_gpus or 1))
-        return L.cloud_settings(spec, CLOUD_TARGETS.get(target_label, "hf_endpoints"))
-    except (D.DeployError, L.LaunchError, ValueError) as exc:
+        spec = ServeSpec(model_dir=model_dir, served_name=name, gpu=gpu or None, num_gpus=int(num_gpus or 1))
+        return cloud_settings(spec, CLOUD_TARGETS.get(target_label, "hf_endpoints"))
+    except (D.DeployError, LaunchError, ValueError) as exc:
         return f"# {exc}"
 
 

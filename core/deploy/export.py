@@ -133,7 +133,8 @@ def run_job(ctx):
         result["merged_dir"] = str(merged)
         output = merged
         if cfg.format == "gguf":
-            from core.deploy.gguf_export import GGUFExportError, export_gguf, write_modelfile
+            from core.deploy.gguf import GGUFExportError, export_gguf
+            from core.deploy.ollama import write_modelfile
 
             out_dir = ctx.dir / "gguf"
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.data.templates import TEMPLATE_META
+from core.models import ADAPTER_WEIGHTS_FILE
 from core.runs.paths import COMPLETE_MARKER, save_atomically
 
 SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -166,18 +167,17 @@ def read_lora(adapter_dir: Path) -> AdapterWeights:
 
     from core.data.templates import read_meta
     from core.inference import lora_scale, split_adapter_tensors, token_ids_for, unsupported_reason
+    from core.models import AdapterReadError, adapter_weights_file, read_adapter_config
 
     try:
-        cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MergeError(f"{adapter_dir} has no readable adapter_config.json ({exc})") from None
-    why = unsupported_reason(cfg)
-    if why:
-        raise MergeError(f"this adapter {why}; merging it is not supported — serve it with PEFT, or keep the "
-                         "adapter separate for multi-LoRA serving")
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise MergeError(f"{adapter_dir} has no adapter_model.safetensors")
+        cfg = read_adapter_config(adapter_dir)
+        why = unsupported_reason(cfg)
+        if why:
+            raise MergeError(f"this adapter {why}; merging it is not supported — serve it with PEFT, or keep the "
+                             "adapter separate for multi-LoRA serving")
+        weights = adapter_weights_file(adapter_dir)
+    except AdapterReadError as exc:
+        raise MergeError(str(exc)) from None
     try:
         pairs, saved_rows = split_adapter_tensors(load_file(str(weights)))
     except ValueError as exc:
@@ -236,7 +236,7 @@ def _grow_rows(t, vocab: int, ids: list[int] | None, rows):
 def adapter_fingerprint(adapter_dir: Path) -> dict | None:
     """What identifies an adapter's weights as they are now (size and modification time of its weights file)."""
     try:
-        st = (Path(adapter_dir) / "adapter_model.safetensors").stat()
+        st = (Path(adapter_dir) / ADAPTER_WEIGHTS_FILE).stat()
     except OSError:
         return None
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}

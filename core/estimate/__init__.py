@@ -8,6 +8,8 @@ Split by what each part depends on:
     lookup    catalog / local folder / Hub config → ModelSpec; dataset token counts   core.models, the database
     device    the training worker's device and its free memory                       torch, psutil (lazily)
     report    one report for UI and CLI, the Train tab's pre-flight check, the CLI
+    serving   TGI / vLLM token limits on a GPU (core.deploy's plans)              a model folder's config.json
+              (imported as ``core.estimate.serving``)
 
 Everything public is importable from ``core.estimate`` as before.
 """
