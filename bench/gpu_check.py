@@ -15,7 +15,7 @@ exactly max_length tokens in both our path and plain TRL (same tokens per step; 
 
 Measures (each prints one JSON line with `measure`, `model`, the settings, the numbers and `device`):
   prepare      build the random model and save it (seconds, bytes on disk)
-  lora         our training path: core.train.worker.build_trainer on a real run row (TrainConfig: LoRA r=16 all-linear,
+  lora         our training path: core.train.build.build_trainer on a real run row (TrainConfig: LoRA r=16 all-linear,
                packing + our packed SDPA, no gradient checkpointing), trainer.train(); step_s, tokens_per_s,
                peak_bytes vs the Estimate tab's estimate_bytes (core.estimate: load_model_spec + plan_for_config +
                estimate_report, peak_tensor_bytes), ratio = peak / estimate
@@ -72,16 +72,16 @@ T0 = time.time()  # the budget counts from here: imports included
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# ---- the studio's code this check runs. core/train/worker.py and core/estimate/memory.py are being split (h42):
-# ---- every studio name used below comes through this block; re-check it after that merge.
+# ---- the studio's code this check runs: every studio name used below comes through this block.
 from core import estimate  # estimate.load_model_spec, estimate.plan_for_config, estimate.estimate_report
 from core.data import load_training_rows
 from core.models import load_tokenizer, resolve_model
 from core.runs import store  # store.submit: the run row a worker's JobContext stands on
 from core.runs.worker import JobContext
-from core.train import worker  # worker.build_trainer (our path), worker.load_model (the attention measure)
+from core.train.build import build_trainer  # our path, as the worker builds it
 from core.train.config import TrainConfig
 from core.train.device import pick_precision, qlora_support_error
+from core.train.model import load_model  # the attention measure
 from core.train.setup import effective_setup
 from core.train.tokenize import PaddingFreeCollator, labelled_positions_loss, tokenize_rows
 
@@ -299,7 +299,7 @@ def m_train(job: dict) -> dict:
     config = our_config(job, method)
     ctx = job_context(config, job.get("run_id"))
     t = time.perf_counter()
-    trainer, _tok, _counts = worker.build_trainer(ctx, config)
+    trainer, _tok, _counts = build_trainer(ctx, config)
     load_s = time.perf_counter() - t
     cls = type(trainer)
     clock = step_clock(lambda: cls.tokens_seen)
@@ -385,7 +385,7 @@ def m_attention(job: dict) -> list[dict]:
     rows = load_training_rows(config.dataset)
     examples, _ = tokenize_rows(tok, rows, config.max_length)
     t = time.perf_counter()
-    model, _ids, _rows = worker.load_model(config, plan, setup, resolved, tok, None, True)
+    model, _ids, _rows = load_model(config, plan, setup, resolved, tok, None, True)
     model.to(plan.device)
     model.train()
     load_s = round(time.perf_counter() - t, 2)
