@@ -22,16 +22,19 @@ os.environ["FTS_MODELS_DIR"] = str(SHARED_MODELS)
 os.environ.setdefault("FTS_WARM_IDLE_MIN", "10")  # the warm worker of a test session does not outlive it long
 
 
-# ---- running in parallel (`make test`: pytest-xdist, 2 processes, --dist loadgroup) ------------------------------
+# ---- running in parallel (`make test`: pytest-xdist, 2 processes) ------------------------------------------------
 # Tests that read the session's trained demo run go to one process (it trains it once; they run in order there); the
 # rest go a module at a time (a module's own fixtures are built once); modules that share a session service (the
 # PostgreSQL cluster) go together. The longest groups start first, so that no process is left with a long one at the
-# end (seconds from bench/RESULTS.md's per-file table; a module missing there just goes later).
+# end (seconds from bench/RESULTS.md's per-file table; a module missing there just goes later). The grouping only
+# saves time: a test in another process would build what it needs there.
+# (xdist's own --dist loadgroup renames test ids, which pytest 9 no longer lets a plugin do: the test processes write
+# each test's group to a file, and the scheduler below reads it.)
 GROUP_OF_MODULE = {"test_runs_core": "postgres", "test_postgres": "postgres"}
 GROUP_SECONDS = {"demo": 300, "test_faults": 140, "test_jobs": 77, "test_hostile": 63, "test_api_walk": 60,
-                 "postgres": 52, "test_grpo": 43, "test_app": 38, "test_ray": 37, "test_gguf_export": 32,
-                 "test_base_models": 29, "test_preference": 28, "test_users": 23, "test_shared_studio": 18,
-                 "test_warm_worker": 18, "test_manage_runs": 17}
+                 "postgres": 52, "test_grpo": 43, "test_gpu_check": 40, "test_app": 38, "test_ray": 37,
+                 "test_gguf_export": 32, "test_base_models": 29, "test_preference": 28, "test_users": 23,
+                 "test_shared_studio": 18, "test_warm_worker": 18, "test_manage_runs": 17}
 
 
 def _group(item) -> str:
@@ -41,13 +44,54 @@ def _group(item) -> str:
     return GROUP_OF_MODULE.get(module, module)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_configure(config):
+    if getattr(config.option, "dist", "no") == "loadgroup" and not os.environ.get("PYTEST_XDIST_WORKER"):
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="fts-test-groups-", suffix=".json")
+        os.close(fd)
+        os.environ["FTS_TEST_GROUPS"] = path  # the test processes, started after this, inherit it
+
+
+def pytest_unconfigure(config):
+    path = os.environ.get("FTS_TEST_GROUPS")
+    if path and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # a serial run keeps the usual order
-        order = {g: i for i, g in enumerate(dict.fromkeys(_group(it) for it in items))}
-        items.sort(key=lambda it: (-GROUP_SECONDS.get(_group(it), 0), order[_group(it)]))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a serial run keeps the usual order
+    order = {g: i for i, g in enumerate(dict.fromkeys(_group(it) for it in items))}
+    items.sort(key=lambda it: (-GROUP_SECONDS.get(_group(it), 0), order[_group(it)]))
+    path = os.environ.get("FTS_TEST_GROUPS")
+    if path and os.environ.get("PYTEST_XDIST_WORKER") == "gw0":  # every process collects the same tests
+        import json
+
+        tmp = f"{path}.{os.getpid()}"
+        Path(tmp).write_text(json.dumps({it.nodeid: _group(it) for it in items}))
+        os.replace(tmp, path)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup with the groups above: a group is one unit of work, sent whole to one process."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return None
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        groups: dict | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.groups = json.loads(Path(os.environ["FTS_TEST_GROUPS"]).read_text() or "{}")
+            return (self.groups or {}).get(nodeid) or nodeid.split("::", 1)[0]
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

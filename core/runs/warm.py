@@ -47,7 +47,10 @@ STALE_S = 24 * 3600  # the lock and log of a server that has not run for a day g
 # variables no preloaded library reads while it is imported (the studio's own, the job's, other tools'): a worker
 # whose environment differs only in these forks from the same server (it gets its own values in os.environ)
 VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES", "HF_TOKEN",
-            "DOCKER_", "RAY_", "GRADIO_", "SPACE_ID", "SPACE_HOST", "OPENAI_", "ANTHROPIC_", "WANDB_API_KEY")
+            "DOCKER_", "RAY_", "GRADIO_", "SPACE_ID", "SPACE_HOST", "OPENAI_", "ANTHROPIC_", "WANDB_API_KEY",
+            # torch sets this one itself (to its default) the first time its compile cache is asked for, and reads
+            # it then, not at import: a process that has compiled once must not get a server of its own for it
+            "TORCHINDUCTOR_CACHE_DIR")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
 MAX_SERVERS = 2  # per installation: a session that keeps changing its environment does not pile them up
 
