@@ -169,6 +169,11 @@ def ensure(env: dict) -> bool:
     import threading
 
     threading.Thread(target=proc.wait, daemon=True, name="warm-worker-reaper").start()
+    # the server locks its file first thing (before its imports): wait for that, so that a stop() right after this
+    # finds it (a stop before the lock was taken would miss it, and it would live until it idles out)
+    deadline = time.monotonic() + 10
+    while not _held(p[1]) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     return True
 
 
