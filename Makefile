@@ -9,7 +9,8 @@ run:
 
 test:
 	./scripts/setup.sh --dev
-	.venv/bin/python -m pytest -q --durations=15 -n $${FTS_TEST_PROCESSES:-2} --dist loadgroup --no-loadscope-reorder
+	n=$${FTS_TEST_PROCESSES:-1}; if [ "$$n" -gt 1 ]; then par="-n $$n --dist loadgroup --no-loadscope-reorder"; fi; \
+	.venv/bin/python -m pytest -q --durations=15 $$par
 
 lint:
 	./scripts/setup.sh --dev

@@ -20,9 +20,16 @@ os.environ["FTS_MODELS_DIR"] = str(SHARED_MODELS)
 
 
 os.environ.setdefault("FTS_WARM_IDLE_MIN", "10")  # the warm worker of a test session does not outlive it long
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # several test processes share the machine's cores: each (with its jobs, its apps and servers) gets its share of
+    # threads. Two trainings with two OpenMP threads each on 2 cores spin at every barrier: several times the CPU a
+    # step needs
+    _threads = str(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("FTS_WORKER_THREADS", _threads)
 
 
-# ---- running in parallel (`make test`: pytest-xdist, 2 processes) ------------------------------------------------
+# ---- running in parallel (`FTS_TEST_PROCESSES=N make test`: pytest-xdist, N processes) --------------------------
 # Tests that read the session's trained demo run go to one process (it trains it once; they run in order there); the
 # rest go a module at a time (a module's own fixtures are built once); modules that share a session service (the
 # PostgreSQL cluster) go together. The longest groups start first, so that no process is left with a long one at the
