@@ -81,6 +81,7 @@ def pytest_collection_modifyitems(config, items):
         os.replace(tmp, path)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: without it installed, this is never called
 def pytest_xdist_make_scheduler(config, log):
     """--dist loadgroup with the groups above: a group is one unit of work, sent whole to one process."""
     if getattr(config.option, "dist", "no") != "loadgroup":
