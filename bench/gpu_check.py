@@ -73,6 +73,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # ---- the studio's code this check runs: every studio name used below comes through this block.
+from bench.calibrate_memory import _live_model_tensors, _storage_bytes  # what the weights and quant state hold
 from core import estimate  # estimate.load_model_spec, estimate.plan_for_config, estimate.estimate_report
 from core.data import load_training_rows
 from core.models import load_tokenizer, resolve_model
@@ -166,7 +167,7 @@ class PeakMemory:
         else:
             from torch.profiler import ProfilerActivity, profile
 
-            self.base = _storage_bytes(_live_tensors(self.model))
+            self.base = _storage_bytes(_live_model_tensors(self.model))
             self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
             self.prof.__enter__()
         return self
@@ -190,30 +191,6 @@ class PeakMemory:
             peak = max(peak, running)
         self.peak_bytes = int(self.base + peak)
         return False
-
-
-def _live_tensors(model) -> list:
-    out = list(model.parameters()) + list(model.buffers())
-    for p in model.parameters():
-        qs = getattr(p, "quant_state", None)
-        if qs is not None:
-            out += [qs.absmax, getattr(qs, "code", None)]
-            if getattr(qs, "state2", None) is not None:
-                out += [qs.state2.absmax, qs.state2.code]
-    return out
-
-
-def _storage_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        if t is None or not hasattr(t, "untyped_storage") or t.device.type == "meta":
-            continue
-        st = t.untyped_storage()
-        if st.data_ptr() in seen:
-            continue
-        seen.add(st.data_ptr())
-        total += st.nbytes()
-    return total
 
 
 def step_clock(tokens_seen):
