@@ -58,3 +58,28 @@ def make_base_model(folder: Path, arch: str = "gpt2", *, hidden: int = 64, layer
     tok.save_pretrained(folder)
     assert not (folder / "chat_template.jinja").exists()
     return folder
+
+
+def make_tiny_chat_model(folder: Path, source: Path, *, hidden: int = 32, layers: int = 2) -> Path:
+    """A random Llama the size of a unit test with ``source``'s tokenizer and chat template (the embedded SmolLM2's):
+    it trains, checkpoints, resumes and serves through the very same code as the default model, in a fraction of a
+    second a step — for tests of the job machinery (queue, stop, faults, reconcile), not of what a model learns."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(source))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=2048, tie_word_embeddings=True,
+                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                         pad_token_id=tok.pad_token_id))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for extra in ("chat_template.jinja", "generation_config.json"):
+        if (source / extra).is_file():
+            shutil.copy(source / extra, folder / extra)
+    return folder

@@ -143,6 +143,16 @@ def default_model_dir():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> str:
+    """A random Llama of ~10 MB with the embedded model's tokenizer and chat template (tests/base_models.py): for
+    tests of the job machinery — queue, stop, resume, faults, reconcile — where what the model learns is not the
+    point. A step takes milliseconds instead of the default model's ~0.7 s."""
+    from tests.base_models import make_tiny_chat_model
+
+    return str(make_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny-chat", Path(default_model_dir)))
+
+
+@pytest.fixture(scope="session")
 def tokenizer(default_model_dir):
     from core.models import load_tokenizer
 

@@ -87,11 +87,11 @@ def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, defau
     assert steps == list(range(1, 9))  # one row per step: the curve continues, no duplicates
 
 
-def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, default_model_dir):
+def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, tiny_model_dir):
     monitor = jobs.Monitor(interval_s=1.0)  # what the dashboard runs
     monitor.start()
     try:
-        run = submit_training(small_config(alpaca, max_steps=200, name="doomed"))
+        run = submit_training(small_config(alpaca, max_steps=100_000, name="doomed", base_model=tiny_model_dir))
         wait_until(lambda: jobs.get_run(run.id).step >= 1, 300)
         ckpt = wait_until(lambda: jobs.latest_checkpoint(workspace / "runs" / str(run.id)), 60)  # a complete one
         os.kill(run.pid, signal.SIGKILL)
@@ -103,7 +103,7 @@ def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, defaul
     print(f"\nkill -9 noticed after {noticed_s:.2f}s")
     assert noticed_s < 5.0
     assert f"worker process {run.pid} died" in failed.error
-    assert "log tail" in failed.error and "step 1/200" in failed.error
+    assert "log tail" in failed.error and "/100000  loss " in failed.error
     assert failed.resume_from_checkpoint >= str(ckpt)  # it can be resumed from its last complete checkpoint
     # the worker the supervisor started died with it (it is killed when its parent dies)
     assert failed.worker_pid
@@ -161,10 +161,10 @@ def test_app_start_reconcile_marks_vanished_runs_interrupted(workspace):
     assert jobs.get_run(other.id).status == "running"
 
 
-def test_queued_runs_start_in_order_with_limit_1(workspace, alpaca, default_model_dir):
-    first = submit_training(small_config(alpaca, max_steps=2, name="first"))
-    second = submit_training(small_config(alpaca, max_steps=2, name="second"))
-    third = submit_training(small_config(alpaca, max_steps=1, name="third"))
+def test_queued_runs_start_in_order_with_limit_1(workspace, alpaca, tiny_model_dir):
+    first = submit_training(small_config(alpaca, max_steps=2, name="first", base_model=tiny_model_dir))
+    second = submit_training(small_config(alpaca, max_steps=2, name="second", base_model=tiny_model_dir))
+    third = submit_training(small_config(alpaca, max_steps=1, name="third", base_model=tiny_model_dir))
     assert first.status == "running" and second.status == "queued" and third.status == "queued"
     # nobody waits on the queue here: each finishing supervisor starts the next run itself
     third = wait_until(lambda: (r := jobs.get_run(third.id)).status.is_finished and r, 300, poll_s=0.5)
@@ -173,8 +173,9 @@ def test_queued_runs_start_in_order_with_limit_1(workspace, alpaca, default_mode
     assert first.finished_at <= second.started_at and second.finished_at <= third.started_at  # one at a time, in order
 
 
-def test_continue_training_starts_from_the_finished_adapter(workspace, alpaca, default_model_dir):
-    parent = jobs.wait_for(submit_training(small_config(alpaca, max_steps=1)).id, timeout_s=300)
+def test_continue_training_starts_from_the_finished_adapter(workspace, alpaca, tiny_model_dir):
+    parent = jobs.wait_for(submit_training(small_config(alpaca, max_steps=1, base_model=tiny_model_dir)).id,
+                           timeout_s=300)
     child = continue_training(parent.id, 2)
     assert child.parent_run_id == parent.id
     child = jobs.wait_for(child.id, timeout_s=300)
@@ -199,9 +200,9 @@ def _cli(*args, check=True):
     return proc
 
 
-def test_cli_json_round_trip(workspace, alpaca, default_model_dir, tmp_path):
+def test_cli_json_round_trip(workspace, alpaca, tiny_model_dir, tmp_path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(small_config(alpaca, max_steps=2, name="cli-run").to_yaml())
+    cfg.write_text(small_config(alpaca, max_steps=2, name="cli-run", base_model=tiny_model_dir).to_yaml())
     done = json.loads(_cli("train", "--config", str(cfg), "--wait", "--json").stdout)
     assert done["status"] == "succeeded" and done["name"] == "cli-run" and done["step"] == 2
     listed = json.loads(_cli("runs", "list", "--json").stdout)

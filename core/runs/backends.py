@@ -81,7 +81,10 @@ def job_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # the checkout first, once: a supervisor that starts the next queued job passes its own environment on, and a
+    # PYTHONPATH that grew with every generation made a new warm-worker key each time (every queued job cold)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *rest])
     env["FTS_WORKSPACE"] = str(settings.workspace)
     env["FTS_MODELS_DIR"] = str(settings.models_dir)
     env["DATABASE_URL"] = settings.database_url

@@ -52,6 +52,7 @@ VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "C
             # it then, not at import: a process that has compiled once must not get a server of its own for it
             "TORCHINDUCTOR_CACHE_DIR")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
+WAIT_FOR_IMPORTING_S = 60.0  # how long a job waits for its environment's server to finish importing
 MAX_SERVERS = 2  # per installation: a session that keeps changing its environment does not pile them up
 
 
@@ -349,8 +350,14 @@ def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0) -> Warm
             or not argv[2].startswith(MODULE_PREFIX):
         return None
     p = _paths(env)
-    if p is None or not p[0].exists():
+    if p is None:
         return None
+    if not p[0].exists():
+        # a server that is still importing finishes sooner than a cold worker would (it started earlier and imports
+        # the same libraries; two importers on a small machine only slow each other): wait for it, bounded
+        wait_s = float(env.get("FTS_WARM_WAIT_S") or WAIT_FOR_IMPORTING_S)
+        if not (wait_s > 0 and running(env) and wait_ready(env, timeout_s=wait_s)):
+            return None
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(2)
