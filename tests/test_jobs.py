@@ -171,6 +171,9 @@ def test_queued_runs_start_in_order_with_limit_1(workspace, alpaca, tiny_model_d
     first, second = jobs.get_run(first.id), jobs.get_run(second.id)
     assert first.status == second.status == third.status == "succeeded"
     assert first.finished_at <= second.started_at and second.finished_at <= third.started_at  # one at a time, in order
+    # the runs a finishing supervisor started fork from the same warm worker as the first (the same environment)
+    for r in (second, third):
+        assert "started from the warm worker" in (workspace / "runs" / str(r.id) / "worker.log").read_text()
 
 
 def test_continue_training_starts_from_the_finished_adapter(workspace, alpaca, tiny_model_dir):

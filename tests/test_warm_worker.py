@@ -143,3 +143,16 @@ def test_the_files_of_servers_ended_a_day_ago_are_pruned_and_a_running_ones_are_
     warm._prune(d)
     assert not any(f.exists() for f in (stale, stale.with_suffix(".log"), stale.with_suffix(".sock")))
     assert running.exists() and warm.running(warm_server)
+
+
+def test_a_job_a_supervisor_starts_has_the_same_server_as_one_the_dashboard_starts(workspace, monkeypatch):
+    """A finishing supervisor starts the next queued job with its own environment (the dashboard's job environment):
+    that must give the same server, not a new one per generation (PYTHONPATH grew by the checkout each time)."""
+    from core.config import REPO_ROOT
+
+    first = job_environment()
+    for name in ("PYTHONPATH", "PYTHONUNBUFFERED", "TOKENIZERS_PARALLELISM"):
+        monkeypatch.setenv(name, first[name])
+    second = job_environment()
+    assert second["PYTHONPATH"].split(os.pathsep).count(str(REPO_ROOT)) == 1
+    assert warm.key(second) == warm.key(first)
