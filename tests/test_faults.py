@@ -48,6 +48,19 @@ def metric_steps(run_id: int) -> list[int]:
     return [m.step for m in runs.run_metrics(run_id) if m.loss is not None]
 
 
+LONG = 100_000  # steps a tiny-model run would take hours for: it is stopped by the test, never finishes by itself
+
+
+def _continues_then_stop(run_id: int, from_step: int):
+    """The run goes on past ``from_step`` (3 more steps), then is stopped: it ends ``stopped`` with a checkpoint and
+    exactly one metric row per step from the first, none lost or doubled across what happened to it."""
+    wait_until(lambda: runs.get_run(run_id).step >= from_step + 3, 300)
+    final = runs.stop(run_id, timeout_s=120)
+    assert final.status == RunStatus.stopped and final.resume_from_checkpoint, runs.log_tail(run_id)
+    assert metric_steps(run_id) == list(range(1, final.step + 1))
+    return final
+
+
 @pytest.fixture
 def alpaca(fixtures_dir):
     return str(fixtures_dir / "alpaca_en_demo.json")
@@ -178,8 +191,8 @@ def test_store_finish_falls_back_to_the_outcome_file_on_a_full_disk(small_disk):
     assert store.get(job.id, fold=False).status == RunStatus.failed  # folded now
 
 
-def test_a_half_written_checkpoint_is_ignored_and_cleaned_up(workspace, alpaca, default_model_dir):
-    run = submit_training(small_config(alpaca, max_steps=6, save_steps=2, name="partial"))
+def test_a_half_written_checkpoint_is_ignored_and_cleaned_up(workspace, alpaca, tiny_model_dir):
+    run = submit_training(small_config(alpaca, max_steps=LONG, save_steps=2, name="partial", base_model=tiny_model_dir))
     wait_until(lambda: runs.get_run(run.id).step >= 3, 300)
     stopped = runs.stop(run.id, timeout_s=120)
     assert stopped.status == RunStatus.stopped
@@ -194,8 +207,7 @@ def test_a_half_written_checkpoint_is_ignored_and_cleaned_up(workspace, alpaca, 
     resumed = cli("runs", "resume", str(run.id))
     assert resumed.returncode == 0 and f"resuming from {good}" in resumed.stderr
     assert not planted.exists() and not (paths.staging_dir(rd) / "checkpoint-1000").exists()
-    final = runs.wait_for(run.id, timeout_s=300)
-    assert final.status == RunStatus.succeeded, runs.log_tail(run.id)
+    _continues_then_stop(run.id, paths.checkpoint_step(good))
     assert f"resuming from {good}" in (rd / "worker.log").read_text()
     # every checkpoint folder left is complete: written under .staging and renamed, with the marker written last
     assert all((p / paths.COMPLETE_MARKER).is_file() for p in paths.complete_checkpoints(rd))
@@ -247,11 +259,12 @@ def test_an_out_of_memory_kill_names_the_cause_and_what_to_change(workspace, alp
     assert ended.peak_memory_bytes and ended.memory_limit_bytes
 
 
-def test_host_shutdown_checkpoints_interrupts_and_resumes(workspace, alpaca, default_model_dir):
+def test_host_shutdown_checkpoints_interrupts_and_resumes(workspace, alpaca, tiny_model_dir):
     """systemd / docker stop: SIGTERM to the job's processes and to the dashboard."""
     app, url, log = _start_app(workspace)
     try:
-        run = submit_training(small_config(alpaca, max_steps=10, save_steps=0, name="shutdown"))
+        run = submit_training(small_config(alpaca, max_steps=LONG, save_steps=0, name="shutdown",
+                                           base_model=tiny_model_dir))
         wait_until(lambda: runs.get_run(run.id).step >= 2, 300)
         t0 = time.time()
         os.killpg(os.getpgid(run.pid), signal.SIGTERM)
@@ -270,13 +283,13 @@ def test_host_shutdown_checkpoints_interrupts_and_resumes(workspace, alpaca, def
     step = paths.checkpoint_step(ended.resume_from_checkpoint)
     assert step >= 2
     runs.resume(run.id)
-    final = runs.wait_for(run.id, timeout_s=300)
-    assert final.status == RunStatus.succeeded and metric_steps(run.id) == list(range(1, 11))
+    _continues_then_stop(run.id, step)
 
 
-def test_the_dashboard_killed_mid_run_leaves_the_run_going(workspace, alpaca, default_model_dir):
+def test_the_dashboard_killed_mid_run_leaves_the_run_going(workspace, alpaca, tiny_model_dir):
     app, url, log = _start_app(workspace)
-    run = submit_training(small_config(alpaca, max_steps=30, save_steps=0, name="survivor"))
+    run = submit_training(small_config(alpaca, max_steps=LONG, save_steps=0, name="survivor",
+                                       base_model=tiny_model_dir))
     wait_until(lambda: runs.get_run(run.id).step >= 2, 300)
     app.kill()  # kill -9
     app.wait()
@@ -287,24 +300,23 @@ def test_the_dashboard_killed_mid_run_leaves_the_run_going(workspace, alpaca, de
         assert store.get(run.id).status == RunStatus.running  # the restarted dashboard re-attached, did not interrupt
         with urllib.request.urlopen(url2 + "config", timeout=10) as r:
             assert r.status == 200
-        final = runs.wait_for(run.id, timeout_s=300)
+        _continues_then_stop(run.id, store.get(run.id).step)  # under the new dashboard, every step still recorded
     finally:
         app2.terminate()
         app2.wait(timeout=30)
-    assert final.status == RunStatus.succeeded and final.step == 30
-    assert metric_steps(run.id) == list(range(1, 31))
 
 
-def test_a_busy_database_loses_nothing(workspace, alpaca, default_model_dir, monkeypatch):
+def test_a_busy_database_loses_nothing(workspace, alpaca, tiny_model_dir, monkeypatch):
     """Two workers, the dashboard's monitor, a CLI reading in a loop and a writer hammering the same SQLite file
-    for half a minute: no 'database is locked' anywhere, and one metric row per step logged."""
+    for 15 s: no 'database is locked' anywhere, and one metric row per step logged. The workers train the tiny model,
+    so each writes a metric row every few tens of milliseconds (the default model: one every ~0.7 s)."""
     monkeypatch.setenv("FTS_MAX_CONCURRENT_RUNS", "2")
     monkeypatch.setenv("FTS_WORKER_NICE", "0")  # on 2 cores, niced workers would mostly wait for the test's own load
     monkeypatch.setenv("FTS_WORKER_THREADS", "1")
-    a = submit_training(small_config(alpaca, max_steps=400, max_length=64, batch_size=1, lora_r=2, save_steps=0,
-                                     name="a"))
-    b = submit_training(small_config(alpaca, max_steps=400, max_length=64, batch_size=1, lora_r=2, save_steps=0,
-                                     name="b"))
+    a = submit_training(small_config(alpaca, max_steps=LONG, max_length=64, batch_size=1, lora_r=2, save_steps=0,
+                                     name="a", base_model=tiny_model_dir))
+    b = submit_training(small_config(alpaca, max_steps=LONG, max_length=64, batch_size=1, lora_r=2, save_steps=0,
+                                     name="b", base_model=tiny_model_dir))
     assert a.status == b.status == RunStatus.running
     monitor = runs.Monitor(interval_s=0.2)
     monitor.start()
@@ -333,7 +345,7 @@ def test_a_busy_database_loses_nothing(workspace, alpaca, default_model_dir, mon
     threads = [threading.Thread(target=hammer), threading.Thread(target=reader)]
     for t in threads:
         t.start()
-    time.sleep(30)  # two workers, the monitor, the CLI loop and the writer all overlapping for 30 s
+    time.sleep(15)  # two workers, the monitor, the CLI loop and the writer all overlapping for 15 s
     stop.set()
     for t in threads:
         t.join(timeout=120)
@@ -346,11 +358,11 @@ def test_a_busy_database_loses_nothing(workspace, alpaca, default_model_dir, mon
     for r in (a, b):
         log = (workspace / "runs" / str(r.id) / "worker.log").read_text()
         assert "locked" not in log
-        logged = [int(m) for m in re.findall(r"\] step (\d+)/400", log)]
+        logged = [int(m) for m in re.findall(rf"\] step (\d+)/{LONG}", log)]
         assert logged and metric_steps(r.id) == logged, r.id  # rows = steps logged, none lost or doubled
         assert runs.get_run(r.id).status == RunStatus.stopped
-    assert len(runs.run_metrics(noise.id)) == written[0] > 1000
-    assert min(len(metric_steps(a.id)), len(metric_steps(b.id))) >= 10  # the workers really wrote meanwhile
+    assert len(runs.run_metrics(noise.id)) == written[0] > 400
+    assert min(len(metric_steps(a.id)), len(metric_steps(b.id))) >= 50  # the workers really wrote meanwhile
     print(f"\nbusy database: {written[0]} hammer rows, steps {len(metric_steps(a.id))} + {len(metric_steps(b.id))}")
 
 
