@@ -193,6 +193,8 @@ class Vote(SQLModel, table=True):
     winner: str = ""  # a | b | tie | both_bad
     voter: str = "anonymous"
     settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # chat mode: each side's earlier turns before ``prompt`` ({"a": [messages], "b": [messages]}); None: a first turn
+    history: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Deployment(SQLModel, table=True):

@@ -161,4 +161,7 @@ def _preference(rec: dict, warnings: list) -> dict:
         prompt.insert(0, {"role": "system", "content": system})
     chosen = _assistant_list(rec.get("chosen"), "chosen", warnings)
     rejected = _assistant_list(rec.get("rejected"), "rejected", warnings)
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if isinstance(rec.get("source"), dict) and rec["source"]:  # where a pair came from (votes, an evaluation's rows):
+        row["source"] = rec["source"]  # kept with the row, shown by the Data tab, ignored by the trainer
+    return row

@@ -1,7 +1,10 @@
-"""``python -m core data import|list|show|stats`` — the Data tab's actions on the command line.
+"""``python -m core data import|list|show|stats|from-votes|from-evaluation`` — the Data tab's actions on the command
+line, and preference data from people (the Playground's votes, an evaluation's corrections: core.data.feedback).
 
 Output with ``--json`` is stable: ``import`` prints ``ImportResult.to_dict()`` (dataset_id, name, format, kind,
-total_rows, kept, dropped, problems, created, splits, path, content_hash, token_stats, notes, message).
+total_rows, kept, dropped, problems, created, splits, path, content_hash, token_stats, notes, message);
+``from-votes`` / ``from-evaluation`` print ``FeedbackResult.to_dict()`` (dataset_id, name, rows, left_out,
+considered, contradictory_pairs, created, splits, message).
 Exit codes: 0 success, 2 bad or unreadable input (one line on stderr: ``error: <reason>``).
 """
 from __future__ import annotations
@@ -120,8 +123,45 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def _print_feedback(result, as_json: bool) -> int:
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        print(result.message)
+    return 0
+
+
+def cmd_from_votes(args) -> int:
+    from core.data.errors import DatasetError
+    from core.data.feedback import preference_from_votes
+
+    try:
+        result = preference_from_votes(model=args.model, since=args.since, min_votes=args.min_votes, name=args.name,
+                                       tokenizer=None if args.tokenizer == "none" else args.tokenizer)
+    except DatasetError as exc:
+        return fail(str(exc))
+    return _print_feedback(result, args.json)
+
+
+def cmd_from_evaluation(args) -> int:
+    from core.data.errors import DatasetError
+    from core.evaluate.corrections import corrections_from_evaluation, parse_rows
+
+    try:
+        edits = {int(k) if k.strip().isdigit() else k: v for k, v in _parse_kv(args.edit, "--edit").items()}
+        bad = next((k for k in edits if not isinstance(k, int)), None)
+        if bad is not None:
+            raise DatasetError(f"--edit must look like ROW=ANSWER with ROW an example number, got {bad!r}")
+        result = corrections_from_evaluation(args.evaluation, which=args.filter, rows=parse_rows(args.rows),
+                                             edits=edits, reject=args.reject, name=args.name,
+                                             tokenizer=None if args.tokenizer == "none" else args.tokenizer)
+    except (DatasetError, ValueError) as exc:
+        return fail(str(exc))
+    return _print_feedback(result, args.json)
+
+
 def register_cli(subparsers) -> None:
-    """Add ``data import|list|show|stats`` to ``python -m core``."""
+    """Add ``data import|list|show|stats|from-votes|from-evaluation`` to ``python -m core``."""
     data = subparsers.add_parser("data", help="import, list and inspect datasets")
     ds = data.add_subparsers(dest="data_command", required=True)
 
@@ -162,6 +202,29 @@ def register_cli(subparsers) -> None:
     p.add_argument("--no-save", action="store_true", help="don't store the stats on the dataset")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
+
+    p = ds.add_parser("from-votes", help="the Playground's blind A/B votes as a preference dataset (DPO / ORPO)")
+    p.add_argument("--model", default=None, help="only votes with this model on a side (default, run:7, a folder)")
+    p.add_argument("--since", default=None, help="only votes cast on or after this date (2025-01-31, UTC)")
+    p.add_argument("--min-votes", type=int, default=1, help="a pair needs at least N votes for one answer or the other")
+    p.add_argument("--name", default=None)
+    p.add_argument("--tokenizer", default="default", help="tokenizer for token stats ('none' to skip)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_from_votes)
+
+    p = ds.add_parser("from-evaluation", help="an evaluation's examples as corrections: chosen = the reference (or "
+                                              "your edit), rejected = the model's answer")
+    p.add_argument("--evaluation", required=True, metavar="ID")
+    p.add_argument("--filter", default="all", help="all | tuned_better | tuned_worse | both_wrong | changed")
+    p.add_argument("--rows", default=None, help="example numbers (the '#' column), e.g. 1,4,7 (default: every row "
+                                                "the filter shows)")
+    p.add_argument("--edit", action="append", metavar="ROW=ANSWER",
+                   help="use this answer as the chosen one for example ROW instead of the reference (repeatable)")
+    p.add_argument("--reject", default="tuned", choices=("tuned", "base"), help="whose answer is the rejected one")
+    p.add_argument("--name", default=None)
+    p.add_argument("--tokenizer", default="default", help="tokenizer for token stats ('none' to skip)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_from_evaluation)
 
 
 def main(argv: list[str] | None = None) -> int:  # for tests / direct use: python -m core.data.cli ...

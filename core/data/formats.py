@@ -21,7 +21,9 @@ Normalised rows:
   (sharegpt ``function_call`` turns become assistant turns whose content is the call JSON; ``observation`` turns
   become ``tool`` turns)
 - text: ``{"text": str}``
-- preference: ``{"prompt": [messages...], "chosen": [assistant msg], "rejected": [assistant msg]}`` (TRL layout)
+- preference: ``{"prompt": [messages...], "chosen": [assistant msg], "rejected": [assistant msg]}`` (TRL layout), plus
+  ``"source": {...}`` when the record has one as an object (where the pair came from: Playground votes, an
+  evaluation's rows — core.data.feedback; the trainer ignores it)
 - multiple_choice: ``{"question": str, "choices": [str, ...], "answer": int (0-based)}`` plus ``"context": str`` when
   the source has a passage apart from the question. Numbers among the choices become text silently (math answers).
   What the reference harness's own formulation of the layout needs is kept beside it (``core.evaluate``'s ``native``

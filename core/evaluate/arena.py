@@ -64,14 +64,17 @@ def standings(votes: list[Vote]) -> list[Standing]:
 
 def record_vote(*, prompt: str, output_a: str, output_b: str, model_a: str, model_b: str, winner: str,
                 label_a: str = "", label_b: str = "", system_prompt: str = "", voter: str = "anonymous",
-                settings: dict | None = None) -> Vote:
+                settings: dict | None = None, history: dict | None = None) -> Vote:
+    """Store one vote. ``history``: in chat mode, each side's earlier turns ({"a": [...], "b": [...]}), so the vote
+    can become a preference pair with its conversation (core.data.feedback)."""
     if winner not in WINNERS:
         raise ValueError(f"winner must be one of {', '.join(WINNERS)} (got '{winner}')")
     if model_a == model_b:
         raise ValueError("both sides are the same model: a vote between them says nothing")
     vote = Vote(prompt=prompt, system_prompt=system_prompt or "", output_a=output_a, output_b=output_b,
                 model_a=model_a, model_b=model_b, label_a=label_a, label_b=label_b, winner=winner,
-                voter=voter or "anonymous", settings=settings or {})
+                voter=voter or "anonymous", settings=settings or {},
+                history=history if history and any(history.values()) else None)
     with db_session() as s:
         s.add(vote)
         s.flush()
