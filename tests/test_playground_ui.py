@@ -1,5 +1,5 @@
 """The Evaluate and Playground tabs in headless Chromium against the real app, on the trained demo run: both panes
-stream at once, a blind vote updates the leaderboard, an evaluation started from the tab shows its metrics."""
+stream at once, a blind vote updates the leaderboard and becomes preference data, an evaluation started from the tab shows its metrics."""
 from __future__ import annotations
 
 import time
@@ -49,6 +49,12 @@ def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, sta
     expect(board).to_contain_text("quickstart-lora")
     expect(board).to_contain_text("1016")  # one vote moved the winner from 1000 to 1016
     page.screenshot(path=str(demo_ws["ws"] / "playground-voted.png"), full_page=True)
+    # the vote becomes preference data (issue 28): what it would use, then one button makes the dataset
+    page.get_by_text("Preference data from votes (for DPO / ORPO)").click()
+    expect(page.locator("#pg-pref-plan")).to_contain_text("1 vote → 1 preference pair", timeout=10_000)
+    page.get_by_role("button", name="Make preference data from votes").click()
+    expect(page.locator("#pg-pref-made")).to_contain_text("Ready for the DPO / ORPO objective", timeout=30_000)
+    page.screenshot(path=str(demo_ws["ws"] / "playground-preference-data.png"), full_page=True)
 
 
 def test_an_evaluation_started_from_the_tab_shows_its_metrics(demo_ws, start_app, browser):

@@ -269,11 +269,14 @@ def show_row(dataset_id, split, index, model, max_length, template=None):
                                 f"({len(pv['row']['choices'])} options, {pv['num_tokens']} tokens as shown) for "
                                 "Evaluate — nothing is trained on it; the gold answer is in blue.")
     if "chosen" in pv["row"]:
+        from core.data.feedback import source_line
+
+        made = source_line(pv["row"].get("source"))
         return pv["segments"], (f"Row {pv['index'] + 1} of {pv['split_rows']} in {split}: a preference pair, "
                                 f"{pv['num_tokens']} tokens as shown — prompt + chosen answer, then prompt + rejected "
                                 "answer. Only the answers count (chosen green, rejected orange): DPO / ORPO raise the "
                                 "chosen answer's probability against the rejected one's; grey is the prompt, red is "
-                                "past the max length (cut off).")
+                                "past the max length (cut off)." + (f"\n\nSource: {md_text(made)}" if made else ""))
     trained = sum(1 for _, lab in pv["segments"] if lab == "trained")
     info = (f"Row {pv['index'] + 1} of {pv['split_rows']} in {split}: {pv['num_tokens']} tokens, "
             f"~{pv['approx_trained_tokens']} carry loss (green) in {trained} assistant span(s); grey is context "
@@ -299,8 +302,17 @@ def show_dataset(dataset_id):
             }.get(ds.kind, ds.kind)
     head = (f"**{md_text(ds.name)}** · {ds.format} · {kind} · {ds.rows:,} rows · split {fmt_splits(ds.splits)} "
             f"· hash `{ds.content_hash[:12]}`"
-            f"\n\nsource: {md_text(ds.source)}\n\n" + problems_markdown(meta.get("problems", [])))
+            f"\n\nsource: {md_text(ds.source)}\n\n" + _feedback_markdown(meta.get("feedback"))
+            + problems_markdown(meta.get("problems", [])))
     return head, _hist_frame(meta.get("token_histogram")), stats_markdown(meta.get("token_stats"), ds.kind)
+
+
+def _feedback_markdown(feedback: dict | None) -> str:
+    """A dataset made from votes or an evaluation's corrections: what from and what was left out (issue 28)."""
+    from core.data.feedback import feedback_line
+
+    line = feedback_line(feedback)
+    return f"{md_text(line)}\n\n" if line else ""
 
 
 def run_stats(dataset_id, model, max_length, template=None, progress=gr.Progress()):

@@ -188,6 +188,45 @@ def export_file(evaluation_id: str | None, fmt: str, which: str) -> str | None:
     return str(out)
 
 
+# ---- corrections: picked rows become preference data (issue 28) ---------------------------------------------------
+def make_corrections(evaluation_id: str | None, which: str, rows_text: str, edited: str,
+                     request: gr.Request = None) -> str:
+    """The rows picked (or every row the filter shows) as a preference dataset: chosen = the reference, or the answer
+    typed for a single picked row; rejected = the tuned model's answer. Says the dataset's id."""
+    from core.data import DatasetError
+    from core.evaluate.corrections import corrections_from_evaluation, parse_rows
+    from ui.common import user_of
+
+    if not evaluation_id:
+        return "**Select an evaluation first.**"
+    try:
+        rows = parse_rows(rows_text)
+        edits = None
+        if (edited or "").strip():
+            if not rows or len(rows) != 1:
+                return "**An edited answer is for one example: type its number (the '#' column) in Rows.**"
+            edits = {rows[0]: edited}
+        user = user_of(request)
+        result = corrections_from_evaluation(evaluation_id, which=which or "all", rows=rows, edits=edits, owner=user)
+    except DatasetError as exc:
+        return f"**{md_text(exc)}**"
+    return md_text(result.message)
+
+
+def corrections_box(selected, which) -> None:
+    """Under the per-example table: turn the rows into corrections for DPO / ORPO."""
+    with gr.Accordion("Turn rows into preference data (corrections for DPO / ORPO)", open=False):
+        gr.Markdown("chosen = the reference answer (or your edited answer), rejected = the tuned model's answer. "
+                    "Empty Rows: every row the filter above shows (e.g. *tuned worse*).")
+        with gr.Row():
+            rows = gr.Textbox(label="Rows (# numbers, e.g. 1,4,7)", scale=1, elem_id="eval-fix-rows")
+            edited = gr.Textbox(label="Edited answer (for one row; empty: the reference)", lines=2, scale=2,
+                                elem_id="eval-fix-edit")
+        make = gr.Button("Make preference data", elem_id="eval-fix-make")
+        made = gr.Markdown(elem_id="eval-fix-made")
+    make.click(make_corrections, [selected, which, rows, edited], made)
+
+
 def build_tab() -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
@@ -247,6 +286,7 @@ def build_tab() -> None:
             examples = gr.Dataframe(headers=EXAMPLE_COLUMNS, interactive=False, wrap=True, max_height=420,
                                     column_widths=["5%", "29%", "18%", "18%", "18%", "6%", "6%", "0%"],
                                     label="Every example (text shown as text)", elem_id="eval-examples")
+            corrections_box(selected, which)
             with gr.Accordion("Runs compared on this evaluation set", open=False):
                 compare = gr.Dataframe(interactive=False)
 

@@ -14,12 +14,13 @@ import gradio as gr
 import pandas as pd
 
 from core import runs
+from core.data import DatasetError, feedback
 from core.deploy.deployments import list_deployments
 from core.deploy.sources import resolve_source_or_deployment
 from core.evaluate import arena
 from core.generate import GenerateError, GenSettings, model_cache, share_prompt_format, stream
 from core.quickstart import note_playground
-from ui.common import GENERATION_SHARE, page_requester, user_of
+from ui.common import GENERATION_SHARE, md_text, page_requester, user_of
 
 LEADERBOARD_COLUMNS = ["model", "Elo", "votes", "wins", "losses", "ties", "both bad"]
 COMPONENTS: dict = {}  # the last built tab's inputs, for the quick start's "open the Playground" stage
@@ -166,6 +167,8 @@ def _answer(model_a, model_b, prompt, system, temperature, top_p, max_new_tokens
     labels = _labels(sides, keys)
     ok = last is not None and all(sides) and not any(r.error for r in last) and keys[0] != keys[1]
     state["last"] = {"prompt": prompt, "system": system or "", "keys": keys, "labels": labels, "outputs": outputs,
+                     "history": {side: [m for m in convs[i][:-1] if m["role"] != "system"]
+                                 for i, side in enumerate("ab")},  # chat mode: the turns before the prompt
                      "settings": {"temperature": settings.temperature, "top_p": settings.top_p,
                                   "max_new_tokens": settings.max_new_tokens, "seed": settings.seed},
                      "voted": False} if ok else None
@@ -192,7 +195,7 @@ def vote(winner: str, state: dict | None, request: gr.Request | None = None):
         arena.record_vote(prompt=last["prompt"], system_prompt=last["system"], output_a=last["outputs"][0],
                           output_b=last["outputs"][1], model_a=last["keys"][0], model_b=last["keys"][1],
                           label_a=last["labels"][0], label_b=last["labels"][1], winner=winner, voter=voter,
-                          settings=last["settings"])
+                          settings=last["settings"], history=last.get("history"))
     except ValueError as exc:
         return f"**Error:** {html.escape(str(exc))}", leaderboard_frame(), gr.update(), state
     last["voted"] = True
@@ -251,8 +254,9 @@ def build_tab():
     send.click(_respond, inputs, outputs, concurrency_limit=4, concurrency_id="playground")
     prompt.submit(_respond, inputs, outputs, concurrency_limit=4, concurrency_id="playground")
     clear.click(lambda: ([], [], "", "", new_state(), gr.update(visible=False), ""), None, outputs)
+    plan = preference_box()
     for btn, winner in ((vote_a, "a"), (vote_b, "b"), (vote_tie, "tie"), (vote_bad, "both_bad")):
-        btn.click(_voter(winner), state, [reveal, board, vote_row, state])
+        btn.click(_voter(winner), state, [reveal, board, vote_row, state]).then(votes_plan_text, None, plan)
 
     def refresh_lists(current_b):
         ch = model_choices()
@@ -265,6 +269,39 @@ def build_tab():
     refresh.click(refresh_lists, model_b, [model_a, model_b, board])
     COMPONENTS.update(model_a=model_a, model_b=model_b, prompt=prompt, system=system, max_new=max_new)
     return refresh_lists, [model_b], [model_a, model_b, board]
+
+
+# ---- preference data from votes (issue 28) -------------------------------------------------------------------------
+def votes_plan_text(request: gr.Request = None) -> str:
+    """What 'Make preference data from votes' would use and leave out, as text (a person's own votes in a shared
+    studio)."""
+    line = feedback.votes_summary(voter=feedback.votes_scope(user_of(request)))
+    return md_text(line) + ("" if feedback.votes_scope(user_of(request)) is None else " _(your votes)_")
+
+
+def make_preference_data(request: gr.Request = None) -> str:
+    """The button: the votes (the requester's own in a shared studio) as a preference dataset; says its id."""
+    user = user_of(request)
+    try:
+        result = feedback.preference_from_votes(voter=feedback.votes_scope(user), owner=user)
+    except DatasetError as exc:
+        return f"**{md_text(exc)}**"
+    return md_text(result.message)
+
+
+def preference_box():
+    """An accordion under the leaderboard: the votes' preference pairs, made into a dataset with one button.
+    Returns the Markdown that describes what it would use (refreshed after each vote)."""
+    with gr.Accordion("Preference data from votes (for DPO / ORPO)", open=False) as box:
+        gr.Markdown("Each vote for one answer becomes a pair: chosen = the winner's answer, rejected = the other, "
+                    "with the prompt, system prompt and earlier turns. Ties and \"both bad\" are left out; votes that "
+                    "disagree on a pair are settled by majority. The dataset appears in the **Data** tab.")
+        plan = gr.Markdown(elem_id="pg-pref-plan")
+        make = gr.Button("Make preference data from votes", elem_id="pg-pref-make")
+        made = gr.Markdown(elem_id="pg-pref-made")
+    box.expand(votes_plan_text, None, plan)
+    make.click(make_preference_data, None, made).then(votes_plan_text, None, plan)
+    return plan
 
 
 def _respond(request: gr.Request, *values):  # the request first: gradio injects only positional special args

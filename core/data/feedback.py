@@ -54,10 +54,15 @@ class PairPlan:
         """One line: what would be used and what is left out (the Playground shows it before the button)."""
         if not self.considered:
             return f"No {self.what} yet."
-        head = f"{self.considered} {self.what} → {len(self.rows)} preference pair{'s' * (len(self.rows) != 1)}"
+        head = f"{_count(self.considered, self.what)} → {_count(len(self.rows), 'preference pairs')}"
         if self.contradictory:
             head += f" ({self.contradictory} with disagreeing votes, resolved by majority)"
         return head + "; " + describe_left_out(self.left_out, self.what)
+
+
+def _count(n: int, what: str) -> str:
+    """``3 votes``, ``1 vote``."""
+    return f"{n} {what[:-1] if n == 1 and what.endswith('s') else what}"
 
 
 def describe_left_out(left_out: dict[str, int], what: str = "votes") -> str:
@@ -79,8 +84,9 @@ class FeedbackResult:
 
     @property
     def message(self) -> str:
-        head = (f"dataset {self.dataset_id} ({self.name}): {self.rows} preference pairs from {self.considered} "
-                f"{self.what}" if self.created else
+        head = (f"dataset {self.dataset_id} ({self.name}): {_count(self.rows, 'preference pairs')} from "
+                f"{_count(self.considered, self.what)}"
+                if self.created else
                 f"the same pairs are already stored as dataset {self.dataset_id} ({self.name}; not stored twice)")
         return (f"{head}; {describe_left_out(self.left_out, self.what)}. Ready for the DPO / ORPO objective in the "
                 f"Train tab (dataset: {self.dataset_id}).")
@@ -271,6 +277,26 @@ def votes_summary(voter: str | None = None, min_votes: int = 1) -> str:
         return plan_from_votes(select_votes(voter=voter), min_votes).describe()
     except DatasetError as exc:
         return str(exc)
+
+
+def feedback_line(feedback: dict | None) -> str:
+    """A dataset's ``meta["feedback"]`` in words (the Data tab's detail): what it was made from, what was left out."""
+    if not isinstance(feedback, dict) or not feedback:
+        return ""
+    left = describe_left_out(feedback.get("left_out") or {}, "rows")
+    if feedback.get("from") == "votes":
+        filters = [f"model {feedback['model']}" if feedback.get("model") else "",
+                   f"since {feedback['since'][:10]}" if feedback.get("since") else "",
+                   f"at least {feedback['min_votes']} votes a pair" if (feedback.get("min_votes") or 1) > 1 else ""]
+        shown = ", ".join(f for f in filters if f)
+        return (f"made from {feedback.get('considered')} Playground votes" + (f" ({shown})" if shown else "")
+                + f": {feedback.get('pairs')} pairs, {feedback.get('contradictory_pairs', 0)} settled by majority; "
+                + left)
+    if feedback.get("from") == "evaluation":
+        return (f"corrections from evaluation #{feedback.get('evaluation_id')} (filter {feedback.get('filter')}; "
+                f"rejected: the {feedback.get('rejected')} model's answers): {feedback.get('pairs')} pairs from "
+                f"{feedback.get('considered')} examples; {left}")
+    return ""
 
 
 def source_line(source: dict | None) -> str:
