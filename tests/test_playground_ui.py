@@ -1,5 +1,6 @@
 """The Evaluate and Playground tabs in headless Chromium against the real app, on the trained demo run: both panes
-stream at once, a blind vote updates the leaderboard and becomes preference data, an evaluation started from the tab shows its metrics."""
+stream at once, a blind vote updates the leaderboard and becomes preference data, an evaluation started from the tab
+shows its metrics."""
 from __future__ import annotations
 
 import time
