@@ -47,6 +47,10 @@ template_values=None, model="default", max_length=2048, progress=None) -> Import
 ``preview_row(dataset_id, index, split="train", model="default", max_length=None) -> dict``,
 ``list_datasets()``, ``get_dataset(id)``, ``read_split(ds, split)``, ``delete_dataset(id)``, ``datasets_table()``,
 ``import_records(records, source=..., ...)`` (in-memory rows), ``import_demo_task(n=400, seed=0)`` (core.data.demo).
+
+Preference data from people (core.data.feedback): ``preference_from_votes(model=, since=, min_votes=, voter=)`` turns
+the Playground's votes into a preference dataset (``FeedbackResult``: dataset_id, rows, left_out, …); an evaluation's
+corrections are made by core.evaluate.corrections and stored the same way (``store_pairs``).
 """
 from core.data.errors import PROBLEM_CODES, DatasetError, RowProblem
 from core.data.formats import FORMATS, KIND_OF_FORMAT
