@@ -143,7 +143,8 @@ def run_ranks(processes: int, argv: list[str]) -> int:
               flush=True)
     sys.stdout.flush()
     if rc < 0:  # end as the rank did, so the supervisor tells a SIGKILL (out of memory?) from an exception
-        signal.signal(-rc, signal.SIG_DFL)
+        if -rc not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-rc, signal.SIG_DFL)
         os.kill(os.getpid(), -rc)
         time.sleep(1)
     return rc if rc > 0 else 1

@@ -9,6 +9,7 @@ from core.runs.worker import JobContext, log
 from core.train.callbacks import make_metrics_callback
 from core.train.checkpoints import checkpoint_mixin, checkpoint_mixin_on
 from core.train.config import TrainConfig
+from core.train.distributed import FsdpOnCpu
 from core.train.limits import cap_memory
 from core.train.model import load_model
 
@@ -121,7 +122,7 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
     eval_ds = HFDataset.from_list(eval_examples) if eval_examples else None
     keep = config.save_total_limit
 
-    class StudioTrainer(checkpoint_mixin(ctx, resolved, keep), SFTTrainer):
+    class StudioTrainer(checkpoint_mixin(ctx, resolved, keep), FsdpOnCpu, SFTTrainer):
         """SFTTrainer whose loss projects through the LM head only where a label exists (no wasted work), and
         whose checkpoints appear only when complete."""
 

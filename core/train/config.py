@@ -165,7 +165,8 @@ class TrainConfig(JobConfig):
         "none", description="how several processes share the work: none (one process), ddp (each process holds the "
                             "whole model; gradients are averaged) or fsdp (FSDP2: weights, gradients and optimizer "
                             "states sharded over the processes by decoder layer; sharded checkpoints, the usual "
-                            "adapter/model at the end); more than one process means ddp unless you say fsdp",
+                            "adapter/model at the end); several processes mean ddp unless you say fsdp, one "
+                            "process means none",
         json_schema_extra=meta(label="Distributed", at=("parallel", 0, 1),
                                info="ddp: a whole copy per process; fsdp: sharded (less memory per process)"))
 
@@ -182,8 +183,11 @@ class TrainConfig(JobConfig):
             if data.get("num_processes") is None:
                 data["num_processes"] = old
         n = data.get("num_processes")
-        if data.get("distributed") is None and isinstance(n, (int, float)) and not isinstance(n, bool) and n > 1:
-            data["distributed"] = "ddp"
+        if isinstance(n, (int, float)) and not isinstance(n, bool):
+            if n > 1 and data.get("distributed") in (None, "none"):
+                data["distributed"] = "ddp"  # several processes share the work one way or another
+            elif n == 1 and data.get("distributed") is not None:
+                data["distributed"] = "none"  # one process has no strategy (a YAML's, overridden by a flag)
         return data
 
     @model_validator(mode="before")
@@ -368,10 +372,6 @@ class TrainConfig(JobConfig):
         """The strategy fits the process count, the objective and the method (the host's own limit is checked at
         submit: core.train.jobs)."""
         n, how = self.num_processes, self.distributed
-        if n > 1 and how == "none":
-            raise ValueError(f"num_processes {n} needs distributed 'ddp' or 'fsdp' ('none' is one process)")
-        if n == 1 and how != "none":
-            raise ValueError(f"distributed '{how}' needs num_processes of at least 2 (one process: 'none')")
         if n > 1 and self.objective != "sft":
             raise ValueError(f"several processes train objective 'sft' only for now; {self.objective} runs in one "
                              "process (num_processes 1)")

@@ -107,16 +107,42 @@ def sum_over_ranks(values: list[float]) -> list[float]:
     return [float(v) for v in t.tolist()]
 
 
+class FsdpOnCpu:
+    """A Trainer mixin: FSDP on CPU processes too. accelerate 1.15 turns its FSDP plugin on only for accelerators
+    (its state keeps ``MULTI_CPU`` — plain DDP — on a CPU and drops the plugin), while torch's FSDP2
+    (``fully_shard``) runs over gloo: when the run asks for FSDP and the processes are CPU ones, the state is made
+    FSDP with the same plugin, so accelerate prepares, saves and loads the model as it does on GPUs."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        plugin_args = getattr(self.args, "fsdp_plugin_args", None)
+        if not plugin_args or self.is_fsdp_enabled:
+            return
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        if state.distributed_type != DistributedType.MULTI_CPU:
+            return
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+
 def is_fsdp(trainer) -> bool:
     return bool(getattr(trainer, "is_fsdp_enabled", False))
 
 
-def full_state_dict(trainer):
-    """The whole model's state dict, gathered from the FSDP shards (a collective: every rank calls it; rank 0 gets
-    it on the CPU); None when the run is not sharded (the trainer saves as usual)."""
+def full_state_dict(trainer, trainable_only: bool):
+    """The model's weights gathered whole from the FSDP shards (a collective: every rank calls it; rank 0 gets plain
+    CPU tensors, the others an empty dict); only the trainable ones for LoRA (the adapter is all that is saved).
+    None when the run is not sharded (the trainer saves as usual)."""
     if not is_fsdp(trainer):
         return None
-    return trainer.accelerator.get_state_dict(trainer.model)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    gathered = get_model_state_dict(trainer.model, options=options)
+    return {k: v.detach().clone().contiguous() for k, v in gathered.items()}
 
 
 def save_final(trainer, out_dir: str, state_dict) -> None:

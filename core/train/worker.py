@@ -60,7 +60,8 @@ def run_job(ctx: JobContext) -> JobResult:
         final.update({"dataset_" + k: v for k, v in counts.items()})
         final["global_step"] = trainer.state.global_step
         out_dir = ctx.dir / ("model" if config.method == "full" else "adapter")
-        gathered = full_state_dict(trainer)  # FSDP: the shards gathered (every rank takes part); else None
+        # FSDP: the shards gathered (every rank takes part; LoRA: the adapter's only); else None
+        gathered = full_state_dict(trainer, trainable_only=config.method != "full")
         if ctx.is_main:
             def write(tmp: Path) -> None:
                 save_final(trainer, str(tmp), gathered)
