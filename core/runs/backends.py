@@ -308,11 +308,12 @@ class RayBackend(Backend):
     @staticmethod
     def gpus(job: Run) -> float:
         """GPUs the run asks Ray for: ``FTS_RAY_NUM_GPUS`` when set (0 on a CPU cluster), else the run's
-        ``num_gpus`` for training (evaluations, exports and servers: 1)."""
+        ``num_processes`` for training (one GPU per process; evaluations, exports and servers: 1)."""
         fixed = os.environ.get("FTS_RAY_NUM_GPUS", "").strip()
         if fixed:
             return float(fixed)
-        return float((job.config or {}).get("num_gpus") or 1)
+        config = job.config or {}
+        return float(config.get("num_processes") or config.get("num_gpus") or 1)
 
     def start(self, job: Run) -> Handle:
         client = self.client()

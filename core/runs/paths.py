@@ -154,6 +154,16 @@ def fsync_dir(path: Path) -> None:
         pass
 
 
+def publish(tmp: Path, target: Path) -> None:
+    """A folder written whole under ``tmp`` becomes ``target``: marked complete, synced, renamed into place."""
+    (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    fsync_dir(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
 def save_atomically(target: Path, write, *, needed_bytes: int | None, what: str, tmp: Path | None = None) -> None:
     """Run ``write(tmp)`` and rename ``tmp`` to ``target`` only when it is whole (marker written last). On failure
     nothing is left behind; a full disk becomes a DiskFullError that says how much was free and needed."""
@@ -162,12 +172,7 @@ def save_atomically(target: Path, write, *, needed_bytes: int | None, what: str,
     try:
         tmp.mkdir(parents=True)
         write(tmp)
-        (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        fsync_dir(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+        publish(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(exc) and not isinstance(exc, DiskFullError):
