@@ -167,7 +167,7 @@ class TrainConfig(JobConfig):
                             "states sharded over the processes by decoder layer; sharded checkpoints, the usual "
                             "adapter/model at the end); several processes mean ddp unless you say fsdp, one "
                             "process means none",
-        json_schema_extra=meta(label="Distributed", at=("parallel", 0, 1),
+        json_schema_extra=meta(label="Distributed", at=("parallel", 0, 1), widget="radio",
                                info="ddp: a whole copy per process; fsdp: sharded (less memory per process)"))
 
     @model_validator(mode="before")
