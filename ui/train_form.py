@@ -15,7 +15,7 @@ from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.recipes import get_recipe, recipe_menu, recipe_needs
 from core.train.rewards import REWARDS
-from ui.common import md_text, now_hms
+from ui.common import md_text, now_hms, on_processes
 
 # what each objective means, in the dropdown (the values are TrainConfig's: a new one shows as its bare name)
 OBJECTIVE_LABELS = {"sft": "SFT — supervised, on conversations",
@@ -209,16 +209,6 @@ def host_processes() -> tuple[int, str]:
         return process_capacity()
     except Exception:  # noqa: BLE001 - a form without the parallel fields beats a broken tab
         return 1, "process"
-
-
-def on_processes(n, current):
-    """More than one process needs a strategy (ddp unless fsdp was chosen); one process has none."""
-    n = int(n or 1)
-    if n > 1 and current == "none":
-        return gr.update(value="ddp")
-    if n <= 1 and current != "none":
-        return gr.update(value="none")
-    return gr.update()
 
 
 def build_form():
