@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,6 +131,8 @@ def test_ddp_and_fsdp_match_one_process_and_save_the_usual_adapter(workspace, ti
     log_file = workspace / "runs" / str(fsdp.id) / "worker.log"
     wait_until(lambda: "ranks: peak RSS rank 0" in log_file.read_text(), 30)  # the launcher, as the ranks end
     fsdp_log = log_file.read_text()
+    per_rank = wait_until(lambda: jobs.get_run(fsdp.id).final_metrics.get("peak_rss_bytes_per_rank"), 10)
+    assert len(per_rank) == 2 and jobs.get_run(fsdp.id).final_metrics.get("global_step") == 6  # merged in
     assert "FSDP2 over 2 processes: full shard, wrapped by LlamaDecoderLayer" in fsdp_log
     assert "2 CPU processes: 1 thread(s) each" in fsdp_log
     ckpt = workspace / "runs" / str(fsdp.id) / "checkpoints" / "checkpoint-6"
@@ -177,8 +180,14 @@ def test_a_killed_rank_fails_the_run_with_its_log_tail_and_it_resumes(workspace,
     killed_at = time.time()
     failed = wait_until(lambda: (r := jobs.get_run(run.id)).status == "failed" and r, 30, poll_s=0.1)
     print(f"\nrank 1 killed -> run failed after {time.time() - killed_at:.1f}s")
-    assert f"rank 1 (pid {rank1.pid}) was killed by signal 9 (SIGKILL)" in failed.error
-    assert "--- rank 1 log tail ---" in failed.error and "killed by signal 9" in failed.error.splitlines()[0]
+    first, second, *rest = failed.error.splitlines()
+    assert first.startswith("rank 1 of 2 was killed by signal 9 (SIGKILL) from outside the studio"), first
+    assert re.fullmatch(r"peak RSS per rank: rank 0 \S+ [KMG]B, rank 1 \S+ [KMG]B", second), second
+    assert rest[0] == "--- rank 1 log tail ---" and "--- log tail ---" in rest  # that rank's lines, then the job's
+    assert any("'rank-killed' starting" in line for line in rest[1:rest.index("--- log tail ---")])  # its own output
+    assert f"rank 1 (pid {rank1.pid}) was killed by signal 9 (SIGKILL)" in failed.error  # the launcher's log line
+    figures = wait_until(lambda: jobs.get_run(run.id).final_metrics.get("peak_rss_bytes_per_rank"), 10)
+    assert len(figures) == 2 and all(b > 10_000_000 for b in figures)  # each rank's own peak, beside the run's
     gone = lambda p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
     wait_until(lambda: gone(ranks["0"]) and gone(launcher), 10)  # the other rank did not outlive it
     assert failed.resume_from_checkpoint

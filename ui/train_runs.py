@@ -164,8 +164,9 @@ def run_details(run_id: str | None, cache: dict | None = None):
     err = ""
     if run.error and run.status == RunStatus.queued:  # e.g. a Ray cluster that does not answer yet
         err = f"**Why it has not started:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
-    elif run.error:
-        err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
+    elif run.error:  # its first line says how it ended; the log tail after it is cut from the top
+        text = run.error if len(run.error) <= 3000 else f"{run.error.splitlines()[0][:500]}\n…\n{run.error[-2500:]}"
+        err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(text)}</pre>"
     elif run.status == RunStatus.succeeded:
         err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
     if cache.get("samples"):

@@ -5,6 +5,7 @@ Both the scheduler side and the workers import this module; it imports neither. 
     config.yaml          the job's config as submitted
     worker.log           supervisor + worker output (stdout and stderr), one "===== attempt N" header per start
     outcome.json         a small file reserved at submit: the job's ending when the database could not take it
+    ranks.json           a multi-process run's ranks at their end (which failed and how, peaks, nodes)
     checkpoints/         checkpoint-<step>/ folders, each complete (written under .staging/, renamed when whole)
     checkpoints/.staging/ a checkpoint being written (a leftover here is a save that never finished)
     adapter/ | model/    the trained result (also written under a temporary name and renamed)
@@ -35,6 +36,12 @@ def job_dir(job_id: int) -> Path:
 
 def log_path(job_id: int) -> Path:
     return job_dir(job_id) / "worker.log"
+
+
+def ranks_path(job_id: int) -> Path:
+    """A multi-process run's ranks as its launcher saw them end (core.runs.ranks): which failed and how, each one's
+    peak memory and node."""
+    return job_dir(job_id) / "ranks.json"
 
 
 def outcome_path(job_id: int) -> Path:

@@ -10,9 +10,11 @@ It starts the N copies of the worker command with the variables ``torch.distribu
 * each rank's RSS is sampled; the peaks are logged when the ranks end (``ranks: peak RSS …``);
 * SIGTERM (a stop) is passed to every rank: they agree on a step, checkpoint together and stop;
 * when one rank dies (a signal or an exit code other than 0) the others are killed at once — they would wait
-  for it forever in their next collective — its log tail is written to the job's log, and this process ends the
-  same way the rank did (the same signal, or its exit code), so the supervisor records the run as failed, with
-  the tail, and it can be resumed from its last checkpoint.
+  for it forever in their next collective — and this process ends the same way the rank did (the same signal, or
+  its exit code), so the supervisor records the run as failed (``rank 1 of 2 was killed by signal 9 …``, that
+  rank's log tail after it) and it can be resumed from its last checkpoint;
+* ``ranks.json`` in the run folder (core.runs.paths.ranks_path) says how they ended: each rank's peak RSS and
+  node, and the failed rank, how it ended and its last lines — what the supervisor puts in the run's record.
 
 No torch here: it is as small as the supervisor, and lives as long as its ranks.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -29,6 +32,7 @@ import threading
 import time
 from collections import deque
 
+from core.runs import paths
 from core.runs.errors import fmt_bytes
 from core.runs.worker import log
 
@@ -82,65 +86,146 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def run_ranks(processes: int, argv: list[str]) -> int:
-    """Start ``processes`` ranks of ``argv``, watch them, return (or die with) how the group ended."""
+class LocalRank:
+    """One rank as a child process of this launcher: rank 0's output is the launcher's (the job's log), the others'
+    last lines are kept."""
+
+    def __init__(self, rank: int, argv: list[str], env: dict) -> None:
+        self.rank, self.node = rank, socket.gethostname()
+        self.tail: deque = deque(maxlen=TAIL_LINES)
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,  # noqa: S603
+                                     preexec_fn=_die_with_parent, stdout=None if rank == 0 else subprocess.PIPE,
+                                     stderr=None if rank == 0 else subprocess.STDOUT)
+        self.pid = self.proc.pid
+        if rank:
+            threading.Thread(target=_keep_tail, args=(self.proc.stdout, self.tail), daemon=True).start()
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def rss(self) -> int:
+        return _rss(self.pid)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill_and_wait(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def tail_lines(self) -> list[str]:
+        time.sleep(0.2)  # its last lines reach the tail reader
+        return list(self.tail)
+
+
+def start_local(processes: int, argv: list[str]) -> tuple[list, str]:
+    """The ranks as children of this process, meeting on a free loopback port. (ranks, rendezvous address)."""
     port = free_port()
-    ranks: list[subprocess.Popen] = []
-    tails: list[deque] = []
+    ranks = [LocalRank(rank, argv, rank_environment(dict(os.environ), rank, processes, port))
+             for rank in range(processes)]
+    return ranks, f"127.0.0.1:{port}"
+
+
+def job_id_of(argv: list[str]) -> int | None:
+    """The job of a worker command (``... --job-id N``), for the report this launcher leaves in its run folder."""
+    try:
+        return int(argv[argv.index("--job-id") + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+def write_report(job_id: int | None, report: dict) -> bool:
+    if job_id is None:
+        return False
+    target = paths.ranks_path(job_id)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(report), encoding="utf-8")
+        os.replace(tmp, target)
+        return True
+    except OSError as exc:
+        log(f"ranks: could not write {target}: {exc}")
+        return False
+
+
+def read_report(job_id: int) -> dict | None:
+    """What the launcher of a multi-process run left (``ranks.json``), or None."""
+    try:
+        report = json.loads(paths.ranks_path(job_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def rank_ending(report: dict, message: str) -> str:
+    """The first line of a run whose rank died: which rank of how many, and how (the supervisor's diagnosis of the
+    signal — out of memory or not — said of that rank)."""
+    who = f"rank {report.get('failed_rank')} of {report.get('world')}"
+    node = report.get("nodes") and len(set(report["nodes"])) > 1 and report["nodes"][report["failed_rank"]]
+    who += f" (on {node})" if node else ""
+    rc = int(report.get("returncode") or 0)
+    if rc > 0:
+        return f"{who} exited with code {rc}; the other rank(s) were stopped"
+    if message.startswith("the worker "):
+        return f"{who} {message[len('the worker '):]}"
+    return f"{who} was {message}"
+
+
+def run_ranks(processes: int, argv: list[str], start=start_local) -> int:
+    """Start ``processes`` ranks of ``argv`` (``start``: where), watch them, return (or die with) how the group
+    ended; the run folder gets ``ranks.json`` (each rank's peak RSS and node; the failed rank, how, its tail)."""
+    ranks: list = []
     terminating = threading.Event()
 
     def on_term(signum, frame):
         terminating.set()
-        for p in ranks:
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        for r in ranks:
+            r.signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    for rank in range(processes):
-        tail: deque = deque(maxlen=TAIL_LINES)
-        p = subprocess.Popen(argv, env=rank_environment(dict(os.environ), rank, processes, port),  # noqa: S603
-                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                             stdout=None if rank == 0 else subprocess.PIPE,
-                             stderr=None if rank == 0 else subprocess.STDOUT)
-        if rank:
-            threading.Thread(target=_keep_tail, args=(p.stdout, tail), daemon=True).start()
-        ranks.append(p)
-        tails.append(tail)
-    log(f"ranks: {processes} processes started (pids {', '.join(str(p.pid) for p in ranks)}; rendezvous on "
-        f"127.0.0.1:{port})")
+    started, rendezvous = start(processes, argv)
+    ranks.extend(started)
+    if terminating.is_set():
+        on_term(signal.SIGTERM, None)
+    nodes = [r.node for r in ranks]
+    where = f" on nodes {', '.join(nodes)}" if len(set(nodes)) > 1 else ""
+    log(f"ranks: {processes} processes started{where} (pids {', '.join(str(r.pid) for r in ranks)}; rendezvous on "
+        f"{rendezvous})")
     peaks = [0] * processes
     failed: int | None = None
     polls = 0
     while True:
+        codes = [r.poll() for r in ranks]
         if polls % SAMPLE_EVERY == 0:
-            for i, p in enumerate(ranks):
-                if p.poll() is None:
-                    peaks[i] = max(peaks[i], _rss(p.pid))
+            for i, r in enumerate(ranks):
+                if codes[i] is None:
+                    peaks[i] = max(peaks[i], r.rss())
         polls += 1
-        done = [p.poll() is not None for p in ranks]
-        failed = next((i for i, p in enumerate(ranks) if p.returncode not in (None, 0)), None)
-        if failed is not None or all(done):
+        failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+        if failed is not None or all(c is not None for c in codes):
             break
         time.sleep(POLL_S)
     if failed is not None:
-        for p in ranks:  # the others wait for the dead rank in their next collective: end them now
-            if p.poll() is None:
-                p.kill()
-        for p in ranks:
-            p.wait()
+        for r in ranks:  # the others wait for the dead rank in their next collective: end them now
+            r.kill_and_wait()
     log("ranks: peak RSS " + ", ".join(f"rank {i} {fmt_bytes(b)}" for i, b in enumerate(peaks)))
+    report = {"world": processes, "nodes": nodes, "pids": [r.pid for r in ranks], "peak_rss_bytes": peaks,
+              "failed_rank": failed}
     if failed is None:
+        write_report(job_id_of(argv), report)
         return 0
-    rc = ranks[failed].returncode
+    rc = codes[failed]
     log(f"ranks: rank {failed} (pid {ranks[failed].pid}) {describe_exit(rc)}; the other rank(s) were stopped")
-    if failed and tails[failed]:
-        time.sleep(0.2)  # its last lines reach the tail reader
-        print(f"--- rank {failed} log tail ---\n" + "\n".join(tails[failed]) + f"\n--- end of rank {failed} ---",
-              flush=True)
+    tail = ranks[failed].tail_lines() if failed else []
+    report.update(returncode=rc, how=describe_exit(rc), tail=tail)
+    if not write_report(job_id_of(argv), report) and tail:  # no run folder: the tail goes to the log
+        print(f"--- rank {failed} log tail ---\n" + "\n".join(tail) + f"\n--- end of rank {failed} ---", flush=True)
     sys.stdout.flush()
     if rc < 0:  # end as the rank did, so the supervisor tells a SIGKILL (out of memory?) from an exception
         if -rc not in (signal.SIGKILL, signal.SIGSTOP):
