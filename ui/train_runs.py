@@ -188,7 +188,9 @@ def parallel_note(run) -> str:
     if n <= 1:
         return ""
     how = html.escape(str(config.get("distributed") or "ddp"))
-    return f'<div class="fts-parallel">{n} processes · {how}</div>'
+    nodes = run.worker_host if run.backend != "local" and "," in (run.worker_host or "") else ""
+    where = f" · on nodes {html.escape(nodes)}" if nodes else ""  # a run placed over a cluster's nodes (Ray)
+    return f'<div class="fts-parallel">{n} processes · {how}{where}</div>'
 
 
 def samples_markdown(latest: dict) -> str:

@@ -32,9 +32,10 @@ import threading
 import time
 from collections import deque
 
-from core.runs import paths
+from core.runs import paths, store
 from core.runs.errors import fmt_bytes
 from core.runs.worker import log
+from storage import RunStatus
 
 POLL_S = 0.1  # a dead rank is noticed within this (the others are blocked on it)
 SAMPLE_EVERY = 5  # polls between RSS samples
@@ -176,7 +177,29 @@ def rank_ending(report: dict, message: str) -> str:
     return f"{who} was {message}"
 
 
-def run_ranks(processes: int, argv: list[str], start=start_local) -> int:
+def record_nodes(job_id: int | None, ranks: list) -> None:
+    """Where the ranks run, in the run's row (``worker_host``): its nodes, when they are several."""
+    nodes = list(dict.fromkeys(r.node for r in ranks))
+    if job_id is None or len(nodes) < 2:
+        return
+    try:
+        store.report_progress(job_id, worker_host=", ".join(nodes))
+    except Exception as exc:  # noqa: BLE001 - the log says it too
+        log(f"ranks: could not record the nodes: {exc}")
+
+
+def fail_unplaced(job_id: int | None, message: str) -> int:
+    """The cluster could not hold the ranks: the run fails with that, in one line (nothing ran)."""
+    log(f"ranks: {message}")
+    if job_id is not None:
+        try:
+            store.finish(job_id, RunStatus.failed, error=message)
+        except Exception as exc:  # noqa: BLE001 - the supervisor records the exit then
+            log(f"ranks: could not record the failure: {exc}")
+    return 1
+
+
+def run_ranks(processes: int, argv: list[str], start=start_local, placed=None) -> int:
     """Start ``processes`` ranks of ``argv`` (``start``: where), watch them, return (or die with) how the group
     ended; the run folder gets ``ranks.json`` (each rank's peak RSS and node; the failed rank, how, its tail)."""
     ranks: list = []
@@ -194,6 +217,8 @@ def run_ranks(processes: int, argv: list[str], start=start_local) -> int:
     if terminating.is_set():
         on_term(signal.SIGTERM, None)
     nodes = [r.node for r in ranks]
+    if placed is not None:
+        placed(ranks)
     where = f" on nodes {', '.join(nodes)}" if len(set(nodes)) > 1 else ""
     log(f"ranks: {processes} processes started{where} (pids {', '.join(str(r.pid) for r in ranks)}; rendezvous on "
         f"{rendezvous})")
@@ -243,7 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.processes < 1 or not command:
         parser.error("--processes N (N >= 1) and -- COMMAND are required")
-    return run_ranks(args.processes, command)
+    if (os.environ.get("FTS_JOB_BACKEND") or "local") != "ray":
+        return run_ranks(args.processes, command)
+    from core.runs import ray_ranks  # a run on the Ray backend: its ranks placed over the cluster's nodes
+
+    try:
+        return run_ranks(args.processes, command,
+                         start=lambda n, argv: ray_ranks.start_on_ray(n, argv, rank_environment),
+                         placed=lambda ranks: record_nodes(job_id_of(command), ranks))
+    except ray_ranks.PlacementError as exc:
+        return fail_unplaced(job_id_of(command), str(exc))
+    finally:
+        ray_ranks.release()
 
 
 if __name__ == "__main__":

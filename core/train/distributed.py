@@ -41,8 +41,9 @@ def host_cores() -> int:
 
 
 def limit_rank_threads() -> int | None:
-    """On a CPU, each rank of a multi-process run takes its share of the cores; returns the threads set (None: one
-    process, or GPUs)."""
+    """On a CPU, each rank of a multi-process run takes its share of its node's cores (the ranks on this node:
+    ``LOCAL_WORLD_SIZE``), or the CPUs its launcher reserved for it (``FTS_RANK_THREADS``: a Ray bundle's); returns
+    the threads set (None: one process, or GPUs)."""
     n = world_size()
     if n <= 1:
         return None
@@ -50,7 +51,12 @@ def limit_rank_threads() -> int | None:
 
     if torch.cuda.is_available():
         return None
-    threads = threads_per_rank(host_cores(), n)
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or n))
+        reserved = int(os.environ.get("FTS_RANK_THREADS") or 0)
+    except ValueError:
+        local, reserved = n, 0
+    threads = reserved if reserved > 0 else threads_per_rank(host_cores(), local)
     torch.set_num_threads(threads)
     return threads
 

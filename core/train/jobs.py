@@ -19,6 +19,7 @@ from core.estimate.report import disk_plan
 from core.estimate.spec import EstimateError
 from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
 from core.runs import JobError, paths, store
+from core.runs.backends import get_backend
 from core.runs.errors import fmt_bytes
 from core.space import SpaceLimitError, check_training, in_space
 from core.space import limits as space_limits
@@ -76,8 +77,9 @@ def validate_references(config: TrainConfig) -> None:
 
 
 def check_processes(config: TrainConfig) -> None:
-    """A multi-process run fits this host: at most one process per GPU, or per CPU core where there is no GPU."""
-    if config.num_processes <= 1:
+    """A multi-process run fits this host: at most one process per GPU, or per CPU core where there is no GPU. On
+    the Ray backend the cluster holds the ranks (core.runs.ray_ranks: a run it cannot place fails saying so)."""
+    if config.num_processes <= 1 or get_backend().name == "ray":
         return
     capacity, what = process_capacity()
     if config.num_processes > capacity:
