@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -39,7 +40,8 @@ def test_app_builds_and_serves_all_six_tabs(app_server):
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium")
-def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspace, fixtures_dir):
+def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspace, fixtures_dir, tiny_model_dir):
+    """Then a second run from the same form: 2 processes, FSDP, on the tiny model (issue 27)."""
     from playwright.sync_api import expect, sync_playwright
 
     from core import runs as jobs
@@ -79,7 +81,17 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         expect(progress).to_contain_text("succeeded", timeout=60_000)
         expect(page.locator(".fts-progress")).to_be_visible()
         page.screenshot(path=str(workspace / "train_tab.png"), full_page=True)
+        start_parallel_run_from_the_tab(page, dataset, tiny_model_dir)
+        expect(page.get_by_text("Run #2")).to_be_visible(timeout=30_000)
+        expect(page.locator(".fts-parallel")).to_have_text("2 processes · fsdp", timeout=30_000)
+        parallel = jobs.wait_for(2, timeout_s=300)
+        assert parallel.status == "succeeded", jobs.log_tail(2)
+        expect(page.locator(".fts-status")).to_contain_text("succeeded", timeout=30_000)
+        expect(page.locator("#train-log textarea")).to_have_value(re.compile("ranks: peak RSS rank 0"), timeout=30_000)
+        page.screenshot(path=str(workspace / "train_tab_2_processes.png"), full_page=True)
         browser.close()
+    assert (parallel.config["num_processes"], parallel.config["distributed"]) == (2, "fsdp")
+    assert "ranks: 2 processes started" in jobs.log_tail(2, max_lines=400)
 
     run = jobs.get_run(1)
     assert run.status == "succeeded" and run.step == 6
@@ -147,3 +159,20 @@ def test_two_sigterms_in_a_row_stop_the_dashboard_and_leave_its_runs_alone(works
         if proc.poll() is None:
             proc.kill()
         runs.stop(job.id)
+
+
+def start_parallel_run_from_the_tab(page, dataset: str, model_dir: str) -> None:
+    """Base model: a folder; Advanced: 2 processes (Distributed turns to ddp as the count leaves the box), then fsdp;
+    2 steps of batch 1 per process."""
+    from playwright.sync_api import expect
+
+    base = page.get_by_label("Base model", exact=True)
+    base.fill(model_dir)
+    base.press("Enter")
+    page.get_by_text("Advanced", exact=True).click()
+    processes = page.get_by_label("Processes", exact=True)
+    processes.fill("2")
+    processes.press("Tab")
+    expect(page.get_by_label("ddp", exact=True)).to_be_checked(timeout=10_000)
+    page.get_by_label("fsdp", exact=True).check()
+    start_training_from_the_tab(page, dataset, max_steps=2, batch_size=1, max_length=64)

@@ -69,3 +69,26 @@ def test_prompt_template_adds_the_new_token_line():
 
     assert peak(chatml[0]) > peak(own[0]) == peak(alpaca[0])
     assert "+2 new-token embedding row" in chatml[0] and "Prompt template** alpaca: no new tokens" in alpaca[0]
+
+
+def test_processes_show_the_per_device_peak_beside_the_one_device_peak():
+    """2 devices: DDP holds more than one device's peak (a whole copy + gradient buckets), FSDP less (sharded); the
+    figure is the one the CLI's report computes; several processes without a strategy are DDP, as in training."""
+    from core import estimate as est
+
+    args = {**ARGS, "method": "full", "precision": "bf16", "gpu": "a100-80"}
+    spec = est.load_model_spec("Mistral-7B-v0.1")
+    plan = est.TrainingPlan(method="full", precision="bf16", batch_size=2, seq_len=1024, gradient_checkpointing=True)
+    one_gb = f"**{ui._gb(est.estimate_training_memory(spec, plan).peak_bytes)}**"
+    assert "per device" not in ui.run_estimate(**args)[0]  # one process: the one figure
+    for strategy in ("ddp", "fsdp"):
+        summary = ui.run_estimate(**args, num_processes=2, distributed=strategy)[0]
+        per_device = est.estimate_report(spec, plan, num_processes=2, distributed=strategy)["per_device_peak_bytes"]
+        row = next(line for line in summary.splitlines() if "per device" in line)
+        assert f"{strategy.upper()} over 2" in row and row.endswith(f"**{ui._gb(per_device)}** |")
+        assert one_gb in summary  # the one-device peak stays beside it
+        single = est.estimate_training_memory(spec, plan).peak_bytes
+        assert (per_device > single) if strategy == "ddp" else (per_device < single / 1.5)
+    assert "DDP over 2" in ui.run_estimate(**args, num_processes=2, distributed="none")[0]
+    bad, *_ = ui.run_estimate(**args, num_processes=1.5, distributed="ddp")  # (an empty box sends 0: one)
+    assert bad.startswith("### ⚠️") and "processes" in bad

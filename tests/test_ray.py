@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
+import psutil
 import pytest
 
 from core import runs
@@ -112,3 +113,82 @@ def test_the_ray_runtime_env_carries_settings_never_secrets(workspace, on_ray, m
     assert env["FTS_MAX_CONCURRENT_RUNS"] == "3" and int(env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 60
     assert "HF_TOKEN" not in env and "FTS_AUTH" not in env
     assert not any("secret-password" in v or "hf_abcdefghij" in v for v in env.values())
+
+
+@pytest.fixture
+def second_node(ray_head):
+    """A second Ray node on this machine (its own raylet and 1 CPU, its own temp dir) joined to the session's head:
+    with the head's 2 CPUs (1 for the supervisor's job, 1 for a rank) a 2-node cluster for one rank on each."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="fts-ray2-", dir="/tmp"))
+    with open(tmp / "node.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--block", "--address", f"127.0.0.1:{ray_head.port}",
+             "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats",
+             "--temp-dir", str(tmp)], env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive_nodes() -> int:
+        import json
+
+        with urllib.request.urlopen(ray_head.address + "/nodes?view=summary", timeout=5) as r:
+            summary = json.loads(r.read())["data"]["summary"]
+        return sum(1 for n in summary if (n.get("raylet") or {}).get("state") == "ALIVE")
+
+    try:
+        wait_until(lambda: proc.poll() is not None or alive_nodes() >= 2, 90, poll_s=1)
+        assert proc.poll() is None, (tmp / "node.log").read_text(errors="replace")[-2000:]
+        yield proc
+    finally:
+        try:  # `ray start --block` leaves the cluster on SIGINT
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        wait_until(lambda: alive_nodes() == 1, 60, poll_s=1)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_ray, second_node, tiny_model_dir,
+                                                                  fixtures_dir, monkeypatch):
+    """DDP over 2 processes on a simulated 2-node cluster, one rank per node (FTS_RAY_PLACEMENT=STRICT_SPREAD): the
+    row names both nodes while it runs; a stop checkpoints on both ranks and a resume goes on; rank 1 killed on its
+    node fails the run saying so, the other rank ends too; a resume finishes it."""
+    monkeypatch.setenv("FTS_RAY_PLACEMENT", "STRICT_SPREAD")
+    run = submit_training(small_config(str(fixtures_dir / "alpaca_en_demo.json"), base_model=tiny_model_dir,
+                                       num_processes=2, distributed="ddp", batch_size=1, max_length=64, max_steps=60,
+                                       save_steps=1000, name="two-nodes"))
+    assert run.backend == "ray"
+    running = wait_until(lambda: (r := runs.get_run(run.id)).step >= 2 and r, 300, poll_s=0.2)
+    nodes = running.worker_host.split(", ")
+    assert len(nodes) == 2 and len(set(nodes)) == 2, running.worker_host  # "host (node id)" each, two nodes
+    stopped = runs.stop(run.id, timeout_s=120)
+    assert stopped.status == RunStatus.stopped, runs.log_tail(run.id)
+    ckpt_step = int(stopped.resume_from_checkpoint.rsplit("-", 1)[-1])
+    assert 2 <= ckpt_step < 60
+    runs.resume(run.id)  # then rank 1 is killed where it runs, as a person or the system would
+    wait_until(lambda: runs.get_run(run.id).step >= ckpt_step + 2, 300, poll_s=0.2)
+    rank1 = next(p for p in psutil.process_iter(["cmdline"]) if "core.runs.worker" in (p.info["cmdline"] or [])
+                 and str(run.id) in p.info["cmdline"] and p.environ().get("RANK") == "1")
+    os.kill(rank1.pid, signal.SIGKILL)
+    failed = wait_until(lambda: (r := runs.get_run(run.id)).status == RunStatus.failed and r, 60, poll_s=0.2)
+    assert failed.error.startswith(f"rank 1 of 2 (on {nodes[1]}) was killed by signal 9 (SIGKILL)"), failed.error
+    assert "--- rank 1 log tail ---" in failed.error and failed.resume_from_checkpoint
+    wait_until(lambda: not rank1.is_running() and not any(  # no rank outlives the run
+        "core.runs.worker" in (p.info["cmdline"] or []) and str(run.id) in p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])), 30)
+    runs.resume(run.id)
+    final = runs.wait_for(run.id, timeout_s=300, poll_s=0.5)
+    assert final.status == RunStatus.succeeded, runs.log_tail(run.id)
+    figures = wait_until(lambda: (fm := runs.get_run(run.id).final_metrics).get("nodes") and fm, 30)  # at the end
+    assert set(figures["nodes"]) == set(nodes) and len(figures["peak_rss_bytes_per_rank"]) == 2
+    assert sorted(m.step for m in runs.run_metrics(run.id) if m.loss is not None) == list(range(1, 61))
+    log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
+    assert "ranks: 2 processes started on nodes " in log and "STRICT_SPREAD" in log
+    assert f"training: 60 steps (starting at {ckpt_step})" in log

@@ -112,3 +112,14 @@ def test_a_refresh_sends_only_what_changed_and_a_new_label_reaches_the_run_list(
     assert later[1]["choices"] == [(f"#{job.id} renamed — succeeded", str(job.id))]
     assert later[0]["name"].tolist() == ["renamed"] and len(later[3]) == 2  # table and curve follow
     assert "name: renamed" in later[6]
+
+
+def test_a_multi_process_run_says_its_processes_and_nodes_under_its_status():
+    from storage import Run
+    from ui.train_runs import parallel_note
+
+    assert parallel_note(Run(config={"num_processes": 1})) == ""
+    local = parallel_note(Run(config={"num_processes": 2, "distributed": "fsdp"}, worker_host="vm"))
+    assert local == '<div class="fts-parallel">2 processes · fsdp</div>'
+    on_ray = Run(config={"num_processes": 2, "distributed": "ddp"}, backend="ray", worker_host="a (1f2e), <b> (9c8d)")
+    assert parallel_note(on_ray).endswith("2 processes · ddp · on nodes a (1f2e), &lt;b&gt; (9c8d)</div>")

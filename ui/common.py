@@ -288,3 +288,18 @@ def job_progress(job_id: str | None, outcome=None) -> str:
     if not ending and job.status == RunStatus.failed and job.error:
         ending = f'<div class="fts-error">{html.escape(job.error.splitlines()[0])}</div>'
     return text + ending
+
+
+def on_processes(n, current):
+    """A processes box's change (Train form, Estimate tab): more than one process needs a strategy (ddp unless fsdp
+    was chosen); one process has none. The strategy is a radio: an update to a dropdown that the Tab key has just
+    focused is lost."""
+    try:
+        n = int(n or 1)
+    except (TypeError, ValueError):
+        return gr.update()
+    if n > 1 and current == "none":
+        return gr.update(value="ddp")
+    if n <= 1 and current != "none":
+        return gr.update(value="none")
+    return gr.update()

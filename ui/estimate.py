@@ -10,7 +10,7 @@ import gradio as gr
 
 from core import estimate as est
 from core.estimate.report import template_new_tokens
-from ui.common import md_text
+from ui.common import md_text, on_processes
 
 GIB = est.GIB
 COMPONENT_HEADERS = ["Component", "Bytes", "GB", "Alive during", "Formula"]
@@ -51,8 +51,10 @@ def _empty():
 
 def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimizer, precision, batch_size, seq_len,
                  gradient_checkpointing, attention, inference_dtype, inference_tokens, dataset_id, tokens, epochs, gpu,
-                 mfu, price, prompt_template=""):
-    """All outputs for one click: (summary md, components, phases, inference, fit table, time/cost md)."""
+                 mfu, price, prompt_template="", num_processes=1, distributed="none"):
+    """All outputs for one click: (summary md, components, phases, inference, fit table, time/cost md).
+    ``num_processes`` / ``distributed``: the run split over several devices (ddp / fsdp) — the summary shows what
+    each device must hold beside the one-device peak (several processes without a strategy: ddp, as in training)."""
     ref = (model_ref or "").strip() or (catalog_model or "").strip()
     try:
         spec = est.load_model_spec(ref)
@@ -66,6 +68,12 @@ def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimiz
             new_tokens=new_tokens,
         )
         training = est.estimate_training_memory(spec, plan)
+        processes = _as_int(num_processes or 1, "processes")
+        strategy = "ddp" if processes > 1 and distributed in (None, "", "none") else (distributed or "none")
+        if strategy not in est.DISTRIBUTED:
+            raise est.EstimateError(f"distributed must be one of {', '.join(est.DISTRIBUTED)} (got {strategy!r})")
+        per_device = (est.per_device_peak_bytes(training, strategy, processes, spec.num_layers) if processes > 1
+                      else None)
         without = est.estimate_training_memory(spec, replace(plan, new_tokens=0)) if new_tokens else training
         inference = est.estimate_inference_memory(spec, inference_dtype, plan.batch_size,
                                                   _as_int(inference_tokens or plan.seq_len, "context length"),
@@ -105,6 +113,8 @@ def run_estimate(catalog_model, model_ref, method, lora_r, lora_targets, optimiz
         f"| **Training peak (ours)** — at *{training.peak_phase}* | **{_gb(training.peak_bytes)}** |\n"
         f"| ↳ tensors (what `torch.cuda.max_memory_allocated` sees) | {_gb(training.peak_tensor_bytes)} |\n"
         f"| ↳ CUDA context + allocator slack | {_gb(training.overhead_bytes)} |\n"
+        + (f"| **Training peak per device** — {est.per_device_note(strategy, processes)} | **{_gb(per_device)}** |\n"
+           if per_device is not None else "") +
         f"| accelerate-style: model fp32 | {acc['fp32_gb']:.2f} |\n"
         f"| accelerate-style: training using Adam | {acc['adam_gb']:.2f} |\n"
         f"| Inference ({inference_dtype}) | {_gb(inference.peak_bytes)} |\n\n"
@@ -186,6 +196,11 @@ def build_tab() -> None:
         prompt_template = gr.Dropdown(_template_choices(), value="", label="Prompt template (base models)",
                                       info="a template's new tokens grow the vocabulary; LoRA trains their rows "
                                            "with PEFT trainable tokens")
+    with gr.Row():
+        num_processes = gr.Number(1, label="Processes (devices)", precision=0, minimum=1,
+                                  info="one per GPU (CPU processes on a host without one)")
+        distributed = gr.Radio(list(est.DISTRIBUTED), value="none", label="Distributed",
+                               info="ddp: a whole copy per device; fsdp: sharded (less memory per device)")
     with gr.Accordion("Time and cost", open=True):
         with gr.Row():
             dataset = gr.Dropdown(_dataset_choices(), value="", label="Dataset (Data tab)", scale=3)
@@ -210,9 +225,10 @@ def build_tab() -> None:
 
     inputs = [catalog, model_ref, method, lora_r, lora_targets, optimizer, precision, batch_size, seq_len,
               checkpointing, attention, inference_dtype, inference_tokens, dataset, tokens, epochs, gpu, mfu, price,
-              prompt_template]
+              prompt_template, num_processes, distributed]
     outputs = [summary, components, phases, inference, fit, time_cost]
     go.click(run_estimate, inputs, outputs)
+    num_processes.change(on_processes, [num_processes, distributed], [distributed], show_progress="hidden")
     refresh.click(refresh_datasets, dataset, dataset)
     return refresh_datasets, [dataset], [dataset]  # app.py runs it when a page (or the tab) opens: never stale
 

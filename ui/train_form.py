@@ -15,7 +15,7 @@ from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.recipes import get_recipe, recipe_menu, recipe_needs
 from core.train.rewards import REWARDS
-from ui.common import md_text, now_hms
+from ui.common import md_text, now_hms, on_processes
 
 # what each objective means, in the dropdown (the values are TrainConfig's: a new one shows as its bare name)
 OBJECTIVE_LABELS = {"sft": "SFT — supervised, on conversations",
@@ -201,6 +201,16 @@ def recipe_values(name: str | None) -> tuple[dict, str]:
     return values, f"**{r.label}** — `{r.base_model}`, {r.settings.get('method')}. {r.note}{lack}"
 
 
+def host_processes() -> tuple[int, str]:
+    """(processes this host can train with, what they are); (1, ...) when it cannot be read."""
+    try:
+        from core.train.device import process_capacity
+
+        return process_capacity()
+    except Exception:  # noqa: BLE001 - a form without the parallel fields beats a broken tab
+        return 1, "process"
+
+
 def build_form():
     """The New run column. Returns (inputs {field or "upload": component}, skip_preflight, start button, start
     message, refresh_lists, its outputs); wires the form's own events (objective, template, recipe, data refresh)."""
@@ -227,6 +237,10 @@ def build_form():
     inputs |= build_group("basic")
     with gr.Accordion("Advanced", open=False):
         inputs |= build_group("advanced")
+        capacity, what = host_processes()
+        with gr.Group(visible=capacity > 1, elem_id="train-parallel"):  # only where several processes can run
+            inputs |= build_group("parallel", num_processes={"maximum": max(1, capacity),
+                                                             "info": f"this host: {capacity} {what}"})
         skip_preflight = gr.Checkbox(False, label="Start even if the memory pre-flight check warns")
     start_btn = gr.Button("Start training", variant="primary")
     start_msg = gr.Markdown()
@@ -245,6 +259,8 @@ def build_form():
         return gr.update(visible=grpo), beta_update
 
     objective.change(on_objective, [objective, beta], [grpo_box, beta])
+    inputs["num_processes"].change(on_processes, [inputs["num_processes"], inputs["distributed"]],
+                                   [inputs["distributed"]], show_progress="hidden")
     base_model, chat_template = inputs["base_model"], inputs["chat_template"]
     base_model.change(template_hint, [base_model, chat_template], [chat_template, template_md])
     chat_template.change(template_note, [base_model, chat_template], [template_md], show_progress="hidden")

@@ -164,13 +164,14 @@ def run_details(run_id: str | None, cache: dict | None = None):
     err = ""
     if run.error and run.status == RunStatus.queued:  # e.g. a Ray cluster that does not answer yet
         err = f"**Why it has not started:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
-    elif run.error:
-        err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(run.error[-3000:])}</pre>"
+    elif run.error:  # its first line says how it ended; the log tail after it is cut from the top
+        text = run.error if len(run.error) <= 3000 else f"{run.error.splitlines()[0][:500]}\n…\n{run.error[-2500:]}"
+        err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(text)}</pre>"
     elif run.status == RunStatus.succeeded:
         err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
     if cache.get("samples"):
         err = (err + "\n\n" if err else "") + samples_markdown(cache["samples"])
-    head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s)
+    head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s) + parallel_note(run)
     log_text = runs.log_tail(run.id, max_lines=LOG_LINES)
     # what this page already shows is not sent again: a finished run's refresh sends nothing but the table check
     sig = (run.id, run.attempt)
@@ -178,6 +179,18 @@ def run_details(run_id: str | None, cache: dict | None = None):
             _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
             _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
             _if_changed(cache, "outcome", err), cache)
+
+
+def parallel_note(run) -> str:
+    """A multi-process run's processes and strategy under its status line ("" for one process)."""
+    config = run.config or {}
+    n = int(config.get("num_processes") or config.get("num_gpus") or 1)
+    if n <= 1:
+        return ""
+    how = html.escape(str(config.get("distributed") or "ddp"))
+    nodes = run.worker_host if run.backend != "local" and "," in (run.worker_host or "") else ""
+    where = f" · on nodes {html.escape(nodes)}" if nodes else ""  # a run placed over a cluster's nodes (Ray)
+    return f'<div class="fts-parallel">{n} processes · {how}{where}</div>'
 
 
 def samples_markdown(latest: dict) -> str:
@@ -333,7 +346,8 @@ def build_panel():
                                                               "#64748b")))})
     error_md = gr.Markdown()
     with gr.Accordion("Log tail", open=True):
-        log_box = gr.Textbox(lines=LOG_LINES, max_lines=LOG_LINES, show_label=False, autoscroll=True)
+        log_box = gr.Textbox(lines=LOG_LINES, max_lines=LOG_LINES, show_label=False, autoscroll=True,
+                             elem_id="train-log")
     with gr.Accordion("Config (YAML)", open=False):
         config_box = gr.Code(language="yaml", show_label=False)
 

@@ -12,6 +12,7 @@ from core.estimate.gpus import DEFAULT_MFU, GPUS, estimate_time_cost, gpu_fit_ta
 from core.estimate.lookup import dataset_token_count, load_model_spec
 from core.estimate.memory import (
     ATTENTIONS,
+    DISTRIBUTED,
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
@@ -19,6 +20,8 @@ from core.estimate.memory import (
     accelerate_style,
     estimate_inference_memory,
     estimate_training_memory,
+    per_device_note,
+    per_device_peak_bytes,
     resolve_precision,
 )
 from core.estimate.spec import GIB, EstimateError, ModelSpec, count_parameters
@@ -29,9 +32,15 @@ from core.text import fail, print_json
 def estimate_report(spec: ModelSpec, plan: TrainingPlan, *, precision_requested: str = "auto",
                     inference_dtype: Optional[str] = None, inference_tokens: Optional[int] = None,
                     tokens: Optional[int] = None, epochs: float = 1.0, gpu: str = "a100-80", mfu: float = DEFAULT_MFU,
-                    price_per_gpu_hour: Optional[float] = None) -> dict:
-    """The whole estimate as a JSON-able dict (stable keys; bytes are ints)."""
+                    price_per_gpu_hour: Optional[float] = None, num_processes: int = 1,
+                    distributed: str = "none") -> dict:
+    """The whole estimate as a JSON-able dict (stable keys; bytes are ints). ``num_processes`` / ``distributed``:
+    the run split over several devices — ``per_device_peak_bytes`` is what each must hold."""
     est = estimate_training_memory(spec, plan)
+    try:
+        per_device = per_device_peak_bytes(est, distributed, num_processes, spec.num_layers)
+    except ValueError as exc:
+        raise EstimateError(str(exc)) from None
     inf_dtype = inference_dtype or ("fp32" if plan.precision == "fp32" else "bf16")
     inf = estimate_inference_memory(spec, inf_dtype, plan.batch_size, inference_tokens or plan.seq_len, plan.attention,
                                     plan.device)
@@ -50,6 +59,10 @@ def estimate_report(spec: ModelSpec, plan: TrainingPlan, *, precision_requested:
         "peak_phase": est.peak_phase,
         "peak_tensor_bytes": est.peak_tensor_bytes,
         "peak_bytes": est.peak_bytes,
+        "num_processes": num_processes,
+        "distributed": distributed,
+        "per_device_peak_bytes": per_device,
+        "per_device_note": per_device_note(distributed, num_processes),
         "inference_dtype": inf_dtype,
         "inference_components": inf.component_bytes(),
         "inference_bytes": inf.peak_bytes,
@@ -144,12 +157,19 @@ def preflight_check(config, free_bytes: Optional[int] = None) -> PreflightResult
     if free_bytes is None:
         free_bytes = detected_free
     plan = plan_for_config(config, device="cpu" if device == "cpu" else "cuda", bf16_supported=bf16_ok)
+    n, how = getattr(config, "num_processes", 1), getattr(config, "distributed", "none")
     try:
         spec = load_model_spec(config.base_model)
         est = estimate_training_memory(spec, plan)
-    except EstimateError as exc:
+        need = per_device_peak_bytes(est, how, n, spec.num_layers)
+    except (EstimateError, ValueError) as exc:
         return PreflightResult(True, 0, free_bytes, device, f"memory estimate unavailable ({exc}); starting anyway")
-    need = est.peak_bytes
+    if n > 1:
+        if device == "cpu":  # CPU processes share the host's memory
+            need *= n
+            device = f"cpu ({n} processes, {_gb(need // n)} each, {how})"
+        else:
+            device = f"{device} (per device, {how} over {n})"
     if free_bytes is None:
         return PreflightResult(True, need, None, device,
                                f"estimated peak {need / GIB:.1f} GB; free memory on {device} could not be read")
@@ -212,6 +232,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--gpu", default="a100-80", help="GPU for time/cost: " + ", ".join(g.key for g in GPUS))
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU)
     p.add_argument("--price", type=float, default=None, help="$ per GPU-hour (default: the GPU's on-demand price)")
+    p.add_argument("--num-processes", type=int, default=1,
+                   help="devices (or CPU processes) training together; the per-device peak follows")
+    p.add_argument("--distributed", default="none", choices=list(DISTRIBUTED),
+                   help="how several processes share the run: none, ddp (a whole copy each), fsdp (sharded)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_cli)
 
@@ -234,8 +258,11 @@ def run_cli(args) -> int:
             if tokens is None:
                 raise EstimateError(f"dataset {args.dataset} has no token stats yet: compute them in the Data tab "
                                     "or pass --tokens")
+        if args.num_processes > 1 and args.distributed == "none":
+            raise EstimateError(f"--num-processes {args.num_processes} needs --distributed ddp or fsdp")
         report = estimate_report(spec, plan, precision_requested=args.dtype, tokens=tokens, epochs=args.epochs,
-                                 gpu=args.gpu, mfu=args.mfu, price_per_gpu_hour=args.price)
+                                 gpu=args.gpu, mfu=args.mfu, price_per_gpu_hour=args.price,
+                                 num_processes=args.num_processes, distributed=args.distributed)
     except EstimateError as exc:
         return fail(exc)
     if args.json:
@@ -248,6 +275,8 @@ def run_cli(args) -> int:
     for key, value in report["components"].items():
         print(f"  {key:<24} {_gb(value):>12}")
     print(f"peak {_gb(report['peak_bytes'])} (at: {report['peak_phase']});  inference {_gb(report['inference_bytes'])}")
+    if report["num_processes"] > 1:
+        print(f"per device {_gb(report['per_device_peak_bytes'])} ({report['per_device_note']})")
     for note in report["notes"]:
         print(f"  note: {note}")
     acc = report["accelerate_style"]

@@ -307,12 +307,13 @@ class RayBackend(Backend):
 
     @staticmethod
     def gpus(job: Run) -> float:
-        """GPUs the run asks Ray for: ``FTS_RAY_NUM_GPUS`` when set (0 on a CPU cluster), else the run's
-        ``num_gpus`` for training (evaluations, exports and servers: 1)."""
+        """GPUs the run's supervisor asks Ray for: ``FTS_RAY_NUM_GPUS`` when set (0 on a CPU cluster), else 1; none
+        for a multi-process run, whose ranks each hold a bundle of their own (core.runs.ray_ranks)."""
+        config = job.config or {}
+        if int(config.get("num_processes") or config.get("num_gpus") or 1) > 1:
+            return 0.0
         fixed = os.environ.get("FTS_RAY_NUM_GPUS", "").strip()
-        if fixed:
-            return float(fixed)
-        return float((job.config or {}).get("num_gpus") or 1)
+        return float(fixed) if fixed else 1.0
 
     def start(self, job: Run) -> Handle:
         client = self.client()

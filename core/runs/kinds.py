@@ -41,11 +41,11 @@ class JobKind:
 
 
 def _train_command(job: Run) -> list[str]:
-    n = int((job.config or {}).get("num_gpus") or 1)
+    config = job.config or {}
+    n = int(config.get("num_processes") or config.get("num_gpus") or 1)  # num_gpus: configs before issue 27
     if n > 1:
-        # multi-GPU: the same worker under accelerate (DDP); only rank 0 writes to the DB
-        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
-                "-m", "core.runs.worker", "--job-id", str(job.id)]
+        # DDP / FSDP: n ranks of the same worker, started and watched as one job by core.runs.ranks; rank 0 writes
+        return [sys.executable, "-m", "core.runs.ranks", "--processes", str(n), "--", *default_command(job)]
     return default_command(job)
 
 

@@ -5,6 +5,7 @@ Both the scheduler side and the workers import this module; it imports neither. 
     config.yaml          the job's config as submitted
     worker.log           supervisor + worker output (stdout and stderr), one "===== attempt N" header per start
     outcome.json         a small file reserved at submit: the job's ending when the database could not take it
+    ranks.json           a multi-process run's ranks at their end (which failed and how, peaks, nodes)
     checkpoints/         checkpoint-<step>/ folders, each complete (written under .staging/, renamed when whole)
     checkpoints/.staging/ a checkpoint being written (a leftover here is a save that never finished)
     adapter/ | model/    the trained result (also written under a temporary name and renamed)
@@ -35,6 +36,12 @@ def job_dir(job_id: int) -> Path:
 
 def log_path(job_id: int) -> Path:
     return job_dir(job_id) / "worker.log"
+
+
+def ranks_path(job_id: int) -> Path:
+    """A multi-process run's ranks as its launcher saw them end (core.runs.ranks): which failed and how, each one's
+    peak memory and node."""
+    return job_dir(job_id) / "ranks.json"
 
 
 def outcome_path(job_id: int) -> Path:
@@ -154,6 +161,16 @@ def fsync_dir(path: Path) -> None:
         pass
 
 
+def publish(tmp: Path, target: Path) -> None:
+    """A folder written whole under ``tmp`` becomes ``target``: marked complete, synced, renamed into place."""
+    (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    fsync_dir(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
 def save_atomically(target: Path, write, *, needed_bytes: int | None, what: str, tmp: Path | None = None) -> None:
     """Run ``write(tmp)`` and rename ``tmp`` to ``target`` only when it is whole (marker written last). On failure
     nothing is left behind; a full disk becomes a DiskFullError that says how much was free and needed."""
@@ -162,12 +179,7 @@ def save_atomically(target: Path, write, *, needed_bytes: int | None, what: str,
     try:
         tmp.mkdir(parents=True)
         write(tmp)
-        (tmp / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        fsync_dir(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+        publish(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(exc) and not isinstance(exc, DiskFullError):

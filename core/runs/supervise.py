@@ -20,7 +20,7 @@ import time
 from collections import deque
 
 from core.config import REPO_ROOT
-from core.runs import memory, paths, store, warm
+from core.runs import memory, paths, ranks, store, warm
 from core.runs.errors import fmt_bytes
 from core.runs.kinds import get_kind, oom_advice
 from core.runs.worker import log
@@ -148,6 +148,7 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
         return 0
     kind = get_kind(job.kind)
     cmd = kind.command(job)
+    paths.ranks_path(job_id).unlink(missing_ok=True)  # an earlier attempt's ranks (a multi-process run's launcher)
     tee = None
     if tee_log:
         tee = _Tee(sys.stdout, paths.log_path(job_id))
@@ -245,6 +246,7 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
         run = None
     if run is not None and run.attempt != job.attempt:
         run = None  # this attempt's ending is recorded and the job has moved on (resumed): nothing of ours to write
+    rank_report = ranks.read_report(job_id) if run is not None else None
     if run is not None and run.status.is_active:
         advice = oom_advice(kind, run.config or {}, limit)
         status, message = describe_death(rc, peak=peak or None, last=last or None, limit=limit,
@@ -259,17 +261,29 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
             status = RunStatus.stopped
         if run.status == RunStatus.stopping and rc == -signal.SIGKILL:
             status, message = RunStatus.stopped, "stopped (the worker was killed after the stop timeout)"
+        rank_tail = ""
+        if rank_report and rank_report.get("failed_rank") is not None and over_cap is None \
+                and status != RunStatus.stopped:
+            message = ranks.rank_ending(rank_report, message) + "\n" + _rank_peaks(rank_report)
+            lines = rank_report.get("tail") or []
+            k = rank_report["failed_rank"]
+            rank_tail = f"--- rank {k} log tail ---\n" + "\n".join(lines) + "\n" if lines else ""
         log(f"supervisor: {message}")
         tail = paths.log_tail(job_id, max_lines=25)
+        if rank_tail:
+            print(rank_tail + f"--- end of rank {rank_report['failed_rank']} ---", flush=True)
         ckpt = paths.latest_checkpoint(paths.job_dir(job_id))
-        store.finish(job_id, status, error=f"{message}\n--- log tail ---\n{tail}" if status != RunStatus.stopped
-                     else None, attempt=run.attempt, resume_from_checkpoint=str(ckpt) if ckpt else None,
+        store.finish(job_id, status, error=f"{message}\n{rank_tail}--- log tail ---\n{tail}"
+                     if status != RunStatus.stopped else None, attempt=run.attempt,
+                     resume_from_checkpoint=str(ckpt) if ckpt else None,
                      peak_memory_bytes=peak or None, memory_limit_bytes=limit)
     else:
         try:
             store.report_progress(job_id, peak_memory_bytes=peak or None, memory_limit_bytes=limit)
         except Exception:  # noqa: BLE001, S110 - best effort; the next tick reports
             pass
+    if rank_report:
+        _record_rank_figures(job_id, rank_report)
     try:  # hand the device to the next queued job
         from core.runs.scheduler import dispatch
 
@@ -277,6 +291,23 @@ def supervise(job_id: int, tee_log: bool = False) -> int:
     except Exception as exc:  # noqa: BLE001
         log(f"supervisor: could not start the next queued job: {exc}")
     return rc if rc >= 0 else 128 - rc
+
+
+def _rank_peaks(report: dict) -> str:
+    return "peak RSS per rank: " + ", ".join(f"rank {i} {fmt_bytes(b)}" for i, b in
+                                             enumerate(report.get("peak_rss_bytes") or []))
+
+
+def _record_rank_figures(job_id: int, report: dict) -> None:
+    """Each rank's peak RSS (and node) beside the run's other figures: ``final_metrics``'s
+    ``peak_rss_bytes_per_rank`` (``peak_memory_bytes`` is the whole job's, all ranks together) and ``nodes``."""
+    try:
+        run = store.get(job_id, fold=False)
+        figures = {"peak_rss_bytes_per_rank": report.get("peak_rss_bytes") or [],
+                   "nodes": report.get("nodes") or []}
+        store.report_progress(job_id, final_metrics={**(run.final_metrics or {}), **figures})
+    except Exception as exc:  # noqa: BLE001 - figures, not the ending
+        log(f"supervisor: could not record the ranks' peaks: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -344,10 +344,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# started cold: the launcher of a multi-process run's ranks (core.runs.ranks) needs none of the warm libraries, and a
+# forked copy of them would count in the run's memory; its ranks start as processes of their own
+COLD_MODULES = frozenset({"core.runs.ranks"})
+
+
 def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0) -> WarmChild | None:
     """Start ``argv`` (``python -m core.…``) from this environment's server, or None (start it cold)."""
     if not enabled(env) or len(argv) < 3 or argv[0] != sys.executable or argv[1] != "-m" \
-            or not argv[2].startswith(MODULE_PREFIX):
+            or not argv[2].startswith(MODULE_PREFIX) or argv[2] in COLD_MODULES:
         return None
     p = _paths(env)
     if p is None:

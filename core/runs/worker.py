@@ -24,6 +24,8 @@ from core.runs.errors import describe_exception, is_disk_full
 from core.runs.kinds import get_kind, load_entry, oom_advice
 from storage import Run, RunStatus
 
+PEER_GRACE_S = 2.0
+
 
 class StopRequested(Exception):
     """Raised by a kind that noticed ``ctx.should_stop()`` before it had anything worth saving."""
@@ -120,6 +122,11 @@ def run_job(job_id: int) -> int:
         except (OSError, ValueError):
             pass
         log(f"run {job_id} failed: {error}")
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            # one of several ranks: when another rank died first this one failed in a collective for that reason;
+            # core.runs.ranks notices the dead rank within its poll and ends this one, and the run records that
+            # rank's death (with its log tail) instead of this consequence
+            time.sleep(PEER_GRACE_S)
     if ctx.is_main:
         ckpt = paths.latest_checkpoint(ctx.dir)
         fields = dict(result.fields)

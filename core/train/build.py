@@ -9,6 +9,7 @@ from core.runs.worker import JobContext, log
 from core.train.callbacks import make_metrics_callback
 from core.train.checkpoints import checkpoint_mixin, checkpoint_mixin_on
 from core.train.config import TrainConfig
+from core.train.distributed import FsdpOnCpu
 from core.train.limits import cap_memory
 from core.train.model import load_model
 
@@ -81,7 +82,7 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
             eval_examples, _ = tokenize(val_rows)
     if config.objective == "dpo" and config.max_steps > 0:
         # the reference pass costs a forward per pair: only for the pairs the run will see (a seeded sample)
-        needed = config.max_steps * config.batch_size * config.grad_accum * max(1, config.num_gpus)
+        needed = config.max_steps * config.batch_size * config.grad_accum * max(1, config.num_processes)
         if needed < len(examples):
             import random
 
@@ -107,13 +108,21 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
         load_or_compute_reference(ctx.dir, model, everything, collator, examples_fingerprint(everything), log=log)
 
     ckpt_dir = paths.checkpoints_dir(ctx.dir)
-    args = SFTConfig(**trainer_arguments(config, plan, output_dir=str(ckpt_dir), has_eval=bool(eval_examples)))
+    layers = None
+    if config.distributed == "fsdp":
+        from core.train.distributed import decoder_layer_classes
+
+        layers = decoder_layer_classes(model)
+        log(f"FSDP2 over {config.num_processes} processes: full shard, wrapped by {', '.join(layers) or 'none'}, "
+            "sharded checkpoints")
+    args = SFTConfig(**trainer_arguments(config, plan, output_dir=str(ckpt_dir), has_eval=bool(eval_examples),
+                                         fsdp_layers=layers))
 
     train_ds = HFDataset.from_list(examples)
     eval_ds = HFDataset.from_list(eval_examples) if eval_examples else None
     keep = config.save_total_limit
 
-    class StudioTrainer(checkpoint_mixin(ctx, resolved, keep), SFTTrainer):
+    class StudioTrainer(checkpoint_mixin(ctx, resolved, keep), FsdpOnCpu, SFTTrainer):
         """SFTTrainer whose loss projects through the LM head only where a label exists (no wasted work), and
         whose checkpoints appear only when complete."""
 
@@ -134,6 +143,10 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
                         StudioTrainer.preference_stats.setdefault(k, []).append(v)
                 return (loss, None) if return_outputs else loss
             loss, outputs = labelled_positions_loss(model, inputs, num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # the count is every rank's and DDP / FSDP average the gradients over the ranks: as the Trainer's
+                # own compute_loss, scale back so a step's gradient is that of the global batch
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs, *args, **kwargs):
@@ -201,7 +214,7 @@ def build_grpo_trainer(ctx: JobContext, config: TrainConfig, plan, setup, resolv
         f"at most {config.max_completion_length} new tokens, temperature {config.temperature:g}, "
         f"KL beta {config.beta:g}")
     if config.max_steps > 0:
-        needed = config.max_steps * config.batch_size * config.grad_accum * max(1, config.num_gpus)
+        needed = config.max_steps * config.batch_size * config.grad_accum * max(1, config.num_processes)
         log(f"{config.max_steps} steps answer {needed} prompts ({needed * config.num_generations} answers)")
     model, trained_ids, vocab_rows = load_model(config, plan, setup, resolved, tokenizer, applied, base_had_template)
     model.config.use_cache = True  # sampling reuses the KV cache; the training forward passes ask for none

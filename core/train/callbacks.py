@@ -7,6 +7,7 @@ import math
 import time
 
 from core.runs.worker import JobContext, log
+from core.train.distributed import sum_over_ranks
 
 
 def checkpointed_modules(model) -> int:
@@ -48,16 +49,19 @@ def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None):
         def __init__(self):
             self.t0 = time.time()
             self.tokens0 = 0
+            self.local_tokens = 0  # this rank's count at the last step end
+            self.all_tokens = 0  # every rank's (what the run has trained on)
             self.step0 = 0
             self.last_tps: float | None = None
             self.window: list[tuple[float, int]] = []
 
         def on_train_begin(self, args, state, control, **kw):
+            self.local_tokens = self.all_tokens = tokens_seen()  # rank 0: from the metrics when resumed
             if not state.is_world_process_zero:
                 return
             self.t0 = time.time()
             self.step0 = state.global_step
-            self.tokens0 = tokens_seen()
+            self.tokens0 = self.all_tokens
             ctx.progress(max_steps=state.max_steps, step=state.global_step)
             n_ckpt = checkpointed_modules(kw["model"]) if kw.get("model") is not None else 0
             if args.activation_checkpointing and n_ckpt == 0:
@@ -66,20 +70,27 @@ def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None):
                 + (f"; gradient checkpointing active in {n_ckpt} modules" if n_ckpt else ""))
 
         def on_step_end(self, args, state, control, **kw):
-            if ctx.should_stop():
+            # several ranks: one all-reduce per step — a stop asked of any rank stops all at this step (their
+            # checkpoint is one collective save), and the step's tokens are every rank's
+            local = tokens_seen()
+            stops, new_tokens = sum_over_ranks([1.0 if ctx.should_stop() else 0.0, float(local - self.local_tokens)])
+            self.local_tokens = local
+            self.all_tokens += int(new_tokens)
+            if stops > 0:
+                ctx.stop_event.set()
                 log(f"stop requested: saving checkpoint at step {state.global_step}")
                 control.should_save = True
                 control.should_training_stop = True
             if not state.is_world_process_zero:
                 return
             now = time.time()
-            self.window.append((now, tokens_seen()))
+            self.window.append((now, self.all_tokens))
             self.window = self.window[-20:]
             if len(self.window) >= 2 and self.window[-1][0] > self.window[0][0]:
                 (ta, ka), (tb, kb) = self.window[0], self.window[-1]
                 self.last_tps = (kb - ka) / (tb - ta)
             elif now > self.t0:
-                self.last_tps = (tokens_seen() - self.tokens0) / (now - self.t0)
+                self.last_tps = (self.all_tokens - self.tokens0) / (now - self.t0)
             done = state.global_step - self.step0
             eta = (now - self.t0) / done * (state.max_steps - state.global_step) if done > 0 else None
             ctx.progress(step=state.global_step, epoch=float(state.epoch or 0.0), tokens_per_s=self.last_tps,
@@ -96,7 +107,7 @@ def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None):
             keys = [*PREFERENCE_KEYS, *GRPO_KEYS,
                     *(k for k in logs if k.startswith("rewards/") and k.endswith("/mean"))]  # GRPO: each reward
             extra = {k: _num(logs[k]) for k in keys if _num(logs.get(k)) is not None}
-            extra["tokens_seen"] = int(tokens_seen())  # the x axis of runs compared by tokens
+            extra["tokens_seen"] = int(self.all_tokens)  # the x axis of runs compared by tokens
             if samples is not None and samples():
                 extra["samples"] = samples()
             ctx.metric(step=state.global_step, epoch=float(logs.get("epoch", state.epoch or 0.0)),

@@ -17,13 +17,14 @@ Objective = Literal["sft", "dpo", "orpo", "grpo"]
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Distributed = Literal["none", "ddp", "fsdp"]
 
 
 MAX_STEPS = 100_000_000  # no run is that long; anything above is a typo or an attack on the run slot
 MAX_EPOCHS = 10_000
 INT_CEILINGS = {"batch_size": 65_536, "grad_accum": 65_536, "max_length": 1_048_576, "lora_r": 4_096,
                 "lora_alpha": 65_536, "save_steps": MAX_STEPS, "eval_steps": MAX_STEPS, "logging_steps": MAX_STEPS,
-                "save_total_limit": 1_000, "num_gpus": 1_024, "length_min": 10_000_000, "length_max": 10_000_000,
+                "save_total_limit": 1_000, "num_processes": 1_024, "length_min": 10_000_000, "length_max": 10_000_000,
                 "seed": 2**32 - 1}
 GRPO = {"objective": "grpo"}  # the fields that apply to GRPO runs only (the Train tab hides them for the others)
 
@@ -155,7 +156,39 @@ class TrainConfig(JobConfig):
     max_wall_clock_hours: float = Field(0.0, description="stop the run (with a checkpoint, resumable) after this many "
                                                          "hours of running; 0 = no limit (a shared studio's admin "
                                                          "may set a ceiling: FTS_MAX_RUN_HOURS)")
-    num_gpus: int = Field(1, description=">1 launches the worker through `accelerate launch`")
+    num_processes: int = Field(1, description="processes that train together: one per GPU, or CPU processes where "
+                                              "there is no GPU (at most the host's GPUs / CPU cores); the global "
+                                              "batch is batch size x grad accumulation x this",
+                               json_schema_extra=meta(label="Processes", at=("parallel", 0, 0), minimum=1,
+                                                      info="one per GPU (CPU processes on a host without one)"))
+    distributed: Distributed = Field(
+        "none", description="how several processes share the work: none (one process), ddp (each process holds the "
+                            "whole model; gradients are averaged) or fsdp (FSDP2: weights, gradients and optimizer "
+                            "states sharded over the processes by decoder layer; sharded checkpoints, the usual "
+                            "adapter/model at the end); several processes mean ddp unless you say fsdp, one "
+                            "process means none",
+        json_schema_extra=meta(label="Distributed", at=("parallel", 0, 1), widget="radio",
+                               info="ddp: a whole copy per process; fsdp: sharded (less memory per process)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_num_gpus(cls, data):
+        """Configs written before issue 27 said ``num_gpus: N`` (N > 1: DDP through accelerate): read as
+        ``num_processes: N`` (+ ``distributed: ddp``); more than one process without a strategy means ddp."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "num_gpus" in data:
+            old = data.pop("num_gpus")
+            if data.get("num_processes") is None:
+                data["num_processes"] = old
+        n = data.get("num_processes")
+        if isinstance(n, (int, float)) and not isinstance(n, bool):
+            if n > 1 and data.get("distributed") in (None, "none"):
+                data["distributed"] = "ddp"  # several processes share the work one way or another
+            elif n == 1 and data.get("distributed") is not None:
+                data["distributed"] = "none"  # one process has no strategy (a YAML's, overridden by a flag)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -217,7 +250,7 @@ class TrainConfig(JobConfig):
             raise ValueError(f"max length must be at least 8 tokens (got {v})")
         return v
 
-    @field_validator("batch_size", "grad_accum", "num_gpus", "logging_steps")
+    @field_validator("batch_size", "grad_accum", "num_processes", "logging_steps")
     @classmethod
     def _positive(cls, v: int, info) -> int:
         if v < 1:
@@ -225,7 +258,7 @@ class TrainConfig(JobConfig):
         return v
 
     @field_validator("batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "save_steps", "eval_steps",
-                     "logging_steps", "save_total_limit", "num_gpus", "length_min", "length_max", "seed")
+                     "logging_steps", "save_total_limit", "num_processes", "length_min", "length_max", "seed")
     @classmethod
     def _at_most(cls, v: int, info) -> int:
         if v > INT_CEILINGS[info.field_name]:
@@ -332,7 +365,20 @@ class TrainConfig(JobConfig):
             if self.eval_split or self.eval_steps:
                 raise ValueError("GRPO runs have no eval loss (their answers are sampled): leave eval_split and "
                                  "eval_steps at 0 and measure the run in the Evaluate tab")
+        self._check_distributed()
         return self
+
+    def _check_distributed(self) -> None:
+        """The strategy fits the process count, the objective and the method (the host's own limit is checked at
+        submit: core.train.jobs)."""
+        n, how = self.num_processes, self.distributed
+        if n > 1 and self.objective != "sft":
+            raise ValueError(f"several processes train objective 'sft' only for now; {self.objective} runs in one "
+                             "process (num_processes 1)")
+        if how == "fsdp" and self.method == "qlora":
+            raise ValueError("FSDP with QLoRA needs CUDA GPUs, bitsandbytes and the 4-bit weights stored in the "
+                             "compute dtype (accelerate/PEFT's FSDP-QLoRA), which the studio does not run yet: use "
+                             "distributed 'ddp' with QLoRA, or 'fsdp' with method lora or full")
 
 
 __all__ = ["ConfigError", "TrainConfig"]

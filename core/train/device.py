@@ -34,3 +34,19 @@ def qlora_support_error() -> str | None:
             f"({type(exc).__name__}: {exc}). Use method 'lora' instead."
         )
     return None
+
+
+def process_capacity() -> tuple[int, str]:
+    """(how many training processes this host can run, what they are): its GPUs, or its CPU cores where it has
+    none (the cores this process may use)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), "GPU(s)"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return cores, "CPU core(s)"

@@ -19,11 +19,12 @@ from core.estimate.report import disk_plan
 from core.estimate.spec import EstimateError
 from core.models import ModelNotFoundError, check_hub_model, check_trainable, resolve_model
 from core.runs import JobError, paths, store
+from core.runs.backends import get_backend
 from core.runs.errors import fmt_bytes
 from core.space import SpaceLimitError, check_training, in_space
 from core.space import limits as space_limits
 from core.train.config import TrainConfig
-from core.train.device import qlora_support_error
+from core.train.device import process_capacity, qlora_support_error
 from core.train.rewards import check_references, prompt_rows
 from storage import Run
 
@@ -72,6 +73,18 @@ def validate_references(config: TrainConfig) -> None:
         err = qlora_support_error()
         if err:
             raise JobError(err)
+    check_processes(config)
+
+
+def check_processes(config: TrainConfig) -> None:
+    """A multi-process run fits this host: at most one process per GPU, or per CPU core where there is no GPU. On
+    the Ray backend the cluster holds the ranks (core.runs.ray_ranks: a run it cannot place fails saying so)."""
+    if config.num_processes <= 1 or get_backend().name == "ray":
+        return
+    capacity, what = process_capacity()
+    if config.num_processes > capacity:
+        raise JobError(f"num_processes {config.num_processes} is more than this host's {capacity} {what}: use at "
+                       f"most {capacity}")
 
 
 def _file_kind(ref: str) -> str | None:

@@ -22,6 +22,12 @@ def apply_process_limits() -> None:
         import torch
 
         torch.set_num_threads(settings.worker_threads)
+    else:
+        from core.train.distributed import limit_rank_threads, rank, world_size
+
+        threads = limit_rank_threads()
+        if threads and rank() == 0:
+            log(f"{world_size()} CPU processes: {threads} thread(s) each")
 
 
 def cap_memory() -> None:

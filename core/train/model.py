@@ -15,11 +15,14 @@ def load_model(config: TrainConfig, plan, setup, resolved, tokenizer, applied, b
     LoRA adapter (new or continued). Returns (model, trained token ids, vocabulary rows)."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
 
     from core.train.device import qlora_support_error
     from core.train.setup import effective_setup
 
+    # the run's seed decides the new weights (LoRA's A matrices, grown embedding rows): the same in every run with
+    # that seed, and on every rank of a multi-process run (FSDP shards each rank's own copy: they must agree)
+    set_seed(config.seed)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[plan.precision]
     load_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[setup.load_dtype]
     if config.packing:

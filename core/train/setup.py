@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from core.train.config import TrainConfig
 from core.train.device import DevicePlan
+from core.train.distributed import distributed_arguments
 
 PACKED_ATTENTION = "fts_packed_sdpa"  # core.train.attention.ATTN_IMPLEMENTATION (kept import-free here)
 NO_SAVE_STEPS = 10**9
@@ -82,10 +83,13 @@ def effective_setup(config: TrainConfig, plan: DevicePlan, trained_token_rows: i
     )
 
 
-def trainer_arguments(config: TrainConfig, plan: DevicePlan, *, output_dir: str, has_eval: bool) -> dict:
+def trainer_arguments(config: TrainConfig, plan: DevicePlan, *, output_dir: str, has_eval: bool,
+                      fsdp_layers: list[str] | None = None) -> dict:
     """Keyword arguments for ``trl.SFTConfig``. Checkpoint rotation is ours (complete checkpoints only), so
-    ``save_total_limit`` stays off here."""
+    ``save_total_limit`` stays off here. Several processes: the strategy's own (core.train.distributed;
+    ``fsdp_layers``: the decoder-layer classes FSDP wraps)."""
     return dict(
+        **distributed_arguments(config, fsdp_layers),
         output_dir=output_dir,
         num_train_epochs=config.num_epochs,
         max_steps=config.max_steps,

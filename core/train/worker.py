@@ -8,7 +8,8 @@ stop.
 
 Checkpoints are complete or absent: each is written under ``checkpoints/.staging/``, marked complete, and renamed
 into place; a save that fails (a full disk) leaves nothing half-written, and the previous checkpoint stays usable.
-For more than one GPU the same worker runs under ``accelerate launch`` (core.runs.kinds); only rank 0 writes.
+With several processes (DDP / FSDP, core.train.distributed) the same worker runs as each rank (core.runs.ranks);
+rank 0 writes the run's records and files, every rank its part of a checkpoint.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from core.runs.worker import JobContext, JobResult, StopRequested, log
 from core.train.build import build_trainer
 from core.train.callbacks import _num
 from core.train.config import TrainConfig
+from core.train.distributed import full_state_dict, save_final
 from core.train.limits import apply_process_limits
 from storage import RunStatus
 
@@ -29,7 +31,7 @@ def run_job(ctx: JobContext) -> JobResult:
     """The ``train`` kind: train, save the adapter (or full model), return how it ended."""
     apply_process_limits()
     config = TrainConfig.model_validate(ctx.config)
-    removed = paths.remove_partial_checkpoints(ctx.dir)
+    removed = paths.remove_partial_checkpoints(ctx.dir) if ctx.is_main else []
     if removed:
         log("removed unfinished checkpoint folder(s): " + ", ".join(p.name for p in removed))
     resume_from = ctx.job.resume_from_checkpoint
@@ -58,9 +60,11 @@ def run_job(ctx: JobContext) -> JobResult:
         final.update({"dataset_" + k: v for k, v in counts.items()})
         final["global_step"] = trainer.state.global_step
         out_dir = ctx.dir / ("model" if config.method == "full" else "adapter")
+        # FSDP: the shards gathered (every rank takes part; LoRA: the adapter's only); else None
+        gathered = full_state_dict(trainer, trainable_only=config.method != "full")
         if ctx.is_main:
             def write(tmp: Path) -> None:
-                trainer.save_model(str(tmp))
+                save_final(trainer, str(tmp), gathered)
                 tokenizer.save_pretrained(str(tmp))
                 applied, trained_ids, vocab_size = trainer.studio_template
                 if applied is not None:

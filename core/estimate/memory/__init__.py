@@ -29,6 +29,7 @@ from core.estimate.memory.components import (
     MemoryEstimate,
     phase_totals,
 )
+from core.estimate.memory.distributed import DISTRIBUTED, per_device_note, per_device_peak_bytes
 from core.estimate.memory.inference import accelerate_style, estimate_inference_memory
 from core.estimate.memory.optimizer import BNB_8BIT_OPTIM_BLOCK, BNB_8BIT_OPTIM_MIN_SIZE
 from core.estimate.memory.plan import (
@@ -46,6 +47,7 @@ from core.estimate.memory.plan import (
 from core.estimate.memory.training import estimate_training_memory
 
 __all__ = [
+    "DISTRIBUTED", "per_device_note", "per_device_peak_bytes",
     "ALLOCATOR_SLACK_FRACTION", "ATTENTIONS", "BACKWARD", "BACKWARD_END", "BACKWARD_START", "BNB_8BIT_OPTIM_BLOCK",
     "BNB_8BIT_OPTIM_MIN_SIZE", "CUDA_CONTEXT_BYTES", "DTYPE_BYTES", "FORWARD", "INFERENCE_DTYPES", "METHODS",
     "METHOD_LABELS", "NF4_BLOCK", "NF4_DQ_BLOCK", "OPTIMIZERS", "OPTIMIZER_LABELS", "OPTIMIZER_STEP", "PRECISIONS",
