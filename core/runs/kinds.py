@@ -71,6 +71,9 @@ register(JobKind("import", "core.data.jobs:run_job", lane="io",
                  description="a dataset too big to read in the page: read, checked and stored by a worker"))
 register(JobKind("export", "core.deploy.export:run_job",
                  description="merge a LoRA run into its base; safetensors, GGUF (+ Ollama Modelfile) or the adapter"))
+register(JobKind("serve", "core.deploy.serve_job:run_job", lane="serve",
+                 on_delete="core.deploy.deployment_rows:forget_jobs",
+                 description="a local deployment's OpenAI-compatible server (transformers serve); runs until stopped"))
 
 
 def kinds_in_lane(lane: str) -> list[str]:
