@@ -174,8 +174,11 @@ def stop_orphans(active_rows: list[Deployment]) -> list[int]:
     legacy = {d.id for d in active_rows if d.job_id is None}
     stopped = []
     for job in runs.list_runs(kind="serve"):
-        if job.status.is_active and job.id not in served:
-            runs.stop(job.id, wait=False)
+        if (job.status.is_active or job.status == RunStatus.queued) and job.id not in served:
+            try:
+                runs.stop(job.id, wait=False)
+            except JobError:  # it ended meanwhile
+                continue
             stopped.append(int((job.config or {}).get("deployment_id") or 0))
     for proc in psutil.process_iter(["pid", "cmdline"]):  # an earlier version's `python -m core.deploy.local_server`
         cmd = proc.info.get("cmdline") or []
