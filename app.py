@@ -132,11 +132,11 @@ def main() -> None:
     from core.models import ensure_default_model
 
     ensure_default_model(progress=print)
-    from core.deploy.deployments import reap_servers, reconcile_on_start
+    from core.deploy.deployments import reconcile_on_start
 
     # reconcile leftovers from a previous start, then watch workers; every round also collects the job supervisors
-    # and local servers this process started that have ended (no <defunct> children while the dashboard runs)
-    monitor = runs.start_monitor(also=[reap_servers])
+    # this process started that have ended — local servers' included: they are serve jobs (no <defunct> children)
+    monitor = runs.start_monitor()
     from core.runs.backends import prewarm
 
     if prewarm():  # runs then fork from it with the libraries imported: seconds, not 10-30 s, to their first step
@@ -144,7 +144,7 @@ def main() -> None:
         print("warm worker: starting (FTS_WARM_WORKER=0 turns it off)", flush=True)
 
     try:
-        print(f"deployments: {reconcile_on_start()}", flush=True)  # dead servers marked, orphans stopped
+        print(f"deployments: {reconcile_on_start()}", flush=True)  # rows follow their jobs; orphans stopped
     except Exception as exc:  # noqa: BLE001 - the dashboard starts anyway; the next read of a row checks it again
         print(f"deployments could not be reconciled: {exc}", file=sys.stderr, flush=True)
     install_shutdown_handler()

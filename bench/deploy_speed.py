@@ -3,7 +3,8 @@
 1. Merge peak memory: the RSS of a process running ``core.deploy.merge.merge_lora`` (sampled every 10 ms, the
    Python + torch baseline included) against the merged model's size on disk. Target: ≤ 1.3×.
 2. Local server streaming: tokens/s of a streamed chat completion from the local server (``transformers serve``
-   through core.deploy.local_server, asked through huggingface_hub.InferenceClient) against a plain
+   patched by core.deploy.local_server, run as a ``serve`` job by core.deploy.serve_job, started through
+   ``deployments.start_local``; asked through huggingface_hub.InferenceClient) against a plain
    ``model.generate`` loop on the same merged model, prompt and settings (greedy, N new tokens). Rate = tokens over
    the time from the request to the last token. Target: ≥ 0.9×.
 

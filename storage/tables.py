@@ -203,7 +203,8 @@ class Deployment(SQLModel, table=True):
     Status: ``starting`` (process up: merging, loading) → ``running`` (health OK) → ``stopping`` → ``stopped``;
     ``failed`` (it never became healthy, or could not start: ``error`` says why); ``dead`` (it was running and its
     process is gone); ``planned`` (no engine here: the command to run on a GPU host is in ``args``). Status changes
-    are compare-and-set on the status they were decided from (core.deploy.deployments)."""
+    are compare-and-set on the status they were decided from (core.deploy.deployments). A local deployment's life
+    is its ``serve`` job's (``job_id``, on the runs core); the row follows the job."""
 
     __tablename__ = "deployments"
 
@@ -217,11 +218,13 @@ class Deployment(SQLModel, table=True):
     host: str = ""
     port: Optional[int] = None
     status: str = Field(default="starting", index=True)
-    pid: Optional[int] = None  # local server process (leader of its own process group)
+    pid: Optional[int] = None  # local: its serve job's supervisor (leader of the job's process group)
+    job_id: Optional[int] = None  # local: the ``serve`` job (core.runs) that runs the server; the row follows it
     container_id: Optional[str] = None
     log_path: str = ""
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
-    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # the exact argv
+    # containers: the exact argv; local: the same server's command by hand (the studio runs it as a serve job)
+    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     health_timeout_s: Optional[float] = None  # from the start of loading the model (after any merge) to /health OK
     created_by: str = "anonymous"
     created_at: datetime = Field(default_factory=utcnow)

@@ -1,6 +1,8 @@
 """Deploy on real parts: a real LoRA run (the session's demo run) merged and checked against base+adapter, the export
-job through the CLI, the local server (transformers serve) started on the merged model and asked through
-huggingface_hub.InferenceClient, stopped (port freed) and killed (row marked), and the ways a deployment fails."""
+job through the CLI, the local server (transformers serve, a ``serve`` job on the runs core) started on the merged
+model and asked through huggingface_hub.InferenceClient, stopped (port freed) and killed (row marked), its life
+through a dashboard restart, and the ways a deployment fails. Tests about the lifecycle serve a tiny random model
+(tests/base_models.py): it loads in a moment; what the model answers is asked of the demo run's server only."""
 from __future__ import annotations
 
 import json
@@ -21,6 +23,45 @@ pytestmark = pytest.mark.slow
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=900, env=dict(os.environ))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random base model folder: a server for the lifecycle tests loads it in a moment."""
+    from tests.base_models import make_base_model
+
+    return str(make_base_model(tmp_path_factory.mktemp("tiny") / "tiny-gpt2", hidden=32, layers=1))
+
+
+def _gone(pid: int | None) -> bool:
+    """The process has ended (a zombie waiting to be collected counts as ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _kill_serve_jobs(ws: Path) -> None:
+    """No server of a test outlives it: every serve job of workspace ``ws`` still running is killed (its group)."""
+    from core.runs import store
+    from tests.conftest import workspace_env
+
+    with workspace_env(ws):
+        for job in store.active_runs():
+            if job.kind == "serve" and job.pid:
+                try:
+                    os.killpg(job.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+@pytest.fixture
+def serving_ws(workspace):
+    """A fresh workspace whose servers (serve jobs) are all killed when the test ends, whatever failed."""
+    yield workspace
+    _kill_serve_jobs(workspace)
 
 
 def _logits(model, ids):
@@ -113,16 +154,7 @@ def served(demo_run):
             os.environ["FTS_WORKSPACE"] = saved
         reset_engines()
     yield dep
-    # no server of this module outlives it, whatever failed: every local server of the demo workspace is killed
-    import psutil
-
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = proc.info.get("cmdline") or []
-        if "core.deploy.local_server" in cmd and str(Path(demo_run["ws"]).resolve()) in cmd:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    _kill_serve_jobs(demo_run["ws"])  # no server of this module outlives it, whatever failed
 
 
 def test_local_server_answers_through_inference_client(served, demo_ws):
@@ -178,38 +210,95 @@ def test_the_served_model_field_is_the_served_name_through_the_cli(served, demo_
     assert proc.returncode == 0 and f"model '{served['served_name']}'" in proc.stdout
 
 
-def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(served, demo_ws):
+def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(serving_ws, tiny_model, monkeypatch):
+    from core import runs
     from core.deploy import deployments as D
-    from core.deploy import server_processes
+    from tests.conftest import wait_until
+    from ui.deploy import deployment_details
 
-    # a second server on the base model, stopped from the API: the port is free and the row says stopped
-    dep = D.start_local("default", timeout_s=240)
-    assert dep.status == "running", dep.error
+    # servers have a lane of their own: with two servers serving (FTS_MAX_SERVERS=2) and one slot for training
+    # (FTS_MAX_CONCURRENT_RUNS=1), a queued device job starts at once, and a third server waits for a server slot
+    monkeypatch.setenv("FTS_MAX_SERVERS", "2")
+    monkeypatch.setenv("FTS_MAX_CONCURRENT_RUNS", "1")
+    monkeypatch.setenv("FTS_JOB_KINDS", "tests.job_kinds")
+    first, dep = D.start_local(tiny_model, wait=False), D.start_local(tiny_model, wait=False)
+    first, dep = D.wait_healthy(first.id), D.wait_healthy(dep.id)
+    assert first.status == dep.status == "running", (first.error, dep.error)
+    job = runs.get_run(dep.job_id)
+    assert job.kind == "serve" and job.status == "running" and job.parent_run_id is None
+    counted = runs.submit("count", {"steps": 1, "sleep_s": 0})
+    assert counted.status in ("starting", "running"), counted.status  # not queued behind the servers
+    third = D.start_local(tiny_model, wait=False)
+    assert third.status == "starting" and runs.get_run(third.job_id).status == "queued"
+    assert "waiting for a free server slot" in deployment_details(str(third.id))[0]
+    assert D.stop(third.id).status == "stopped" and runs.get_run(third.job_id).status == "stopped"
+    assert runs.wait_for(counted.id, timeout_s=120).status == "succeeded"
+    # the second server stopped from the API: the port is free and the row says stopped
     port = dep.port
     with pytest.raises(D.DeployError, match=f"port {port} is in use"):
-        D.start_local("default", port=port)
+        D.start_local(tiny_model, port=port)
     stale = D.peek(dep.id)  # what a tick of another page read just before the stop
     stopped = D.stop(dep.id)
-    assert stopped.status == "stopped" and D.port_is_free(port)
-    assert not server_processes.is_our_server(dep.pid, dep.id)
-    # that page's check then finds no process: it decided from 'running', so it changes nothing (no false 'dead')
+    assert stopped.status == "stopped" and D.port_is_free(port) and stopped.error is None
+    assert runs.get_run(dep.job_id).status == "stopped"
+    wait_until(lambda: _gone(dep.pid), 30)  # its supervisor, once it has handed the slot on
+    # that page's check then finds the job ended: it decided from 'running', so it changes nothing (no false 'dead')
     assert D.refresh(stale).status == "stopped" and D.get(dep.id).error is None
     assert D.stop(dep.id).status == "stopped"  # stopping twice is harmless
-    # the run's server killed from outside: the next read marks it dead, with its log tail
-    os.killpg(served["pid"], signal.SIGKILL)
-    for _ in range(100):
-        if not server_processes.is_our_server(served["pid"], served["id"]):
-            break
-        time.sleep(0.05)
-    row = D.get(served["id"])
+    # a server killed from outside (its whole process group): the next read marks it dead, with its log tail
+    os.killpg(first.pid, signal.SIGKILL)
+    wait_until(lambda: _gone(first.pid), 30, poll_s=0.05)
+    row = D.get(first.id)
     assert row.status == "dead" and "the server process is gone" in row.error and "log tail" in row.error
+    assert runs.get_run(first.job_id).status == "failed"  # the runs core recorded the death
     proc = cli("deployments", "list", "--all", "--json")
     listed = {d["id"]: d["status"] for d in json.loads(proc.stdout)}
-    assert listed[served["id"]] == "dead" and listed[dep.id] == "stopped"
+    assert listed[first.id] == "dead" and listed[dep.id] == "stopped"
+    # a deployment is deleted with its serve job (one path: the runs core's delete and the serve kind's hook)
+    proc = cli("deployments", "delete", str(dep.id))
+    assert proc.returncode == 0 and f"deployment {dep.id} deleted" in proc.stdout, proc.stderr
+    with pytest.raises(D.DeployError, match="not found"):
+        D.get(dep.id)
+    with pytest.raises(runs.JobError, match="not found"):
+        runs.get_run(dep.job_id)
 
 
-def test_deployment_faults_each_end_in_a_clear_status(demo_ws, tmp_path, monkeypatch):
-    from core.deploy import deployment_rows, server_processes
+def test_a_server_survives_a_dashboard_restart_and_a_killed_one_is_recorded(serving_ws, tiny_model):
+    """The runs core tracks the server: a studio that starts again (a new process: reconcile on start) keeps a
+    running server and marks one that died meanwhile; a server killed with SIGKILL while its supervisor lives ends
+    failed through the supervisor's record, with the log tail."""
+    from core import runs
+    from core.deploy import deployments as D
+
+    alive = D.start_local(tiny_model, wait=False)
+    doomed = D.start_local(tiny_model, wait=False)
+    alive, doomed = D.wait_healthy(alive.id), D.wait_healthy(doomed.id)
+    assert alive.status == doomed.status == "running", (alive.error, doomed.error)
+    os.killpg(doomed.pid, signal.SIGKILL)  # no one of its job is left to write down how it ended
+    restart = ("import json; from core import runs; from core.deploy import deployments as D; "
+               "runs.reconcile(on_start=True); print(json.dumps(D.reconcile_on_start()))")
+    proc = subprocess.run([sys.executable, "-c", restart], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"marked": [doomed.id], "orphans_stopped": []}
+    row = D.peek(doomed.id)  # as the restarted studio left it
+    assert row.status == "dead" and "the server process is gone" in row.error and "log tail" in row.error
+    assert runs.get_run(doomed.job_id).status == "interrupted"
+    assert D.get(alive.id).status == "running" and runs.get_run(alive.job_id).status == "running"
+    # the serving process killed, its supervisor alive: the supervisor records how it died
+    worker = runs.get_run(alive.job_id).worker_pid
+    os.kill(worker, signal.SIGKILL)
+    job = runs.wait_for(alive.job_id, timeout_s=60, poll_s=0.2)
+    assert job.status == "failed" and "killed by signal 9" in job.error
+    row = D.get(alive.id)
+    assert row.status == "dead" and "killed by signal 9" in row.error and "--- log tail ---" in row.error
+    assert "Uvicorn running on" in row.error  # the tail is the server's log
+    assert D.port_is_free(alive.port)
+
+
+def test_deployment_faults_each_end_in_a_clear_status(serving_ws, tmp_path, tiny_model):
+    from core import runs
+    from core.deploy import deployment_rows
     from core.deploy import deployments as D
     from core.runs.errors import JobError
 
@@ -222,30 +311,31 @@ def test_deployment_faults_each_end_in_a_clear_status(demo_ws, tmp_path, monkeyp
     # the server dies at start: a model folder whose weights are garbage
     broken = tmp_path / "broken"
     broken.mkdir()
-    src = D.resolve_target_model("default")[1]
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        (broken / name).write_bytes((Path(src) / name).read_bytes())
+        (broken / name).write_bytes((Path(tiny_model) / name).read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     dep = D.start_local(str(broken), timeout_s=120)
-    assert dep.status == "failed" and "exited before it became healthy" in dep.error
+    assert dep.status == "failed" and "exited before it became healthy" in dep.error and "log tail" in dep.error
     # health never OK within the timeout: the process is stopped and the row failed
     dep = D.start_local("default", timeout_s=0.5)
     assert dep.status == "failed" and "did not answer /health within" in dep.error
-    assert not server_processes.is_our_server(dep.pid, dep.id)
-    # an orphan (a server whose row is no longer active) is stopped on the studio's start
-    orphan = D.start_local("default", wait=False)
-    deployment_rows.update_row(orphan.id, status="stopped")
-    for _ in range(50):
-        if server_processes.is_our_server(orphan.pid, orphan.id):
+    assert runs.get_run(dep.job_id).status == "failed"
+    for _ in range(100):
+        if _gone(dep.pid):
             break
         time.sleep(0.1)
+    assert _gone(dep.pid) and D.port_is_free(dep.port)
+    # an orphan (a server whose row is no longer active) is stopped on the studio's start
+    orphan = D.start_local(tiny_model, wait=False)
+    deployment_rows.update_row(orphan.id, status="stopped")
     result = D.reconcile_on_start()
     assert orphan.id in result["orphans_stopped"]
+    assert runs.wait_for(orphan.job_id, timeout_s=60, poll_s=0.2).status == "stopped"
     for _ in range(100):
-        if not server_processes.is_our_server(orphan.pid, orphan.id):
+        if _gone(orphan.pid):
             break
         time.sleep(0.1)
-    assert not server_processes.is_our_server(orphan.pid, orphan.id)
+    assert _gone(orphan.pid)
 
 
 def test_deployment_details_show_paths_and_logs_as_text(workspace):
@@ -305,3 +395,47 @@ def test_hub_push_model_card_offline_and_the_token_never_stored(demo_ws, monkeyp
     stored = (json.dumps(runs.run_to_dict(job, with_config=True), default=str)
               + paths.log_tail(job.id, max_lines=10_000, max_chars=10**7))
     assert secret not in stored and secret not in proc.stdout + proc.stderr
+
+
+def test_a_run_is_deleted_with_its_ended_deployments_through_the_runs_core(workspace):
+    """One path for deletes: a training run's serve jobs are jobs made from it, so deleting the run deletes them and
+    (the serve kind's hook) their deployment rows; a deployment still serving refuses it; deleting a deployment
+    deletes its serve job. A container's row (no job) is only a row."""
+    from core import runs
+    from core.deletion import delete_run
+    from core.deploy import deployment_rows
+    from core.deploy import deployments as D
+    from core.runs import JobError, store
+    from storage import Deployment
+
+    def ended(kind: str, parent: int | None = None):
+        job = store.submit(kind, {}, parent_run_id=parent)
+        store.transition(job.id, "starting")
+        store.transition(job.id, "running")
+        store.finish(job.id, "succeeded" if kind == "train" else "stopped")
+        return job
+
+    def row(**fields):
+        return deployment_rows.save_row(Deployment(model_ref="x", created_by="anonymous", **fields))
+
+    run = ended("train")
+    served, again = ended("serve", parent=run.id), ended("serve")
+    local = row(run_id=run.id, target="local", job_id=served.id, status="stopped")
+    other = row(target="local", job_id=again.id, status="dead")
+    tgi = row(run_id=run.id, target="tgi", status="running", container_id="0123456789abcdef")
+    with pytest.raises(JobError, match=rf"deployment #{tgi.id} serves run {run.id} \(running\): stop it"):
+        delete_run(run.id)
+    with pytest.raises(D.DeployError, match="running: stop it before deleting"):
+        D.delete(tgi.id)
+    deployment_rows.update_row(tgi.id, status="stopped")
+    assert delete_run(run.id)["runs"] == [run.id, served.id]
+    with pytest.raises(D.DeployError, match="not found"):
+        D.get(local.id)
+    assert D.get(tgi.id).status == "stopped"  # a container's row stays, as it did
+    D.delete(other.id)  # a deployment: its serve job goes with it
+    for job_id in (served.id, again.id):
+        with pytest.raises(JobError, match="not found"):
+            runs.get_run(job_id)
+        assert not store.job_path(job_id).exists()
+    D.delete(tgi.id)
+    assert D.list_deployments() == []

@@ -1,6 +1,6 @@
 """Issue 31: the dashboard kept a <defunct> child for every finished job's supervisor and every stopped or failed local
-server until it exited. The monitor's round collects them (core.runs reaps job processes; app.py hands it the
-deployments' reaper)."""
+server until it exited. The monitor's round collects them (core.runs reaps job processes; a local server is a serve
+job, so it is one of them)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,14 +27,14 @@ def test_ended_job_supervisors_and_servers_are_reaped_by_the_monitor(workspace, 
     from core.deploy import deployments as D
 
     monkeypatch.setenv("FTS_JOB_KINDS", "tests.job_kinds")
-    monitor = runs.Monitor(also=[D.reap_servers])  # as app.py builds it (not started: one round at a time here)
+    monitor = runs.Monitor()  # as app.py builds it (not started: one round at a time here)
     job = runs.wait_for(runs.submit("count", {"steps": 1, "sleep_s": 0}).id, timeout_s=120)
     assert job.status == "succeeded"
     wait_until(lambda: _zombie(job.pid), 60)  # its supervisor has ended, and nothing has collected it yet
     monitor.tick()
     assert not _our_child(job.pid)
 
-    # a local server that dies at start (garbage weights): its row fails, its process is collected
+    # a local server that dies at start (garbage weights): its row fails, its job's supervisor is collected
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):

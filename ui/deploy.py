@@ -171,7 +171,10 @@ def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
     url = _url_shown(dep)
     lines = [f"**#{dep.id} {e(dep.target)}** · {e(dep.status)} · " + (f"<code>{e(url)}</code> · " if url else "")
              + f"model name <code>{e(dep.served_name)}</code> · folder <code>{e(dep.model_dir)}</code>"]
-    if dep.pid:
+    if dep.job_id is not None:  # a local server is a serve job on the runs core
+        lines.append(f"serve job #{dep.job_id}" + (f" · process {dep.pid}" if dep.pid else "")
+                     + f" · log <code>{e(dep.log_path)}</code>" + _queued_note(dep))
+    elif dep.pid:
         lines.append(f"process {dep.pid} · log <code>{e(dep.log_path)}</code>")
     if dep.container_id:
         lines.append(f"container <code>{e(dep.container_id[:12])}</code>")
@@ -186,6 +189,18 @@ def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
         return "\n\n".join(lines), "", "", ""
     sn = D.snippets(dep)
     return "\n\n".join(lines), sn["curl"], sn["python"], sn["openai"]
+
+
+def _queued_note(dep) -> str:
+    """Why a starting local deployment has no process yet: its serve job waits for a server slot."""
+    if dep.status != "starting":
+        return ""
+    try:
+        job = runs.get_run(dep.job_id)
+    except (JobError, ValueError):
+        return ""
+    return (" · <b>queued: waiting for a free server slot (FTS_MAX_SERVERS local servers run at once)</b>"
+            if job.status == runs.RunStatus.queued else "")
 
 
 def run_smoke(dep_id: str | None, prompt: str) -> str:

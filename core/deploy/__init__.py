@@ -11,10 +11,12 @@
     containers            TGI / vLLM ``docker run`` argument lists (token limits: core.estimate.serving)
     clouds                settings for Inference Endpoints, SageMaker, Vertex AI (text only)
     docker_engine         the docker SDK: engine, image pulls with progress, start / state / stop a container
-    deployments           the deployments API: start, health, smoke test, stop, reconcile
+    deployments           the deployments API: start, health, smoke test, stop, delete, reconcile
+    local_deployments     local deployments: a row that follows its ``serve`` job on the runs core
+    serve_job             the ``serve`` job kind: merge if needed, serve, watch /health, run until stopped
     deployment_rows       the ``deployments`` rows, their statuses, DeployError
     serve_targets         what a deployment serves (a run, the default, a folder) and its served name
-    server_processes      the local server processes: ports, argv, whose pid, signals, reaping, /health
+    server_processes      ports, the by-hand server command, /health; an earlier version's server processes
     container_deployments deployments on TGI / vLLM containers (planned where no engine answers)
     sources               ``deployment:ID`` as a model source for the Playground and ``generate``
     cli                   ``python -m core export|deploy|deployments``

@@ -4,7 +4,8 @@
                           [--repo-id OWNER/NAME [--public] [--push-adapter]] [--json]
     python -m core deploy --run ID|--model REF --target local|tgi|vllm [--dry-run] [--port N] [--gpu NAME]
                           [--num-gpus N] [--quantize-4bit] [--keep-adapter] [--smoke] [--json]
-    python -m core deployments list [--all] [--json] | show ID [--json] | stop ID | smoke ID [--prompt T] [--json]
+    python -m core deployments list [--all] [--json] | show ID [--json] | stop ID | delete ID
+                               | smoke ID [--prompt T] [--json]
 
 Exit codes: 0 ok, 1 the job or server did not succeed, 2 bad input (one line on stderr saying why).
 """
@@ -112,6 +113,10 @@ def cmd_deployments(args) -> int:
             d = D.stop(args.id)
             print_json(D.to_dict(d)) if args.json else print(f"deployment {d.id} {d.status}")
             return 0
+        if args.dep_cmd == "delete":
+            D.delete(args.id)
+            print_json({"deleted": args.id}) if args.json else print(f"deployment {args.id} deleted")
+            return 0
         res = D.smoke_test(args.id, prompt=args.prompt)
         print_json(res) if args.json else print(f"{res['latency_s']} s, model '{res['model']}': {res['reply']}")
         return 0
@@ -140,7 +145,7 @@ def register_cli(sub) -> None:
     q = ds.add_parser("list")
     q.add_argument("--all", action="store_true", help="also stopped / failed / planned ones")
     q.add_argument("--json", action="store_true")
-    for name in ("show", "stop", "smoke"):
+    for name in ("show", "stop", "delete", "smoke"):
         q = ds.add_parser(name)
         q.add_argument("id", type=int)
         q.add_argument("--json", action="store_true")

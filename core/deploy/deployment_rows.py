@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import select
 
 from core.config import db_session
@@ -65,9 +65,26 @@ def peek(dep_id: int) -> Deployment:
 def to_dict(dep: Deployment) -> dict:
     return {"id": dep.id, "run_id": dep.run_id, "target": dep.target, "model": dep.model_ref,
             "model_dir": dep.model_dir, "served_name": dep.served_name, "url": dep.url, "port": dep.port,
-            "status": dep.status, "pid": dep.pid, "container_id": dep.container_id, "error": dep.error,
-            "args": dep.args, "created_by": dep.created_by, "log_path": dep.log_path,
+            "status": dep.status, "pid": dep.pid, "job_id": dep.job_id, "container_id": dep.container_id,
+            "error": dep.error, "args": dep.args, "created_by": dep.created_by, "log_path": dep.log_path,
             "created_at": dep.created_at.strftime("%Y-%m-%dT%H:%M:%SZ") if dep.created_at else None}
+
+
+def delete_row(dep_id: int) -> int:
+    """Remove a row (an ended deployment; core.deploy.deployments.delete checks that). Returns rows removed."""
+    with db_session() as s:
+        return s.exec(delete(Deployment).where(Deployment.id == int(dep_id))).rowcount
+
+
+def forget_jobs(job_ids: list[int]) -> int:
+    """The serve kind's delete hook (core.runs.kinds): the rows of deleted serve jobs go with them."""
+    from core.runs.store import retrying
+
+    def _once() -> int:
+        with db_session() as s:
+            return s.exec(delete(Deployment).where(Deployment.job_id.in_(list(job_ids)))).rowcount
+
+    return retrying(_once) if job_ids else 0
 
 
 def reserved_ports() -> set[int]:

@@ -1,8 +1,10 @@
 """The local server process: ``transformers serve`` pinned to one model folder, as clients expect an endpoint to be.
 
-    python -m core.deploy.local_server --model DIR --name NAME --port N [--host 127.0.0.1]
+    python -m core.deploy.local_server --model DIR --name NAME --port N [--host 127.0.0.1] [--merge-run ID]
 
-Started by core.deploy.deployments in its own process group. ``transformers serve`` alone, serving a local folder,
+The studio runs the same server as a ``serve`` job (core.deploy.serve_job, which patches ``transformers serve`` with
+:func:`patch_transformers_serve` below); ``main`` is the command that serves a model so by hand (``python -m core
+deploy --target local --dry-run`` prints it). ``transformers serve`` alone, serving a local folder,
 lists only the Hub cache at ``/v1/models`` (the served folder is missing there; a 500 when the folder is absent) and
 answers 400 to any request that does not name the folder's full path. Here the server is pinned to the folder
 (``force_model``), ``/v1/models`` lists exactly the served model under NAME, a request naming NAME (or nothing,
@@ -17,7 +19,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 
 def patch_transformers_serve(model_dir: str, name: str) -> None:
@@ -55,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--deployment-id", type=int, default=None, help="the row this process serves (for reconcile)")
-    ap.add_argument("--workspace", default=None, help="the studio workspace that started it (for reconcile)")
     ap.add_argument("--merge-run", type=int, default=None, help="merge this training run's adapter into --model first")
     args = ap.parse_args(argv)
     # a stop during the merge: exit through Python so a half-written merged folder is removed on the way out
@@ -73,10 +72,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         model_dir = str(merged)
         print(f"[local server] {note}", flush=True)
-    if args.deployment_id is not None and args.workspace:
-        marker = Path(args.workspace) / "deployments" / f"{args.deployment_id}.loading"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()  # the health timeout runs from here (after the merge)
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         print(f"error: {model_dir} is not a model folder (no config.json)", file=sys.stderr, flush=True)
         return 2

@@ -36,8 +36,12 @@ class JobKind:
     # bytes or None) -> str, imported only where a job ended (the worker, the supervisor), as ``entry`` is
     oom_advice: str = ""
     # the queue's lane: "device" jobs share FTS_MAX_CONCURRENT_RUNS (the accelerator); "io" jobs (imports) have
-    # their own small limit, so reading a file never waits behind a training run
+    # their own small limit, so reading a file never waits behind a training run; "serve" jobs (local servers, which
+    # run until stopped) have theirs (FTS_MAX_SERVERS), so a server never holds a training run's slot
     lane: str = "device"
+    # what else goes when jobs of this kind are deleted: "package.module:function", f(job ids), called after their
+    # rows and folders are gone (a serve job's deployment row); imported only then, as ``entry``
+    on_delete: str = ""
 
 
 def _train_command(job: Run) -> list[str]:
@@ -67,6 +71,9 @@ register(JobKind("import", "core.data.jobs:run_job", lane="io",
                  description="a dataset too big to read in the page: read, checked and stored by a worker"))
 register(JobKind("export", "core.deploy.export:run_job",
                  description="merge a LoRA run into its base; safetensors, GGUF (+ Ollama Modelfile) or the adapter"))
+register(JobKind("serve", "core.deploy.serve_job:run_job", lane="serve",
+                 on_delete="core.deploy.deployment_rows:forget_jobs",
+                 description="a local deployment's OpenAI-compatible server (transformers serve); runs until stopped"))
 
 
 def kinds_in_lane(lane: str) -> list[str]:
@@ -97,6 +104,13 @@ def all_kinds() -> list[str]:
 def load_entry(kind: JobKind) -> Callable[[Any], Any]:
     module, _, func = kind.entry.partition(":")
     return getattr(importlib.import_module(module), func)
+
+
+def run_on_delete(kind: JobKind, job_ids: list[int]) -> None:
+    """The kind's delete hook (``on_delete``) for jobs of it that were deleted; nothing when it names none."""
+    if kind.on_delete and job_ids:
+        module, _, func = kind.on_delete.partition(":")
+        getattr(importlib.import_module(module), func)(list(job_ids))
 
 
 def oom_advice(kind: JobKind, config: dict, limit_bytes: int | None) -> str:

@@ -20,7 +20,7 @@ from core.config import get_settings
 from core.runs import paths, store
 from core.runs.backends import BackendUnavailable, get_backend, reap_children
 from core.runs.errors import JobError
-from core.runs.kinds import get_kind
+from core.runs.kinds import get_kind, run_on_delete
 from storage import Run, RunMetric, RunStatus
 from storage.tables import as_utc, utcnow
 
@@ -65,13 +65,15 @@ def dispatch() -> list[int]:
 
 
 def _lanes() -> list[tuple[int, list[str], str | None]]:
-    """(limit, kinds, backend) per lane of the queue: the device's (FTS_MAX_CONCURRENT_RUNS, the configured backend)
-    and imports' (FTS_MAX_CONCURRENT_IMPORTS, default 2; on this machine, where the uploaded file is)."""
+    """(limit, kinds, backend) per lane of the queue: the device's (FTS_MAX_CONCURRENT_RUNS, the configured backend),
+    imports' (FTS_MAX_CONCURRENT_IMPORTS, default 2; on this machine, where the uploaded file is) and local servers'
+    (FTS_MAX_SERVERS, default 4; on this machine, whose loopback port the deployment's URL names)."""
     from core.config import positive_int_env
     from core.runs.kinds import kinds_in_lane
 
     return [(get_settings().max_concurrent_runs, kinds_in_lane("device"), None),
-            (positive_int_env("FTS_MAX_CONCURRENT_IMPORTS", 2), kinds_in_lane("io"), "local")]
+            (positive_int_env("FTS_MAX_CONCURRENT_IMPORTS", 2), kinds_in_lane("io"), "local"),
+            (positive_int_env("FTS_MAX_SERVERS", 4), kinds_in_lane("serve"), "local")]
 
 
 def _dispatch_lane(limit: int, kinds: list[str], started: list[int], backend_name: str | None) -> None:
@@ -145,13 +147,20 @@ def reconcile(on_start: bool = False, ids: Iterable[int] | None = None) -> list[
             status, error = RunStatus.stopped, None
         elif on_start:
             status, error = RunStatus.interrupted, ("worker process was gone when the studio started (machine "
-                                                    "restart or crash); resume it from its last checkpoint.\n"
-                                                    "--- log tail ---\n" + tail)
+                                                    f"restart or crash){_what_next(fresh)}.\n--- log tail ---\n"
+                                                    + tail)
         else:
             status, error = RunStatus.failed, (f"{backend.describe_gone(fresh)}.\n--- log tail ---\n" + tail)
         store.finish(r.id, status, error=error, attempt=fresh.attempt, **_ending_fields(r.id))
         changed.append(r.id)
     return changed
+
+
+def _what_next(job: Run) -> str:
+    try:
+        return "; resume it from its last checkpoint" if get_kind(job.kind).resumable else ""
+    except KeyError:
+        return ""
 
 
 def stop(job_id: int, *, wait: bool = True, timeout_s: float | None = None) -> Run:
@@ -192,15 +201,18 @@ def stop(job_id: int, *, wait: bool = True, timeout_s: float | None = None) -> R
 
 def delete(job_ids: Iterable[int]) -> int:
     """Delete ended jobs: their rows, metric rows and folders (``runs/<id>/``: checkpoints, adapter, merged model,
-    logs). An active job refuses the whole call (JobError, nothing deleted). The folders are first renamed aside, so
-    a failed database delete puts them back; what is renamed aside is removed after the rows are gone."""
+    logs), then what their kinds keep elsewhere (a kind's ``on_delete`` hook). An active job refuses the whole call
+    (JobError, nothing deleted). The folders are first renamed aside, so a failed database delete puts them back; what
+    is renamed aside is removed after the rows are gone."""
     import shutil
 
     ids = sorted(set(job_ids))
+    by_kind: dict[str, list[int]] = {}
     for job_id in ids:
         run = get_run(job_id)  # reconciles: a dead worker's job has ended
         if run.status.is_active:
             raise JobError(f"run {job_id} is {run.status.value}: stop it before deleting")
+        by_kind.setdefault(run.kind, []).append(job_id)
     aside: list[tuple] = []
     try:
         for job_id in ids:
@@ -216,6 +228,11 @@ def delete(job_ids: Iterable[int]) -> int:
         raise
     for _, trash in aside:
         shutil.rmtree(trash, ignore_errors=True)
+    for kind, kind_ids in by_kind.items():  # what a kind keeps outside the runs table goes too (a deployment row)
+        try:
+            run_on_delete(get_kind(kind), kind_ids)
+        except KeyError:  # a kind no longer registered: nothing of it to clean up
+            pass
     return removed
 
 
