@@ -199,9 +199,12 @@ def fail_unplaced(job_id: int | None, message: str) -> int:
     return 1
 
 
-def run_ranks(processes: int, argv: list[str], start=start_local, placed=None) -> int:
+def run_ranks(processes: int, argv: list[str], start=start_local, placed=None, release=None) -> int:
     """Start ``processes`` ranks of ``argv`` (``start``: where), watch them, return (or die with) how the group
-    ended; the run folder gets ``ranks.json`` (each rank's peak RSS and node; the failed rank, how, its tail)."""
+    ended; the run folder gets ``ranks.json`` (each rank's peak RSS and node; the failed rank, how, its tail).
+    ``release``: called before this process ends itself with a rank's signal (what it holds elsewhere — a Ray
+    placement group — is given back first: a driver killed by a signal left its bundles held, and a resume waited
+    for them)."""
     ranks: list = []
     terminating = threading.Event()
 
@@ -252,6 +255,8 @@ def run_ranks(processes: int, argv: list[str], start=start_local, placed=None) -
     if not write_report(job_id_of(argv), report) and tail:  # no run folder: the tail goes to the log
         print(f"--- rank {failed} log tail ---\n" + "\n".join(tail) + f"\n--- end of rank {failed} ---", flush=True)
     sys.stdout.flush()
+    if rc < 0 and release is not None:
+        release()
     if rc < 0:  # end as the rank did, so the supervisor tells a SIGKILL (out of memory?) from an exception
         if -rc not in (signal.SIGKILL, signal.SIGSTOP):
             signal.signal(-rc, signal.SIG_DFL)
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_ranks(args.processes, command,
                          start=lambda n, argv: ray_ranks.start_on_ray(n, argv, rank_environment),
-                         placed=lambda ranks: record_nodes(job_id_of(command), ranks))
+                         placed=lambda ranks: record_nodes(job_id_of(command), ranks), release=ray_ranks.release)
     except ray_ranks.PlacementError as exc:
         return fail_unplaced(job_id_of(command), str(exc))
     finally:
