@@ -315,10 +315,20 @@ class RayBackend(Backend):
         fixed = os.environ.get("FTS_RAY_NUM_GPUS", "").strip()
         return float(fixed) if fixed else 1.0
 
+    @staticmethod
+    def cpus(job: Run) -> float:
+        """CPUs the run's supervisor asks Ray for: ``FTS_RAY_NUM_CPUS`` (1); none for a multi-process run, whose ranks
+        hold their bundles — a supervisor holding a CPU of a one-CPU node kept a one-rank-per-node placement from
+        ever fitting there (a resume waited for it until the placement timeout)."""
+        config = job.config or {}
+        if int(config.get("num_processes") or config.get("num_gpus") or 1) > 1:
+            return 0.0
+        return float(os.environ.get("FTS_RAY_NUM_CPUS", "1") or 1)
+
     def start(self, job: Run) -> Handle:
         client = self.client()
         sid = self.submission_id(job)
-        cpus = float(os.environ.get("FTS_RAY_NUM_CPUS", "1") or 1)
+        cpus = self.cpus(job)
         with open(paths.log_path(job.id), "ab") as logf:
             logf.write(f"\n===== attempt {job.attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
                        f"(Ray job {sid} on {self.address}) =====\n".encode())
