@@ -155,6 +155,9 @@ def second_node(ray_head):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+STEPS = 400  # tiny-model steps take ~20 ms on an idle machine: 60 were over before a stop could land
+
+
 def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_ray, second_node, tiny_model_dir,
                                                                   fixtures_dir, monkeypatch):
     """DDP over 2 processes on a simulated 2-node cluster, one rank per node (FTS_RAY_PLACEMENT=STRICT_SPREAD): the
@@ -163,7 +166,7 @@ def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_r
     supervisor holds no CPU of theirs)."""
     monkeypatch.setenv("FTS_RAY_PLACEMENT", "STRICT_SPREAD")
     run = submit_training(small_config(str(fixtures_dir / "alpaca_en_demo.json"), base_model=tiny_model_dir,
-                                       num_processes=2, distributed="ddp", batch_size=1, max_length=64, max_steps=60,
+                                       num_processes=2, distributed="ddp", batch_size=1, max_length=64, max_steps=STEPS,
                                        save_steps=1000, name="two-nodes"))
     assert run.backend == "ray"
     running = wait_until(lambda: (r := runs.get_run(run.id)).step >= 2 and r, 300, poll_s=0.2)
@@ -172,7 +175,7 @@ def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_r
     stopped = runs.stop(run.id, timeout_s=120)
     assert stopped.status == RunStatus.stopped, runs.log_tail(run.id)
     ckpt_step = int(stopped.resume_from_checkpoint.rsplit("-", 1)[-1])
-    assert 2 <= ckpt_step < 60
+    assert 2 <= ckpt_step < STEPS
     runs.resume(run.id)  # then rank 1 is killed where it runs, as a person or the system would
     wait_until(lambda: runs.get_run(run.id).step >= ckpt_step + 2, 300, poll_s=0.2)
     rank1 = next(p for p in psutil.process_iter(["cmdline"]) if "core.runs.worker" in (p.info["cmdline"] or [])
@@ -191,7 +194,7 @@ def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_r
     assert final.status == RunStatus.succeeded, runs.log_tail(run.id)
     figures = wait_until(lambda: (fm := runs.get_run(run.id).final_metrics).get("nodes") and fm, 30)  # at the end
     assert set(figures["nodes"]) == set(nodes) and len(figures["peak_rss_bytes_per_rank"]) == 2
-    assert sorted(m.step for m in runs.run_metrics(run.id) if m.loss is not None) == list(range(1, 61))
+    assert sorted(m.step for m in runs.run_metrics(run.id) if m.loss is not None) == list(range(1, STEPS + 1))
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
     assert "ranks: 2 processes started on nodes " in log and "STRICT_SPREAD" in log
-    assert f"training: 60 steps (starting at {ckpt_step})" in log
+    assert f"training: {STEPS} steps (starting at {ckpt_step})" in log
