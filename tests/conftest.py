@@ -232,6 +232,17 @@ def wait_until(pred, timeout_s: float, poll_s: float = 0.1):
     raise TimeoutError("condition not reached")
 
 
+def stop_with_checkpoint(run_id: int):
+    """Stop a running training run as a person would (``runs.stop``): it must end ``stopped`` with a checkpoint to
+    resume from. Returns ``(the stopped run, that checkpoint's step)``."""
+    from core import runs
+    from core.runs.paths import checkpoint_step
+
+    stopped = runs.stop(run_id, timeout_s=120)
+    assert stopped.status == "stopped" and stopped.resume_from_checkpoint, runs.log_tail(run_id)
+    return stopped, checkpoint_step(stopped.resume_from_checkpoint)
+
+
 def free_port() -> int:
     import socket
 

@@ -19,7 +19,7 @@ from core.config import REPO_ROOT, db_session
 from core.train.config import TrainConfig
 from core.train.jobs import continue_training, submit_training
 from storage import Run
-from tests.conftest import wait_until
+from tests.conftest import stop_with_checkpoint, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +71,7 @@ def test_qlora_run_trains_a_4bit_base_with_gradient_checkpointing(workspace, alp
 def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, default_model_dir):
     run = submit_training(small_config(alpaca, max_steps=8, name="stop-resume"))
     wait_until(lambda: jobs.get_run(run.id).step >= 2, 300)
-    stopped = jobs.stop(run.id, timeout_s=120)
-    assert stopped.status == "stopped", jobs.log_tail(run.id)
-    ckpt_step = int(stopped.resume_from_checkpoint.rsplit("-", 1)[-1])
+    stopped, ckpt_step = stop_with_checkpoint(run.id)
     assert 2 <= ckpt_step < 8
     resumed = jobs.resume(run.id)
     assert resumed.status in ("running", "queued")

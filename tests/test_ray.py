@@ -15,7 +15,7 @@ from core.runs import scheduler
 from core.runs.backends import RayBackend, get_backend, ray_job_environment
 from core.train.jobs import submit_training
 from storage import RunStatus
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, stop_with_checkpoint, wait_until
 from tests.test_jobs import small_config
 
 pytestmark = pytest.mark.slow
@@ -39,9 +39,7 @@ def test_a_lora_run_on_ray_succeeds_stops_with_a_checkpoint_and_resumes(workspac
     assert run.backend == "ray" and run.external_id.endswith(f"-{run.id}-1") and run.pid is None
     wait_until(lambda: runs.get_run(run.id).step >= 2, 300, poll_s=0.2)
     assert ray_status(runs.get_run(run.id)) == "RUNNING"
-    stopped = runs.stop(run.id, timeout_s=120)
-    assert stopped.status == RunStatus.stopped, runs.log_tail(run.id)
-    ckpt_step = int(stopped.resume_from_checkpoint.rsplit("-", 1)[-1])
+    stopped, ckpt_step = stop_with_checkpoint(run.id)
     assert 2 <= ckpt_step < 8
     assert wait_until(lambda: ray_status(stopped) in ("STOPPED", "SUCCEEDED"), 30)
 
@@ -172,9 +170,7 @@ def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_r
     running = wait_until(lambda: (r := runs.get_run(run.id)).step >= 2 and r, 300, poll_s=0.2)
     nodes = running.worker_host.split(", ")
     assert len(nodes) == 2 and len(set(nodes)) == 2, running.worker_host  # "host (node id)" each, two nodes
-    stopped = runs.stop(run.id, timeout_s=120)
-    assert stopped.status == RunStatus.stopped, runs.log_tail(run.id)
-    ckpt_step = int(stopped.resume_from_checkpoint.rsplit("-", 1)[-1])
+    stopped, ckpt_step = stop_with_checkpoint(run.id)
     assert 2 <= ckpt_step < STEPS
     runs.resume(run.id)  # then rank 1 is killed where it runs, as a person or the system would
     wait_until(lambda: runs.get_run(run.id).step >= ckpt_step + 2, 300, poll_s=0.2)
