@@ -88,7 +88,7 @@ def _scan_workspace(ws) -> list[str]:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_payloads_stay_text_and_the_token_stays_secret_on_every_tab(workspace, echo_hub, monkeypatch, start_app,
-                                                                    browser, tmp_path):
+                                                                    browser, tmp_path, tiny_model_dir):
     from playwright.sync_api import expect
 
     from core import runs
@@ -106,7 +106,7 @@ def test_payloads_stay_text_and_the_token_stays_secret_on_every_tab(workspace, e
     ds_name = f'<img src=x onerror="window.__xss=\'dsname\'">![t](http://{EVIL}/ds.png)'
     ds = import_records(rows, source="payloads.json", name=ds_name)
     good = submit_training(TrainConfig(name=f'<script>window.__xss="runname"</script>![t](http://{EVIL}/run.png)',
-                                       dataset=str(ds.dataset_id),
+                                       dataset=str(ds.dataset_id), base_model=tiny_model_dir,  # payloads are the point
                                        max_steps=2, batch_size=2, max_length=64, lora_r=4, lora_alpha=8,
                                        save_steps=0, logging_steps=1))
     # through the CLI, whose Hub is the echoing endpoint: the submit-time check passes (config.json answers), the

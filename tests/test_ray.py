@@ -32,30 +32,36 @@ def ray_status(run) -> str:
     return backend.status(run)
 
 
+STEPS = 400  # tiny-model steps take ~20 ms on an idle machine: 60 were over before a stop could land
+
+
 def test_a_lora_run_on_ray_succeeds_stops_with_a_checkpoint_and_resumes(workspace, on_ray, fixtures_dir,
-                                                                        default_model_dir):
+                                                                        tiny_model_dir):
+    """The Ray job machinery (submit, stop with a checkpoint, a resume as a new Ray job, the log tee), on the tiny
+    random model: what it learns is not the point, and its steps take milliseconds instead of ~0.7 s."""
     alpaca = str(fixtures_dir / "alpaca_en_demo.json")
-    run = submit_training(small_config(alpaca, max_steps=8, name="on-ray"))
+    run = submit_training(small_config(alpaca, base_model=tiny_model_dir, max_steps=STEPS, save_steps=1000,
+                                       name="on-ray"))
     assert run.backend == "ray" and run.external_id.endswith(f"-{run.id}-1") and run.pid is None
     wait_until(lambda: runs.get_run(run.id).step >= 2, 300, poll_s=0.2)
     assert ray_status(runs.get_run(run.id)) == "RUNNING"
     stopped, ckpt_step = stop_with_checkpoint(run.id)
-    assert 2 <= ckpt_step < 8
+    assert 2 <= ckpt_step < STEPS
     assert wait_until(lambda: ray_status(stopped) in ("STOPPED", "SUCCEEDED"), 30)
 
     resumed = runs.resume(run.id)
     assert resumed.external_id == run.external_id[:-1] + "2"  # a resume is a new Ray job
     final = runs.wait_for(run.id, timeout_s=300, poll_s=0.5)
     assert final.status == RunStatus.succeeded, runs.log_tail(run.id)
-    assert final.step == 8 and final.worker_host  # the supervisor wrote where it ran
+    assert final.step == STEPS and final.worker_host  # the supervisor wrote where it ran
     steps = [m.step for m in runs.run_metrics(run.id) if m.loss is not None]
-    assert steps == list(range(1, 9))  # the curve continues across the two Ray jobs, one row per step
+    assert steps == list(range(1, STEPS + 1))  # the curve continues across the two Ray jobs, one row per step
     # the worker's output reached both the job's log file and Ray's own job log (the tee)
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
     assert f"resuming from {stopped.resume_from_checkpoint}" in log
-    assert f"training: 8 steps (starting at {ckpt_step})" in log
+    assert f"training: {STEPS} steps (starting at {ckpt_step})" in log
     ray_log = get_backend("ray").client().get_job_logs(final.external_id)
-    assert f"training: 8 steps (starting at {ckpt_step})" in ray_log
+    assert f"training: {STEPS} steps (starting at {ckpt_step})" in ray_log
     assert wait_until(lambda: ray_status(final) == "SUCCEEDED", 30)
 
 
@@ -151,9 +157,6 @@ def second_node(ray_head):
             os.killpg(proc.pid, signal.SIGKILL)
         wait_until(lambda: alive_nodes() == 1, 60, poll_s=1)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-STEPS = 400  # tiny-model steps take ~20 ms on an idle machine: 60 were over before a stop could land
 
 
 def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_ray, second_node, tiny_model_dir,
