@@ -85,7 +85,9 @@ def run_job(job_id: int) -> int:
     stop_event = threading.Event()
 
     def on_term(signum, frame):
-        log("SIGTERM received: will checkpoint and stop after the current step")
+        # a stop reaches the worker twice (the group's signal and the supervisor's own): one line in the log
+        if not stop_event.is_set():
+            log("SIGTERM received: will checkpoint and stop after the current step")
         stop_event.set()
 
     signal.signal(signal.SIGTERM, on_term)
