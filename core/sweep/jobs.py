@@ -12,14 +12,31 @@ from storage import Run
 
 
 def submit_sweep(spec: dict, *, owner: str = "") -> Run:
-    """Check the sweep (its file, then its base config's model and data as a run's would be) and queue its driver."""
-    from core.train.jobs import validate_references
+    """Check the sweep (its file, then every run config it can make as a run's own submit would: the model and data
+    references through the one resolver, a Space's caps, the admin's step / epoch caps) and queue its driver.
+
+    These checks happen here, where the sweep is asked for (a page user's request is resolved as one), because its
+    trials are queued later by the driver, a worker process: each trial's config is the base with values from the
+    search space, and every value the space holds was checked here."""
+    from core.space import SpaceLimitError, check_training
+    from core.train.jobs import apply_run_caps, validate_references
 
     spec = parse_sweep(spec) if "direction" not in spec else spec
     try:
-        validate_references(trial_config(spec["base"], {}))
-    except JobError as exc:
-        raise SweepError(f"base: {exc}") from None
+        base = apply_run_caps(trial_config(spec["base"], {}))  # the studio's wall-clock budget per run, if any
+        spec = {**spec, "base": {**spec["base"], **({"max_wall_clock_hours": base.max_wall_clock_hours}
+                                                     if base.max_wall_clock_hours else {})}}
+        checked: set[str] = set()
+        for config in _configs_to_check(spec):
+            check_training(config)
+            config = apply_run_caps(config)
+            refs = repr((config.base_model, config.dataset, config.chat_template, config.objective,
+                         config.method, config.num_processes))
+            if refs not in checked:  # the model and data of each distinct combination, once
+                checked.add(refs)
+                validate_references(config)
+    except (JobError, SpaceLimitError) as exc:
+        raise SweepError(f"a trial of this sweep would be refused: {exc}") from None
     if spec["eval"].get("dataset"):
         from core.data import DatasetError, get_dataset
 
@@ -30,6 +47,17 @@ def submit_sweep(spec: dict, *, owner: str = "") -> Run:
     base = spec["base"]
     return runs.submit("sweep", spec, name=spec["name"], base_model=str(base.get("base_model", "default")),
                        dataset_ref=str(base.get("dataset", "")), method=str(base.get("method", "lora")), owner=owner)
+
+
+def _configs_to_check(spec: dict):
+    """The base, and the base with each end of each range / each choice (the values a trial can take that a check
+    could refuse: the largest max_steps, a base_model choice) and each enqueued trial."""
+    yield trial_config(spec["base"], {})
+    for name, p in spec["search"].items():
+        for value in (p["values"] if p["type"] == "choice" else (p["low"], p["high"])):
+            yield trial_config(spec["base"], {name: value})
+    for params in spec.get("enqueue") or []:
+        yield trial_config(spec["base"], params)
 
 
 def get_sweep(sweep_id: int) -> Run:
