@@ -71,6 +71,8 @@ parallel: 1
     ({"budget": {"total_steps": -1}}, "budget.total_steps must be at least 1"),
     ({"enqueue": [{"learning_rate": 0.5}]}, "enqueue[0].learning_rate: 0.5 is outside search.learning_rate"),
     ({"searchh": {}}, "unknown key(s) in the sweep file: searchh"),
+    ({"objective": "field_accuracy", "eval": {"split": "heldout"}}, "eval.split must be test, validation, train"),
+    ({"eval": {"limit": 5}}, "eval: applies to an Evaluate metric objective"),
 ])
 def test_a_bad_sweep_file_is_refused_naming_what_to_fix(change, needle):
     with pytest.raises(SweepError) as exc:
@@ -178,3 +180,25 @@ def test_stopping_a_sweep_stops_its_running_trial_and_resuming_resumes_it(worksp
     assert len(runs.list_runs(kind="train")) == 1
     sweeps.stop_sweep(sweep.id, timeout_s=60)
     wait_until(lambda: runs.get_run(trial.id).status.is_finished, 120)
+
+
+def test_an_evaluate_metric_objective_scores_each_trial_with_an_evaluation(workspace, tiny_model_dir):
+    """field_accuracy (maximised): each finished trial is evaluated on the demo task's held-out rows (an evaluate job
+    on the queue) and told the tuned side's score. The tiny random model writes no JSON: its score is 0, a real one."""
+    from core import quickstart
+    from core.evaluate import results
+
+    ds = quickstart.load_demo()
+    spec = {"name": "by-fields", "base": {"base_model": tiny_model_dir, "dataset": str(ds.id), "max_steps": 1,
+                                          "batch_size": 2, "max_length": 512, "lora_r": 4, "lora_alpha": 8},
+            "search": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2}},
+            "objective": "field_accuracy", "eval": {"split": "validation", "limit": 2, "max_new_tokens": 8},
+            "trials": 1}
+    sweep = sweeps.submit_sweep(spec)
+    final = runs.wait_for(sweep.id, timeout_s=600)
+    assert final.status == "succeeded", runs.log_tail(sweep.id, 60)
+    d = sweeps.sweep_to_dict(sweep.id)
+    assert d["direction"] == "maximize" and [t["state"] for t in d["trials"]] == ["complete"], d["trials"][0]["note"]
+    ev = results.list_evaluations(run_id=d["trials"][0]["run_id"])[0]
+    assert d["trials"][0]["value"] == ev.metrics["tuned"]["field_accuracy"] == d["best_value"]
+    assert d["best_run"] == d["trials"][0]["run_id"]

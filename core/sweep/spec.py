@@ -8,7 +8,7 @@
       warmup_ratio: {type: uniform, low: 0.0, high: 0.2}
       batch_size: {type: int, low: 2, high: 8, step: 2}
     objective: eval_loss            # minimised; or an Evaluate metric (field_accuracy, ...: maximised)
-    eval: {dataset: "3", split: test, limit: 50}   # where an Evaluate metric is measured (default: held-out rows)
+    eval: {dataset: "3", split: test, limit: 50, max_new_tokens: 128}   # where an Evaluate metric is measured
     trials: 6
     parallel: 1
     budget: {total_steps: 600, wall_hours: 2}     # optional: no new trials once spent
@@ -172,14 +172,21 @@ def parse_sweep(data: Any) -> dict:
         raise SweepError(f"unknown objective {objective!r}: eval_loss (minimised) or an Evaluate metric "
                          f"({', '.join(METRIC_OBJECTIVES)})")
     ev = data.get("eval") or {}
-    if not isinstance(ev, dict) or set(ev) - {"dataset", "split", "limit"}:
-        raise SweepError("eval: a mapping of dataset, split, limit (where an Evaluate metric is measured)")
+    if not isinstance(ev, dict) or set(ev) - {"dataset", "split", "limit", "max_new_tokens"}:
+        raise SweepError("eval: a mapping of dataset, split, limit, max_new_tokens (where and how an Evaluate metric "
+                         "is measured)")
     if ev and objective in LOSS_OBJECTIVES:
         raise SweepError("eval: applies to an Evaluate metric objective; eval_loss is read from the run itself")
     if ev.get("limit") is not None:
         ev["limit"] = _int(ev["limit"], "eval.limit")
         if ev["limit"] < 1:
             raise SweepError("eval.limit must be at least 1")
+    if ev.get("max_new_tokens") is not None:
+        ev["max_new_tokens"] = _int(ev["max_new_tokens"], "eval.max_new_tokens")
+        if not 1 <= ev["max_new_tokens"] <= 32768:
+            raise SweepError("eval.max_new_tokens must be between 1 and 32768")
+    if ev.get("split") is not None and ev["split"] not in ("test", "validation", "train", "all"):
+        raise SweepError(f"eval.split must be test, validation, train or all (got {ev['split']!r})")
     if ev.get("dataset") is not None:
         ev["dataset"] = str(ev["dataset"])
     trials = _int(data.get("trials", 6), "trials")
