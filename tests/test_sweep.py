@@ -202,3 +202,25 @@ def test_an_evaluate_metric_objective_scores_each_trial_with_an_evaluation(works
     ev = results.list_evaluations(run_id=d["trials"][0]["run_id"])[0]
     assert d["trials"][0]["value"] == ev.metrics["tuned"]["field_accuracy"] == d["best_value"]
     assert d["best_run"] == d["trials"][0]["run_id"]
+
+
+def test_the_study_shares_the_studio_database_without_sharing_a_table_name(workspace):
+    """Optuna's RDB storage on the studio's own SQLite file: its tables beside the studio's, no name in common, and
+    the studio reads and writes its runs as before."""
+    import optuna
+    from optuna.storages._rdb import models
+    from sqlalchemy import inspect
+    from sqlmodel import SQLModel
+
+    from core.config import get_settings
+    from core.sweep import study
+    from storage import get_engine
+
+    ours, theirs = set(SQLModel.metadata.tables), set(models.BaseModel.metadata.tables)
+    assert not ours & theirs
+    optuna.create_study(study_name=study.study_name(1), storage=study.storage())
+    tables = set(inspect(get_engine(get_settings().database_url)).get_table_names())
+    assert ours | theirs <= tables
+    assert runs.get_run(runs.submit("train", {}, start=False).id).status == "queued"
+    study.forget_sweeps([1])
+    assert study.load(1) is None
