@@ -61,7 +61,10 @@ def _configs_to_check(spec: dict):
 
 
 def get_sweep(sweep_id: int) -> Run:
-    run = runs.get_run(int(sweep_id))
+    try:
+        run = runs.get_run(int(sweep_id))
+    except JobError:
+        raise JobError(f"sweep {sweep_id} not found (python -m core sweeps list)") from None
     if run.kind != "sweep":
         raise JobError(f"run {sweep_id} is a {run.kind} job, not a sweep")
     return run
