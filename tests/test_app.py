@@ -96,7 +96,13 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
 
     done = sweep.final_metrics
     assert sweep.status == "succeeded" and done["complete"] + done["pruned"] == 4, jobs.log_tail(sweep.id)
-    assert all(f"sweep-{sweep.id}" in r.tags for r in jobs.list_runs(kind="train") if r.id > sweep.id)
+    from core.sweep.jobs import sweep_to_dict
+
+    d = sweep_to_dict(sweep.id)
+    trial_ids = {t["run_id"] for t in d["trials"]}
+    assert len(trial_ids) == 4 and all(f"sweep-{sweep.id}" in jobs.get_run(i).tags for i in trial_ids)
+    # "continue the best trial": a new run from the best trial's adapter
+    assert [r.parent_run_id for r in jobs.list_runs(kind="train") if r.id > max(trial_ids)] == [d["best_run"]]
 
     run = jobs.get_run(1)
     assert run.status == "succeeded" and run.step == 6
