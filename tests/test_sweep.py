@@ -224,3 +224,22 @@ def test_the_study_shares_the_studio_database_without_sharing_a_table_name(works
     assert runs.get_run(runs.submit("train", {}, start=False).id).status == "queued"
     study.forget_sweeps([1])
     assert study.load(1) is None
+
+
+def test_parallel_coordinates_rank_the_trials_and_put_each_on_its_axes():
+    from ui.sweeps import parallel_frame
+
+    d = {"search": {"learning_rate": {"type": "log_uniform", "low": 1e-4, "high": 1e-2},
+                    "lora_r": {"type": "choice", "values": [2, 4]}},
+         "objective": "eval_loss", "direction": "minimize", "trials": [
+             {"number": 0, "state": "complete", "value": 2.0, "params": {"learning_rate": 1e-3, "lora_r": 2}},
+             {"number": 1, "state": "pruned", "value": 1.0, "params": {"learning_rate": 1e-2, "lora_r": 4}},
+             {"number": 2, "state": "complete", "value": 1.5, "params": {"learning_rate": 1e-4, "lora_r": 4}},
+             {"number": 3, "state": "running", "value": None, "params": {"learning_rate": 1e-4, "lora_r": 2}}]}
+    frame, axes, who = parallel_frame(d)
+    assert axes == ["learning_rate", "lora_r", "eval_loss"]
+    assert who == "best = trial 2, 2nd = trial 0, 3rd = trial 1 (pruned)"
+    lines = {(r.trial, r.axis): round(r.position, 6) for r in frame.itertuples()}
+    assert lines == {("best", "learning_rate"): 0.0, ("best", "lora_r"): 1.0, ("best", "eval_loss"): 0.0,
+                     ("2nd", "learning_rate"): 0.5, ("2nd", "lora_r"): 0.0, ("2nd", "eval_loss"): 1.0,
+                     ("3rd", "learning_rate"): 1.0, ("3rd", "lora_r"): 1.0}  # log scale; pruned: no value point

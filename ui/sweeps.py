@@ -119,27 +119,40 @@ def _axis_position(p: dict, value) -> float | None:
     return (float(value) - lo) / (hi - lo) if hi > lo else 0.5
 
 
-def parallel_frame(d: dict) -> tuple[pd.DataFrame | None, str]:
-    """Parallel coordinates: one line per finished trial through an axis per parameter and one for the value
-    (each axis scaled 0-1: bottom = low end / first choice / best value … top). Returns (frame, the axes' names)."""
+PARALLEL_MAX = 10  # the best trials drawn in parallel coordinates (a fixed set of series: "best", "2nd" …)
+RANKS = ["best", *[f"{i}{'nd' if i == 2 else 'rd' if i == 3 else 'th'}" for i in range(2, PARALLEL_MAX + 1)]]
+RANK_COLOURS = dict(zip(RANKS, ["#4338ca", "#4f46e5", "#6366f1", "#818cf8", "#93c5fd", "#a5b4fc", "#c7d2fe",
+                                "#cbd5e1", "#d1d5db", "#e5e7eb"]))
+
+
+def parallel_frame(d: dict) -> tuple[pd.DataFrame | None, list[str], str]:
+    """Parallel coordinates: one line per finished trial (the best ``PARALLEL_MAX``, ranked) through an axis per
+    parameter and one for the value, each scaled 0-1 (bottom = low end / first choice / lowest value). Returns (frame,
+    the axes in order, which trial each rank is)."""
     space = d.get("search") or {}
     done = [t for t in d["trials"] if t["value"] is not None and t["state"] in ("complete", "pruned")]
     if not done or not space:
-        return None, ""
+        return None, [], ""
+    done.sort(key=lambda t: (t["state"] != "complete", t["value"] if d.get("direction") == "minimize"
+                             else -t["value"]))
+    done = done[:PARALLEL_MAX]
     names = list(space)
-    values = [t["value"] for t in done]
+    objective = d.get("objective") or "value"
+    # a pruned trial's value is from an earlier step than the complete ones': its line stops at the parameters
+    values = [t["value"] for t in done if t["state"] == "complete"] or [0.0]
     vlo, vhi = min(values), max(values)
     rows = []
-    for t in done:
-        label = f"trial {t['number']} ({t['state']})"
-        for i, name in enumerate(names):
+    for rank, t in zip(RANKS, done):
+        for name in names:
             pos = _axis_position(space[name], t["params"].get(name))
             if pos is not None:
-                rows.append({"axis": i, "position": pos, "trial": label})
-        rows.append({"axis": len(names), "position": (t["value"] - vlo) / (vhi - vlo) if vhi > vlo else 0.5,
-                     "trial": label})
-    axes = " · ".join(f"{i}: {n}" for i, n in enumerate([*names, d.get("objective") or "value"]))
-    return pd.DataFrame(rows), axes
+                rows.append({"axis": name, "position": pos, "trial": rank})
+        if t["state"] == "complete":
+            rows.append({"axis": objective, "position": (t["value"] - vlo) / (vhi - vlo) if vhi > vlo else 0.5,
+                         "trial": rank})
+    who = ", ".join(f"{rank} = trial {t['number']}" + (" (pruned)" if t["state"] == "pruned" else "")
+                    for rank, t in zip(RANKS, done))
+    return pd.DataFrame(rows), [*names, objective], who
 
 
 def sweep_view(sweep_id: str | None):
@@ -170,10 +183,12 @@ def sweep_view(sweep_id: str | None):
         imp = studies.importance(st)
         if imp:
             imp_plot = pd.DataFrame({"parameter": list(imp), "importance": list(imp.values())})
-    par, axes = parallel_frame(d)
-    axes_note = f"Axes, left to right — {md_text(axes)} (each scaled 0-1; on the last, 0 = the lowest value)" \
-        if axes else ""
-    return status, trials_frame(d), best_plot, imp_plot, par, axes_note
+    par, axes, who = parallel_frame(d)
+    axes_note = (f"Each axis scaled 0-1 (a range from low to high, choices in their order; on {md_text(axes[-1])}, "
+                 "0 = the lowest complete trial's; a pruned trial's line stops before it). "
+                 f"Lines: {md_text(who)}") if axes else ""
+    par_plot = gr.update(value=par, sort=axes) if par is not None else None
+    return status, trials_frame(d), best_plot, imp_plot, par_plot, axes_note
 
 
 def build_section(form_inputs: dict) -> None:
@@ -212,9 +227,10 @@ def build_section(form_inputs: dict) -> None:
                                             elem_id="sweep-best")
                     imp_plot = gr.BarPlot(x="parameter", y="importance", title="Parameter importance", height=220,
                                           elem_id="sweep-importance")
+                # a fixed colour domain (the ranks): without it the plot keeps the series of its first frame
                 par_plot = gr.LinePlot(x="axis", y="position", color="trial", title="Parallel coordinates",
-                                       height=240, x_title="axis", y_title="position (0-1)",
-                                       elem_id="sweep-parallel-plot")
+                                       height=240, x_title="parameter", y_title="position (0-1)",
+                                       color_map=RANK_COLOURS, elem_id="sweep-parallel-plot")
                 axes_md = gr.Markdown(elem_id="sweep-axes")
                 with gr.Row():
                     steps = gr.Number(20, label="More steps", precision=0, minimum=1, scale=1)
