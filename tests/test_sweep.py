@@ -204,9 +204,9 @@ def test_an_evaluate_metric_objective_scores_each_trial_with_an_evaluation(works
     assert d["best_run"] == d["trials"][0]["run_id"]
 
 
-def test_the_study_shares_the_studio_database_without_sharing_a_table_name(workspace):
-    """Optuna's RDB storage on the studio's own SQLite file: its tables beside the studio's, no name in common, and
-    the studio reads and writes its runs as before."""
+def test_the_study_shares_the_studio_database_without_sharing_a_table_name(db_workspace):
+    """Optuna's RDB storage on the studio's own database (SQLite, PostgreSQL): its tables beside the studio's, no name
+    in common, and the studio reads and writes its runs as before."""
     import optuna
     from optuna.storages._rdb import models
     from sqlalchemy import inspect
@@ -224,6 +224,7 @@ def test_the_study_shares_the_studio_database_without_sharing_a_table_name(works
     assert runs.get_run(runs.submit("train", {}, start=False).id).status == "queued"
     study.forget_sweeps([1])
     assert study.load(1) is None
+    study.reset_storages()
 
 
 def test_parallel_coordinates_rank_the_trials_and_put_each_on_its_axes():
