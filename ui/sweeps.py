@@ -18,6 +18,7 @@ from core.sweep import jobs as sweeps
 from core.sweep import study as studies
 from core.sweep.spec import METRIC_OBJECTIVES, SweepError, parse_sweep_yaml
 from core.train.config import ConfigError
+from core.users import NotAllowed, check_can_manage
 from ui.common import md_text, now_hms, user_of
 from ui.train_form import config_from_inputs
 
@@ -256,11 +257,14 @@ def build_section(form_inputs: dict) -> None:
     def on_from_form(text, *values):
         return base_from_form(text, dict(zip(keys, values)))
 
-    def on_stop(sid):
+    def on_stop(request: gr.Request, sid):
         if not sid:
             return "Pick a sweep first."
         try:
+            check_can_manage(sweeps.get_sweep(int(sid)), user_of(request), "stop")  # the owner (or an admin)
             run = sweeps.stop_sweep(int(sid), timeout_s=30)
+        except NotAllowed as exc:
+            return f"**Not allowed:** {md_text(exc)}"
         except (JobError, ValueError) as exc:
             return f"**Error:** {md_text(exc)}"
         return f"Sweep #{run.id} {run.status}: its running trials were asked to stop (with a checkpoint)."
@@ -269,7 +273,11 @@ def build_section(form_inputs: dict) -> None:
         if not sid:
             return "Pick a sweep first."
         try:
-            run = sweeps.continue_best(int(sid), int(n or 20), owner=user_of(request))
+            user = user_of(request)
+            check_can_manage(sweeps.get_sweep(int(sid)), user, "continue")
+            run = sweeps.continue_best(int(sid), int(n or 20), owner=user)
+        except NotAllowed as exc:
+            return f"**Not allowed:** {md_text(exc)}"
         except (JobError, ConfigError, ValueError) as exc:
             return f"**Error:** {md_text(exc)}"
         return f"Run #{run.id} queued: it continues the best trial (run #{run.parent_run_id}) — see **Runs** above."
