@@ -6,6 +6,7 @@
     python -m core data import PATH ...        (Data tab)
     python -m core estimate --model REF ...    (Estimate tab)
     python -m core evaluate --run ID ...       (Evaluate tab)   python -m core generate --model M --prompt T
+    python -m core sweep --config sweep.yaml [--wait] [--json]   python -m core sweeps list | show ID | stop ID
     python -m core prepare-model               (convert the embedded default model once)
 
 Exit codes: 0 success, 1 the run finished but not successfully, 2 bad input (one-line reason on stderr).
@@ -293,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare_model)
 
     # the other tabs' commands register themselves
-    for module in ("core.data.cli", "core.estimate", "core.evaluate.cli", "core.deploy.cli", "core.users"):
+    for module in ("core.data.cli", "core.estimate", "core.evaluate.cli", "core.deploy.cli", "core.sweep.cli",
+                   "core.users"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

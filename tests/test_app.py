@@ -89,9 +89,20 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         expect(page.locator(".fts-status")).to_contain_text("succeeded", timeout=30_000)
         expect(page.locator("#train-log textarea")).to_have_value(re.compile("ranks: peak RSS rank 0"), timeout=30_000)
         page.screenshot(path=str(workspace / "train_tab_2_processes.png"), full_page=True)
+        sweep = run_a_sweep_from_the_tab(page, dataset, tiny_model_dir, workspace)
         browser.close()
     assert (parallel.config["num_processes"], parallel.config["distributed"]) == (2, "fsdp")
     assert "ranks: 2 processes started" in jobs.log_tail(2, max_lines=400)
+
+    done = sweep.final_metrics
+    assert sweep.status == "succeeded" and done["complete"] + done["pruned"] == 4, jobs.log_tail(sweep.id)
+    from core.sweep.jobs import sweep_to_dict
+
+    d = sweep_to_dict(sweep.id)
+    trial_ids = {t["run_id"] for t in d["trials"]}
+    assert len(trial_ids) == 4 and all(f"sweep-{sweep.id}" in jobs.get_run(i).tags for i in trial_ids)
+    # "continue the best trial": a new run from the best trial's adapter
+    assert [r.parent_run_id for r in jobs.list_runs(kind="train") if r.id > max(trial_ids)] == [d["best_run"]]
 
     run = jobs.get_run(1)
     assert run.status == "succeeded" and run.step == 6
@@ -104,6 +115,38 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
     print(f"\nstep logged -> shown in the UI: mean {sum(lags) / len(lags):.2f}s, max {max(lags):.2f}s "
           f"over {len(lags)} steps")
     assert max(lags) < 5.0  # the chart/progress refresh every second; 5 s means the page is not live
+
+
+def run_a_sweep_from_the_tab(page, dataset: str, tiny_model_dir: str, workspace: Path):
+    """Issue 29: a 4-trial sweep from the Train tab's Sweep section (the sweep file typed in), watched to its end: the
+    trials table, the best-so-far curve, then "continue the best trial"."""
+    from playwright.sync_api import expect
+
+    from core import runs as jobs
+
+    sweep_yaml = (f"name: page-sweep\nbase: {{base_model: '{tiny_model_dir}', dataset: '{dataset}', max_steps: 2, "
+                  "batch_size: 2, max_length: 96, lora_r: 4, lora_alpha: 8, eval_split: 0.1, eval_steps: 1, "
+                  "save_steps: 0}\nsearch:\n  learning_rate: {type: log_uniform, low: 1.0e-4, high: 5.0e-2}\n"
+                  "  lora_r: {type: choice, values: [2, 4]}\nobjective: eval_loss\n")
+    page.locator("#sweep").get_by_text("Sweep — search hyperparameters").click()
+    editor = page.locator("#sweep-yaml .cm-content")
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(sweep_yaml)
+    page.locator("#sweep-trials input").fill("4")
+    page.locator("#sweep-start").click()
+    expect(page.locator("#sweep-msg")).to_contain_text("queued", timeout=60_000)
+    sweep_id = max(r.id for r in jobs.list_runs(kind="sweep"))
+    sweep = jobs.wait_for(sweep_id, timeout_s=600)
+    expect(page.locator("#sweep-status")).to_contain_text("succeeded, 4 of 4 trials done", timeout=30_000)
+    expect(page.locator("#sweep-trials-table")).to_contain_text("complete")
+    expect(page.locator("#sweep-status")).to_contain_text("Best so far: run #")
+    expect(page.locator("#sweep-best")).to_contain_text("best so far", timeout=10_000)
+    page.locator("#sweep").screenshot(path=str(workspace / "sweep_section.png"))
+    page.locator("#sweep-continue").click()
+    expect(page.locator("#sweep-action")).to_contain_text("continues the best trial", timeout=30_000)
+    return sweep
 
 
 def test_a_second_sigterm_while_the_first_is_handled_does_nothing():

@@ -1,7 +1,8 @@
 """Train tab: pick model, data, method and hyperparameters; start/stop/resume; watch runs live.
 
 The New run form (ui.train_form, built from TrainConfig's field metadata) on the left, the runs and the selected
-run's progress (ui.train_runs, read from the DB on a timer) on the right, the run comparison (ui.compare) below.
+run's progress (ui.train_runs, read from the DB on a timer) on the right, the run comparison (ui.compare) and the
+hyperparameter sweeps (ui.sweeps) below.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import gradio as gr
 
 from ui.common import user_of
 from ui.compare import build_section as build_compare
+from ui.sweeps import build_section as build_sweeps
 from ui.train_form import build_form, start_run
 from ui.train_runs import build_panel, run_choices
 
@@ -20,6 +22,7 @@ def build_tab():
         with gr.Column(scale=3, min_width=420):
             selected = build_panel()
     build_compare()
+    build_sweeps(inputs)
     keys = list(inputs)
 
     def start(request: gr.Request, *values):  # the request first: gradio injects only positional special args

@@ -37,11 +37,15 @@ class JobKind:
     oom_advice: str = ""
     # the queue's lane: "device" jobs share FTS_MAX_CONCURRENT_RUNS (the accelerator); "io" jobs (imports) have
     # their own small limit, so reading a file never waits behind a training run; "serve" jobs (local servers, which
-    # run until stopped) have theirs (FTS_MAX_SERVERS), so a server never holds a training run's slot
+    # run until stopped) have theirs (FTS_MAX_SERVERS), so a server never holds a training run's slot; "control" jobs (a
+    # sweep's driver, which only submits and watches other jobs) have theirs (FTS_MAX_SWEEPS)
     lane: str = "device"
     # what else goes when jobs of this kind are deleted: "package.module:function", f(job ids), called after their
     # rows and folders are gone (a serve job's deployment row); imported only then, as ``entry``
     on_delete: str = ""
+    # a job of this kind found dead when the studio starts is queued again at once (a sweep's driver: it reattaches
+    # to its trials, which run on as jobs of their own), instead of waiting for a person to resume it
+    resume_on_start: bool = False
 
 
 def _train_command(job: Run) -> list[str]:
@@ -74,6 +78,12 @@ register(JobKind("export", "core.deploy.export:run_job",
 register(JobKind("serve", "core.deploy.serve_job:run_job", lane="serve",
                  on_delete="core.deploy.deployment_rows:forget_jobs",
                  description="a local deployment's OpenAI-compatible server (transformers serve); runs until stopped"))
+
+
+register(JobKind("sweep", "core.sweep.driver:run_job", lane="control", resumable=True, resume_on_start=True,
+                 on_delete="core.sweep.study:forget_sweeps",
+                 description="a hyperparameter sweep's driver (Optuna): submits its trials as training runs, prunes "
+                             "weak ones, holds no training slot"))
 
 
 def kinds_in_lane(lane: str) -> list[str]:

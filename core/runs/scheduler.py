@@ -66,14 +66,17 @@ def dispatch() -> list[int]:
 
 def _lanes() -> list[tuple[int, list[str], str | None]]:
     """(limit, kinds, backend) per lane of the queue: the device's (FTS_MAX_CONCURRENT_RUNS, the configured backend),
-    imports' (FTS_MAX_CONCURRENT_IMPORTS, default 2; on this machine, where the uploaded file is) and local servers'
-    (FTS_MAX_SERVERS, default 4; on this machine, whose loopback port the deployment's URL names)."""
+    imports' (FTS_MAX_CONCURRENT_IMPORTS, default 2; on this machine, where the uploaded file is), local servers'
+    (FTS_MAX_SERVERS, default 4; on this machine, whose loopback port the deployment's URL names) and sweep drivers'
+    (FTS_MAX_SWEEPS, default 4; on this machine: a driver only submits and watches its trials, which take the
+    device lane like any run)."""
     from core.config import positive_int_env
     from core.runs.kinds import kinds_in_lane
 
     return [(get_settings().max_concurrent_runs, kinds_in_lane("device"), None),
             (positive_int_env("FTS_MAX_CONCURRENT_IMPORTS", 2), kinds_in_lane("io"), "local"),
-            (positive_int_env("FTS_MAX_SERVERS", 4), kinds_in_lane("serve"), "local")]
+            (positive_int_env("FTS_MAX_SERVERS", 4), kinds_in_lane("serve"), "local"),
+            (positive_int_env("FTS_MAX_SWEEPS", 4), kinds_in_lane("control"), "local")]
 
 
 def _dispatch_lane(limit: int, kinds: list[str], started: list[int], backend_name: str | None) -> None:
@@ -153,7 +156,16 @@ def reconcile(on_start: bool = False, ids: Iterable[int] | None = None) -> list[
             status, error = RunStatus.failed, (f"{backend.describe_gone(fresh)}.\n--- log tail ---\n" + tail)
         store.finish(r.id, status, error=error, attempt=fresh.attempt, **_ending_fields(r.id))
         changed.append(r.id)
+        if status == RunStatus.interrupted and _resumes_on_start(fresh):
+            store.requeue(r.id, resume_from_checkpoint=None)  # a sweep's driver: it reattaches to its trials
     return changed
+
+
+def _resumes_on_start(job: Run) -> bool:
+    try:
+        return get_kind(job.kind).resume_on_start
+    except KeyError:
+        return False
 
 
 def _what_next(job: Run) -> str:
@@ -163,9 +175,10 @@ def _what_next(job: Run) -> str:
         return ""
 
 
-def stop(job_id: int, *, wait: bool = True, timeout_s: float | None = None) -> Run:
-    """Graceful stop: SIGTERM → the worker checkpoints and exits; the whole group is killed after the timeout."""
-    run = store.request_stop(job_id)
+def stop(job_id: int, *, wait: bool = True, timeout_s: float | None = None, reason: str | None = None) -> Run:
+    """Graceful stop: SIGTERM → the worker checkpoints and exits; the whole group is killed after the timeout.
+    ``reason``: when the studio stops it (a sweep pruning a trial), why — kept as the stopped run's note."""
+    run = store.request_stop(job_id, reason=reason)
     if run.status == RunStatus.stopped:
         dispatch()
         return get_run(job_id)
