@@ -142,7 +142,8 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
     dep = res["deployment"]
     sizing = res["sizing"]
     fit = (f"Sized for {html.escape(gpu or 'the default GPU')}: max input {sizing.get('max_input_tokens')}, "
-           f"max total {sizing.get('max_total_tokens')} tokens. {html.escape(sizing.get('why') or '')}")
+           f"max total {sizing.get('max_total_tokens')} tokens. {html.escape(sizing.get('why') or '')}"
+           if sizing else "The studio's server on the CPU, in its image.")
     if dep and dep["status"] == "planned":
         msg = (f"Deployment #{dep['id']} **planned**: {html.escape(res['engine'])}\n\n"
                f"Run the command below on a GPU host. {fit}")
@@ -180,6 +181,10 @@ def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
         lines.append(f"container <code>{e(dep.container_id[:12])}</code>")
     elif dep.status == "starting" and dep.target != "local":
         lines.append(f"<b>{e(D.pull_line(dep) or 'asking the Docker engine for the image')}</b>")
+    if dep.target != "local" and dep.log_path:  # the launch's lines and the container's output, as text
+        log = D.container_log(dep)
+        if log.strip():
+            lines.append(f"log <code>{e(dep.log_path)}</code><pre>{e(log[-3000:])}</pre>")
     if dep.status == "failed" and dep.error:  # why, in its first line; the rest (a log tail, the command) below
         first, _, rest = dep.error.partition("\n")
         lines.append(f"<b>Failed:</b> {e(first)}" + (f"<pre>{e(rest[-2000:])}</pre>" if rest.strip() else ""))
@@ -272,7 +277,9 @@ def build_tab():
         with gr.Column(scale=3, min_width=420):
             gr.Markdown("#### Serve\n**local**: an OpenAI-compatible server on this machine (`transformers serve`). "
                         "**tgi** / **vllm**: the container command for a GPU host, sized from the Estimate tab — "
-                        "started here when a Docker engine answers.")
+                        "started here when a Docker engine answers. **container**: the same server as local, in "
+                        "the studio's image (`make image`) through the Docker engine, the merged model mounted "
+                        "read-only.")
             with gr.Row():
                 model = gr.Dropdown(choices=model_choices(), value="default", label="Model", scale=3,
                                     elem_id="dep-model")
