@@ -1,5 +1,6 @@
 """Deploy tab: export a finished run (merged safetensors, GGUF + Ollama Modelfile, or the adapter), serve it — a
-local OpenAI-compatible server here, or TGI / vLLM containers on a GPU host — smoke-test it and hand it off.
+local OpenAI-compatible server here, the same server in the studio's image through Docker, or TGI / vLLM containers on
+a GPU host — smoke-test it and hand it off. On a Space a signed-in visitor pushes to the Hub with their own token.
 
 Exports are jobs (core.runs) and servers are managed processes with a row each (core.deploy.deployments): both run
 outside the dashboard, survive a closed tab and are reconciled on the next read. Only binds components to core
@@ -18,7 +19,8 @@ from core.deploy import deployments as D
 from core.deploy.config import DeployConfig, ExportConfig
 from core.jobconfig import choices_of
 from core.runs import JobError, RunStatus
-from ui.common import is_mine, job_progress, mine_box, owner_filter
+from core.space import in_space
+from ui.common import is_mine, job_progress, mine_box, owner_filter, visitor_hub_token
 
 EXPORT_COLUMNS = ["job", "run", "format", "status", "output", "by"]
 DEPLOY_COLUMNS = ["id", "target", "model", "status", "url", "by"]
@@ -74,7 +76,9 @@ def deployment_choices(who: str | None = None) -> list[tuple[str, str]]:
 
 
 def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", private: bool = True,
-                 user: str = "") -> tuple[str, str | None]:
+                 user: str = "", hub_token: tuple[str | None, str] | None = None) -> tuple[str, str | None]:
+    """``hub_token``: on a Space, the signed-in visitor's own (OAuth token, scope) for a Hub push, which then runs
+    in this request (core.deploy.hub.push_for_visitor) — the token is never handed to a job."""
     from core.deploy.export import submit_export
     from core.users import NotAllowed, check_can_manage
 
@@ -85,6 +89,14 @@ def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", pr
         data.update(repo_id=(repo_id or "").strip(), private=bool(private))
     try:
         check_can_manage(runs.get_run(int(run_id)), user, "export")
+        if fmt == "hub" and in_space():  # a visitor's own token, or nothing: never the Space owner's
+            from core.deploy.export import push_for_visitor
+
+            token, scope = hub_token or (None, "")
+            pushed = push_for_visitor(int(run_id), data["repo_id"], token=token, scope=scope,
+                                      private=bool(private))
+            return (f"Pushed run #{int(run_id)} ({html.escape(pushed['what'])}) to "
+                    f"<code>{html.escape(pushed['url'])}</code> with your Hugging Face sign-in.", None)
         job = submit_export(data, owner=user)
     except NotAllowed as exc:
         return f"**Not allowed:** {html.escape(str(exc))}", None
@@ -337,7 +349,8 @@ def build_tab():
     def on_export(run_id, fmt, quant, repo_id, private, mine, request: gr.Request):
         from ui.common import user_of
 
-        msg, job = start_export(run_id, fmt, quant, repo_id, private, user=user_of(request))
+        msg, job = start_export(run_id, fmt, quant, repo_id, private, user=user_of(request),
+                                hub_token=visitor_hub_token(request) if fmt == "hub" else None)
         return msg, job, export_progress(job), exports_frame(owner_filter(mine, request))
 
     ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private, mine],
