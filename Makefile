@@ -1,7 +1,7 @@
 # Finetune Studio. Two commands on a fresh machine:
 #   make run    set up (venv, pinned stack, embedded model) and start the dashboard on http://127.0.0.1:7860
 #   make test   set up (with test tools) and run the whole test suite
-.PHONY: run test test-fast lint bench
+.PHONY: run test test-fast lint bench image
 
 run:
 	./scripts/setup.sh
@@ -24,3 +24,6 @@ test-fast:
 bench:
 	./scripts/setup.sh --dev
 	.venv/bin/python bench/train_throughput.py
+
+image:
+	./scripts/build-image.sh $${FTS_IMAGE:-finetune-studio:latest}

@@ -32,7 +32,7 @@ def _tab_builders():
 
 def build_app() -> gr.Blocks:
     from core.access import serve_page
-    from core.space import banner_markdown, in_space
+    from core.space import banner_markdown, in_space, oauth_enabled
     from ui import quickstart
     from ui.common import guard_events, page_requester
 
@@ -43,6 +43,13 @@ def build_app() -> gr.Blocks:
                     "Runs live in their own processes: close the tab and come back whenever you like.")
         if in_space():
             gr.Markdown(banner_markdown(), elem_id="space-banner")
+            if oauth_enabled():  # Sign in with Hugging Face (README: hf_oauth: true); Gradio mocks it off a Space
+                from ui.common import signed_in_line
+
+                with gr.Row():
+                    gr.LoginButton(elem_id="hf-login", scale=0, min_width=240)
+                    who = gr.Markdown(elem_id="hf-who")
+                demo.load(signed_in_line, None, who, show_progress="hidden")
         panel = quickstart.build_panel(open_=_first_visit())
         loaders = {}
         with gr.Tabs(selected="Train") as tabs:

@@ -46,5 +46,11 @@ if ((DEV)) && [[ ! -x /usr/lib/postgresql/15/bin/initdb ]]; then
   fi
 fi
 
+if ((DEV)); then
+  # the image and container tests: Debian's docker.io, dockerd with no bridge and no iptables (host network only),
+  # and the base image (python:3.11-slim, or a Debian bookworm base made here once with debootstrap)
+  scripts/docker-engine.sh >/dev/null || echo ">> no Docker engine: the image and container tests will be skipped" >&2
+fi
+
 echo ">> preparing the embedded default model (converted once, then cached)"
 .venv/bin/python -m core prepare-model >/dev/null

@@ -1,7 +1,7 @@
-"""A stand-in Docker engine for the launch tests: no Docker daemon runs on this machine (only the client), so the
-part of the Engine API the studio's docker SDK calls is answered here over HTTP — ping, version, image inspect,
-image pull (``/images/create``: a registry that does not resolve, or a streamed pull with per-layer progress),
-container create / inspect / start / stop. The docker SDK, its error types and the studio's code run for real.
+"""A stand-in Docker engine for the registry side of the launch tests: the real engine here (tests/test_container.py)
+reaches no image registry, so a pull that streams progress, or one refused by a registry that does not resolve, is
+answered here over HTTP — ping, version, image inspect, image pull (``/images/create``), container create / inspect /
+start / stop / logs / remove. The docker SDK, its error types and the studio's code run for real.
 
     python -m tests.fake_docker [--offline] [--port N]     # by hand: DOCKER_HOST=tcp://127.0.0.1:N
 """
@@ -26,6 +26,7 @@ class FakeEngine:
         self.offline, self.layers, self.layer_bytes, self.pull_s = offline, layers, layer_bytes, pull_s
         self.images: set[str] = set()
         self.containers: dict[str, dict] = {}
+        self.removed: dict[str, dict] = {}  # what a DELETE took away, with its last status
         self.calls: list[str] = []
         engine = self
 
@@ -71,12 +72,20 @@ class FakeEngine:
                     cid = f"{len(engine.containers) + 1:02d}" + "c0ffee" * 10
                     engine.containers[cid] = {"name": query.get("name", "x"), "status": "created"}
                     return self._send(201, {"Id": cid, "Warnings": []})
+                m = re.fullmatch(r"/containers/([0-9a-f]+)", path)
+                if m and method == "DELETE" and m.group(1) in engine.containers:
+                    engine.removed[m.group(1)] = engine.containers.pop(m.group(1))
+                    return self._send(204)
+                m = re.fullmatch(r"/containers/([0-9a-f]+)/logs", path)
+                if m and m.group(1) in engine.containers:  # no output (the multiplexed stream, empty)
+                    return self._send(200, b"", "application/vnd.docker.raw-stream")
                 m = re.fullmatch(r"/containers/([0-9a-f]+)/(json|start|stop)", path)
                 if m and m.group(1) in engine.containers:
                     c = engine.containers[m.group(1)]
                     if m.group(2) == "json":
                         return self._send(200, {"Id": m.group(1), "Name": "/" + c["name"],
-                                                "State": {"Status": c["status"]}, "Config": {}, "HostConfig": {}})
+                                                "State": {"Status": c["status"]}, "Config": {"Tty": False},
+                                                "HostConfig": {}})
                     c["status"] = "running" if m.group(2) == "start" else "exited"
                     return self._send(204)
                 return self._send(404, {"message": f"page not found: {method} {path}"})

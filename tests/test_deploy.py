@@ -280,7 +280,8 @@ def test_a_server_survives_a_dashboard_restart_and_a_killed_one_is_recorded(serv
     proc = subprocess.run([sys.executable, "-c", restart], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"marked": [doomed.id], "orphans_stopped": []}
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"marked": [doomed.id], "orphans_stopped": [],
+                                                               "orphan_containers_removed": []}
     row = D.peek(doomed.id)  # as the restarted studio left it
     assert row.status == "dead" and "the server process is gone" in row.error and "log tail" in row.error
     assert runs.get_run(doomed.job_id).status == "interrupted"

@@ -7,6 +7,7 @@ the no-engine path talks to a socket that does not exist.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -44,17 +45,26 @@ def _adapter(tmp_path: Path, name: str, r: int) -> Path:
     return folder
 
 
+def _limits_and_labels(memory_mib: int = 2048) -> list[str]:
+    """What every container plan carries: the memory and CPU limits (a folder without weights: the 2 GB floor; all
+    CPUs) and the studio's labels."""
+    from core.config import get_settings
+
+    return ["--memory", f"{memory_mib}m", "--cpus", f"{os.cpu_count()}", "--label", "fts.managed=finetune-studio",
+            "--label", f"fts.workspace={get_settings().workspace}"]
+
+
 # ---- exact argument lists ------------------------------------------------------------------------------------------
 
 def test_tgi_merged_model_sized_for_an_a10g(tmp_path):
     model = _model(tmp_path, "merged", LLAMA_7B)
     args = containers.tgi_docker_args(ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB"))
     assert args == [
-        "docker", "run", "-d", "--gpus", "all", "--shm-size", "1g", "-p", "8080:80",
+        "docker", "run", "-d", "--network", "host", "--gpus", "all", "--shm-size", "1g", *_limits_and_labels(),
         "-v", f"{model}:/data/model:ro",
         "--name", "fts-tgi-support-bot-8080",
         "ghcr.io/huggingface/text-generation-inference:3.3.7",
-        "--model-id", "/data/model",
+        "--model-id", "/data/model", "--hostname", "127.0.0.1", "--port", "8080",
         "--max-input-tokens", "3072", "--max-total-tokens", "4096", "--max-batch-prefill-tokens", "3122",
         "--num-shard", "1",
         "--dtype", "float16",
@@ -69,14 +79,14 @@ def test_tgi_lora_adapters_and_4bit(tmp_path, monkeypatch):
                      max_total_tokens=3000, quantize_4bit=True,
                      lora_adapters=(("sql", str(sql)), ("chat", str(chat))), hf_token_env=True)
     assert containers.tgi_docker_args(spec) == [
-        "docker", "run", "-d", "--gpus", "all", "--shm-size", "1g", "-p", "9000:80",
+        "docker", "run", "-d", "--network", "host", "--gpus", "all", "--shm-size", "1g", *_limits_and_labels(),
         "-v", f"{base}:/data/model:ro",
         "-v", f"{sql}:/data/lora/sql:ro",
         "-v", f"{chat}:/data/lora/chat:ro",
         "--name", "fts-tgi-llama-multi-9000",
         "-e", "HF_TOKEN",
         "ghcr.io/huggingface/text-generation-inference:3.3.7",
-        "--model-id", "/data/model",
+        "--model-id", "/data/model", "--hostname", "127.0.0.1", "--port", "9000",
         "--max-input-tokens", "2000", "--max-total-tokens", "3000", "--max-batch-prefill-tokens", "2050",
         "--num-shard", "1",
         "--quantize", "bitsandbytes-nf4",
@@ -89,12 +99,12 @@ def test_vllm_merged_model(tmp_path):
     spec = ServeSpec(model_dir=str(model), served_name="support-bot", port=8001, gpu="A100 80GB",
                      max_total_tokens=4096)
     assert containers.vllm_docker_args(spec) == [
-        "docker", "run", "-d", "--gpus", "all", "--ipc", "host", "-p", "8001:8000",
+        "docker", "run", "-d", "--network", "host", "--gpus", "all", "--ipc", "host", *_limits_and_labels(),
         "-v", f"{model}:/data/model:ro",
         "--name", "fts-vllm-support-bot-8001",
         "vllm/vllm-openai:v0.31.0",
         "/data/model",
-        "--served-model-name", "support-bot",
+        "--served-model-name", "support-bot", "--host", "127.0.0.1", "--port", "8001",
         "--max-model-len", "4096",
         "--gpu-memory-utilization", "0.90",
         "--dtype", "float16",
@@ -107,14 +117,14 @@ def test_vllm_lora_adapters_on_two_gpus(tmp_path):
     spec = ServeSpec(model_dir=str(base), served_name="llama-multi", gpu="A10G 24GB", num_gpus=2,
                      lora_adapters=(("sql", str(sql)), ("chat", str(chat))))
     assert containers.vllm_docker_args(spec) == [
-        "docker", "run", "-d", "--gpus", "all", "--ipc", "host", "-p", "8080:8000",
+        "docker", "run", "-d", "--network", "host", "--gpus", "all", "--ipc", "host", *_limits_and_labels(),
         "-v", f"{base}:/data/model:ro",
         "-v", f"{sql}:/data/lora/sql:ro",
         "-v", f"{chat}:/data/lora/chat:ro",
         "--name", "fts-vllm-llama-multi-8080",
         "vllm/vllm-openai:v0.31.0",
         "/data/model",
-        "--served-model-name", "llama-multi",
+        "--served-model-name", "llama-multi", "--host", "127.0.0.1", "--port", "8080",
         "--max-model-len", "4096",
         "--gpu-memory-utilization", "0.90",
         "--dtype", "float16",
@@ -211,7 +221,7 @@ def test_no_docker_engine_says_where_it_looked_and_what_to_run(tmp_path, monkeyp
     assert "unix:///nonexistent.sock" in message
     assert containers.docker_command_text(containers.tgi_docker_args(spec)) in message
     assert docker_sdk.container_status("0123456789ab") is None
-    with pytest.raises(LaunchError, match="docker stop 0123456789ab"):
+    with pytest.raises(LaunchError, match="docker rm -f 0123456789ab"):
         docker_sdk.stop_container("0123456789ab")
     with pytest.raises(LaunchError, match="target must be one of tgi, vllm"):
         docker_sdk.launch_container(spec, "ollama")
@@ -230,7 +240,7 @@ def test_without_the_docker_sdk_everything_but_the_launch_works(tmp_path, monkey
         docker_sdk.launch_container(spec, "vllm")
 
 
-# ---- an engine that answers (tests/fake_docker.py: no Docker daemon runs here, the SDK and its errors are real) ------
+# ---- an engine with a registry (tests/fake_docker.py; SDK and errors real; the real engine: test_container.py) ----
 
 def test_an_engine_without_a_registry_says_in_one_line_which_image_from_where_and_how_to_load_it(tmp_path,
                                                                                                  monkeypatch):
@@ -308,7 +318,9 @@ def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspac
         assert "container started; waiting for /health" in deployment_rows.log_tail(started).replace(
             f"container {started.container_id[:12]} started", "container started")
         assert D.stop(dep["id"]).status == "stopped"
-        assert engine.containers[started.container_id]["status"] == "exited"
+        # stopped, then removed (its output kept in the row's log first)
+        assert engine.removed[started.container_id]["status"] == "exited"
+        assert started.container_id not in engine.containers
 
 
 # ---- command text, tokens, cloud settings ------------------------------------------------------------------------
@@ -359,3 +371,40 @@ def test_cloud_settings_name_the_verified_images_and_env(tmp_path):
         compile(clouds.cloud_settings(four, target), target, "exec")
     with pytest.raises(LaunchError, match="cloud target must be one of"):
         clouds.cloud_settings(spec, "azure")
+
+
+def test_the_gpu_plans_differ_from_the_container_plan_only_in_image_args_and_gpu_flags(tmp_path):
+    """TGI, vLLM and the studio's own image (``container``) go through one plan → docker run / SDK path: the same
+    network (host; the server binds 127.0.0.1:PORT), read-only mounts, limits, labels and environment."""
+    from dataclasses import asdict
+
+    model = _model(tmp_path, "merged", LLAMA_7B)
+    spec = ServeSpec(model_dir=str(model), served_name="bot", port=8795, max_input_tokens=1000,
+                     max_total_tokens=2000, memory_gb=6, cpus=2, hf_token_env=True)
+    studio = containers.studio_plan(spec)
+    shared = {k: v for k, v in asdict(studio).items()
+              if k not in ("engine", "name", "image", "server_args", "gpu", "ipc_host")}
+    assert shared == {"port": 8795, "mounts": ((str(model), "/data/model"),), "env_names": ("HF_TOKEN",),
+                      "memory_bytes": 6 * 2**30, "nano_cpus": 2 * 10**9, "labels": containers.studio_labels()}
+    for plan in (containers.tgi_plan(spec), containers.vllm_plan(spec)):
+        assert {k: v for k, v in asdict(plan).items() if k in shared} == shared
+        assert plan.image != studio.image and plan.gpu and not studio.gpu
+        assert plan.name == studio.name.replace("container", plan.engine)  # fts-<engine>-<name>-<port>
+    # each server binds the plan's port on loopback itself (host network: nothing is published)
+    assert studio.server_args[-6:] == ("--host", "127.0.0.1", "--port", "8795", "--device", "cpu")
+    tgi, vllm = containers.tgi_plan(spec).server_args, containers.vllm_plan(spec).server_args
+    assert tgi[tgi.index("--hostname") + 1] == "127.0.0.1" and tgi[tgi.index("--port") + 1] == "8795"
+    assert vllm[vllm.index("--host") + 1] == "127.0.0.1" and vllm[vllm.index("--port") + 1] == "8795"
+    # the docker run lists: the same flags apart from --gpus/--shm-size/--ipc, the image and the server's args
+    run = containers.docker_run_args(studio)
+    assert run[:4] == ["docker", "run", "-d", "--network"] and "--gpus" not in run and "-p" not in run
+    gpu_run = containers.tgi_docker_args(spec)
+    assert gpu_run[gpu_run.index("--memory"):gpu_run.index("--name")] == run[run.index("--memory"):run.index("--name")]
+    # what the container target refuses, worded
+    with pytest.raises(LaunchError, match="needs a GPU"):
+        containers.studio_plan(ServeSpec(model_dir=str(model), served_name="m", quantize_4bit=True))
+    with pytest.raises(LaunchError, match="memory_gb 0.5 is too little"):
+        containers.studio_plan(ServeSpec(model_dir=str(model), served_name="m", memory_gb=0.5))
+    # the memory limit sized from the weights: twice them plus 2 GB
+    (model / "model.safetensors").write_bytes(b"\0" * (3 * 2**20))
+    assert containers.resource_limits(ServeSpec(model_dir=str(model), served_name="m"))[0] == 2**31 + 6 * 2**20

@@ -72,6 +72,130 @@ def test_visitor_ids_are_anonymous_and_stable():
     assert visitor_id(named) == "alice"
 
 
+def _signed_in(user: str | None, token: str = "hf_oauth_" + "v" * 30, scope: str = "openid profile contribute-repos",
+               expires_in_s: int = 3600):
+    """A page request whose session holds a Hugging Face sign-in as Gradio's OAuth callback stores it (gradio/oauth.py:
+    ``request.session["oauth_info"]``), read back through a real starlette Request inside a gr.Request."""
+    import time
+
+    import gradio as gr
+    from starlette.requests import Request
+
+    session = {} if user is None else {"oauth_info": {
+        "access_token": token, "token_type": "bearer", "scope": scope, "expires_at": int(time.time()) + expires_in_s,
+        "userinfo": {"preferred_username": user, "name": user, "profile": f"https://huggingface.co/{user}",
+                     "picture": ""}}}
+    scope_ = {"type": "http", "method": "GET", "path": "/", "headers": [(b"x-forwarded-for", b"203.0.113.7")],
+              "client": ("10.0.0.1", 1234), "session": session, "query_string": b""}
+    return gr.Request(request=Request(scope_))
+
+
+def test_a_space_visitor_signed_in_with_hugging_face_is_their_account(space, monkeypatch):
+    from ui.common import hf_account, visitor_hub_token, visitor_id
+
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "test-client")  # the Space's README asked for hf_oauth
+    alice = _signed_in("alice")
+    assert hf_account(alice) == "alice" and visitor_id(alice) == "hf:alice"
+    assert visitor_hub_token(alice) == ("hf_oauth_" + "v" * 30, "openid profile contribute-repos")
+    anonymous = visitor_id(_signed_in(None))
+    assert anonymous.startswith("v-") and visitor_hub_token(_signed_in(None)) == (None, "")
+    assert visitor_id(_signed_in("alice", expires_in_s=-5)) == anonymous  # an expired sign-in is no sign-in
+    assert visitor_id(_signed_in("../etc")) == anonymous  # not a Hub username: nothing is made of it
+    monkeypatch.delenv("OAUTH_CLIENT_ID")  # a Space without hf_oauth: the session is not read
+    assert visitor_id(alice) == anonymous
+    # the README's front matter asks the Space for the sign-in, with the scope a push needs
+    import yaml
+
+    from core.space import can_push
+    from tests.conftest import REPO
+
+    meta = yaml.safe_load((REPO / "README.md").read_text(encoding="utf-8").split("---")[1])
+    assert meta["hf_oauth"] is True and can_push(" ".join(meta["hf_oauth_scopes"]))
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+
+
+def test_caps_count_per_hugging_face_account(workspace, space, fixtures_dir, monkeypatch):
+    from core.data import import_records
+    from core.train.config import TrainConfig
+    from core.train.jobs import JobError, submit_training
+
+    monkeypatch.setenv("FTS_SPACE_RUNS_PER_ACCOUNT", "2")
+    rows = json.loads((fixtures_dir / "alpaca_en_demo.json").read_text())[:12]
+    cfg = dict(dataset=str(import_records(rows, source="s", format="alpaca", model=None).dataset_id), max_steps=5)
+    submit_training(TrainConfig(**cfg), owner="hf:alice", start=False)
+    a2 = submit_training(TrainConfig(**cfg), owner="hf:alice", start=False)  # an account may have 2 at a time
+    with pytest.raises(JobError, match=f"each Hugging Face account has at most 2 run.*run #{a2.id}"):
+        submit_training(TrainConfig(**cfg), owner="hf:alice", start=False)
+    submit_training(TrainConfig(**cfg), owner="hf:bob", start=False)  # another account counts on its own
+    submit_training(TrainConfig(**cfg), owner="v-anon", start=False)
+    with pytest.raises(JobError, match="each visitor has at most 1 run"):  # an anonymous visitor: 1
+        submit_training(TrainConfig(**cfg), owner="v-anon", start=False)
+
+
+def test_a_visitors_hub_push_uses_their_own_token_and_keeps_it_nowhere(demo_ws, monkeypatch, tmp_path):
+    """The Hub's API answered by a loopback stand-in (HF_ENDPOINT) that records each request's Authorization and
+    refuses it (401): the push goes out with the visitor's OAuth token — never the Space owner's HF_TOKEN — and the
+    refusal reaches the page as a line without the token; nothing is queued, stored or logged with it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import huggingface_hub.constants
+
+    from core import runs
+    from core.deploy.export import push_for_visitor
+    from ui.deploy import start_export
+
+    seen = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_POST(self):  # create_repo
+            seen.append(self.headers.get("authorization"))
+            body = b'{"error": "Invalid credentials in Authorization header"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("SPACE_ID", "someone/finetune-studio")
+    monkeypatch.setenv("HF_TOKEN", "hf_PlantedOwnerToken1234567")
+    visitor = "hf_oauth_VisitorSecret0123456789abcdef"
+    run_id = demo_ws["run_id"]
+    before = len(runs.list_runs(kind="export"))
+    try:
+        with pytest.raises(runs.JobError, match="sign in with Hugging Face") as no_token:
+            push_for_visitor(run_id, "alice/support-bot", token=None)
+        with pytest.raises(runs.JobError, match="did not grant") as no_scope:
+            push_for_visitor(run_id, "alice/support-bot", token=visitor, scope="openid profile")
+        assert seen == []  # neither sent anything
+        with pytest.raises(runs.JobError) as refused:
+            push_for_visitor(run_id, "alice/support-bot", token=visitor, scope="openid profile contribute-repos")
+    finally:
+        server.shutdown()
+    assert seen == [f"Bearer {visitor}"]  # the visitor's token, once; never the owner's
+    msg = str(refused.value)
+    assert "refused the token for alice/support-bot (HTTP 401)" in msg
+    for text in (msg, str(no_token.value), str(no_scope.value)):
+        assert visitor not in text and "hf_PlantedOwnerToken1234567" not in text
+    # the page: a visitor's push is never a job (the run's owner check comes first, as for every export)
+    msg, job = start_export(str(run_id), "hub", "f16", "alice/support-bot", user="v-someone",
+                            hub_token=(visitor, "openid profile contribute-repos"))
+    assert msg.startswith("**Not allowed:**") and job is None and visitor not in msg
+    assert len(runs.list_runs(kind="export")) == before  # no job: the token was never handed to one
+    from core.secrets import redact
+
+    assert redact(f"oops {visitor}") == "oops hf_***"  # an OAuth token's shape is masked in any log text too
+    for f in demo_ws["ws"].rglob("*"):
+        if f.is_file() and f.stat().st_size < 50_000_000:
+            assert visitor.encode() not in f.read_bytes(), f
+
+
 def test_deploy_on_a_space_gives_the_container_command_and_starts_nothing(workspace, space, default_model_dir):
     from core.deploy.deployments import deploy_container
 
@@ -223,9 +347,13 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     ws.mkdir()
     shots = tmp_path / "shots"
     shots.mkdir()
-    url = start_app(tmp_path / "app-space.log", SPACE_ID="someone/finetune-studio", GRADIO_SERVER_NAME="0.0.0.0",
-                    FTS_SPACE_DATA_DIR=str(ws), FTS_WORKSPACE="", FTS_QUICKSTART_STEPS="4",
-                    FTS_QUICKSTART_EVAL_ROWS="2")
+    # with Sign in with Hugging Face on (README: hf_oauth: true sets OAUTH_CLIENT_ID on a Space): Gradio's local mock
+    # of it, given its profile without asking the Hub (tests/oauth_app.py)
+    token = "hf_oauth_VisitorsOwnSecretToken1234"
+    url = start_app(tmp_path / "app-space.log", script="tests/oauth_app.py", SPACE_ID="someone/finetune-studio",
+                    GRADIO_SERVER_NAME="0.0.0.0", FTS_SPACE_DATA_DIR=str(ws), FTS_WORKSPACE="",
+                    FTS_QUICKSTART_STEPS="4", FTS_QUICKSTART_EVAL_ROWS="2", OAUTH_CLIENT_ID="test-client",
+                    FTS_TEST_HF_USER="alice", FTS_TEST_HF_TOKEN=token)
     page = browser.new_page(viewport={"width": 1500, "height": 1300})
     errors, announced, unloading = [], set(), []  # console errors; what was read out; those of a page unloading
     sink = [errors]
@@ -252,6 +380,15 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     expect(page.locator("#space-banner")).to_contain_text("Running as a Hugging Face Space", timeout=30_000)
     expect(page.locator("#space-banner")).to_contain_text("60 steps")
     expect(page.locator("#fts-mode")).to_contain_text("shared mode")  # the page says which mode it is in
+    # Sign in with Hugging Face: the visitor becomes their account (hf:alice), with the account's caps
+    expect(page.locator("#hf-who")).to_contain_text("Not signed in", timeout=30_000)
+    expect(page.locator("#space-banner")).to_contain_text("2 when signed in with Hugging Face")
+    sink[0] = unloading  # the sign-in navigates away and back: the old page's polling is cut off
+    page.locator("#hf-login").click()
+    expect(page.locator("#hf-who")).to_contain_text("Signed in with Hugging Face as alice", timeout=30_000)
+    sink[0] = errors
+    expect(page.locator("#hf-login")).to_contain_text("alice")  # Gradio's button: Logout (alice)
+    page.screenshot(path=str(shots / "1-signed-in.png"))
     status, progress = page.locator("#qs-status"), page.locator("#qs-progress")
     expect(status).to_contain_text("✓ 1 · Demo task", timeout=30_000)  # preloaded at start
     expect(status).to_contain_text("144 train / 16 validation")  # the split in words, not a dict
@@ -340,6 +477,15 @@ def test_a_space_start_shows_the_banner_applies_caps_and_the_quick_start_complet
     assert "1" not in [h.strip() for h in page.locator("#compare-diff th").all_inner_texts()]
     page.screenshot(path=str(shots / "6-done-reloaded.png"), full_page=True)
     listen()
+    # what the signed-in visitor made is recorded as their Hugging Face account's; their token is nowhere on disk
+    import sqlite3
+
+    db = sqlite3.connect(ws / "workspace" / "studio.db")
+    assert {o for (o,) in db.execute("select owner from runs")} == {"hf:alice"}
+    db.close()
+    for f in [*ws.rglob("*"), tmp_path / "app-space.log"]:
+        if f.is_file() and f.stat().st_size < 50_000_000:
+            assert token.encode() not in f.read_bytes(), f
     assert errors == [], errors
     assert all("AbortError" in e or "Connection errored out" in e for e in unloading), unloading
     assert "Done" in announced and not [a for a in announced if a.startswith("common.")], announced

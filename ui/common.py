@@ -11,6 +11,7 @@ import gradio as gr
 
 from core import access
 from core.config import in_space, positive_int_env, space_id
+from core.space import hf_owner, oauth_enabled
 from core.users import accounts_configured
 
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
@@ -56,14 +57,58 @@ def signed_in_name(request) -> str:
     return str(getattr(request, "username", None) or "")
 
 
+def _oauth_info(request) -> dict | None:
+    """The Hugging Face sign-in (gr.LoginButton) in the request's session, as Gradio's OAuth routes stored it;
+    None when not signed in, expired, or the studio does not use it (core.space.oauth_enabled)."""
+    if request is None or not oauth_enabled():
+        return None
+    from gradio.helpers import _session_from_request
+    from gradio.oauth import _get_valid_oauth_info_from_session
+
+    try:
+        info = _get_valid_oauth_info_from_session(_session_from_request(request))
+    except Exception:  # noqa: BLE001 - a session Gradio cannot read is no sign-in
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def hf_account(request) -> str:
+    """The Hugging Face username a Space visitor signed in with, '' when none."""
+    info = _oauth_info(request) or {}
+    user = (info.get("userinfo") or {}).get("preferred_username")
+    return str(user) if hf_owner(user) else ""
+
+
+def visitor_hub_token(request) -> tuple[str | None, str]:
+    """(the signed-in visitor's own OAuth access token, its scope) for their Hub push, (None, '') when not signed in.
+    Handed to the Hub client only: never stored, logged or shown."""
+    info = _oauth_info(request) or {}
+    token = info.get("access_token")
+    return (str(token), str(info.get("scope") or "")) if token and hf_account(request) else (None, "")
+
+
+def signed_in_line(request: gr.Request) -> str:
+    """Who the page takes a Space visitor for, under the sign-in button."""
+    hf = hf_account(request)
+    if hf:
+        return (f"Signed in with Hugging Face as **{md_text(hf)}**: your runs, datasets and deployments are yours on "
+                "any device, and a Hub push (Deploy → Export → hub) uses your own token.")
+    return ("Not signed in: you are an anonymous visitor (known by a hash of your address). Sign in with Hugging "
+            "Face to keep your runs under your account and push them to the Hub.")
+
+
 def visitor_id(request) -> str:
-    """A stable, anonymous id for the browser behind a Gradio request ('' outside a request): the account, or a
-    salted hash of the address (``x-forwarded-for`` behind the Spaces proxy) — the raw address is never stored."""
+    """A stable id for the browser behind a Gradio request ('' outside a request): the account, the Hugging Face
+    account it signed in with (``hf:<username>``), or a salted hash of the address (``x-forwarded-for`` behind the
+    Spaces proxy) — the raw address is never stored."""
     if request is None:
         return ""
     name = signed_in_name(request)
     if name:
         return name
+    hf = hf_account(request)
+    if hf:
+        return hf_owner(hf)
     headers = getattr(request, "headers", None) or {}
     forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
     client = getattr(getattr(request, "client", None), "host", "") or ""

@@ -1,5 +1,6 @@
 """Deploy tab: export a finished run (merged safetensors, GGUF + Ollama Modelfile, or the adapter), serve it — a
-local OpenAI-compatible server here, or TGI / vLLM containers on a GPU host — smoke-test it and hand it off.
+local OpenAI-compatible server here, the same server in the studio's image through Docker, or TGI / vLLM containers on
+a GPU host — smoke-test it and hand it off. On a Space a signed-in visitor pushes to the Hub with their own token.
 
 Exports are jobs (core.runs) and servers are managed processes with a row each (core.deploy.deployments): both run
 outside the dashboard, survive a closed tab and are reconciled on the next read. Only binds components to core
@@ -18,7 +19,8 @@ from core.deploy import deployments as D
 from core.deploy.config import DeployConfig, ExportConfig
 from core.jobconfig import choices_of
 from core.runs import JobError, RunStatus
-from ui.common import is_mine, job_progress, mine_box, owner_filter
+from core.space import in_space
+from ui.common import is_mine, job_progress, mine_box, owner_filter, visitor_hub_token
 
 EXPORT_COLUMNS = ["job", "run", "format", "status", "output", "by"]
 DEPLOY_COLUMNS = ["id", "target", "model", "status", "url", "by"]
@@ -74,7 +76,9 @@ def deployment_choices(who: str | None = None) -> list[tuple[str, str]]:
 
 
 def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", private: bool = True,
-                 user: str = "") -> tuple[str, str | None]:
+                 user: str = "", hub_token: tuple[str | None, str] | None = None) -> tuple[str, str | None]:
+    """``hub_token``: on a Space, the signed-in visitor's own (OAuth token, scope) for a Hub push, which then runs
+    in this request (core.deploy.hub.push_for_visitor) — the token is never handed to a job."""
     from core.deploy.export import submit_export
     from core.users import NotAllowed, check_can_manage
 
@@ -85,6 +89,14 @@ def start_export(run_id: str | None, fmt: str, quant: str, repo_id: str = "", pr
         data.update(repo_id=(repo_id or "").strip(), private=bool(private))
     try:
         check_can_manage(runs.get_run(int(run_id)), user, "export")
+        if fmt == "hub" and in_space():  # a visitor's own token, or nothing: never the Space owner's
+            from core.deploy.export import push_for_visitor
+
+            token, scope = hub_token or (None, "")
+            pushed = push_for_visitor(int(run_id), data["repo_id"], token=token, scope=scope,
+                                      private=bool(private))
+            return (f"Pushed run #{int(run_id)} ({html.escape(pushed['what'])}) to "
+                    f"<code>{html.escape(pushed['url'])}</code> with your Hugging Face sign-in.", None)
         job = submit_export(data, owner=user)
     except NotAllowed as exc:
         return f"**Not allowed:** {html.escape(str(exc))}", None
@@ -142,7 +154,8 @@ def start_deploy(model_ref: str | None, target: str, port, gpu: str | None, num_
     dep = res["deployment"]
     sizing = res["sizing"]
     fit = (f"Sized for {html.escape(gpu or 'the default GPU')}: max input {sizing.get('max_input_tokens')}, "
-           f"max total {sizing.get('max_total_tokens')} tokens. {html.escape(sizing.get('why') or '')}")
+           f"max total {sizing.get('max_total_tokens')} tokens. {html.escape(sizing.get('why') or '')}"
+           if sizing else "The studio's server on the CPU, in its image.")
     if dep and dep["status"] == "planned":
         msg = (f"Deployment #{dep['id']} **planned**: {html.escape(res['engine'])}\n\n"
                f"Run the command below on a GPU host. {fit}")
@@ -180,6 +193,10 @@ def deployment_details(dep_id: str | None) -> tuple[str, str, str, str]:
         lines.append(f"container <code>{e(dep.container_id[:12])}</code>")
     elif dep.status == "starting" and dep.target != "local":
         lines.append(f"<b>{e(D.pull_line(dep) or 'asking the Docker engine for the image')}</b>")
+    if dep.target != "local" and dep.log_path:  # the launch's lines and the container's output, as text
+        log = D.container_log(dep)
+        if log.strip():
+            lines.append(f"log <code>{e(dep.log_path)}</code><pre>{e(log[-3000:])}</pre>")
     if dep.status == "failed" and dep.error:  # why, in its first line; the rest (a log tail, the command) below
         first, _, rest = dep.error.partition("\n")
         lines.append(f"<b>Failed:</b> {e(first)}" + (f"<pre>{e(rest[-2000:])}</pre>" if rest.strip() else ""))
@@ -272,7 +289,9 @@ def build_tab():
         with gr.Column(scale=3, min_width=420):
             gr.Markdown("#### Serve\n**local**: an OpenAI-compatible server on this machine (`transformers serve`). "
                         "**tgi** / **vllm**: the container command for a GPU host, sized from the Estimate tab — "
-                        "started here when a Docker engine answers.")
+                        "started here when a Docker engine answers. **container**: the same server as local, in "
+                        "the studio's image (`make image`) through the Docker engine, the merged model mounted "
+                        "read-only.")
             with gr.Row():
                 model = gr.Dropdown(choices=model_choices(), value="default", label="Model", scale=3,
                                     elem_id="dep-model")
@@ -330,7 +349,8 @@ def build_tab():
     def on_export(run_id, fmt, quant, repo_id, private, mine, request: gr.Request):
         from ui.common import user_of
 
-        msg, job = start_export(run_id, fmt, quant, repo_id, private, user=user_of(request))
+        msg, job = start_export(run_id, fmt, quant, repo_id, private, user=user_of(request),
+                                hub_token=visitor_hub_token(request) if fmt == "hub" else None)
         return msg, job, export_progress(job), exports_frame(owner_filter(mine, request))
 
     ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private, mine],

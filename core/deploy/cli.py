@@ -2,7 +2,7 @@
 
     python -m core export --run ID [--format safetensors|gguf|adapter|hub] [--quant f16|q8_0] [--out DIR]
                           [--repo-id OWNER/NAME [--public] [--push-adapter]] [--json]
-    python -m core deploy --run ID|--model REF --target local|tgi|vllm [--dry-run] [--port N] [--gpu NAME]
+    python -m core deploy --run ID|--model REF --target local|tgi|vllm|container [--dry-run] [--port N] [--gpu NAME]
                           [--num-gpus N] [--quantize-4bit] [--keep-adapter] [--smoke] [--json]
     python -m core deployments list [--all] [--json] | show ID [--json] | stop ID | delete ID
                                | smoke ID [--prompt T] [--json]
@@ -68,8 +68,11 @@ def cmd_deploy(args) -> int:
         else:
             res = D.deploy_container(ref, cfg.target, gpu=cfg.gpu, port=cfg.port, num_gpus=cfg.num_gpus,
                                      quantize_4bit=cfg.quantize_4bit, keep_adapter=cfg.keep_adapter,
-                                     dry_run=args.dry_run)
+                                     dry_run=args.dry_run, memory_gb=cfg.memory_gb, cpus=cfg.cpus,
+                                     health_timeout_s=cfg.timeout_s)
             row = res.get("deployment") or {}
+            if row.get("status") == "running" and args.smoke:
+                res["smoke"] = D.smoke_test(row["id"])
             if args.json:
                 print_json(res)
             else:
@@ -79,6 +82,10 @@ def cmd_deploy(args) -> int:
                 if row.get("status") == "failed":  # e.g. the image could not be pulled: one line, why and what to do
                     print(f"deployment {row['id']} failed: {(row.get('error') or '').splitlines()[0]}",
                           file=sys.stderr)
+                elif row.get("status") == "running":
+                    print(f"deployment {row['id']} running: {row['url']} serving '{row['served_name']}'")
+                if res.get("smoke"):
+                    print(f"smoke reply ({res['smoke']['latency_s']} s): {res['smoke']['reply']}")
             return 1 if row.get("status") == "failed" else 0
     except (D.DeployError, ValueError) as exc:
         return fail(str(exc).splitlines()[0])

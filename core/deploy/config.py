@@ -11,9 +11,10 @@ from pydantic import Field, field_validator, model_validator
 from core.jobconfig import JobConfig, meta
 
 Format = Literal["safetensors", "gguf", "adapter", "hub"]
-Target = Literal["local", "tgi", "vllm"]
+Target = Literal["local", "tgi", "vllm", "container"]
 MAX_GPUS = 1_024
 CONTAINER = {"target": ["tgi", "vllm"]}  # the fields that size a TGI / vLLM container (a local server ignores them)
+ANY_CONTAINER = {"target": ["tgi", "vllm", "container"]}  # the limits every container gets
 
 
 class ExportConfig(JobConfig):
@@ -47,8 +48,9 @@ class DeployConfig(JobConfig):
     run_id: int | None = Field(None, description="the finished training run to serve", json_schema_extra=meta(
         flag="run"))
     model: str | None = Field(None, description="or: default | a model folder (a run: run:ID)")
-    target: Target = Field("local", description="local (an OpenAI-compatible server here), tgi or vllm (a "
-                                                "container; planned where no Docker engine answers)")
+    target: Target = Field("local", description="local (an OpenAI-compatible server here), tgi or vllm (a GPU "
+                                                "container; planned where no Docker engine answers) or container "
+                                                "(the local server in the studio's image, through Docker)")
     port: int | None = Field(None, description="the port to serve on (default: a free one)")
     gpu: str | None = Field(None, description="GPU name from the Estimate tab's catalog (TGI/vLLM sizing)",
                             json_schema_extra=meta(only=CONTAINER))
@@ -57,7 +59,11 @@ class DeployConfig(JobConfig):
                                 json_schema_extra=meta(only=CONTAINER))
     keep_adapter: bool = Field(False, description="serve base + adapter (multi-LoRA) instead of merged (TGI/vLLM)",
                                json_schema_extra=meta(only=CONTAINER))
-    timeout_s: float | None = Field(None, description="seconds to wait for /health (local)",
+    memory_gb: float | None = Field(None, description="the container's memory limit in GB (default: twice the "
+                                                      "weights + 2 GB)", json_schema_extra=meta(only=ANY_CONTAINER))
+    cpus: float | None = Field(None, description="CPUs the container may use (default: all)",
+                               json_schema_extra=meta(only=ANY_CONTAINER))
+    timeout_s: float | None = Field(None, description="seconds to wait for /health (local, container)",
                                     json_schema_extra=meta(flag="timeout"))
 
     @field_validator("port")
@@ -72,6 +78,13 @@ class DeployConfig(JobConfig):
     def _gpus(cls, v: int) -> int:
         if not 1 <= v <= MAX_GPUS:
             raise ValueError(f"num_gpus must be between 1 and {MAX_GPUS:,} (got {v:,})")
+        return v
+
+    @field_validator("memory_gb", "cpus")
+    @classmethod
+    def _limits(cls, v: float | None) -> float | None:
+        if v is not None and not v > 0:
+            raise ValueError(f"a container limit must be more than 0 (got {v:g})")
         return v
 
     @field_validator("timeout_s")

@@ -23,6 +23,14 @@ What was checked, and where (so the flags below are not guesses):
   bitsandbytes lives in the out-of-tree ``vllm-bnb-plugin`` (vllm PR #43529), which the stock image does not ship.
 
 A token value never appears in an argument list: ``-e HF_TOKEN`` passes it by name.
+
+Every target — TGI, vLLM and ``container`` (the studio's own image running its local server, the same
+OpenAI-compatible server as the ``local`` target, on a host without a GPU) — has one plan shape: the host's network
+(``--network host``: no bridge, no published port; the server binds ``127.0.0.1:PORT`` itself — TGI ``--hostname``
+/ ``--port``, vLLM ``--host`` / ``--port``, the studio's server ``--host`` / ``--port``), the model (and adapters)
+mounted read-only, memory and CPU limits, the studio's labels (to find its containers again, orphans included). The
+plans differ only in the image, the server's arguments and the GPU flags (``--gpus all`` and TGI's ``--shm-size``
+/ vLLM's ``--ipc host`` for their GPU workers' shared memory).
 """
 from __future__ import annotations
 
@@ -48,9 +56,19 @@ TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.7"
 # (NVIDIA driver >= 580); hosts with older drivers need the ``-cu129`` variant (some report it broken at import).
 VLLM_IMAGE = "vllm/vllm-openai:v0.31.0"
 
-TARGETS = ("tgi", "vllm")
+# the studio's own image (Dockerfile; `make image`): the ``container`` target runs its local server
+STUDIO_IMAGE = os.environ.get("FTS_STUDIO_IMAGE") or "finetune-studio:latest"
+STUDIO_SERVER = (".venv/bin/python", "-m", "core.deploy.local_server")
+STUDIO_UID = 1000  # the image's user (Dockerfile)
+
+TARGETS = ("tgi", "vllm", "container")
+LABEL_MANAGED = "fts.managed"  # = "finetune-studio" on every container the studio starts
+LABEL_WORKSPACE = "fts.workspace"  # the workspace whose deployment it is
+LABEL_DEPLOYMENT = "fts.deployment"  # the deployment row's id (set at launch)
+MIN_MEMORY_GB = 2.0
 CONTAINER_MODEL_DIR = "/data/model"
 CONTAINER_LORA_DIR = "/data/lora"
+# the images' own ports (cloud endpoints publish these); here the server binds the plan's port on the host's network
 TGI_CONTAINER_PORT = 80
 VLLM_CONTAINER_PORT = 8000
 PREFILL_HEADROOM = 50  # TGI's documented default: max_batch_prefill_tokens = max_input_tokens + 50
@@ -72,20 +90,26 @@ class ServeSpec:
     quantize_4bit: bool = False  # TGI --quantize bitsandbytes-nf4; vLLM --quantization bitsandbytes (see below)
     lora_adapters: tuple[tuple[str, str], ...] = ()  # (name, host adapter folder) for multi-LoRA serving
     hf_token_env: bool = False  # pass HF_TOKEN from the host env by NAME only (never its value)
+    memory_gb: float | None = None  # the container's memory limit; None: sized from the weights (resource_limits)
+    cpus: float | None = None  # CPUs it may use; None: all of this machine's
 
 
 @dataclass(frozen=True)
 class ContainerPlan:
-    """One container, engine-neutral: what both the ``docker run`` list and the SDK call are built from."""
+    """One container, engine-neutral: what both the ``docker run`` list and the SDK call are built from. On the host's
+    network: the server binds ``127.0.0.1:port`` itself (its arguments say so)."""
 
     engine: str
     image: str
     name: str
-    container_port: int
-    host_port: int
+    port: int  # where the server answers, on 127.0.0.1 (host network)
     mounts: tuple[tuple[str, str], ...]  # (host folder, container folder), read-only
     env_names: tuple[str, ...]  # passed by name from the host environment
     server_args: tuple[str, ...]
+    memory_bytes: int  # --memory
+    nano_cpus: int  # --cpus × 1e9
+    labels: tuple[tuple[str, str], ...]
+    gpu: bool = True  # --gpus all (+ the shared memory its GPU workers use)
     ipc_host: bool = False  # vLLM: --ipc host; TGI: --shm-size 1g
 
 
@@ -97,6 +121,12 @@ def check_spec(spec: ServeSpec) -> None:
                           "as the OpenAI 'model' field)")
     if not isinstance(spec.port, int) or not 1 <= spec.port <= 65535:
         raise LaunchError(f"port must be a whole number between 1 and 65535 (got {spec.port!r})")
+    for label, value in (("memory_gb", spec.memory_gb), ("cpus", spec.cpus)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+            raise LaunchError(f"{label} must be a number above 0 (got {value!r})")
+    if spec.memory_gb is not None and spec.memory_gb < MIN_MEMORY_GB:
+        raise LaunchError(f"memory_gb {spec.memory_gb:g} is too little to load a model server: give at least "
+                          f"{MIN_MEMORY_GB:g}")
     if not isinstance(spec.num_gpus, int) or spec.num_gpus < 1:
         raise LaunchError(f"num_gpus must be a whole number of at least 1 (got {spec.num_gpus!r})")
     seen: set[str] = set()
@@ -157,6 +187,65 @@ def _container_name(engine: str, spec: ServeSpec) -> str:
     return f"fts-{engine}-{slug}-{spec.port}"
 
 
+def weights_bytes(folder: str) -> int:
+    """The model's weight files' size (safetensors / bin), 0 when none are found."""
+    try:
+        return sum(e.stat().st_size for e in os.scandir(host_path(folder))
+                   if e.is_file() and e.name.endswith((".safetensors", ".bin")))
+    except OSError:
+        return 0
+
+
+def unreadable_for(folder: str, uid: int) -> str | None:
+    """The first thing in ``folder`` (itself, or a file in it) that user ``uid`` (not in its group) cannot read
+    through a bind mount; None when all is readable, or the folder is not on this machine (another host's path)."""
+    root = host_path(folder)
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    if st.st_uid != uid and (st.st_mode & 0o005) != 0o005:
+        return root
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return root
+    for e in entries:
+        try:
+            est = e.stat()
+        except OSError:
+            continue
+        if e.is_file() and est.st_uid != uid and not est.st_mode & 0o004:
+            return e.path
+    return None
+
+
+def resource_limits(spec: ServeSpec) -> tuple[int, int]:
+    """(memory bytes, nano-CPUs): the spec's, else memory sized from the weights (twice them, for loading, plus
+    2 GB for the server and its libraries) and every CPU of this machine."""
+    if spec.memory_gb is not None:
+        memory = int(spec.memory_gb * 2**30)
+    else:
+        weights = weights_bytes(spec.model_dir) + sum(weights_bytes(f) for _, f in spec.lora_adapters)
+        memory = max(int(MIN_MEMORY_GB * 2**30), 2 * weights + 2 * 2**30)
+    cpus = spec.cpus if spec.cpus is not None else float(os.cpu_count() or 1)
+    return -(-memory // 2**20) * 2**20, int(cpus * 1e9)  # whole MiB: what `docker run --memory Nm` says
+
+
+def studio_labels() -> tuple[tuple[str, str], ...]:
+    from core.config import get_settings
+
+    return ((LABEL_MANAGED, "finetune-studio"), (LABEL_WORKSPACE, str(get_settings().workspace)))
+
+
+def _plan(engine: str, image: str, spec: ServeSpec, args: list[str], *, gpu: bool = True,
+          ipc_host: bool = False) -> ContainerPlan:
+    memory, nano_cpus = resource_limits(spec)
+    return ContainerPlan(engine, image, _container_name(engine, spec), spec.port, _mounts(spec),
+                         ("HF_TOKEN",) if spec.hf_token_env else (), tuple(args), memory, nano_cpus,
+                         studio_labels(), gpu=gpu, ipc_host=ipc_host)
+
+
 def _mounts(spec: ServeSpec) -> tuple[tuple[str, str], ...]:
     return ((host_path(spec.model_dir), CONTAINER_MODEL_DIR),) + tuple(
         (host_path(folder), f"{CONTAINER_LORA_DIR}/{name}") for name, folder in spec.lora_adapters)
@@ -168,7 +257,7 @@ def tgi_plan(spec: ServeSpec) -> ContainerPlan:
     _check_heads(cfg, spec.num_gpus)
     inp, tot = token_limits(spec, cfg)
     card = find_gpu(spec.gpu) if spec.gpu else None
-    args = ["--model-id", CONTAINER_MODEL_DIR,
+    args = ["--model-id", CONTAINER_MODEL_DIR, "--hostname", "127.0.0.1", "--port", str(spec.port),
             "--max-input-tokens", str(inp), "--max-total-tokens", str(tot),
             # the v3 router refuses a prefill budget below max_input_tokens (when it cannot chunk); TGI's docs give
             # max_input_tokens + 50 as the intended default
@@ -181,8 +270,7 @@ def tgi_plan(spec: ServeSpec) -> ContainerPlan:
         args += ["--dtype", serve_dtype(cfg, card)]
     if spec.lora_adapters:
         args += ["--lora-adapters", ",".join(f"{n}={CONTAINER_LORA_DIR}/{n}" for n, _ in spec.lora_adapters)]
-    return ContainerPlan("tgi", TGI_IMAGE, _container_name("tgi", spec), TGI_CONTAINER_PORT, spec.port, _mounts(spec),
-                         ("HF_TOKEN",) if spec.hf_token_env else (), tuple(args))
+    return _plan("tgi", TGI_IMAGE, spec, args)
 
 
 def vllm_plan(spec: ServeSpec, image: str = VLLM_IMAGE) -> ContainerPlan:
@@ -197,7 +285,7 @@ def vllm_plan(spec: ServeSpec, image: str = VLLM_IMAGE) -> ContainerPlan:
     _inp, tot = token_limits(spec, cfg)
     card = find_gpu(spec.gpu) if spec.gpu else None
     args = [CONTAINER_MODEL_DIR,  # positional: `vllm serve <model>` (--model is deprecated there)
-            "--served-model-name", spec.served_name,
+            "--served-model-name", spec.served_name, "--host", "127.0.0.1", "--port", str(spec.port),
             "--max-model-len", str(tot),
             "--gpu-memory-utilization", f"{GPU_MEMORY_UTILIZATION:.2f}",
             "--dtype", serve_dtype(cfg, card)]
@@ -216,20 +304,57 @@ def vllm_plan(spec: ServeSpec, image: str = VLLM_IMAGE) -> ContainerPlan:
         # recent vLLM looks a request's model up among the LoRA names before the base name, so an adapter named like
         # the served model answers that name
         args += ["--lora-modules", *(f"{n}={CONTAINER_LORA_DIR}/{n}" for n, _ in spec.lora_adapters)]
-    return ContainerPlan("vllm", image, _container_name("vllm", spec), VLLM_CONTAINER_PORT, spec.port, _mounts(spec),
-                         ("HF_TOKEN",) if spec.hf_token_env else (), tuple(args), ipc_host=True)
+    return _plan("vllm", image, spec, args, ipc_host=True)
+
+
+def studio_plan(spec: ServeSpec, image: str | None = None) -> ContainerPlan:
+    """The ``container`` target: the studio's image running its local server (core.deploy.local_server, what the
+    ``local`` target runs) on the merged model folder, on a CPU (no GPU flags). LoRA adapters are merged first."""
+    check_spec(spec)
+    if spec.lora_adapters:
+        raise LaunchError("the studio's server serves one merged model: export the run (safetensors) and serve that "
+                          "folder, or use TGI / vLLM for base + adapters")
+    if spec.quantize_4bit:
+        raise LaunchError("4-bit serving needs a GPU (bitsandbytes): the container target runs on the CPU")
+    unreadable = unreadable_for(spec.model_dir, STUDIO_UID)
+    if unreadable:
+        raise LaunchError(f"the studio's image runs as uid {STUDIO_UID}, which cannot read {unreadable} (mounted "
+                          f"read-only as it is): make the folder readable to others (chmod -R o+rX "
+                          f"{host_path(spec.model_dir)})")
+    args = [*STUDIO_SERVER, "--model", CONTAINER_MODEL_DIR, "--name", spec.served_name,
+            "--host", "127.0.0.1", "--port", str(spec.port), "--device", "cpu"]
+    return _plan("container", image or STUDIO_IMAGE, spec, args, gpu=False)
+
+
+def plan_for(target: str, spec: ServeSpec, image: str | None = None) -> ContainerPlan:
+    if target == "tgi":
+        return tgi_plan(spec)
+    if target == "vllm":
+        return vllm_plan(spec, image or VLLM_IMAGE)
+    if target == "container":
+        return studio_plan(spec, image)
+    raise LaunchError(f"target must be one of {', '.join(TARGETS)} (got {target!r})")
 
 
 def docker_run_args(plan: ContainerPlan) -> list[str]:
-    args = ["docker", "run", "-d", "--gpus", "all"]
-    args += ["--ipc", "host"] if plan.ipc_host else ["--shm-size", "1g"]
-    args += ["-p", f"{plan.host_port}:{plan.container_port}"]
+    args = ["docker", "run", "-d", "--network", "host"]  # the server binds 127.0.0.1:PORT itself
+    if plan.gpu:
+        args += ["--gpus", "all"]
+        args += ["--ipc", "host"] if plan.ipc_host else ["--shm-size", "1g"]
+    args += ["--memory", f"{plan.memory_bytes // 2**20}m", "--cpus", f"{plan.nano_cpus / 1e9:g}"]
+    for key, value in plan.labels:
+        args += ["--label", f"{key}={value}"]
     for host, inside in plan.mounts:
         args += ["-v", f"{host}:{inside}:ro"]
     args += ["--name", plan.name]
     for name in plan.env_names:
         args += ["-e", name]  # by name: docker copies the value from the caller's environment
     return args + [plan.image, *plan.server_args]
+
+
+def container_docker_args(spec: ServeSpec, image: str | None = None) -> list[str]:
+    """The exact ``docker run`` list for the studio's image serving ``spec`` on the CPU."""
+    return docker_run_args(studio_plan(spec, image))
 
 
 def tgi_docker_args(spec: ServeSpec) -> list[str]:

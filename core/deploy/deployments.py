@@ -5,9 +5,11 @@
   (``FTS_MAX_SERVERS``), started, stopped, watched and reconciled like every other job. A training run that has no
   merged folder yet is merged by that job first (never by the dashboard). Status: ``starting`` until ``/health``
   answers, then ``running``.
-* ``tgi`` / ``vllm``: the exact ``docker run`` argument list (core.deploy.containers). Where a Docker engine answers,
-  the container is started with the docker SDK and watched; where none does, the row is ``planned`` and holds the
-  command to run on a GPU host.
+* ``tgi`` / ``vllm`` / ``container``: the exact ``docker run`` argument list (core.deploy.containers; ``container``
+  is the studio's own image running the local target's server on the CPU). Where a Docker engine answers, the
+  container is started with the docker SDK on the host's network (the server on 127.0.0.1:PORT), watched, and on
+  stop its output is kept in the row's log and the container removed; where none answers, the row is ``planned``
+  and holds the command to run on a GPU host.
 
 Every read (:func:`list_deployments`, :func:`get`) checks what is behind active rows first (a local row's job, a
 container), so a server that died is ``dead`` (was running) or ``failed`` (never became healthy) with its log tail,
@@ -21,7 +23,14 @@ import time
 from sqlmodel import select
 
 from core.config import db_session
-from core.deploy.container_deployments import deploy_container, pull_line, refresh_container
+from core.deploy.container_deployments import (
+    container_log,
+    deploy_container,
+    keep_log_of,
+    pull_line,
+    reap_orphan_containers,
+    refresh_container,
+)
 from core.deploy.deployment_rows import (
     ACTIVE,
     STATUSES,
@@ -48,7 +57,8 @@ from storage.tables import utcnow
 # the deployments API in one place: what the tabs, the CLI and the dashboard's start call (the rows, the targets, the
 # local servers' jobs and the containers live in their own modules)
 __all__ = [
-    "ACTIVE", "DEFAULT_HEALTH_TIMEOUT_S", "STATUSES", "DeployError", "delete", "deploy_container", "get",
+    "ACTIVE", "DEFAULT_HEALTH_TIMEOUT_S", "STATUSES", "DeployError", "container_log", "delete", "deploy_container",
+    "get",
     "list_deployments", "peek", "port_is_free", "pull_line", "reap_servers", "reconcile_on_start", "refresh",
     "resolve_target_model", "server_argv", "smoke_test", "snippets", "start_local", "stop", "to_dict",
     "wait_healthy",
@@ -91,7 +101,7 @@ def stop(dep_id: int) -> Deployment:
         from core.estimate.serving import LaunchError
 
         try:
-            stop_container(dep.container_id)
+            stop_container(dep.container_id, keep_logs=keep_log_of(dep))  # its output stays in the row's log
         except LaunchError as exc:
             update_row(dep.id, expect=("stopping",), status=was, error=str(exc))
             raise DeployError(str(exc)) from None
@@ -135,7 +145,8 @@ def reconcile_on_start() -> dict[str, list[int]]:
     rows = list_deployments()
     marked = [d.id for d in rows if d.id in before and d.status != before[d.id]]
     orphans = stop_orphans([d for d in rows if d.status in ACTIVE and d.target == "local"])
-    return {"marked": marked, "orphans_stopped": orphans}
+    containers = reap_orphan_containers([d for d in rows if d.status in ACTIVE and d.target != "local"])
+    return {"marked": marked, "orphans_stopped": orphans, "orphan_containers_removed": containers}
 
 
 # ---- smoke test and hand-off -----------------------------------------------------------------------------------------

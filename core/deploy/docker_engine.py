@@ -8,13 +8,15 @@ import re
 from urllib.parse import urlparse
 
 from core.deploy.containers import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_WORKSPACE,
     TARGETS,
-    VLLM_IMAGE,
     ServeSpec,
     docker_command_text,
     docker_run_args,
-    tgi_plan,
-    vllm_plan,
+    plan_for,
+    studio_labels,
 )
 from core.estimate.serving import LaunchError
 
@@ -205,15 +207,17 @@ def ensure_image(client, image: str, on_progress=None, every_s: float = 1.0) -> 
 
 
 def launch_container(spec: ServeSpec, target: str, image: str | None = None, *, on_progress=None,
-                     proceed=None) -> dict:
-    """Start ``target`` (``tgi`` | ``vllm``) for ``spec`` through the docker SDK, detached, with every GPU visible.
-    The first launch pulls the image (TGI is ~10 GB) and blocks until it has, reporting ``on_progress(line)``;
-    ``proceed()`` is asked after the pull (False: stop there, nothing started). Returns ``{"container_id", "name",
-    "url"}`` (url ends in ``/v1``); raises :class:`LaunchError` — with the command to run on a GPU host when no
-    engine answers, with one line saying which image could not be pulled from where and how to load it offline."""
+                     proceed=None, deployment_id: int | None = None) -> dict:
+    """Start ``target`` (``tgi`` | ``vllm`` | ``container``) for ``spec`` through the docker SDK, detached, on the
+    host's network (the server binds 127.0.0.1:PORT), the model mounted read-only, with the plan's memory and CPU
+    limits and the studio's labels (``deployment_id`` among them); TGI / vLLM with every GPU visible. The first
+    launch pulls the image (TGI is ~10 GB) and blocks until it has, reporting ``on_progress(line)``; ``proceed()`` is
+    asked after the pull (False: stop there, nothing started). Returns ``{"container_id", "name", "url"}`` (url ends
+    in ``/v1``); raises :class:`LaunchError` — with the command to run on a GPU host when no engine answers, with
+    one line saying which image could not be pulled from where and how to load it offline."""
     if target not in TARGETS:
         raise LaunchError(f"target must be one of {', '.join(TARGETS)} (got {target!r})")
-    plan = tgi_plan(spec) if target == "tgi" else vllm_plan(spec, image or VLLM_IMAGE)
+    plan = plan_for(target, spec, image)
     command = docker_command_text(docker_run_args(plan))
     client, reason = docker_engine()
     if client is None:
@@ -228,18 +232,31 @@ def launch_container(spec: ServeSpec, target: str, image: str | None = None, *, 
     from docker.errors import APIError, DockerException, ImageNotFound
     from docker.types import DeviceRequest
 
-    ensure_image(client, plan.image, on_progress)
+    if target == "container":  # the studio's image is built, not pulled
+        try:
+            client.images.get(plan.image)
+        except ImageNotFound:
+            raise LaunchError(f"the studio's image {plan.image} is not on this Docker engine: build it with `make "
+                              "image` (or set FTS_STUDIO_IMAGE to the name you built it under)") from None
+        except (APIError, DockerException) as exc:
+            raise LaunchError(f"the Docker engine could not look up {plan.image}: {exc}") from None
+    else:
+        ensure_image(client, plan.image, on_progress)
     if proceed is not None and not proceed():
         raise LaunchError("stopped before the container started")
 
-    kwargs = dict(command=list(plan.server_args), detach=True, name=plan.name,
-                  device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])],  # = --gpus all
+    labels = dict(plan.labels)
+    if deployment_id is not None:
+        labels[LABEL_DEPLOYMENT] = str(deployment_id)
+    kwargs = dict(command=list(plan.server_args), detach=True, name=plan.name, network_mode="host",
                   volumes={host: {"bind": inside, "mode": "ro"} for host, inside in plan.mounts},
-                  ports={f"{plan.container_port}/tcp": plan.host_port}, environment=environment)
-    if plan.ipc_host:
-        kwargs["ipc_mode"] = "host"
-    else:
-        kwargs["shm_size"] = "1g"
+                  environment=environment, labels=labels, mem_limit=plan.memory_bytes, nano_cpus=plan.nano_cpus)
+    if plan.gpu:
+        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]  # = --gpus all
+        if plan.ipc_host:
+            kwargs["ipc_mode"] = "host"
+        else:
+            kwargs["shm_size"] = "1g"
     try:
         container = client.containers.run(plan.image, **kwargs)
     except ImageNotFound as exc:  # the engine lost it between the pull and the start
@@ -251,15 +268,13 @@ def launch_container(spec: ServeSpec, target: str, image: str | None = None, *, 
             hint = f"a container named {plan.name} exists already: stop it (docker rm -f {plan.name}) or change port"
         elif "capabilities" in text and "gpu" in text:
             hint = "the engine has no GPU support: install the NVIDIA Container Toolkit on the host and restart Docker"
-        elif "port is already allocated" in text or "address already in use" in text:
-            hint = f"host port {plan.host_port} is in use: choose another port"
         else:
             hint = "the engine refused the container"
         raise LaunchError(f"{hint} ({text.splitlines()[0][:300]}); the command:\n{command}") from None
     except DockerException as exc:
         raise LaunchError(f"the Docker engine failed: {exc}; the command:\n{command}") from None
     return {"container_id": container.id, "name": container.name,
-            "url": f"http://{_engine_host()}:{plan.host_port}/v1"}
+            "url": f"http://{_engine_host()}:{plan.port}/v1"}
 
 
 def container_status(container_id: str) -> str | None:
@@ -279,17 +294,78 @@ def container_status(container_id: str) -> str | None:
         return None
 
 
-def stop_container(container_id: str) -> None:
-    """Stop the container (kept, so its logs can still be read); nothing to do if the engine no longer knows it."""
-    client, reason = docker_engine()
-    if client is None:
-        raise LaunchError(f"{reason}; stop it on the GPU host with: docker stop {container_id}")
+def container_logs(container_id: str, tail: int = 200) -> str | None:
+    """The container's output (stdout and stderr, the last ``tail`` lines); None when no engine or no such
+    container."""
+    client, _reason = docker_engine()
+    if client is None or not container_id:
+        return None
     from docker.errors import DockerException, NotFound
     from requests.exceptions import RequestException
 
     try:
-        client.containers.get(container_id).stop(timeout=30)
+        raw = client.containers.get(container_id).logs(stdout=True, stderr=True, tail=tail)
+    except NotFound:
+        return None
+    except (DockerException, RequestException):
+        return None
+    return raw.decode("utf-8", errors="replace")
+
+
+def stop_container(container_id: str, keep_logs=None) -> None:
+    """Stop and remove the container; ``keep_logs(text)`` first receives its output (the deployment keeps it in its
+    log). Nothing to do if the engine no longer knows it."""
+    client, reason = docker_engine()
+    if client is None:
+        raise LaunchError(f"{reason}; stop it on its host with: docker rm -f {container_id}")
+    from docker.errors import DockerException, NotFound
+    from requests.exceptions import RequestException
+
+    try:
+        container = client.containers.get(container_id)
+        container.stop(timeout=30)
+        if keep_logs is not None:
+            keep_logs(container.logs(stdout=True, stderr=True, tail=500).decode("utf-8", errors="replace"))
+        container.remove(force=True, v=True)  # with its anonymous volumes (the image's /data)
     except NotFound:
         return
     except (DockerException, RequestException) as exc:
         raise LaunchError(f"could not stop container {container_id[:12]}: {exc}") from None
+
+
+def studio_containers() -> list[dict]:
+    """This workspace's containers the studio started, running or not: ``{"id", "name", "status", "deployment"}``
+    (the deployment row's id from its label, None when it has none). Empty when no engine answers."""
+    client, _reason = docker_engine()
+    if client is None:
+        return []
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    workspace = dict(studio_labels())[LABEL_WORKSPACE]
+    try:
+        found = client.containers.list(all=True, filters={"label": [f"{LABEL_MANAGED}=finetune-studio",
+                                                                     f"{LABEL_WORKSPACE}={workspace}"]})
+    except (DockerException, RequestException):
+        return []
+    out = []
+    for c in found:
+        dep = (c.labels or {}).get(LABEL_DEPLOYMENT, "")
+        out.append({"id": c.id, "name": c.name, "status": c.status, "deployment": int(dep) if dep.isdigit() else None})
+    return out
+
+
+def remove_container(container_id: str) -> None:
+    """Remove a container (running or not) — an orphan the studio no longer tracks."""
+    client, reason = docker_engine()
+    if client is None:
+        raise LaunchError(reason)
+    from docker.errors import DockerException, NotFound
+    from requests.exceptions import RequestException
+
+    try:
+        client.containers.get(container_id).remove(force=True, v=True)  # and its anonymous volume (/data)
+    except NotFound:
+        return
+    except (DockerException, RequestException) as exc:
+        raise LaunchError(f"could not remove container {container_id[:12]}: {exc}") from None

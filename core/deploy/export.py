@@ -229,3 +229,31 @@ def submit_export(cfg: ExportConfig | dict, *, start: bool = True, owner: str = 
     name = cfg.name or f"export-run{run.id}-{cfg.format}" + (f"-{cfg.quant}" if cfg.format == "gguf" else "")
     return runs.submit("export", cfg.model_dump(mode="json"), start=start, name=name, base_model=run.base_model,
                        method=cfg.format, parent_run_id=run.id, owner=owner)
+
+
+def push_for_visitor(run_id: int, repo_id: str, *, token: str | None, scope: str = "", private: bool = True,
+                     push_adapter: bool = False) -> dict:
+    """A Space visitor's push, with the OAuth token of their Hugging Face sign-in (``token``; ``scope`` its scopes),
+    run in the request that asked for it: the token lives in that request's memory only — no job config, database
+    row, file or log holds it (an export job would have to store it to hand it over). The merged model when a fresh
+    safetensors export exists (else the adapter, asked for or not: the Space does not merge during a request)."""
+    from core.deploy.hub import check_repo_id, push
+    from core.space import can_push
+
+    if not token:
+        raise JobError("sign in with Hugging Face (the button at the top of the page) to push to your own account: "
+                       "this Space never pushes with its owner's token")
+    if not can_push(scope):
+        raise JobError("your Hugging Face sign-in did not grant this Space the right to create repositories "
+                       "(scope contribute-repos): sign out, sign in again and allow it")
+    repo_id = check_repo_id(repo_id)
+    run = trained_run(run_id)
+    merged = merged_dir(run.id)
+    if run.method == "full":
+        folder, what = Path(run.adapter_path), "merged"
+    elif not push_adapter and _fresh(merged, Path(run.adapter_path)):
+        folder, what = merged, "merged"
+    else:
+        folder, what = Path(run.adapter_path), "adapter"
+    out = push(run, folder, repo_id=repo_id, what=what, private=private, log=lambda _m: None, token=token)
+    return {**out, "what": what}

@@ -7,7 +7,8 @@ newest evaluation's metrics base vs tuned when one exists, and how to load it.
 The token comes from the environment (``HF_TOKEN``, or huggingface_hub's own login); it is passed to the Hub client
 only — never stored in a job's config, the database, a log or the page. Offline, or with a rejected token, the job
 fails with one line that says which. Runs as the ``export`` job's ``hub`` format (core.deploy.export), so a large
-upload is a job like any other.
+upload is a job like any other. On a Space a visitor signed in with Hugging Face pushes with their own OAuth token
+instead, in their request (core.deploy.export.push_for_visitor): never with the Space owner's.
 """
 from __future__ import annotations
 
@@ -80,13 +81,15 @@ def model_card(run, *, what: str, repo_id: str) -> str:
     return "\n".join(front + lines)
 
 
-def push(run, folder: Path, *, repo_id: str, what: str, private: bool = True, log=print) -> dict:
-    """Create (or reuse) the repository and upload the folder and the model card. Returns {"url", "repo_id"}."""
+def push(run, folder: Path, *, repo_id: str, what: str, private: bool = True, log=print,
+         token: str | None = None) -> dict:
+    """Create (or reuse) the repository and upload the folder and the model card. Returns {"url", "repo_id"}.
+    ``token``: whose token pushes (a Space visitor's own); None: this studio's environment (``HF_TOKEN``)."""
     from huggingface_hub import HfApi
     from huggingface_hub.utils import get_token
 
     repo_id = check_repo_id(repo_id)
-    token = get_token()
+    token = token or get_token()
     if not token:
         raise JobError("no Hugging Face token: set HF_TOKEN in the studio's environment (a write token), then push "
                        "again")

@@ -21,8 +21,7 @@ from core.models import ModelNotFoundError, check_hub_model, check_trainable, re
 from core.runs import JobError, paths, store
 from core.runs.backends import get_backend
 from core.runs.errors import fmt_bytes
-from core.space import SpaceLimitError, check_training, in_space
-from core.space import limits as space_limits
+from core.space import SpaceLimitError, check_training, in_space, is_hf_owner, runs_allowed
 from core.train.config import TrainConfig
 from core.train.device import process_capacity, qlora_support_error
 from core.train.rewards import check_references, prompt_rows
@@ -165,14 +164,16 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
 
 
 def check_visitor_quota(visitor: str) -> None:
-    """On a Space, refuse a visitor's run over ``FTS_SPACE_RUNS_PER_VISITOR`` queued or running training runs
-    (core.space; not a Space, or nobody known: nothing to count)."""
+    """On a Space, refuse a visitor's run over ``FTS_SPACE_RUNS_PER_VISITOR`` (a Hugging Face account's:
+    ``FTS_SPACE_RUNS_PER_ACCOUNT``) queued or running training runs (core.space; not a Space, or nobody known: nothing
+    to count)."""
     if not visitor or not in_space():
         return
-    lim = space_limits()
+    cap = runs_allowed(visitor)  # a Hugging Face account's cap, or an anonymous visitor's
     active = [r for r in runs.list_runs(kind="train") if r.owner == visitor and not r.status.is_finished]
-    if len(active) >= lim.runs_per_visitor:
-        raise JobError(f"on this Space each visitor has at most {lim.runs_per_visitor} run(s) queued or "
+    if len(active) >= cap:
+        who = "each Hugging Face account" if is_hf_owner(visitor) else "each visitor"
+        raise JobError(f"on this Space {who} has at most {cap} run(s) queued or "
                        f"running; run #{active[0].id} is {active[0].status.value} — wait for it or stop it")
 
 
