@@ -133,9 +133,11 @@ class TensorBoardTracker(Tracker):
     def log(self, step: int, values: dict[str, float]) -> None:
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
+        self.last_step = max(step, getattr(self, "last_step", 0))
 
     def finish(self, status: str, adapter_dir: Path | None) -> None:
-        self.writer.add_text("status", status, 0)
+        # at the last step: an event at an earlier step reads, to TensorBoard, as a restart that orphans the later ones
+        self.writer.add_text("status", status, getattr(self, "last_step", 0))
         self.writer.close()
 
 
@@ -157,6 +159,10 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Param
 
         _quiet_loggers("mlflow", "alembic")  # the store's "Creating initial MLflow database tables" lines
+        with contextlib.suppress(Exception):  # MLflow was imported before (TRL imports it): decide again, now
+            from mlflow.telemetry import set_telemetry_client
+
+            set_telemetry_client()
 
         given = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
         uri = given or f"sqlite:///{info.workspace / MLFLOW_DB}"
@@ -214,16 +220,20 @@ class TrackioTracker(Tracker):
     name = "trackio"
 
     def open(self, info: RunInfo) -> dict:
-        os.environ.setdefault("TRACKIO_DIR", str(info.workspace / TRACKIO_DIRNAME))  # read when trackio is imported
+        # where: TRACKIO_DIR, read when trackio is imported (TRL imports it, so in the warm worker already): the job's
+        # environment sets it to the workspace's trackio/ unless the admin set it (core.runs.backends)
+        os.environ.setdefault("TRACKIO_DIR", str(info.workspace / TRACKIO_DIRNAME))
+        prev = (info.previous.get("trackio") or {}).get("id")
         with contextlib.redirect_stdout(io.StringIO()):  # its banner ("trackio show …") is not the run's news
             import trackio
+            from trackio.utils import TRACKIO_DIR
 
             project = os.environ.get("TRACKIO_PROJECT", "").strip() or PROJECT
-            self.run = trackio.init(project=project, name=info.display_name, resume="allow", embed=False,
-                                    auto_log_gpu=False, auto_log_cpu=False,
+            # a new run each time, except a resumed one (several workspaces may share one trackio folder)
+            self.run = trackio.init(project=project, name=info.display_name, resume="allow" if prev else "never",
+                                    embed=False, auto_log_gpu=False, auto_log_cpu=False,
                                     config={**config_params(info.config), **info.tags})
-            from trackio.utils import TRACKIO_DIR
-        return {"dir": str(TRACKIO_DIR), "project": project, "run": info.display_name}
+        return {"dir": str(TRACKIO_DIR), "project": project, "run": info.display_name, "id": self.run.id}
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log(dict(values), step=step)
