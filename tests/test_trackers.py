@@ -161,10 +161,12 @@ def test_a_run_writes_tensorboard_and_mlflow_with_the_studios_curves(workspace, 
     wait_until(lambda: not viewer.answers("http://127.0.0.1:8770/", timeout_s=1), 30)  # its server went with it
     assert "not running" in viewer_markdown()
     assert "8770" not in trackers_markdown(run)
-    # the page's buttons start a new one on a free port and stop it
+    # the page's buttons start a new one (on the admin's port) and stop it
+    monkeypatch.setenv("FTS_TENSORBOARD_PORT", "8771")
     assert "TensorBoard runs" in on_viewer("start")
     again = viewer.active_viewer()
-    assert again.id != job.id and viewer.answers(viewer.url_of(again))
+    assert again.id != job.id and viewer.url_of(again) == "http://127.0.0.1:8771/"
+    assert viewer.answers(viewer.url_of(again))
     assert "stopped" in on_viewer("stop")
     assert runs.get_run(again.id).status == "stopped" and not viewer.answers(viewer.url_of(again), timeout_s=1)
 

@@ -12,6 +12,7 @@ and the button stop it.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import time
 import urllib.parse
@@ -42,6 +43,18 @@ def free_port(host: str = HOST) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def default_port() -> int:
+    """The admin's ``FTS_TENSORBOARD_PORT`` when it is free, else any free port (a taken port is said in one line)."""
+    raw = os.environ.get("FTS_TENSORBOARD_PORT", "").strip()
+    if not raw:
+        return free_port()
+    if not raw.isdigit() or not 1024 <= int(raw) <= 65535:
+        raise JobError(f"FTS_TENSORBOARD_PORT must be a port between 1024 and 65535 (got {raw!r})")
+    if not port_is_free(int(raw)):
+        raise JobError(f"port {raw} (FTS_TENSORBOARD_PORT) is in use on {HOST}: free it or pick another")
+    return int(raw)
 
 
 def url_of(job: Run) -> str:
@@ -99,7 +112,7 @@ def start_viewer(port: int | None = None, *, owner: str = "", wait: bool = True,
             if not port_is_free(int(port)):
                 raise JobError(f"port {port} is in use on {HOST}: pick another, or leave it out for a free one")
         config = {"logdir": str(get_settings().runs_dir), "host": HOST,
-                  "port": int(port) if port is not None else free_port()}
+                  "port": int(port) if port is not None else default_port()}
         job = runs.submit(KIND, config, name="tensorboard", owner=owner)
     return wait_answering(job.id, timeout_s) if wait else job
 
