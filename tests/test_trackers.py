@@ -175,14 +175,15 @@ def test_a_run_writes_tensorboard_and_mlflow_with_the_studios_curves(workspace, 
 def test_an_unreachable_tracker_warns_once_and_trackio_and_wandb_write_locally(workspace, tiny_model_dir,
                                                                               monkeypatch):
     """MLflow pointed at a loopback port where nothing answers: one warning line, the run succeeds and the other
-    trackers get everything — trackio in the workspace, W&B offline in the run folder (no key in the environment),
-    both with the studio's values."""
+    trackers get everything — trackio, W&B offline in the run folder — with the studio's values; the W&B key in the
+    environment is written nowhere."""
     from core.train.jobs import submit_training
     from core.train.trackers import read_where
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:pw@127.0.0.1:{CLOSED_PORT}")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
+    key = "local-" + "5f" * 20  # a W&B key in the environment (kept offline here): it lands nowhere
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_MODE", "offline")
     run = runs.wait_for(submit_training(tiny_config(tiny_model_dir, report_to="mlflow,trackio,wandb", max_steps=3,
                                                     eval_split=0.0, eval_steps=0, name="offline")).id, timeout_s=300)
     assert run.status == "succeeded", runs.log_tail(run.id)
@@ -223,6 +224,8 @@ def test_an_unreachable_tracker_warns_once_and_trackio_and_wandb_write_locally(w
     assert_same_curves(studio, dict(wb))
     page = __import__("ui.train_runs", fromlist=["trackers_markdown"]).trackers_markdown(run, viewer_url=None)
     assert "MLflow: not written" in page and "wandb sync" in page and t["dir"] in page
+    # the key is in no file of the workspace (the run folder with W&B's own files, the database, the log)
+    assert not [p for p in workspace.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
 
 
 def wandb_history(path: Path) -> dict[int, dict[str, float]]:
@@ -284,3 +287,26 @@ def test_a_missing_tracker_is_one_warning_and_the_others_still_write(tmp_path, m
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 2.0), (2, 1.0)]
+
+
+def test_only_rank_0_of_a_run_that_asked_reports(workspace, monkeypatch):
+    """A config stored before report_to existed reports to none whatever the admin's default is now; the ranks other
+    than 0 of a multi-process run open no tracker."""
+    from core.runs.worker import JobContext
+    from core.train.trackers import open_for_run
+    from storage import Run
+
+    monkeypatch.setenv("FTS_REPORT_TO", "tensorboard")
+    old = JobContext(Run(id=1, kind="train", config={"dataset": "3"}))
+    assert open_for_run(old, TrainConfig.model_validate(old.config)).trackers == []
+    asked = {"dataset": "3", "report_to": ["tensorboard"]}
+    monkeypatch.setenv("RANK", "1")
+    rank1 = JobContext(Run(id=2, kind="train", config=asked))
+    assert open_for_run(rank1, TrainConfig.model_validate(asked)).trackers == []
+    monkeypatch.setenv("RANK", "0")
+    rank0 = JobContext(Run(id=2, kind="train", config=asked))
+    rank0.dir.mkdir(parents=True)
+    rep = open_for_run(rank0, TrainConfig.model_validate(asked), log=lambda line: None)
+    assert [t.name for t in rep.trackers] == ["tensorboard"]
+    rep.finish("stopped")
+    assert (rank0.dir / "trackers.json").is_file() and not (workspace / "runs" / "1").exists()
