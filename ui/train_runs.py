@@ -221,7 +221,7 @@ def trackers_markdown(run, viewer_url: str | None = ...) -> str:
             if viewer_url is ...:
                 from core.train.viewer import running_url
 
-                viewer_url = running_url(probe=False)
+                viewer_url = running_url(probe=False, reconciled=True)  # the tick's list of runs reconciled
             view = (_link(_run_view(viewer_url, run.id), "open in TensorBoard") if viewer_url else
                     "start TensorBoard below to see it")
             text = f"event files in {_code(w.get('logdir'))} — {view}"

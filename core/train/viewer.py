@@ -77,19 +77,22 @@ def answers(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def active_viewer() -> Run | None:
+def active_viewer(reconciled: bool = False) -> Run | None:
     """The TensorBoard job that is queued, starting or running (read through the runs core, which notices a dead
-    one first); None when there is none."""
-    for job in runs.list_runs(kind=KIND):
+    one first; ``reconciled``: the caller's own read just did, so only the rows are read); None when there is
+    none."""
+    from core.runs import store
+
+    for job in (store.list_runs(KIND, 20) if reconciled else runs.list_runs(kind=KIND)):
         if job.status.is_active or job.status == RunStatus.queued:
             return job
     return None
 
 
-def running_url(probe: bool = True) -> str | None:
+def running_url(probe: bool = True, reconciled: bool = False) -> str | None:
     """The viewer's URL when its job runs (and, with ``probe``, answers HTTP); None otherwise (a page shows links
-    only then)."""
-    job = active_viewer()
+    only then). ``reconciled``: as for :func:`active_viewer` (the page's 1 s refresh has read every job already)."""
+    job = active_viewer(reconciled=reconciled)
     if job is None or job.status != RunStatus.running:
         return None
     url = url_of(job)
