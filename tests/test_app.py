@@ -55,8 +55,7 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         page.goto(app_server)
         for tab in TABS:
             expect(page.get_by_role("tab", name=tab, exact=True)).to_be_visible()
-        start_training_from_the_tab(page, dataset, max_steps=6, batch_size=2, max_length=96,
-                                    report_to=("TensorBoard",))
+        start_training_from_the_tab(page, dataset, max_steps=6, batch_size=2, max_length=96)
         expect(page.get_by_text("Run #1")).to_be_visible(timeout=30_000)
 
         # close the page mid-run and open a fresh one: it re-attaches to the running run
@@ -82,33 +81,33 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         expect(progress).to_contain_text("succeeded", timeout=60_000)
         expect(page.locator(".fts-progress")).to_be_visible()
         page.screenshot(path=str(workspace / "train_tab.png"), full_page=True)
-        # it reported to TensorBoard: the page says where, starts the workspace's TensorBoard and links the run there
+        start_parallel_run_from_the_tab(page, dataset, tiny_model_dir)
+        expect(page.get_by_text("Run #2")).to_be_visible(timeout=30_000)
+        expect(page.locator(".fts-parallel")).to_have_text("2 processes · fsdp", timeout=30_000)
+        parallel = jobs.wait_for(2, timeout_s=300)
+        assert parallel.status == "succeeded", jobs.log_tail(2)
+        expect(page.locator(".fts-status")).to_contain_text("succeeded", timeout=30_000)
+        expect(page.locator("#train-log textarea")).to_have_value(re.compile("ranks: peak RSS rank 0"), timeout=30_000)
+        page.screenshot(path=str(workspace / "train_tab_2_processes.png"), full_page=True)
+        # it reported to TensorBoard (issue 29): the page says where, starts the TensorBoard and links the run there
         outcome = page.locator("#train-outcome")
-        expect(outcome).to_contain_text(f"event files in {workspace}/runs/1/tensorboard", timeout=30_000)
+        expect(outcome).to_contain_text(f"event files in {workspace}/runs/2/tensorboard", timeout=30_000)
         page.get_by_role("button", name="TensorBoard (runs that report to it)").click()
         page.locator("#train-tb-start").click()
         expect(page.locator("#train-tb-status")).to_contain_text("TensorBoard runs", timeout=90_000)
         expect(outcome.get_by_role("link", name="open in TensorBoard")).to_have_attribute(
-            "href", "http://127.0.0.1:8773/?runFilter=%5E1%2F#timeseries", timeout=30_000)
+            "href", "http://127.0.0.1:8773/?runFilter=%5E2%2F#timeseries", timeout=30_000)
         with urllib.request.urlopen("http://127.0.0.1:8773/data/runs", timeout=10) as r:
-            assert "1/tensorboard" in json.loads(r.read())
+            assert "2/tensorboard" in json.loads(r.read())
         page.screenshot(path=str(workspace / "train_tab_tensorboard.png"), full_page=True)
         page.locator("#train-tb-stop").click()
         expect(page.locator("#train-tb-status")).to_contain_text("stopped", timeout=30_000)
-        start_parallel_run_from_the_tab(page, dataset, tiny_model_dir)
-        expect(page.get_by_text("Run #3")).to_be_visible(timeout=30_000)  # job #2 was the TensorBoard
-        expect(page.locator(".fts-parallel")).to_have_text("2 processes · fsdp", timeout=30_000)
-        parallel = jobs.wait_for(3, timeout_s=300)
-        assert parallel.status == "succeeded", jobs.log_tail(3)
-        expect(page.locator(".fts-status")).to_contain_text("succeeded", timeout=30_000)
-        expect(page.locator("#train-log textarea")).to_have_value(re.compile("ranks: peak RSS rank 0"), timeout=30_000)
-        page.screenshot(path=str(workspace / "train_tab_2_processes.png"), full_page=True)
         browser.close()
     assert (parallel.config["num_processes"], parallel.config["distributed"]) == (2, "fsdp")
-    assert "ranks: 2 processes started" in jobs.log_tail(3, max_lines=400)
+    assert "ranks: 2 processes started" in jobs.log_tail(2, max_lines=400)
     # of its two processes only rank 0 reported to TensorBoard: one event file
     assert parallel.config["report_to"] == ["tensorboard"]
-    assert len(list((workspace / "runs" / "3" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((workspace / "runs" / "2" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
     run = jobs.get_run(1)
     assert run.status == "succeeded" and run.step == 6
