@@ -8,6 +8,7 @@
     python -m core evaluate --run ID ...       (Evaluate tab)   python -m core generate --model M --prompt T
     python -m core sweep --config sweep.yaml [--wait] [--json]   python -m core sweeps list | show ID | stop ID
     python -m core prepare-model               (convert the embedded default model once)
+    python -m core tensorboard [--port N] | --stop   (the workspace's TensorBoard: every run that reports to it)
 
 Exit codes: 0 success, 1 the run finished but not successfully, 2 bad input (one-line reason on stderr).
 """
@@ -216,6 +217,35 @@ def _delete_run(args) -> int:
     return 0
 
 
+def cmd_tensorboard(args) -> int:
+    """Start the workspace's TensorBoard (a job on the runs core; it keeps running after this command returns) and
+    print its URL, or stop it."""
+    from core import runs
+    from core.train import viewer
+
+    try:
+        if args.stop:
+            job = viewer.stop_viewer()
+            if job is None:
+                print("no TensorBoard is running", file=sys.stderr)
+                return 0
+            if args.json:
+                print_json(runs.run_to_dict(job))
+            else:
+                print(f"TensorBoard (job {job.id}) {job.status}")
+            return 0
+        job = viewer.start_viewer(args.port)
+    except runs.JobError as exc:
+        return fail(str(exc))
+    url = viewer.url_of(job)
+    if args.json:
+        print_json({**runs.run_to_dict(job), "url": url, "logdir": (job.config or {}).get("logdir")})
+    else:
+        print(f"TensorBoard (job {job.id}) on {url} for {(job.config or {}).get('logdir')}  "
+              "(stop it with: python -m core tensorboard --stop)")
+    return 0
+
+
 def cmd_prepare_model(args) -> int:
     from core.models import ModelNotFoundError, ensure_default_model
 
@@ -289,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--yes", action="store_true", help="do it (without --yes: say what would go, delete nothing)")
     q.add_argument("--json", action="store_true")
     runs.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("tensorboard", help="start (or find) the workspace's TensorBoard on a loopback port and print "
+                       "its URL; it runs until stopped")
+    p.add_argument("--port", type=int, default=None, help="the port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--stop", action="store_true", help="stop the running TensorBoard")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tensorboard)
 
     p = sub.add_parser("prepare-model", help="convert the embedded default model to safetensors (once)")
     p.set_defaults(func=cmd_prepare_model)

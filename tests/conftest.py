@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["FTS_MODELS_DIR"] = str(SHARED_MODELS)
+# trackio's folder is read when TRL imports it (the warm worker preloads TRL): one for the whole suite, so a test's
+# workspace does not change the warm worker's environment (jobs otherwise get their workspace's trackio/)
+os.environ.setdefault("TRACKIO_DIR", str(Path(tempfile.gettempdir()) / f"fts-tests-trackio-{os.getuid()}"))
 
 
 os.environ.setdefault("FTS_WARM_IDLE_MIN", "10")  # the warm worker of a test session does not outlive it long

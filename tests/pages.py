@@ -11,9 +11,9 @@ def open_tab(browser, url: str, tab: str, *, width: int = 1500, height: int = 13
 
 
 def start_training_from_the_tab(page, dataset: str, *, max_steps: int, batch_size: int | None = None,
-                                max_length: int | None = None) -> None:
+                                max_length: int | None = None, report_to: tuple[str, ...] = ()) -> None:
     """On the Train tab: type the dataset (a path or a dataset's name) and Enter, set the steps (and the batch size
-    and max length where given), press Start training."""
+    and max length where given; ``report_to``: tick these trackers' labels under Advanced), press Start training."""
     ds = page.get_by_label("Training data", exact=True)
     ds.fill(dataset)
     ds.press("Enter")
@@ -22,4 +22,8 @@ def start_training_from_the_tab(page, dataset: str, *, max_steps: int, batch_siz
         page.get_by_label("Batch size").fill(str(batch_size))
     if max_length is not None:
         page.get_by_label("Max length (tokens)").fill(str(max_length))
+    if report_to:
+        page.get_by_role("button", name="Advanced").click()
+        for label in report_to:
+            page.locator("#train-report-to").get_by_label(label, exact=True).check()
     page.get_by_role("button", name="Start training").click()

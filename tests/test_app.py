@@ -20,7 +20,7 @@ TABS = ["Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy"]
 
 @pytest.fixture
 def app_server(workspace, default_model_dir):
-    proc, url = launch_app(workspace / "app.log")
+    proc, url = launch_app(workspace / "app.log", FTS_TENSORBOARD_PORT="8773")  # the page's TensorBoard (issue 29)
     yield url
     stop_app(proc)
 
@@ -89,10 +89,26 @@ def test_start_run_from_the_browser_reload_and_watch_it_live(app_server, workspa
         expect(page.locator(".fts-status")).to_contain_text("succeeded", timeout=30_000)
         expect(page.locator("#train-log textarea")).to_have_value(re.compile("ranks: peak RSS rank 0"), timeout=30_000)
         page.screenshot(path=str(workspace / "train_tab_2_processes.png"), full_page=True)
+        # it reported to TensorBoard (issue 29): the page says where, starts the TensorBoard and links the run there
+        outcome = page.locator("#train-outcome")
+        expect(outcome).to_contain_text(f"event files in {workspace}/runs/2/tensorboard", timeout=30_000)
+        page.get_by_role("button", name="TensorBoard (runs that report to it)").click()
+        page.locator("#train-tb-start").click()
+        expect(page.locator("#train-tb-status")).to_contain_text("TensorBoard runs", timeout=90_000)
+        expect(outcome.get_by_role("link", name="open in TensorBoard")).to_have_attribute(
+            "href", "http://127.0.0.1:8773/?runFilter=%5E2%2F#timeseries", timeout=30_000)
+        with urllib.request.urlopen("http://127.0.0.1:8773/data/runs", timeout=10) as r:
+            assert "2/tensorboard" in json.loads(r.read())
+        page.screenshot(path=str(workspace / "train_tab_tensorboard.png"), full_page=True)
+        page.locator("#train-tb-stop").click()
+        expect(page.locator("#train-tb-status")).to_contain_text("stopped", timeout=30_000)
         sweep = run_a_sweep_from_the_tab(page, dataset, tiny_model_dir, workspace)
         browser.close()
     assert (parallel.config["num_processes"], parallel.config["distributed"]) == (2, "fsdp")
     assert "ranks: 2 processes started" in jobs.log_tail(2, max_lines=400)
+    # of its two processes only rank 0 reported to TensorBoard: one event file
+    assert parallel.config["report_to"] == ["tensorboard"]
+    assert len(list((workspace / "runs" / "2" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
     done = sweep.final_metrics
     assert sweep.status == "succeeded" and done["complete"] + done["pruned"] == 4, jobs.log_tail(sweep.id)
@@ -218,4 +234,5 @@ def start_parallel_run_from_the_tab(page, dataset: str, model_dir: str) -> None:
     processes.press("Tab")
     expect(page.get_by_label("ddp", exact=True)).to_be_checked(timeout=10_000)
     page.get_by_label("fsdp", exact=True).check()
+    page.locator("#train-report-to").get_by_label("TensorBoard", exact=True).check()  # only rank 0 writes it
     start_training_from_the_tab(page, dataset, max_steps=2, batch_size=1, max_length=64)

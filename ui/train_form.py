@@ -30,6 +30,9 @@ WIDGET_EXTRAS = {
     "num_generations": {"elem_id": "train-generations"},
     "reward_regex": {"placeholder": r"^\{.*\}$", "scale": 2},
     "name": {"placeholder": "run-<id>"},
+    # a checkbox group (not a dropdown: a focused Gradio 6 dropdown drops updates); none ticked = no tracker
+    "report_to": {"choices": [("TensorBoard", "tensorboard"), ("MLflow", "mlflow"), ("trackio", "trackio"),
+                              ("W&B (offline without WANDB_API_KEY)", "wandb")], "elem_id": "train-report-to"},
 }
 
 

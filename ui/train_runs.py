@@ -171,6 +171,9 @@ def run_details(run_id: str | None, cache: dict | None = None):
         err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
     if cache.get("samples"):
         err = (err + "\n\n" if err else "") + samples_markdown(cache["samples"])
+    trackers = trackers_markdown(run)
+    if trackers:
+        err = (err + "\n\n" if err else "") + trackers
     head = progress_html(run.step, run.max_steps, run.status.value, run.eta_s, run.tokens_per_s) + parallel_note(run)
     log_text = runs.log_tail(run.id, max_lines=LOG_LINES)
     # what this page already shows is not sent again: a finished run's refresh sends nothing but the table check
@@ -179,6 +182,119 @@ def run_details(run_id: str | None, cache: dict | None = None):
             _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
             _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
             _if_changed(cache, "outcome", err), cache)
+
+
+TRACKER_LABELS = {"tensorboard": "TensorBoard", "mlflow": "MLflow", "trackio": "trackio", "wandb": "W&B"}
+
+
+def _code(text) -> str:
+    """A path or id the studio wrote, shown as code (escaped: a run name is part of some)."""
+    return "<code>" + html.escape(str(text)) + "</code>"
+
+
+def _link(url: str, label: str) -> str:
+    return f'<a href="{html.escape(url, quote=True)}" target="_blank">{html.escape(label)}</a>'
+
+
+def trackers_markdown(run, viewer_url: str | None = ...) -> str:
+    """Where the run's experiment trackers (``report_to``) keep its data — the TensorBoard logdir, the MLflow store,
+    experiment and run id, the W&B offline folder, the trackio project — with a link to the tracker's view where
+    one runs (the studio's TensorBoard, an MLflow / W&B server). "" for a run that reports to none.
+    ``viewer_url``: the studio's running TensorBoard, when the caller looked it up already."""
+    from core.train.trackers import read_where
+
+    names = list((run.config or {}).get("report_to") or [])
+    if not names:
+        return ""
+    where = read_where(run.output_dir) if run.output_dir else {}
+    if not where:
+        waiting = "when it starts" if run.status in LIVE else "— it ended before it opened them"
+        return f"**Trackers:** {', '.join(TRACKER_LABELS.get(n, md_text(n)) for n in names)} (written {waiting})"
+    lines = ["**Trackers**"]
+    for name in names:
+        w = where.get(name) or {}
+        label = TRACKER_LABELS.get(name, md_text(name))
+        if w.get("error") and len(w) == 1:
+            lines.append(f"- {label}: not written — {md_text(w['error'], 300)}")
+            continue
+        if name == "tensorboard":
+            if viewer_url is ...:
+                from core.train.viewer import running_url
+
+                viewer_url = running_url(probe=False, reconciled=True)  # the tick's list of runs reconciled
+            view = (_link(_run_view(viewer_url, run.id), "open in TensorBoard") if viewer_url else
+                    "start TensorBoard below to see it")
+            text = f"event files in {_code(w.get('logdir'))} — {view}"
+        elif name == "mlflow":
+            text = (f"run {_code(w.get('run_id'))} of experiment {_code(w.get('experiment'))} "
+                    f"(id {_code(w.get('experiment_id'))}) in {_code(w.get('tracking_uri'))}")
+            if w.get("url"):
+                text += " — " + _link(w["url"], "open in MLflow")
+        elif name == "wandb":
+            text = f"{md_text(w.get('mode'))} run {_code(w.get('id'))} in {_code(w.get('dir'))}"
+            if w.get("url"):
+                text += " — " + _link(w["url"], "open in W&B")
+            elif w.get("mode") == "offline":
+                text += " (upload later with <code>wandb sync</code> on that folder)"
+        else:
+            text = f"run {_code(w.get('run'))} of project {_code(w.get('project'))} in {_code(w.get('dir'))}"
+        if w.get("error"):
+            text += f" — stopped writing: {md_text(w['error'], 300)}"
+        lines.append(f"- {label}: {text}")
+    return "\n".join(lines)
+
+
+def _run_view(viewer_url: str, run_id: int) -> str:
+    from core.train.viewer import run_url
+
+    return run_url(viewer_url, run_id)
+
+
+def viewer_markdown() -> str:
+    """The studio's TensorBoard: its link while it runs, else what the button does."""
+    from core.train.viewer import active_viewer, url_of
+
+    try:
+        job = active_viewer()
+    except Exception:  # noqa: BLE001 - a status line must never break the page
+        return ""
+    if job is None:
+        return ("TensorBoard is not running: *Start TensorBoard* serves every run that reports to it (on this "
+                "machine's loopback address).")
+    url = url_of(job)
+    if job.status != RunStatus.running:
+        return f"TensorBoard (job #{job.id}) is {job.status.value}…"
+    return f"TensorBoard runs (job #{job.id}): {_link(url, url)}"
+
+
+def on_viewer_start(request: gr.Request):
+    return on_viewer("start", request)
+
+
+def on_viewer_stop(request: gr.Request):
+    return on_viewer("stop", request)
+
+
+def on_viewer(action: str, request=None) -> str:
+    """Start or stop the workspace's TensorBoard (a job on the runs core). Anyone may start it (it reads the runs
+    folder, on loopback); its starter or an admin stops it."""
+    from core.train import viewer
+    from core.users import NotAllowed, check_can_manage
+
+    try:
+        if action == "start":
+            viewer.start_viewer(owner=user_of(request))
+            return viewer_markdown()
+        job = viewer.active_viewer()
+        if job is None:
+            return viewer_markdown()
+        check_can_manage(job, user_of(request), "stop")
+        job = viewer.stop_viewer()
+        return f"TensorBoard (job #{job.id}) {job.status.value} at {now_hms()}."
+    except NotAllowed as exc:
+        return f"**Not allowed:** {md_text(exc)}"
+    except (JobError, ValueError) as exc:
+        return f"**Error:** {md_text(exc)}"
 
 
 def parallel_note(run) -> str:
@@ -344,7 +460,12 @@ def build_panel():
                                          "reward spread": "#a5b4fc", "KL to start": "#ef4444",
                                          **dict(zip(REWARDS, ("#f59e0b", "#22c55e", "#0ea5e9", "#d946ef",
                                                               "#64748b")))})
-    error_md = gr.Markdown()
+    error_md = gr.Markdown(elem_id="train-outcome")
+    with gr.Accordion("TensorBoard (runs that report to it)", open=False):
+        with gr.Row():
+            viewer_start = gr.Button("Start TensorBoard", scale=1, elem_id="train-tb-start")
+            viewer_stop = gr.Button("Stop TensorBoard", scale=1, elem_id="train-tb-stop")
+        viewer_md = gr.Markdown(viewer_markdown, elem_id="train-tb-status")
     with gr.Accordion("Log tail", open=True):
         log_box = gr.Textbox(lines=LOG_LINES, max_lines=LOG_LINES, show_label=False, autoscroll=True,
                              elem_id="train-log")
@@ -353,6 +474,8 @@ def build_panel():
 
     detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, metrics_cache]
 
+    viewer_start.click(on_viewer_start, None, [viewer_md])
+    viewer_stop.click(on_viewer_stop, None, [viewer_md])
     tag_btn.click(on_tag, [selected, new_tags], [action_msg, selected])
     rename_btn.click(on_rename, [selected, new_name], [action_msg, selected])
     delete_btn.click(delete_question, [selected], [confirm_md, confirm_row])

@@ -88,6 +88,9 @@ def job_environment() -> dict[str, str]:
     env["FTS_WORKSPACE"] = str(settings.workspace)
     env["FTS_MODELS_DIR"] = str(settings.models_dir)
     env["DATABASE_URL"] = settings.database_url
+    # trackio (a run's tracker, core.train.trackers) keeps its data in the workspace unless the admin says where; TRL
+    # imports trackio, so the warm worker reads this when it preloads: it is in the environment from the start
+    env.setdefault("TRACKIO_DIR", str(settings.workspace / "trackio"))
     return env
 
 

@@ -78,6 +78,9 @@ register(JobKind("export", "core.deploy.export:run_job",
 register(JobKind("serve", "core.deploy.serve_job:run_job", lane="serve",
                  on_delete="core.deploy.deployment_rows:forget_jobs",
                  description="a local deployment's OpenAI-compatible server (transformers serve); runs until stopped"))
+register(JobKind("tensorboard", "core.train.viewer:run_job", lane="serve",
+                 description="the workspace's TensorBoard (every run's event files) on a loopback port; runs until "
+                             "stopped"))
 
 
 register(JobKind("sweep", "core.sweep.driver:run_job", lane="control", resumable=True, resume_on_start=True,

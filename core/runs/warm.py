@@ -48,6 +48,9 @@ STALE_S = 24 * 3600  # the lock and log of a server that has not run for a day g
 # whose environment differs only in these forks from the same server (it gets its own values in os.environ)
 VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES", "HF_TOKEN",
             "DOCKER_", "RAY_", "GRADIO_", "SPACE_ID", "SPACE_HOST", "OPENAI_", "ANTHROPIC_", "WANDB_API_KEY",
+            # the experiment trackers' (core.train.trackers): TRL's import brings MLflow and W&B in, but they read
+            # their variables when called, in the worker (not TRACKIO_DIR: trackio reads it when it is imported)
+            "MLFLOW_", "WANDB_",
             # torch sets this one itself (to its default) the first time its compile cache is asked for, and reads
             # it then, not at import: a process that has compiled once must not get a server of its own for it
             "TORCHINDUCTOR_CACHE_DIR")

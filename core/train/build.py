@@ -14,9 +14,9 @@ from core.train.limits import cap_memory
 from core.train.model import load_model
 
 
-def build_trainer(ctx: JobContext, config: TrainConfig):
+def build_trainer(ctx: JobContext, config: TrainConfig, report=None):
     """Everything from config to a ready trainer (SFT / preference; GRPO through build_grpo_trainer). Heavy imports
-    happen here, in the worker only."""
+    happen here, in the worker only. ``report``: the run's trackers (core.train.trackers), fed by the callback."""
     from datasets import Dataset as HFDataset
     from trl import SFTConfig, SFTTrainer
 
@@ -47,7 +47,8 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
         raise ValueError(f"the base model {resolved.display_name} has no chat template, so its conversations cannot "
                          f"be turned into training text: set chat_template ({CHOICE_HELP})")
     if config.objective == "grpo":
-        return build_grpo_trainer(ctx, config, plan, setup, resolved, tokenizer, applied, base_had_template, rows)
+        return build_grpo_trainer(ctx, config, plan, setup, resolved, tokenizer, applied, base_had_template, rows,
+                                  report=report)
 
     def tokenize(rows_):
         if preference:
@@ -156,7 +157,7 @@ def build_trainer(ctx: JobContext, config: TrainConfig):
                 StudioTrainer.preference_stats = {}
             return super().log(logs, *args, **kwargs)
 
-    callback = make_metrics_callback(ctx, lambda: StudioTrainer.tokens_seen)
+    callback = make_metrics_callback(ctx, lambda: StudioTrainer.tokens_seen, report=report)
     cap_memory()
     trainer = StudioTrainer(
         model=model,
@@ -191,7 +192,7 @@ def finish_trainer(trainer, config: TrainConfig, plan, applied, trained_ids, voc
 
 
 def build_grpo_trainer(ctx: JobContext, config: TrainConfig, plan, setup, resolved, tokenizer, applied,
-                       base_had_template: bool, rows: list[dict]):
+                       base_had_template: bool, rows: list[dict], report=None):
     """GRPO: prompts from the dataset's conversations, the run's rewards, TRL's GRPOTrainer with the studio's
     checkpoints and metrics."""
     from datasets import Dataset as HFDataset
@@ -230,7 +231,8 @@ def build_grpo_trainer(ctx: JobContext, config: TrainConfig, plan, setup, resolv
     args = GRPOConfig(**grpo_arguments(base_args, config))
     trainer_cls = make_grpo_trainer_class(checkpoint_mixin_on(GRPOTrainer, ctx, resolved, config.save_total_limit),
                                           reward_set)
-    callback = make_metrics_callback(ctx, lambda: trainer_cls.tokens_seen, samples=lambda: trainer_cls.samples)
+    callback = make_metrics_callback(ctx, lambda: trainer_cls.tokens_seen, samples=lambda: trainer_cls.samples,
+                                     report=report)
     cap_memory()
     trainer = trainer_cls(model=model, reward_funcs=reward_set.functions(), args=args,
                           train_dataset=HFDataset.from_list(prompts), processing_class=tokenizer, callbacks=[callback])

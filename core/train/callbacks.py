@@ -1,5 +1,6 @@
 """The trainer callback that reports a run's progress and metrics through the runs store as it goes, and turns a
-stop request into checkpoint-then-stop; only rank 0 writes.
+stop request into checkpoint-then-stop; only rank 0 writes. Each metric row it stores goes, with the same names and
+values, to the run's experiment trackers (``report_to``, core.train.trackers).
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def _num(v):
     return f if math.isfinite(f) else None
 
 
-def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None):
-    """``tokens_seen()``: tokens trained on so far; ``samples()``: a GRPO run's latest sample answers."""
+def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None, report=None):
+    """``tokens_seen()``: tokens trained on so far; ``samples()``: a GRPO run's latest sample answers; ``report``: the
+    run's trackers (core.train.trackers.Reporter), given each stored metric row."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -110,11 +112,13 @@ def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None):
             extra["tokens_seen"] = int(self.all_tokens)  # the x axis of runs compared by tokens
             if samples is not None and samples():
                 extra["samples"] = samples()
-            ctx.metric(step=state.global_step, epoch=float(logs.get("epoch", state.epoch or 0.0)),
-                       loss=_num(logs.get("loss")), eval_loss=_num(logs.get("eval_loss")),
-                       lr=_num(logs.get("learning_rate")), grad_norm=_num(logs.get("grad_norm")),
-                       tokens_per_s=self.last_tps, memory_bytes=_memory_bytes(), wall_time_s=time.time() - self.t0,
-                       extra=extra)
+            row = dict(epoch=float(logs.get("epoch", state.epoch or 0.0)), loss=_num(logs.get("loss")),
+                       eval_loss=_num(logs.get("eval_loss")), lr=_num(logs.get("learning_rate")),
+                       grad_norm=_num(logs.get("grad_norm")), tokens_per_s=self.last_tps,
+                       memory_bytes=_memory_bytes(), wall_time_s=time.time() - self.t0)
+            ctx.metric(step=state.global_step, **row, extra=extra)
+            if report is not None:  # the trackers get the row just stored: same names, same values
+                report.log(state.global_step, {**row, **extra})
             parts = [f"step {state.global_step}/{state.max_steps}"]
             for key in ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "reward", "reward_std",
                         "completions/mean_length", "grad_norm", "learning_rate"):

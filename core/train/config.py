@@ -18,6 +18,8 @@ PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Distributed = Literal["none", "ddp", "fsdp"]
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # what report_to may name (core.train.trackers writes them)
+REPORT_TO_ENV = "FTS_REPORT_TO"  # the admin's default for runs that do not say (comma-separated; empty = none)
 
 
 MAX_STEPS = 100_000_000  # no run is that long; anything above is a typo or an attack on the run slot
@@ -27,6 +29,49 @@ INT_CEILINGS = {"batch_size": 65_536, "grad_accum": 65_536, "max_length": 1_048_
                 "save_total_limit": 1_000, "num_processes": 1_024, "length_min": 10_000_000, "length_max": 10_000_000,
                 "seed": 2**32 - 1}
 GRPO = {"objective": "grpo"}  # the fields that apply to GRPO runs only (the Train tab hides them for the others)
+
+
+def parse_report_to(value) -> list[str]:
+    """``report_to`` as the config keeps it: tracker names in TRACKERS' order, each once; [] = none. Takes a list, a
+    comma-separated string (``"tensorboard,mlflow"``: the CLI's ``--report-to``), or items that hold commas; 'none'
+    means no tracker and goes alone. An unknown name is a ValueError of one line naming the choices."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    names = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"tracker names are text, got {item!r}")
+        names += [n.strip().lower() for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*TRACKERS, "none")]
+    if unknown:
+        raise ValueError(f"unknown tracker {unknown[0]!r}: choose from none, {', '.join(TRACKERS)} "
+                         "(several separated by commas)")
+    if "none" in names and len(set(names)) > 1:
+        raise ValueError("'none' means no tracker: it cannot go with "
+                         + ", ".join(sorted(set(names) - {"none"}, key=TRACKERS.index)))
+    return [t for t in TRACKERS if t in names]
+
+
+def default_report_to() -> list[str]:
+    """The admin's default (``FTS_REPORT_TO``, e.g. ``tensorboard,mlflow``); unset or empty: none. A name in it that is
+    not a tracker is left out (said once on stderr), so a typo there never stops the page or a run."""
+    import os
+
+    raw = os.environ.get(REPORT_TO_ENV, "")
+    try:
+        return parse_report_to(raw)
+    except ValueError as exc:
+        import sys
+
+        kept = [n.strip().lower() for n in raw.split(",") if n.strip().lower() in TRACKERS]
+        if raw not in _warned_env:
+            _warned_env.add(raw)
+            print(f"warning: {REPORT_TO_ENV}: {exc}; using {', '.join(kept) or 'none'}", file=sys.stderr)
+        return [t for t in TRACKERS if t in kept]
+
+
+_warned_env: set[str] = set()
 
 
 class TrainConfig(JobConfig):
@@ -152,6 +197,17 @@ class TrainConfig(JobConfig):
     save_total_limit: int = Field(2, description="checkpoints kept (the oldest are deleted)")
     logging_steps: int = Field(1, description="a metrics row every N steps")
 
+    report_to: list[str] = Field(
+        default_factory=default_report_to,
+        description="experiment trackers the run also reports to (params, the studio's curves, tags; the adapter "
+                    "where the tracker keeps files): tensorboard (event files in the run folder), mlflow (the "
+                    "workspace's mlflow.db unless MLFLOW_TRACKING_URI), trackio (local), wandb (offline unless "
+                    "WANDB_API_KEY is set); several allowed, comma-separated; none = only the studio's own curves "
+                    f"(default: the admin's {REPORT_TO_ENV}, else none)",
+        json_schema_extra=meta(label="Report to (experiment trackers)", at=("advanced", 7, 0), widget="checkboxes",
+                               info="also write the run's params and curves there; none ticked = only the studio's "
+                                    "own curves. A tracker that is missing or unreachable is skipped with a warning "
+                                    "in the log"))
     init_adapter: Optional[str] = Field(None, description="continue training from this adapter directory")
     max_wall_clock_hours: float = Field(0.0, description="stop the run (with a checkpoint, resumable) after this many "
                                                          "hours of running; 0 = no limit (a shared studio's admin "
@@ -197,6 +253,11 @@ class TrainConfig(JobConfig):
         if isinstance(data, dict) and data.get("beta") is None:
             data = {**data, "beta": 0.0 if data.get("objective") == "grpo" else 0.1}
         return data
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, v):
+        return parse_report_to(v)
 
     @field_validator("learning_rate")
     @classmethod
@@ -381,4 +442,4 @@ class TrainConfig(JobConfig):
                              "distributed 'ddp' with QLoRA, or 'fsdp' with method lora or full")
 
 
-__all__ = ["ConfigError", "TrainConfig"]
+__all__ = ["TRACKERS", "ConfigError", "TrainConfig", "default_report_to", "parse_report_to"]

@@ -24,6 +24,7 @@ from core.train.callbacks import _num
 from core.train.config import TrainConfig
 from core.train.distributed import full_state_dict, save_final
 from core.train.limits import apply_process_limits
+from core.train.trackers import open_for_run
 from storage import RunStatus
 
 
@@ -41,8 +42,10 @@ def run_job(ctx: JobContext) -> JobResult:
             + (f"using {newest.name} instead" if newest else "starting from the beginning"))
         resume_from = str(newest) if newest else None
     trainer = None
+    report = open_for_run(ctx, config, log=log)  # rank 0's trackers (report_to); none that fails stops the run
+    ending, adapter = "failed", None
     try:
-        trainer, tokenizer, counts = build_trainer(ctx, config)
+        trainer, tokenizer, counts = build_trainer(ctx, config, report=report)
         if resume_from:
             if ctx.is_main:
                 from core.runs import store
@@ -75,10 +78,15 @@ def run_job(ctx: JobContext) -> JobResult:
 
             save_atomically(out_dir, write, needed_bytes=trainer.checkpoint_bytes_needed(), what="the adapter")
         status = RunStatus.stopped if ctx.should_stop() else RunStatus.succeeded
+        ending, adapter = status.value, (out_dir if config.method != "full" else None)
         return JobResult(status=status, final_metrics=final, fields={"adapter_path": str(out_dir)},
                          summary=str(final))
     except BaseException as exc:
+        if isinstance(exc, StopRequested):
+            ending = "stopped"
         if is_disk_full(exc) and not isinstance(exc, DiskFullError):
             needed = trainer.checkpoint_bytes_needed() if trainer is not None else None
             raise DiskFullError(disk_full_message(paths.free_bytes(ctx.dir), needed)) from exc
         raise
+    finally:
+        report.finish(ending, adapter)
