@@ -15,7 +15,7 @@ import re
 import sys
 
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN", "OPENAI_API_KEY",
-             "WANDB_API_KEY")
+             "WANDB_API_KEY", "FTS_JUDGE_API_KEY")
 MASK = "hf_***"
 _HF_SHAPE = re.compile(r"hf_[A-Za-z0-9]{16,}")
 
