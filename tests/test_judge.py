@@ -196,6 +196,18 @@ def test_a_rubric_judge_scores_an_evaluation_and_is_measured_on_the_votes(worksp
     assert m["agreement"] is not None and m["warning"]
     judged = judgements(job)
     assert len(judged) == 6 and all(isinstance(r["replies"]["a"], str) for r in judged)
+    # the Evaluate tab's Judge section: the scores with the agreement beside them, the warning, every reply as text
+    from ui.judge import ON_EVALUATION, judge_choices, judge_result, start_judge
+
+    head, scores, agreement, table = judge_result(str(job.id))
+    assert f"on evaluation #{ev_id}" in head and "mean score (1-5)" in scores and "| reference |" in scores
+    assert "Cohen's κ" in agreement and "| n (votes) | **4** |" in agreement and "Warning: only 4 vote" in agreement
+    assert len(table) == 6 and list(table["judged"])[-2:] == ["example #0", "example #1"]
+    assert ("the embedded model (default)", "default") in judge_choices()
+    assert "Pick a judge" in start_judge("", "pairwise", "", ON_EVALUATION, str(ev_id), 5)[0]
+    assert "Select an evaluation" in start_judge("default", "pairwise", "", ON_EVALUATION, None, 5)[0]
+    msg, none = start_judge("http://127.0.0.1:8759/v1", "pairwise", "", ON_EVALUATION, str(ev_id), 5)
+    assert none is None and msg.startswith("**Error:**") and "URL" in msg
 
 
 # ---- the admin's endpoint: a real OpenAI-compatible server on loopback, its key never kept ----------------------
