@@ -8,6 +8,8 @@ tests call them without a browser.
 """
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 import pandas as pd
 
@@ -122,7 +124,7 @@ def _agreement_md(m: dict) -> str:
     kappa = "n/a" if m.get("kappa") is None else f"{m['kappa']:.2f}"
     flips = ("n/a (rubric: one answer at a time)" if m.get("position_flip_rate") is None
              else f"{fmt_share(m['position_flip_rate'])} of {m.get('pairs_both_orders')} pairs")
-    warning = (f"\n\n<div class='fts-error' id='judge-warning'>Warning: {md_text(m['warning'])}</div>"
+    warning = (f"\n\n<div class='fts-error' id='judge-warning'>Warning: {html.escape(m['warning'])}</div>"
                if m.get("warning") else "\n\n**The judge agrees with people well enough on these votes.**")
     return (f"| agreement with people | |\n|---|---|\n| agreement | **{fmt_share(m.get('agreement'))}** |\n"
             f"| Cohen's κ | **{kappa}** |\n| n (votes) | **{m.get('n', 0)}** |\n| position flips | {flips} |\n"
