@@ -191,10 +191,11 @@ def judge_box(selected_evaluation):
     def on_start(request: gr.Request, *values):
         text, job_id = start_judge(*values, request=request)
         if not job_id:
-            return text, gr.update(), gr.update(), None
-        return text, job_progress(job_id), job_id, job_id
+            return text, gr.update(), gr.update(), gr.update(), None
+        return text, job_progress(job_id), "_The judge's scores appear here when its job ends._", job_id, job_id
 
-    start.click(on_start, [model, mode, rubric, on, selected_evaluation, limit], [msg, progress, shown, watched])
+    start.click(on_start, [model, mode, rubric, on, selected_evaluation, limit],
+                [msg, progress, head, shown, watched])
     stop.click(stop_judge, [shown], msg)
 
     def tick(job_id):
