@@ -15,7 +15,7 @@ import re
 import sys
 
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN", "OPENAI_API_KEY",
-             "WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
+             "WANDB_API_KEY", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "FTS_JUDGE_API_KEY")
 MASK = "hf_***"
 # a Hub token (hf_ + letters and digits) or a Hub OAuth access token (hf_oauth_ + ...), as a visitor's sign-in gives
 _HF_SHAPE = re.compile(r"hf_(?:oauth_)?[A-Za-z0-9]{16,}")

@@ -1,6 +1,6 @@
 """The Evaluate and Playground tabs in headless Chromium against the real app, on the trained demo run: both panes
-stream at once, a blind vote updates the leaderboard and becomes preference data, an evaluation started from the tab
-shows its metrics."""
+stream at once, a blind vote updates the leaderboard, becomes preference data and measures an LLM judge, an evaluation
+started from the tab shows its metrics."""
 from __future__ import annotations
 
 import time
@@ -56,6 +56,23 @@ def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, sta
     page.get_by_role("button", name="Make preference data from votes").click()
     expect(page.locator("#pg-pref-made")).to_contain_text("Ready for the DPO / ORPO objective", timeout=30_000)
     page.screenshot(path=str(demo_ws["ws"] / "playground-preference-data.png"), full_page=True)
+    # the embedded model judges the votes from the Evaluate tab (issue 28): its agreement with the people who voted,
+    # whatever its value, stands beside its scores, with the warning that one vote cannot earn a judge any trust
+    from core.evaluate import arena
+
+    n_votes = len(arena.all_votes())
+    page.get_by_role("tab", name="Evaluate", exact=True).click()
+    page.get_by_text("Judge: an LLM judge, measured against the people's votes").click()
+    expect(page.locator("#judge-model input")).to_have_value("the embedded model (default)", timeout=20_000)
+    page.get_by_role("button", name="Start judge").click()
+    expect(page.locator("#judge-msg")).to_contain_text("Judge job", timeout=20_000)
+    agreement = page.locator("#judge-agreement")
+    expect(agreement).to_contain_text("Cohen's κ", timeout=400_000)
+    expect(agreement).to_contain_text(f"n (votes) {n_votes}")
+    expect(page.locator("#judge-warning")).to_contain_text("too few to trust")
+    expect(page.locator("#judge-scores")).to_contain_text("judge's win rate")
+    expect(page.locator("#judge-table")).to_contain_text("vote #")
+    page.locator("#judge-box").screenshot(path=str(demo_ws["ws"] / "evaluate-judge.png"))
 
 
 def test_an_evaluation_started_from_the_tab_shows_its_metrics(demo_ws, start_app, browser):

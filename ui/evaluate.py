@@ -21,6 +21,7 @@ from core.evaluate.submit import submit_evaluation
 from core.jobconfig import choices_of
 from core.runs import JobError
 from ui.common import fmt_num, is_mine, job_progress, md_text, mine_box, owner_filter
+from ui.judge import judge_box
 
 OWN_SPLIT = "__run__"
 SPLIT_CHOICES = ["auto", "all", "test", "validation", "train"]
@@ -287,6 +288,7 @@ def build_tab() -> None:
                                     column_widths=["5%", "29%", "18%", "18%", "18%", "6%", "6%", "0%"],
                                     label="Every example (text shown as text)", elem_id="eval-examples")
             corrections_box(selected, which)
+            judge_refresh, judge_inputs, judge_outputs = judge_box(selected)
             with gr.Accordion("Runs compared on this evaluation set", open=False):
                 compare = gr.Dataframe(interactive=False)
 
@@ -337,4 +339,8 @@ def build_tab() -> None:
     timer = gr.Timer(1.0)
     timer.tick(tick, [job_state, selected, mine], [progress, table, selected, run, job_state], show_progress="hidden",
                concurrency_limit=None)
-    return refresh_lists, [run, selected, mine], list_outputs  # app.py runs it when a page opens: lists are never stale
+    def refresh_all(current_run=None, current_sel=None, mine=False, current_judge=None, request: gr.Request = None):
+        return (*refresh_lists(current_run, current_sel, mine, request), *judge_refresh(current_judge, request))
+
+    # app.py runs it when a page opens: lists are never stale, and a judge run started before shows again
+    return refresh_all, [run, selected, mine, *judge_inputs], list_outputs + judge_outputs

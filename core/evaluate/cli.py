@@ -6,6 +6,8 @@
                             [--fewshot-split SPLIT]
     python -m core evaluate --model PATH --base REF --dataset ID ...
     python -m core evaluations list [--json] | show ID [--json] [--examples N] | export ID --format csv|jsonl
+    python -m core judge (--votes | --evaluation ID) --judge MODEL [--mode pairwise|rubric] [--rubric TEXT]
+                         [--limit N] [--json]
 
 Exit codes: 0 ok, 1 the evaluation ran but did not succeed, 2 bad input (one line on stderr saying why).
 """
@@ -122,6 +124,41 @@ def cmd_evaluations(args) -> int:
         return fail(str(exc))
 
 
+def cmd_judge(args) -> int:
+    from core import runs
+    from core.evaluate.judge import JudgeConfigError, agreement_line, result_dict, submit_judge
+
+    data = {"judge": args.judge, "mode": args.mode, "rubric": args.rubric,
+            "evaluation_id": args.evaluation, "limit": args.limit or None}
+    try:
+        job = submit_judge(data)
+    except (JudgeConfigError, runs.JobError) as exc:
+        return fail(str(exc))
+
+    def progress(r):
+        if r.max_steps:
+            print(f"judge job {r.id} {r.status} {r.step}/{r.max_steps}", file=sys.stderr, flush=True)
+
+    job = runs.wait_for(job.id, on_progress=progress)
+    if job.status != runs.RunStatus.succeeded:
+        if args.json:
+            print_json({"job": runs.run_to_dict(job)})
+        else:
+            print(f"judge job {job.id} {job.status}: {job.error}", file=sys.stderr)
+        return 1
+    d = result_dict(job)
+    if args.json:
+        print_json(d)
+        return 0
+    print(f"judge {d['judge']} ({d['mode']}) on {d['on']}: {agreement_line(job.final_metrics)}")
+    if d.get("warning"):
+        print(f"  warning: {d['warning']}")
+    for model, sc in (d.get("scores") or {}).items():
+        print(f"  {model}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in sc.items()))
+    return 0
+
+
 def register_cli(sub) -> None:
     p = sub.add_parser("generate", help="one answer from a model (base, a run, a folder)")
     p.add_argument("--model", default="default", help="default | RUN_ID | run:ID | a model or adapter folder | Hub id")
@@ -140,6 +177,21 @@ def register_cli(sub) -> None:
     p.add_argument("--multiple-choice", action="store_true", help="score choices by log-likelihood (ARC/MMLU way)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("judge", help="an LLM judge over the votes or an evaluation, with its agreement with people "
+                                     "(a job; waits for it)")
+    on = p.add_mutually_exclusive_group(required=True)
+    on.add_argument("--votes", action="store_true", help="judge the Playground's votes (the pairs people voted on)")
+    on.add_argument("--evaluation", type=int, metavar="ID", help="judge an evaluation's examples (base vs tuned); "
+                                                                 "the votes still measure the judge")
+    p.add_argument("--judge", required=True, metavar="MODEL",
+                   help="default | RUN_ID | run:ID | a model or adapter folder | deployment:ID | endpoint (the "
+                        "admin's FTS_JUDGE_ENDPOINT)")
+    p.add_argument("--mode", default="pairwise", choices=["pairwise", "rubric"])
+    p.add_argument("--rubric", default=None, help="rubric mode: what a 5 and a 1 look like")
+    p.add_argument("--limit", type=int, default=50, help="at most N votes and N examples (0: all; default 50)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("evaluations", help="stored evaluations")
     es = p.add_subparsers(dest="ev_cmd", required=True)

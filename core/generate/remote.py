@@ -1,6 +1,7 @@
 """A remote decoder: one conversation streamed from an OpenAI-compatible endpoint (a running deployment)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -8,6 +9,18 @@ from collections.abc import Sequence
 from core.generate.decoding import GenSettings, RowState
 from core.generate.errors import GenerateError
 from core.generate.sources import ModelSource
+
+NO_KEY = "no-key"
+
+
+def _api_key(source: ModelSource) -> str | None:
+    """The key to send: read from the environment variable the source names at the moment of the call (never kept on
+    the source, the database or a log). A source naming a variable that is unset sends ``no-key`` — without a key of
+    its own huggingface_hub's client would send this machine's Hugging Face token to a server that is not the Hub.
+    A source naming none (the studio's own deployments) keeps the client's default."""
+    if not source.api_key_env:
+        return None
+    return os.environ.get(source.api_key_env, "").strip() or NO_KEY
 
 
 class EndpointDecoder:
@@ -38,7 +51,7 @@ class EndpointDecoder:
         try:
             from huggingface_hub import InferenceClient
 
-            client = InferenceClient(base_url=source.endpoint, timeout=300)
+            client = InferenceClient(base_url=source.endpoint, timeout=300, api_key=_api_key(source))
             chunks = client.chat_completion(messages=messages, model=source.base, max_tokens=s.max_new_tokens,
                                             temperature=s.temperature, top_p=s.top_p if s.top_p < 1 else None,
                                             seed=s.seed, stream=True)

@@ -18,6 +18,9 @@ class ModelSource:
     adapter: str | None = None  # adapter folder (LoRA/QLoRA runs)
     run_id: int | None = None
     endpoint: str | None = None  # an OpenAI-compatible server's base URL (…/v1): a running deployment
+    # the environment variable holding the endpoint's API key (the admin's judge endpoint): read when a request goes
+    # out, never kept — a source names where the key is, not the key
+    api_key_env: str | None = None
 
     @property
     def key(self) -> str:

@@ -71,6 +71,8 @@ register(JobKind("train", "core.train.worker:run_job", resumable=True, command=_
                  oom_advice="core.train.advice:out_of_memory_advice"))
 register(JobKind("evaluate", "core.evaluate.job:run_job",
                  description="base vs fine-tuned on held-out data (generation metrics, multiple choice, lm-eval)"))
+register(JobKind("judge", "core.evaluate.judge:run_job",
+                 description="an LLM judge (pairwise or rubric) over votes or an evaluation, measured on the votes"))
 register(JobKind("import", "core.data.jobs:run_job", lane="io",
                  description="a dataset too big to read in the page: read, checked and stored by a worker"))
 register(JobKind("export", "core.deploy.export:run_job",
