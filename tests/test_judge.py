@@ -210,6 +210,20 @@ def test_a_rubric_judge_scores_an_evaluation_and_is_measured_on_the_votes(worksp
     assert none is None and msg.startswith("**Error:**") and "URL" in msg
 
 
+def test_only_hugging_faces_own_servers_get_the_hub_token():
+    """A deployment's server (local, container, TGI, vLLM) is sent ``no-key``, so huggingface_hub's client does not
+    fall back to this machine's Hugging Face token; an Inference Endpoint keeps the client's default (the token)."""
+    from core.generate.remote import NO_KEY, _api_key
+    from core.generate.sources import ModelSource
+
+    def key(url):
+        return _api_key(ModelSource(label="d", base="m", endpoint=url))
+
+    assert key("http://127.0.0.1:8000/v1") == NO_KEY and key("http://gpu-host.example:8080/v1") == NO_KEY
+    assert key("https://huggingface.co.evil.example/v1") == NO_KEY
+    assert key("https://abc123.us-east-1.aws.endpoints.huggingface.cloud/v1") is None
+
+
 # ---- the admin's endpoint: a real OpenAI-compatible server on loopback, its key never kept ----------------------
 def test_the_endpoint_judge_is_the_admins_and_its_key_is_never_stored(workspace, tiny_model_dir, monkeypatch):
     from core.deploy import deployments as D
@@ -228,7 +242,8 @@ def test_the_endpoint_judge_is_the_admins_and_its_key_is_never_stored(workspace,
         monkeypatch.setenv(ENDPOINT_MODEL_ENV, dep.served_name)
         src = resolve_judge("endpoint")
         assert src.endpoint == dep.url and src.api_key_env == ENDPOINT_KEY_ENV and secret not in repr(src)
-        assert _api_key(src) == secret and _api_key(resolve_judge(f"deployment:{dep.id}")) is None
+        # the studio's own server gets no key either: never this machine's Hugging Face token
+        assert _api_key(src) == secret and _api_key(resolve_judge(f"deployment:{dep.id}")) == NO_KEY
         _votes()
         job = runs.wait_for(submit_judge({"judge": "endpoint", "limit": 2, "max_new_tokens": 4}).id, timeout_s=300)
         assert job.status == "succeeded", job.error

@@ -17,10 +17,19 @@ def _api_key(source: ModelSource) -> str | None:
     """The key to send: read from the environment variable the source names at the moment of the call (never kept on
     the source, the database or a log). A source naming a variable that is unset sends ``no-key`` — without a key of
     its own huggingface_hub's client would send this machine's Hugging Face token to a server that is not the Hub.
-    A source naming none (the studio's own deployments) keeps the client's default."""
+    A source naming none (the studio's own deployments: local, container, TGI, vLLM servers) sends ``no-key`` too,
+    unless its server is Hugging Face's own (an Inference Endpoint), where the client's default — the Hub token — is
+    the credential it needs."""
     if not source.api_key_env:
-        return None
+        return None if _is_hugging_face(source.endpoint) else NO_KEY
     return os.environ.get(source.api_key_env, "").strip() or NO_KEY
+
+
+def _is_hugging_face(url: str | None) -> bool:
+    from urllib.parse import urlparse
+
+    host = (urlparse(url or "").hostname or "").lower()
+    return any(host == d or host.endswith("." + d) for d in ("huggingface.co", "huggingface.cloud", "hf.space"))
 
 
 class EndpointDecoder:
