@@ -50,7 +50,8 @@ from core.deploy.local_deployments import (
     wait_healthy,
 )
 from core.deploy.serve_targets import resolve_target_model
-from core.deploy.server_processes import port_is_free, server_argv
+from core.deploy.server_processes import server_argv
+from core.runs.ports import port_is_free
 from storage import Deployment
 from storage.tables import utcnow
 

@@ -21,13 +21,13 @@ from core.deploy.server_processes import (
     answers_health,
     free_port,
     is_our_server,
-    port_is_free,
     server_argv,
     server_cmd_matches,
     signal_server,
     url_root,
 )
 from core.runs import JobError, RunStatus
+from core.runs.ports import port_is_free
 from storage import Deployment, Run
 from storage.tables import utcnow
 

@@ -5,36 +5,25 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import sys
 import urllib.request
 
 from core.config import get_settings
 from core.deploy.deployment_rows import DeployError, reserved_ports
+from core.runs.ports import free_port as any_free_port
 from storage import Deployment
 
 SERVER_MODULE = "core.deploy.local_server"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A free port that no deployment row has reserved either."""
     reserved = reserved_ports()
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+        port = any_free_port(host)
         if port not in reserved:
             return port
     raise DeployError("no free port found on 127.0.0.1")
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def server_argv(model_dir: str, name: str, port: int | str, host: str = "127.0.0.1", *,

@@ -34,6 +34,7 @@ from collections import deque
 
 from core.runs import paths, store
 from core.runs.errors import fmt_bytes
+from core.runs.ports import free_port
 from core.runs.worker import log
 from storage import RunStatus
 
@@ -48,12 +49,6 @@ def _die_with_parent() -> None:  # in the child between fork and exec: a rank ne
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rank_environment(base: dict, rank: int, world: int, port: int) -> dict:

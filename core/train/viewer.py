@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import time
 import urllib.parse
 import urllib.request
@@ -21,28 +20,13 @@ import urllib.request
 from core import runs
 from core.config import get_settings
 from core.runs import JobError, RunStatus
+from core.runs.ports import free_port, port_is_free
 from storage import Run
 
 KIND = "tensorboard"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0  # importing TensorBoard and binding its port, on a busy machine
 RELOAD_S = 5  # how often it rescans the runs folder for new event files
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def default_port() -> int:
