@@ -363,6 +363,7 @@ def build_panel():
             confirm_md = gr.Markdown(elem_id="train-delete-confirm")
             confirm_btn = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="train-delete-yes")
             cancel_btn = gr.Button("Cancel", scale=0, elem_id="train-delete-no")
+    improve_box()
     action_msg = gr.Markdown()
     progress = gr.HTML()
     with gr.Row():
@@ -389,7 +390,6 @@ def build_panel():
         config_box = gr.Code(language="yaml", show_label=False)
     with gr.Accordion("Lineage: what it came from, what was made from it", open=False, elem_id="train-lineage"):
         lineage_md = gr.Markdown(elem_id="train-lineage-md")
-    improve_box()
 
     detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, lineage_md, metrics_cache]
 
