@@ -63,6 +63,9 @@ def build_app() -> gr.Blocks:
                     demo.load(fn, inputs, outputs, show_progress="hidden")
                     tab_item.select(fn, inputs, outputs, show_progress="hidden")
         quickstart.wire(demo, panel, tabs, loaders)
+        from ui import train_runs
+
+        train_runs.wire_playground(tabs)  # "Open both in the Playground" on a run's page switches tabs
         from core.access import mode_line
 
         gr.Markdown(f"Finetune Studio · {mode_line()}", elem_id="fts-mode")

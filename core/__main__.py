@@ -9,6 +9,8 @@
     python -m core sweep --config sweep.yaml [--wait] [--json]   python -m core sweeps list | show ID | stop ID
     python -m core prepare-model               (convert the embedded default model once)
     python -m core tensorboard [--port N] | --stop   (the workspace's TensorBoard: every run that reports to it)
+    python -m core lineage --run ID [--json]   (what it came from, what was made from it)
+    python -m core improve --run ID [--objective dpo|orpo] [--steps N] [--json]   (votes → DPO from the run)
 
 Exit codes: 0 success, 1 the run finished but not successfully, 2 bad input (one-line reason on stderr).
 """
@@ -198,16 +200,20 @@ def _delete_run(args) -> int:
     from core import runs
     from core.deletion import delete_run
     from core.evaluate import results
+    from core.lineage import dependents
     from core.runs import store
 
     run = runs.get_run(args.id)
+    made_from = dependents("run", run.id)["message"] if run.kind == "train" else ""
     if not args.yes:
         made = [f"{c.kind} job #{c.id}" for c in store.children(run.id) if c.kind != "train"]
         n_ev = len(results.list_evaluations(run_id=run.id, limit=10**6))
         print(f"would delete run {run.id} ({run.name}, {run.status}) with {run.output_dir}, {n_ev} evaluation(s)"
-              + (f" and {', '.join(made)}" if made else "") + "; nothing deleted: add --yes to delete",
-              file=sys.stderr)
+              + (f" and {', '.join(made)}" if made else "") + (f" ({made_from})" if made_from else "")
+              + "; nothing deleted: add --yes to delete", file=sys.stderr)
         return 2
+    if made_from and not args.json:
+        print(f"warning: {made_from}", file=sys.stderr)
     gone = delete_run(run.id)
     if args.json:
         print_json(gone)
@@ -244,6 +250,46 @@ def cmd_tensorboard(args) -> int:
         print(f"TensorBoard (job {job.id}) on {url} for {(job.config or {}).get('logdir')}  "
               "(stop it with: python -m core tensorboard --stop)")
     return 0
+
+
+def cmd_lineage(args) -> int:
+    from core.lineage import LineageError, lineage, lineage_text
+
+    kind, key = next((k, getattr(args, k)) for k in ("run", "dataset", "evaluation", "export", "deployment")
+                     if getattr(args, k) is not None)
+    try:
+        lin = lineage(kind, key)
+    except LineageError as exc:
+        return fail(str(exc))
+    if args.json:
+        print_json(lin)
+    else:
+        print(lineage_text(lin))
+    return 0
+
+
+def cmd_improve(args) -> int:
+    from core import runs
+    from core.data.errors import DatasetError
+    from core.train.config import ConfigError
+    from core.train.improve import improve_from_feedback
+
+    try:
+        result = improve_from_feedback(args.run, objective=args.objective, steps=args.steps, source=args.source)
+    except (DatasetError, runs.JobError, ConfigError) as exc:
+        return fail(str(exc))
+    run = result["run"]
+    if args.wait:
+        run = _wait(run.id, lambda r: None)
+    out = {"dataset_id": result["dataset"].dataset_id, "run_id": run.id, "status": str(run.status),
+           "rows": result["dataset"].rows, "left_out": result["dataset"].left_out,
+           "dataset_created": result["dataset"].created, "continued_from": args.run}
+    if args.json:
+        print_json(out)
+    else:
+        print(f"{result['dataset'].message}\nrun {run.id} {run.status}: {out['rows']} pairs, continued from run "
+              f"{args.run}  (follow with: python -m core runs show {run.id})")
+    return 0 if not args.wait or run.status == runs.RunStatus.succeeded else 1
 
 
 def cmd_prepare_model(args) -> int:
@@ -326,6 +372,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="store_true", help="stop the running TensorBoard")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tensorboard)
+
+    p = sub.add_parser("lineage", help="what a dataset, run, evaluation, export or deployment came from and what was "
+                       "made from it (ids, hashes, dates)")
+    which = p.add_mutually_exclusive_group(required=True)
+    for k, what in (("run", "a training run"), ("dataset", "a dataset version"), ("evaluation", "an evaluation"),
+                    ("export", "an export job"), ("deployment", "a deployment")):
+        which.add_argument(f"--{k}", type=int, default=None, metavar="ID", help=what)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("improve", help="improve a run from feedback: its votes (or its evaluation's corrections) "
+                       "become preference pairs and a DPO / ORPO run continues from it")
+    p.add_argument("--run", type=int, required=True, help="the finished training run to improve")
+    p.add_argument("--objective", choices=["dpo", "orpo"], default="dpo")
+    p.add_argument("--steps", type=int, default=None, help="training steps of the new run (default 20)")
+    p.add_argument("--source", choices=["votes", "corrections"], default="votes",
+                   help="votes: the Playground votes on the run; corrections: its latest evaluation's 'tuned worse' "
+                   "rows (those are its held-out rows: an evaluation on them afterwards is no longer held out)")
+    p.add_argument("--wait", action="store_true", help="block until the new run finishes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_improve)
 
     p = sub.add_parser("prepare-model", help="convert the embedded default model to safetensors (once)")
     p.set_defaults(func=cmd_prepare_model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from core import runs
 from core.deploy import deployments
 from core.evaluate import results
+from core.lineage import dependents
 from core.runs import JobError, store
 
 
@@ -15,7 +16,8 @@ def delete_run(run_id: int) -> dict:
     """Delete an ended training run with what was made from it: its folder (checkpoints, adapter, merged model, log),
     its metric rows, its evaluations and their jobs, its export jobs, its ended local deployments. Runs continued
     from it stay (each has its own adapter). Refused, with nothing deleted, while the run or a job made from it is
-    active, or while a deployment serves it. Returns what went: {"runs": [ids], "evaluations": n}."""
+    active, or while a deployment serves it. Returns what went: {"runs": [ids], "evaluations": n, "dependents": what
+    had come from it, in words (core.lineage; "" when nothing had)}."""
     run = runs.get_run(run_id)
     if run.kind != "train":
         raise JobError(f"run {run_id} is a {run.kind} job, not a training run")
@@ -31,9 +33,10 @@ def delete_run(run_id: int) -> dict:
     if busy:
         raise JobError("; ".join(f"{c.kind} job #{c.id} of run {run_id} is {c.status.value}" for c in busy)
                        + ": wait for it or stop it before deleting the run")
+    said = dependents("run", run_id)["message"]
     ids = [run_id, *(c.id for c in made_from)]
     # first: a job that became active meanwhile refuses the delete before anything is gone; the serve jobs' rows in
     # the deployments table go with them (the serve kind's delete hook)
     runs.delete(ids)
     evaluations = results.delete_for_run(run_id)
-    return {"runs": ids, "evaluations": evaluations}
+    return {"runs": ids, "evaluations": evaluations, "dependents": said}

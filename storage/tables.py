@@ -82,6 +82,9 @@ class Run(SQLModel, table=True):
     config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     base_model: str = ""
     dataset_ref: str = ""
+    # the content hash of the data a training run was queued with (a dataset version's, or "sha256:…" of a file):
+    # its lineage survives the dataset's deletion (core.lineage)
+    dataset_hash: str = ""
     method: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     started_at: Optional[datetime] = None

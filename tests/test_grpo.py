@@ -135,7 +135,7 @@ def test_a_grpo_run_raises_its_mean_reward_and_shows_its_samples_then_continues_
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()  # no KL copy saved
 
     # the Train tab: the reward curves and the latest sampled answers, shown as text
-    _head, _loss, second, *_rest, outcome, _cache = run_details(str(final.id), None)
+    _head, _loss, second, *_rest, outcome, _lineage, _cache = run_details(str(final.id), None)
     assert {"mean reward", "reward spread", "length", "valid_json"} <= set(second["series"])
     assert "Sampled answers" in outcome and "of which sampling + scoring" in outcome and "<pre" in outcome
 

@@ -80,7 +80,7 @@ def test_refresh_reads_only_new_metric_rows(workspace):
     *_, cache = run_details(str(job.id), cache)
     assert cache["rows_read"] == 0  # nothing new: nothing read
     store.add_metric(job.id, step=5001, loss=0.5, lr=1e-4)
-    head, loss, lr, _log, _cfg, _err, cache = run_details(str(job.id), cache)
+    head, loss, lr, _log, _cfg, _err, _lineage, cache = run_details(str(job.id), cache)
     assert cache["rows_read"] == 1 and len(loss) == 5001 and loss["step"].iloc[-1] == 5001
     # a resume replaces the rows after its checkpoint: a new attempt reloads the curve from scratch
     store.drop_metrics_after(job.id, 100)
@@ -101,11 +101,11 @@ def test_a_refresh_sends_only_what_changed_and_a_new_label_reaches_the_run_list(
     store.transition(job.id, "running", started_at=store.utcnow())
     store.add_metric(job.id, step=1, loss=2.0, lr=1e-4)
     store.finish(job.id, "succeeded")
-    table, choices, head, loss, lr, log, config, outcome, cache = tick(str(job.id), None)
+    table, choices, head, loss, lr, log, config, outcome, lineage, cache = tick(str(job.id), None)
     assert table["name"].tolist() == ["live"] and choices["choices"] == [(f"#{job.id} live — succeeded", str(job.id))]
-    assert len(loss) == 1 and "name: live" in config
+    assert len(loss) == 1 and "name: live" in config and f"run #{job.id} 'live'" in lineage
     again = tick(str(job.id), cache)
-    assert all(x == gr.update() for x in again[:8])  # nothing changed: nothing is sent again
+    assert all(x == gr.update() for x in again[:9])  # nothing changed: nothing is sent again
     store.rename(job.id, "renamed")  # the list's label changes (as a status change does)
     store.add_metric(job.id, step=2, loss=1.5, lr=1e-4)
     later = tick(str(job.id), again[-1])

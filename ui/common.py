@@ -20,6 +20,7 @@ CSS = """
 .fts-progress > div {height: 100%; background: #6366f1; transition: width .5s;}
 .fts-status {font-size: 0.92em; color: #374151;}
 .fts-error {color: #b91c1c; white-space: pre-wrap; font-family: monospace; font-size: 0.85em;}
+.fts-lineage {white-space: pre-wrap; font-family: monospace; font-size: 0.8em; margin: 0;}
 .fts-sample {white-space: pre-wrap; overflow-wrap: anywhere; font-family: monospace; font-size: 0.85em;}
 #train-runs table, #train-runs .virtual-body {font-size: 0.8em;}
 #train-runs span.text, #train-runs span.header, #train-runs .cell-wrap {word-break: keep-all; overflow-wrap: normal;

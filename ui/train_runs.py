@@ -150,14 +150,15 @@ def metrics_frames(cache: dict) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
 
 
 def run_details(run_id: str | None, cache: dict | None = None):
-    """(progress html, loss df or None, lr df or None, log tail, config yaml, outcome markdown, metrics cache)."""
+    """(progress html, loss df or None, lr df or None, log tail, config yaml, outcome markdown, lineage markdown,
+    metrics cache)."""
     empty = (None, None)
     if not run_id:
-        return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "", new_metrics_cache())
+        return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "", "", new_metrics_cache())
     try:
         run = runs.get_run(int(run_id))
     except (JobError, ValueError):
-        return (f"<i>Run {html.escape(str(run_id))} not found.</i>", *empty, "", "", "", new_metrics_cache())
+        return (f"<i>Run {html.escape(str(run_id))} not found.</i>", *empty, "", "", "", "", new_metrics_cache())
     cache = update_metrics_cache(cache, run)
     loss, lr = metrics_frames(cache)
     config_yaml = TrainConfig.model_validate(run.config).to_yaml()
@@ -168,7 +169,7 @@ def run_details(run_id: str | None, cache: dict | None = None):
         text = run.error if len(run.error) <= 3000 else f"{run.error.splitlines()[0][:500]}\n…\n{run.error[-2500:]}"
         err = f"**Why it ended:**\n\n<pre class=\"fts-error\">{html.escape(text)}</pre>"
     elif run.status == RunStatus.succeeded:
-        err = f"Adapter saved to `{run.adapter_path}`" + _what_changed(run.id, cache)
+        err = f"Adapter saved to `{run.adapter_path}`" + _step_report(run.id) + _what_changed(run.id, cache)
     if cache.get("samples"):
         err = (err + "\n\n" if err else "") + samples_markdown(cache["samples"])
     trackers = trackers_markdown(run)
@@ -181,7 +182,32 @@ def run_details(run_id: str | None, cache: dict | None = None):
     return (_if_changed(cache, "head", head), _if_changed(cache, "loss", loss, (*sig, len(cache["loss"]))),
             _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
             _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
-            _if_changed(cache, "outcome", err), cache)
+            _if_changed(cache, "outcome", err), _if_changed(cache, "lineage", lineage_html(run.id, cache)), cache)
+
+
+LINEAGE_EVERY_S = 5.0  # the chain changes when a job is made from the run: read again every few seconds, not each tick
+
+
+def lineage_html(run_id: int, cache: dict | None = None) -> str:
+    """The run's lineage both ways (core.lineage), as text: where its data and adapter came from (dataset version
+    and content hash, the run it continued, the votes or corrections behind a preference dataset) and what was made
+    from it (evaluations, exports, deployments, continued runs, datasets). Read from the database: a reload shows
+    the same."""
+    import time
+
+    from core.lineage import LineageError, lineage, lineage_text
+
+    if cache is not None and cache.get("lineage_at", 0) > time.monotonic() - LINEAGE_EVERY_S \
+            and cache.get("lineage_run") == run_id:
+        return cache.get("lineage_html", "")
+    try:
+        text = lineage_text(lineage("run", run_id))
+    except LineageError as exc:
+        text = str(exc)
+    out = f'<pre class="fts-lineage" id="train-lineage-text">{html.escape(text, quote=False)}</pre>'
+    if cache is not None:
+        cache.update(lineage_at=time.monotonic(), lineage_run=run_id, lineage_html=out)
+    return out
 
 
 TRACKER_LABELS = {"tensorboard": "TensorBoard", "mlflow": "MLflow", "trackio": "trackio", "wandb": "W&B"}
@@ -358,6 +384,17 @@ def _what_changed(run_id: int, cache: dict) -> str:
     return "\n\n" + cache["report"]
 
 
+def _step_report(run_id: int) -> str:
+    """A continued run (improve from feedback, continue-as): what the step changed (core.train.compare)."""
+    from core.train.compare import step_report, step_report_markdown
+
+    try:
+        rep = step_report(run_id)
+    except Exception:  # noqa: BLE001 - the page keeps refreshing without it
+        return ""
+    return "\n\n" + step_report_markdown(rep, md_text) if rep else ""
+
+
 def run_action(action, run_id, steps, request=None, objective=None):
     """Stop, resume or continue the selected run (its owner or an admin). (message, selection update)"""
     if not run_id:
@@ -442,6 +479,7 @@ def build_panel():
             confirm_md = gr.Markdown(elem_id="train-delete-confirm")
             confirm_btn = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="train-delete-yes")
             cancel_btn = gr.Button("Cancel", scale=0, elem_id="train-delete-no")
+    improve_box()
     action_msg = gr.Markdown()
     progress = gr.HTML()
     with gr.Row():
@@ -471,8 +509,10 @@ def build_panel():
                              elem_id="train-log")
     with gr.Accordion("Config (YAML)", open=False):
         config_box = gr.Code(language="yaml", show_label=False)
+    with gr.Accordion("Lineage: what it came from, what was made from it", open=False, elem_id="train-lineage"):
+        lineage_md = gr.Markdown(elem_id="train-lineage-md")
 
-    detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, metrics_cache]
+    detail_outputs = [progress, loss_plot, lr_plot, log_box, config_box, error_md, lineage_md, metrics_cache]
 
     viewer_start.click(on_viewer_start, None, [viewer_md])
     viewer_stop.click(on_viewer_stop, None, [viewer_md])
@@ -488,7 +528,136 @@ def build_panel():
     timer = gr.Timer(REFRESH_S)
     timer.tick(tick, [selected, metrics_cache, mine], [runs_table, selected, *detail_outputs],
                show_progress="hidden", concurrency_limit=None)
+    wire_improve(selected)
     return selected
+
+
+# ---- improve from feedback (issue 28): votes / corrections → preference data → DPO / ORPO from the run -------------
+IMPROVE: dict = {}  # its components, for app.py to wire "Open in the Playground" (it needs the tabs)
+
+
+def improve_box():
+    with gr.Accordion("Improve from feedback (votes → DPO / ORPO → evaluate again)", open=False,
+                      elem_id="train-improve") as box:
+        gr.Markdown("The Playground votes on this run (or its evaluation's \"tuned worse\" rows, corrected to their "
+                    "references) become preference pairs; a DPO / ORPO run continues from this run's adapter. When "
+                    "it has finished, evaluate it on the same held-out rows as this run's last evaluation and put the "
+                    "two side by side in the Playground.")
+        available = gr.Markdown(elem_id="train-improve-available")
+        with gr.Row():
+            source = gr.Radio([("Playground votes", "votes"), ("evaluation corrections", "corrections")],
+                              value="votes", label="Feedback", elem_id="train-improve-source", scale=2)
+            objective = gr.Dropdown([("DPO", "dpo"), ("ORPO", "orpo")], value="dpo", label="Objective", scale=1,
+                                    elem_id="train-improve-objective")
+            steps = gr.Number(20, label="Steps", precision=0, minimum=1, scale=1, elem_id="train-improve-steps")
+        with gr.Row():
+            improve = gr.Button("Improve from feedback", variant="primary", elem_id="train-improve-go")
+            evaluate = gr.Button("Evaluate on the same rows as the run it continued", elem_id="train-improve-eval")
+            playground = gr.Button("Open both in the Playground", elem_id="train-improve-pg")
+        said = gr.Markdown(elem_id="train-improve-msg")
+    IMPROVE.update(box=box, available=available, source=source, objective=objective, steps=steps, improve=improve,
+                   evaluate=evaluate, playground=playground, said=said)
+
+
+def feedback_text(run_id: str | None, request: gr.Request = None) -> str:
+    """How much usable feedback the selected run has (a person's own votes in a shared studio)."""
+    from core.data.feedback import votes_scope
+    from core.train.improve import feedback_available
+
+    if not run_id:
+        return "Select a run first."
+    try:
+        return md_text(feedback_available(int(run_id), voter=votes_scope(user_of(request)))["message"])
+    except (JobError, ValueError) as exc:
+        return f"**Error:** {md_text(exc)}"
+
+
+def on_improve(run_id, source, objective, steps, request: gr.Request):
+    """The button: the preference dataset and the DPO / ORPO run continued from the selected run; selects it."""
+    from core.data.errors import DatasetError
+    from core.data.feedback import votes_scope
+    from core.train.improve import improve_from_feedback
+    from core.users import NotAllowed, check_can_manage
+
+    if not run_id:
+        return "Select a run first.", gr.update()
+    user = user_of(request)
+    try:
+        rid = int(run_id)
+        check_can_manage(runs.get_run(rid), user, "continue")
+        got = improve_from_feedback(rid, objective=objective or "dpo", steps=int(steps or 0) or None,
+                                    source=source or "votes", voter=votes_scope(user), owner=user)
+    except NotAllowed as exc:
+        return f"**Not allowed:** {md_text(exc)}", gr.update()
+    except (JobError, DatasetError, ConfigError, ValueError) as exc:
+        return f"**Error:** {md_text(exc)}", gr.update()
+    new, made = got["run"], got["dataset"]
+    note = f" Note: {md_text(got['note'])}." if got["note"] else ""
+    return (f"{md_text(made.message)} Run **#{new.id}** ({md_text(objective or 'dpo').upper()}, "
+            f"{int(steps or 20)} steps) continues #{rid} on dataset {made.dataset_id}: when it has finished, press "
+            f"**Evaluate on the same rows** here, then **Open both in the Playground**.{note}",
+            gr.update(choices=run_choices(), value=str(new.id)))
+
+
+def on_evaluate_like_parent(run_id, request: gr.Request):
+    from core.evaluate.config import EvalConfigError
+    from core.train.improve import evaluate_like_parent, same_rows_config
+
+    if not run_id:
+        return "Select a run first."
+    try:
+        cfg = same_rows_config(int(run_id))
+        job = evaluate_like_parent(int(run_id), owner=user_of(request))
+    except (JobError, EvalConfigError, ValueError) as exc:
+        return f"**Error:** {md_text(exc)}"
+    return (f"Evaluation job **#{job.id}** scores run #{int(run_id)} on dataset {md_text(cfg['dataset'])} "
+            f"[{md_text(cfg['split'])}] with the same sample and settings as the last evaluation of the run it "
+            "continued; its result shows here and in the **Evaluate** tab.")
+
+
+def playground_pair(run_id: str | None) -> tuple[str | None, str | None, str]:
+    """(model A, model B, message): the run it continued (A) and the selected run (B), as Playground model keys."""
+    if not run_id:
+        return None, None, "Select a run first."
+    try:
+        run = runs.get_run(int(run_id))
+    except (JobError, ValueError) as exc:
+        return None, None, f"**Error:** {md_text(exc)}"
+    if not run.parent_run_id:
+        return None, None, f"Run #{run.id} did not continue another run: pick models in the Playground."
+    if run.status != RunStatus.succeeded:
+        return None, None, f"Run #{run.id} is {run.status.value}: open the Playground once it has succeeded."
+    return (f"run:{run.parent_run_id}", f"run:{run.id}",
+            f"The Playground has run #{run.parent_run_id} (A) and run #{run.id} (B): send a prompt to both.")
+
+
+def wire_improve(selected) -> None:
+    c = IMPROVE
+    c["box"].expand(feedback_text, [selected], c["available"])
+    selected.change(feedback_text, [selected], c["available"])
+    c["improve"].click(on_improve, [selected, c["source"], c["objective"], c["steps"]], [c["said"], selected]) \
+        .then(feedback_text, [selected], c["available"])
+    c["evaluate"].click(on_evaluate_like_parent, [selected], c["said"])
+    c["selected"] = selected
+
+
+def wire_playground(tabs) -> None:
+    """app.py, once the tabs exist: "Open both in the Playground" switches to it with the two runs as A and B."""
+    from ui import playground
+
+    pg, c = playground.COMPONENTS, IMPROVE
+    if not c or "model_a" not in pg:
+        return
+
+    def open_both(run_id):
+        a, b, message = playground_pair(run_id)
+        if a is None:
+            return gr.update(), gr.update(), gr.update(), message
+        choices = playground.model_choices()
+        return (gr.update(selected="Playground"), gr.update(choices=choices, value=a),
+                gr.update(choices=choices, value=b), message)
+
+    c["playground"].click(open_both, [c["selected"]], [tabs, pg["model_a"], pg["model_b"], c["said"]])
 
 
 def tick(current: str | None, cache: dict | None, mine: bool = False, request: gr.Request = None):
@@ -514,9 +683,14 @@ def delete_question(run_id: str | None):
         run = runs.get_run(int(run_id))
     except (JobError, ValueError) as exc:
         return f"**Error:** {md_text(exc)}", gr.update(visible=True)
-    return (f"Delete run **#{run.id} {md_text(run.name)}** ({run.status.value})? Its checkpoints, adapter, merged "
-            "model, log, metrics, evaluations and exports go for good; runs continued from it stay.",
-            gr.update(visible=True))
+    from core.lineage import dependents
+
+    made = dependents("run", run.id)["message"] if run.kind == "train" else ""
+    said = f" **{md_text(made[0].upper() + made[1:])}.**" if made else " Nothing was made from it."
+    return (f"Delete run **#{run.id} {md_text(run.name)}** ({run.status.value})?{said} Its checkpoints, adapter, "
+            "merged model, log, metrics, evaluations and exports go for good (a deployment serving it must be "
+            "stopped first); runs continued from it and datasets made from it stay, their lineage keeps its id "
+            "and data hash.", gr.update(visible=True))
 
 
 def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
@@ -539,7 +713,8 @@ def manage_run(action: str, run_id: str | None, user: str, name: str = ""):
         gone = delete_run(rid)
         also = f" with job(s) {', '.join(f'#{i}' for i in gone['runs'][1:])}" if gone["runs"][1:] else ""
         rows = train_runs()
-        return (f"Run #{rid} deleted{also}; {gone['evaluations']} evaluation(s) went with it.",
+        kept = f" (It had: {md_text(gone['dependents'])}.)" if gone.get("dependents") else ""
+        return (f"Run #{rid} deleted{also}; {gone['evaluations']} evaluation(s) went with it.{kept}",
                 gr.update(choices=run_choices(rows), value=default_selected_run(rows)))
     except NotAllowed as exc:
         return f"**Not allowed:** {md_text(exc)}", gr.update()

@@ -170,17 +170,21 @@ def preview_of(row: dict, *, model: str = "default", max_length: int | None = No
     return {"segments": segments, "row": row, "num_tokens": n_tokens, "approx_trained_tokens": trained}
 
 
-def delete_dataset(dataset_id: int | str) -> None:
-    """Remove a dataset version (DB row and its directory)."""
+def delete_dataset(dataset_id: int | str) -> str:
+    """Remove a dataset version (DB row and its directory). Returns what had come from it, in words (the runs and
+    evaluations made from it keep its id and content hash in their lineage; "" when nothing had)."""
     from core.config import db_session
+    from core.lineage import dependents
     from storage import Dataset
 
     ds = get_dataset(dataset_id)
+    said = dependents("dataset", ds.id)["message"]
     with db_session() as session:
         row = session.get(Dataset, ds.id)
         if row is not None:
             session.delete(row)
     shutil.rmtree(ds.path, ignore_errors=True)
+    return said
 
 
 __all__ = [

@@ -150,11 +150,52 @@ def run_job(ctx):
             output = out_dir
     if cfg.out_dir:
         output = _copy_out(output, cfg.out_dir)
+    written = write_lineage(output if output.is_dir() else output.parent, ctx.job_id, output=str(output))
+    if result.get("merged_dir") and Path(result["merged_dir"]) != output:
+        write_lineage(Path(result["merged_dir"]), ctx.job_id, output=str(output))
+    log(f"lineage written to {written}")
     result.update(output=str(output), note=note, seconds=round(time.time() - t0, 1),
                   bytes=paths.dir_size_bytes(output) if output.is_dir() else output.stat().st_size)
     log(f"export ready: {output}")
     return JobResult(final_metrics=result, fields={"output_dir": str(output)},
                      summary=f"{cfg.format} export of run {run.id} at {output}")
+
+
+LINEAGE_FILE = "lineage.json"
+LINEAGE_HEADING = "## Lineage"
+
+
+def write_lineage(folder: Path, export_job_id: int, *, output: str = "") -> Path:
+    """``lineage.json`` (core.lineage: the export, the run, its parent runs, the dataset version and its hash, what
+    the data came from — ids, hashes, dates) and a "Lineage" section in the folder's README.md (added, or put in
+    place of an older one). Returns the JSON file's path."""
+    import json
+
+    from core.lineage import lineage, lineage_markdown
+    from storage.tables import utcnow
+
+    lin = lineage("export", export_job_id)
+    lin["node"]["status"] = "succeeded"  # written as its last step: the folder exists only when the export did
+    if output:
+        lin["node"]["output"] = output
+    doc = {"written_at": utcnow().isoformat(timespec="seconds"), "export": lin["node"],
+           "ancestors": lin["ancestors"]}
+    path = folder / LINEAGE_FILE
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    readme = folder / "README.md"
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError:
+        text = f"# {folder.name}\n\nExported by Finetune Studio (export #{export_job_id}).\n"
+    head, _, rest = text.partition(LINEAGE_HEADING)
+    after = rest.split("\n## ", 1)
+    tail = ("\n## " + after[1]) if rest and len(after) > 1 else ""
+    section = (f"{LINEAGE_HEADING}\n\nWhat this model came from (also in `{LINEAGE_FILE}`):\n\n"
+               f"{lineage_markdown(lin)}\n")
+    readme.write_text(head.rstrip("\n") + "\n\n" + section + tail, encoding="utf-8")
+    return path
 
 
 def export_disk_bytes(run, fmt: str) -> int | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from core.runs.errors import JobError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-SKIP_FILES = [".fts-complete", "fts_merge.json", "train_config.yaml", "checkpoint-*", "*.partial*"]
+SKIP_FILES = [".fts-complete", "fts_merge.json", "train_config.yaml", "checkpoint-*", "*.partial*", "lineage.json"]
 
 
 def check_repo_id(repo_id: str | None) -> str:
@@ -67,6 +67,10 @@ def model_card(run, *, what: str, repo_id: str) -> str:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n":
                 lines.append(f"| {k} | {_fmt(v)} | {_fmt((m.get('tuned') or {}).get(k))} | "
                              f"{_fmt((m.get('delta') or {}).get(k))} |")
+    from core.lineage import lineage, lineage_markdown
+
+    lines += ["", "## Lineage", "", "What this model came from (Finetune Studio ids, content hashes, dates; also in "
+              "`lineage.json`):", "", lineage_markdown(lineage("run", run.id))]
     lines += ["", "## Use", "", "```python"]
     if what == "adapter":
         lines += ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
@@ -79,6 +83,18 @@ def model_card(run, *, what: str, repo_id: str) -> str:
                   f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")']
     lines += ["```", ""]
     return "\n".join(front + lines)
+
+
+def lineage_json(run) -> str:
+    """The run's lineage (core.lineage) as the ``lineage.json`` pushed with the model card."""
+    import json
+
+    from core.lineage import lineage
+    from storage.tables import utcnow
+
+    lin = lineage("run", run.id)
+    return json.dumps({"written_at": utcnow().isoformat(timespec="seconds"), "run": lin["node"],
+                       "ancestors": lin["ancestors"]}, indent=2, ensure_ascii=False) + "\n"
 
 
 def push(run, folder: Path, *, repo_id: str, what: str, private: bool = True, log=print,
@@ -102,6 +118,8 @@ def push(run, folder: Path, *, repo_id: str, what: str, private: bool = True, lo
                           commit_message=f"Finetune Studio: run #{run.id} ({what})")
         api.upload_file(path_or_fileobj=card.encode("utf-8"), path_in_repo="README.md", repo_id=repo_id,
                         commit_message="Model card")
+        api.upload_file(path_or_fileobj=lineage_json(run).encode("utf-8"), path_in_repo="lineage.json",
+                        repo_id=repo_id, commit_message="Lineage")
     except Exception as exc:  # noqa: BLE001 - worded below; the token is never part of the message
         raise JobError(_push_error(exc, repo_id)) from None
     return {"url": str(url), "repo_id": repo_id}

@@ -387,6 +387,7 @@ def run_to_dict(run: Run, *, with_config: bool = False, metrics: Iterable[RunMet
         "method": run.method,
         "base_model": run.base_model,
         "dataset": run.dataset_ref,
+        "dataset_hash": run.dataset_hash,
         "step": run.step,
         "max_steps": run.max_steps,
         "epoch": run.epoch,

@@ -138,3 +138,82 @@ def headlines(run_ids) -> tuple[list[str], list[list[Any]]]:
 
 def _fmt(v) -> str:
     return "" if v is None else f"{v:.4f}"
+
+
+# ---- one step: a run continued from another (improve from feedback, continue-as) ----------------------------------
+def _rows_key(ev, run) -> tuple:
+    """Which rows an evaluation scored: (dataset id, split, sample size, seed); a run's own held-out rows are its
+    dataset's."""
+    ref = ev.dataset_ref or ""
+    if ref.startswith("run:") and run is not None:
+        ref = str(run.dataset_ref or (run.config or {}).get("dataset", ""))
+    settings = ev.settings or {}
+    return ref, ev.split, settings.get("limit"), settings.get("seed"), ev.kind
+
+
+def step_report(run_id: int) -> dict | None:
+    """What continuing changed, for a run made from another (None for a run that continued nothing): the objective
+    and data of the step (with what a preference dataset was made from), its preference curves' last values, and
+    the parent's and this run's headline metric on the same evaluated rows when both were scored on them."""
+    from core.data import DatasetError, get_dataset
+    from core.data.feedback import feedback_line
+    from core.evaluate.results import list_evaluations
+
+    run = runs.get_run(int(run_id))
+    if run.kind != "train" or not run.parent_run_id:
+        return None
+    try:
+        parent = runs.get_run(run.parent_run_id)
+    except JobError:
+        return None
+    cfg, pcfg = run.config or {}, parent.config or {}
+    rep: dict[str, Any] = {"run_id": run.id, "parent_id": parent.id, "objective": cfg.get("objective", "sft"),
+                           "parent_objective": pcfg.get("objective", "sft"), "dataset": run.dataset_ref,
+                           "parent_dataset": parent.dataset_ref, "steps": run.step, "rows": None, "feedback": "",
+                           "margin": None, "accuracy": None, "before": None, "after": None, "headline": "",
+                           "evaluations": None}
+    if str(run.dataset_ref).isdigit():
+        try:
+            ds = get_dataset(run.dataset_ref)
+            rep["rows"], rep["feedback"] = ds.rows, feedback_line((ds.meta or {}).get("feedback"))
+        except DatasetError:
+            pass
+    for m in runs.run_metrics(run.id):
+        extra = m.extra or {}
+        if extra.get("rewards/margins") is not None:
+            rep["margin"] = extra["rewards/margins"]
+        if extra.get("rewards/accuracies") is not None:
+            rep["accuracy"] = extra["rewards/accuracies"]
+    mine = list_evaluations(run_id=run.id, limit=50)
+    for pev in list_evaluations(run_id=parent.id, limit=50):  # newest first: the latest pair scored on the same rows
+        key = _rows_key(pev, parent)
+        match = next((ev for ev in mine if _rows_key(ev, run) == key and ev.headline == pev.headline), None)
+        if match is not None and pev.headline:
+            rep.update(before=pev.headline_tuned, after=match.headline_tuned, base=pev.headline_base,
+                       headline=pev.headline, evaluations=[pev.id, match.id], rows_scored=match.n)
+            break
+    return rep
+
+
+def step_report_markdown(rep: dict, esc=str) -> str:
+    """The step in words (``esc``: how the page escapes people's text)."""
+    head = (f"#### What this step changed\nRun #{rep['run_id']} continued run #{rep['parent_id']} "
+            f"({esc(rep['parent_objective']).upper()} → **{esc(rep['objective']).upper()}**, {rep['steps']} steps) "
+            f"on dataset {esc(rep['dataset'])}" + (f" ({rep['rows']} rows)" if rep.get("rows") is not None else ""))
+    lines = [head + "."]
+    if rep.get("feedback"):
+        lines.append(f"Data: {esc(rep['feedback'])}.")
+    if rep.get("margin") is not None:
+        lines.append(f"Last step: reward margin {rep['margin']:.3f}"
+                     + (f", preference accuracy {rep['accuracy']:.2f}" if rep.get("accuracy") is not None else "")
+                     + ".")
+    if rep.get("evaluations"):
+        b, a = rep["before"], rep["after"]
+        delta = f" ({a - b:+.3f})" if a is not None and b is not None else ""
+        lines.append(f"On the same {rep.get('rows_scored', '?')} held-out rows (evaluations #{rep['evaluations'][0]} "
+                     f"and #{rep['evaluations'][1]}): {esc(rep['headline'])} run #{rep['parent_id']} {_fmt(b)} → "
+                     f"run #{rep['run_id']} **{_fmt(a)}**{delta} (base {_fmt(rep.get('base'))}).")
+    else:
+        lines.append("Not yet evaluated on the rows its parent was: **Improve from feedback → Evaluate on the same "
+                     "rows** scores it.")
+    return "\n\n".join(lines)

@@ -160,7 +160,28 @@ def submit_training(config: TrainConfig, *, parent_run_id: int | None = None, st
         config = config.model_copy(update={"dataset": str(Path(config.dataset).expanduser().resolve())})
     return runs.submit("train", config.model_dump(mode="json"), start=start, name=config.name,
                        base_model=config.base_model, dataset_ref=config.dataset, method=config.method,
-                       parent_run_id=parent_run_id, owner=owner)
+                       parent_run_id=parent_run_id, owner=owner, dataset_hash=dataset_hash(config.dataset))
+
+
+def dataset_hash(ref: str) -> str:
+    """The content hash of the data a run is queued with, kept with the run (its lineage, core.lineage): a stored
+    dataset version's own hash, or ``sha256:<hex>`` of a data file's bytes ("" when it cannot be read)."""
+    ref = str(ref or "").strip()
+    if ref.isdigit():
+        try:
+            return get_dataset(ref).content_hash or ""
+        except DatasetError:
+            return ""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(ref, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return f"sha256:{digest.hexdigest()}"
 
 
 def check_visitor_quota(visitor: str) -> None:

@@ -108,14 +108,15 @@ def unclaim(job_id: int, *, attempt: int, note: str) -> bool:
 
 
 def submit(kind: str, config: dict, *, name: str = "", base_model: str = "", dataset_ref: str = "", method: str = "",
-           parent_run_id: int | None = None, owner: str = "") -> Run:
+           parent_run_id: int | None = None, owner: str = "", dataset_hash: str = "") -> Run:
     """Store a queued job and its files' folder. Returns the row (status queued)."""
     name = clean_label(name)
 
     def _once() -> Run:
         with db_session() as s:
             run = Run(kind=kind, name=name, status=RunStatus.queued, config=dict(config), base_model=base_model,
-                      dataset_ref=dataset_ref, method=method, parent_run_id=parent_run_id, owner=owner)
+                      dataset_ref=dataset_ref, method=method, parent_run_id=parent_run_id, owner=owner,
+                      dataset_hash=dataset_hash)
             s.add(run)
             s.flush()
             if not run.name:
