@@ -119,9 +119,11 @@ def test_delete_is_refused_while_the_run_or_a_job_made_from_it_is_active(workspa
     assert delete_run(run.id)["runs"] == [run.id, job.id]
 
 
-def test_delete_is_refused_while_a_deployment_serves_the_run(workspace):
+def test_delete_is_refused_while_a_deployment_serves_the_run(workspace, monkeypatch):
+    # a TGI container on a GPU host that this studio started: no engine answers (this machine's own engine, which the
+    # container tests start, would say the container is gone), so it stays as last known
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     run = ended_run(name="served")
-    # a TGI container on a GPU host that this studio started: no engine answers here, so it stays as last known
     with db_session() as s:
         s.add(Deployment(run_id=run.id, target="tgi", model_ref=f"run:{run.id}", status="running",
                          container_id="0123456789abcdef", created_by="anonymous"))
