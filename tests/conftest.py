@@ -17,6 +17,10 @@ SHARED_MODELS = Path(os.environ.get("FTS_TEST_MODELS_DIR", REPO / "workspace" / 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# This machine may run a Docker engine (tests/test_container.py starts one); every other test sees none, as on a host
+# without one (a test of the engine path names its own: tests/fake_docker.py, or DOCKER_ENGINE in test_container)
+DOCKER_ENGINE = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+os.environ["DOCKER_HOST"] = "unix:///nonexistent/fts-tests-no-docker-engine.sock"
 os.environ["FTS_MODELS_DIR"] = str(SHARED_MODELS)
 # trackio's folder is read when TRL imports it (the warm worker preloads TRL): one for the whole suite, so a test's
 # workspace does not change the warm worker's environment (jobs otherwise get their workspace's trackio/)

@@ -19,15 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, REPO, wait_until
+from tests.conftest import DOCKER_ENGINE, FIXTURES, REPO, wait_until
 
 pytestmark = pytest.mark.slow
 STUDIO_PORT = 8790
 SERVE_PORT = 8791
 
 
+_ENGINE_ENV = {**os.environ, "DOCKER_HOST": DOCKER_ENGINE}  # the real engine (the rest of the suite sees none)
+
+
 def _docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=_ENGINE_ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"docker {' '.join(args[:3])} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc
@@ -38,7 +41,7 @@ def docker_ready():
     """A Docker engine that answers (started here when we are root), with the base image; skipped where there is
     none and none can be started (not root, no apt)."""
     proc = subprocess.run([str(REPO / "scripts" / "docker-engine.sh")], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "FTS_TRY_PULL": os.environ.get("FTS_TRY_PULL", "0")})
+                          env={**_ENGINE_ENV, "FTS_TRY_PULL": os.environ.get("FTS_TRY_PULL", "0")})
     if proc.returncode != 0:
         pytest.skip(f"no Docker engine here: {proc.stderr.strip().splitlines()[-1:]}")
     return proc.stdout.strip().splitlines()[-1]
@@ -54,7 +57,7 @@ def studio_image(docker_ready) -> str:
             _docker("rmi", old, check=False)
     t0 = time.monotonic()
     proc = subprocess.run([str(REPO / "scripts" / "build-image.sh"), tag], capture_output=True, text=True,
-                          timeout=1800, cwd=REPO)
+                          timeout=1800, cwd=REPO, env=_ENGINE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"\nstudio image {tag}: built in {time.monotonic() - t0:.0f} s")
     return tag
@@ -115,6 +118,7 @@ def test_a_model_is_served_from_the_studio_image_through_the_engine(studio_image
     from core.deploy.docker_engine import launch_container, studio_containers
 
     monkeypatch.setenv("FTS_STUDIO_IMAGE", studio_image)
+    monkeypatch.setenv("DOCKER_HOST", DOCKER_ENGINE)
     import core.deploy.containers as containers
 
     monkeypatch.setattr(containers, "STUDIO_IMAGE", studio_image)

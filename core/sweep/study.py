@@ -9,6 +9,7 @@ Optuna's tables (``studies``, ``trials``, ``trial_params``, ``trial_values``, ``
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from core.config import get_settings
@@ -33,9 +34,25 @@ def storage():
             if url.startswith("sqlite"):
                 kwargs = {"connect_args": {"timeout": 30}}  # the studio's busy timeout; its file is in WAL mode
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            st = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            st = _open(optuna, url, kwargs)
             _storages[url] = st
         return st
+
+
+def _open(optuna, url: str, engine_kwargs: dict[str, Any], tries: int = 6):
+    """RDBStorage on ``url``. On a database that has no Optuna tables yet, two processes opening it at once (the
+    driver and the Sweep view's poll; two drivers) both create them and both insert Optuna's schema version: the
+    second gets a unique-constraint error. Opened again a moment later, it finds the tables made and goes on."""
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except DBAPIError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def reset_storages() -> None:
