@@ -24,6 +24,18 @@ EVAL_FLAGS = ("run_id", "tuned", "base", "dataset", "split", "limit", "seed", "m
               "batch_size", "mc_style", "mc_task", "num_fewshot", "fewshot_split", "lm_eval_task", "name")
 
 
+
+def _wait_with_progress(job_id: int, what: str):
+    """Wait for a job, one ``<what> job N status step/max`` line on stderr per progress report."""
+    from core import runs
+
+    def progress(r):
+        if r.max_steps:
+            print(f"{what} job {r.id} {r.status} {r.step}/{r.max_steps}", file=sys.stderr, flush=True)
+
+    return runs.wait_for(job_id, on_progress=progress)
+
+
 def cmd_generate(args) -> int:
     from core.deploy.sources import resolve_source_or_deployment
     from core.generate import GenerateError, GenSettings, generate
@@ -65,11 +77,7 @@ def cmd_evaluate(args) -> int:
     except (EvalConfigError, runs.JobError) as exc:
         return fail(str(exc))
 
-    def progress(r):
-        if r.max_steps:
-            print(f"evaluation job {r.id} {r.status} {r.step}/{r.max_steps}", file=sys.stderr, flush=True)
-
-    job = runs.wait_for(job.id, on_progress=progress)
+    job = _wait_with_progress(job.id, "evaluation")
     ev = results.by_job(job.id)
     if job.status != runs.RunStatus.succeeded or ev is None:
         if args.json:
@@ -135,11 +143,7 @@ def cmd_judge(args) -> int:
     except (JudgeConfigError, runs.JobError) as exc:
         return fail(str(exc))
 
-    def progress(r):
-        if r.max_steps:
-            print(f"judge job {r.id} {r.status} {r.step}/{r.max_steps}", file=sys.stderr, flush=True)
-
-    job = runs.wait_for(job.id, on_progress=progress)
+    job = _wait_with_progress(job.id, "judge")
     if job.status != runs.RunStatus.succeeded:
         if args.json:
             print_json({"job": runs.run_to_dict(job)})

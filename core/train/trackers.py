@@ -26,6 +26,7 @@ import math
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,20 +102,21 @@ class RunInfo:
                 "fts.base_model": c.base_model, "fts.method": c.method, "fts.dataset": c.dataset}
 
 
-class Tracker:
-    """One tracker: ``open`` says where its data is (a dict for trackers.json); ``log`` one metric row at a step;
-    ``finish`` how the run ended and its adapter folder (None: no adapter)."""
+class Tracker(ABC):
+    """One tracker (an abstract base: TensorBoard, MLflow, trackio and W&B implement it): ``open`` says where its data
+    is (a dict for trackers.json); ``log`` one metric row at a step; ``finish`` how the run ended and its adapter
+    folder (None: no adapter)."""
 
     name = ""
 
-    def open(self, info: RunInfo) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def open(self, info: RunInfo) -> dict: ...
 
-    def log(self, step: int, values: dict[str, float]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def log(self, step: int, values: dict[str, float]) -> None: ...
 
-    def finish(self, status: str, adapter_dir: Path | None) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def finish(self, status: str, adapter_dir: Path | None) -> None: ...
 
 
 class TensorBoardTracker(Tracker):
