@@ -17,7 +17,7 @@ import gradio as gr
 
 from core import runs
 from core.config import get_settings
-from ui import data, deploy, estimate, evaluate, playground, train
+from ui import data, deploy, estimate, evaluate, playground, run_improve, train
 from ui.common import CSS, I18N, THEME
 
 TABS = ("Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy")
@@ -63,9 +63,7 @@ def build_app() -> gr.Blocks:
                     demo.load(fn, inputs, outputs, show_progress="hidden")
                     tab_item.select(fn, inputs, outputs, show_progress="hidden")
         quickstart.wire(demo, panel, tabs, loaders)
-        from ui import train_runs
-
-        train_runs.wire_playground(tabs)  # "Open both in the Playground" on a run's page switches tabs
+        run_improve.wire_playground(tabs)  # "Open both in the Playground" on a run's page switches tabs
         from core.access import mode_line
 
         gr.Markdown(f"Finetune Studio · {mode_line()}", elem_id="fts-mode")

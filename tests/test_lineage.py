@@ -127,7 +127,8 @@ def test_improve_from_feedback_votes_to_a_dpo_run_evaluated_on_the_same_rows(cha
     from core.lineage import lineage
     from core.train.compare import step_report
     from core.train.improve import evaluate_like_parent, feedback_available
-    from ui.train_runs import feedback_text, playground_pair, run_details
+    from ui.run_improve import feedback_text, playground_pair
+    from ui.train_runs import run_details
 
     run = chain["run"]
     assert main(["improve", "--run", str(run.id), "--steps", "2"]) == 2  # no votes yet: says what to do

@@ -142,7 +142,7 @@ def test_a_run_writes_tensorboard_and_mlflow_with_the_studios_curves(workspace, 
     # the run page: where each one is; the CLI starts the workspace's TensorBoard, which serves this run's curves
     from core.__main__ import main
     from core.train import viewer
-    from ui.train_runs import on_viewer, trackers_markdown, viewer_markdown
+    from ui.run_links import on_viewer, trackers_markdown, viewer_markdown
 
     page = trackers_markdown(run, viewer_url=None)
     assert logdir in page and m["run_id"] in page and "mlflow.db" in page and "start TensorBoard" in page

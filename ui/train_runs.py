@@ -15,34 +15,21 @@ from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.rewards import REWARDS
-from ui.common import fmt_duration, fmt_num, is_mine, md_text, mine_box, now_hms, owner_filter, progress_html, user_of
+from ui.common import is_mine, md_text, mine_box, now_hms, owner_filter, progress_html, user_of
+from ui.run_improve import improve_box, wire_improve
+from ui.run_links import lineage_html, on_viewer_start, on_viewer_stop, trackers_markdown, viewer_markdown
+from ui.run_list import (
+    default_selected_run,
+    run_choices,
+    run_column_widths,
+    run_columns,
+    runs_frame,
+    train_runs,
+)
 from ui.train_form import objective_choices
 
 REFRESH_S = 1.0
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
-# "job": training runs, evaluations and exports share one numbering, so a list of runs can skip numbers
-RUN_COLUMNS = ["job", "name", "owner", "status", "method", "steps", "loss", "tok/s", "time", "evaluation"]
-# every column wide enough for its header on one line, the table as wide as its column (nothing cut at the right)
-# (percent of the table; sized at ~7.3 px a character in the runs column of a 1280-1500 px window)
-RUN_WIDTHS = {"job": 6, "name": 12, "owner": 11.5, "status": 13.5, "method": 8.5, "steps": 8.5, "loss": 8.5,
-              "tok/s": 7.5, "time": 7.5, "evaluation": 16.5}
-WITHOUT_OWNER = {"name": 4.5, "evaluation": 7}  # where the owner column's width goes when it is not shown
-
-
-def run_columns() -> list[str]:
-    """The runs table's columns: 'owner' only where several people share the studio (locally it is always empty)."""
-    from ui.common import several_users
-
-    return RUN_COLUMNS if several_users() else [c for c in RUN_COLUMNS if c != "owner"]
-
-
-def run_column_widths() -> list[str]:
-    cols = run_columns()
-    widths = {c: RUN_WIDTHS[c] + (WITHOUT_OWNER.get(c, 0) if "owner" not in cols else 0) for c in cols}
-    total = sum(widths.values())
-    return [f"{100 * widths[c] / total:.1f}%" for c in cols]
-
-
 LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
 LR_DTYPES = {"step": "int64", "lr": "float64"}
 # preference tuning's curves (stored in each metric row's extra): the reward margin and accuracy people watch
@@ -50,45 +37,6 @@ PREFERENCE_SERIES = {"rewards/margins": "reward margin", "rewards/accuracies": "
                      "rewards/chosen": "chosen reward", "rewards/rejected": "rejected reward"}
 # GRPO's: the mean reward of the sampled answers, its spread, each reward's mean, the KL to the start (beta > 0)
 GRPO_SERIES = {"reward": "mean reward", "reward_std": "reward spread", "kl": "KL to start"}
-
-
-LIVE = {RunStatus.running, RunStatus.stopping, RunStatus.starting, RunStatus.queued}
-
-
-def train_runs() -> list:
-    return runs.list_runs(kind="train")
-
-
-def runs_frame(rows: list | None = None) -> pd.DataFrame:
-    from core.evaluate.results import latest_for_runs
-
-    rows = train_runs() if rows is None else rows
-    evals = latest_for_runs([r.id for r in rows])
-    out = []
-    for r in rows:
-        prog = f"{r.step}/{r.max_steps}" if r.max_steps else "-"
-        ev = evals.get(r.id)
-        headline = (f"{ev.headline} {fmt_num(ev.headline_tuned, '{:.3f}')} (base {fmt_num(ev.headline_base, '{:.3f}')})"
-                    if ev and ev.headline else "")
-        name = r.name + ("  " + " ".join(f"#{t}" for t in r.tags) if r.tags else "")
-        owner = r.owner or ""
-        owner = owner[:8] + "…" if owner.startswith("v-") and len(owner) > 9 else owner  # a visitor's long id
-        out.append([r.id, name, owner, r.status.value, r.method, prog, fmt_num(r.last_loss),
-                    fmt_num(r.tokens_per_s, "{:.0f}"), fmt_duration(runs.duration_s(r)), headline])
-    cols = run_columns()
-    return pd.DataFrame(out, columns=RUN_COLUMNS)[cols]
-
-
-def run_choices(rows: list | None = None) -> list[tuple[str, str]]:
-    return [(f"#{r.id} {r.name} — {r.status.value}", str(r.id)) for r in (train_runs() if rows is None else rows)]
-
-
-def default_selected_run(rows: list | None = None) -> str | None:
-    rows = train_runs() if rows is None else rows
-    for r in rows:
-        if r.status in LIVE:
-            return str(r.id)
-    return str(rows[0].id) if rows else None
 
 
 def new_metrics_cache(run_id: int | None = None, attempt: int = -1) -> dict:
@@ -183,144 +131,6 @@ def run_details(run_id: str | None, cache: dict | None = None):
             _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
             _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
             _if_changed(cache, "outcome", err), _if_changed(cache, "lineage", lineage_html(run.id, cache)), cache)
-
-
-LINEAGE_EVERY_S = 5.0  # the chain changes when a job is made from the run: read again every few seconds, not each tick
-
-
-def lineage_html(run_id: int, cache: dict | None = None) -> str:
-    """The run's lineage both ways (core.lineage), as text: where its data and adapter came from (dataset version
-    and content hash, the run it continued, the votes or corrections behind a preference dataset) and what was made
-    from it (evaluations, exports, deployments, continued runs, datasets). Read from the database: a reload shows
-    the same."""
-    import time
-
-    from core.lineage import LineageError, lineage, lineage_text
-
-    if cache is not None and cache.get("lineage_at", 0) > time.monotonic() - LINEAGE_EVERY_S \
-            and cache.get("lineage_run") == run_id:
-        return cache.get("lineage_html", "")
-    try:
-        text = lineage_text(lineage("run", run_id))
-    except LineageError as exc:
-        text = str(exc)
-    out = f'<pre class="fts-lineage" id="train-lineage-text">{html.escape(text, quote=False)}</pre>'
-    if cache is not None:
-        cache.update(lineage_at=time.monotonic(), lineage_run=run_id, lineage_html=out)
-    return out
-
-
-TRACKER_LABELS = {"tensorboard": "TensorBoard", "mlflow": "MLflow", "trackio": "trackio", "wandb": "W&B"}
-
-
-def _code(text) -> str:
-    """A path or id the studio wrote, shown as code (escaped: a run name is part of some)."""
-    return "<code>" + html.escape(str(text)) + "</code>"
-
-
-def _link(url: str, label: str) -> str:
-    return f'<a href="{html.escape(url, quote=True)}" target="_blank">{html.escape(label)}</a>'
-
-
-def trackers_markdown(run, viewer_url: str | None = ...) -> str:
-    """Where the run's experiment trackers (``report_to``) keep its data — the TensorBoard logdir, the MLflow store,
-    experiment and run id, the W&B offline folder, the trackio project — with a link to the tracker's view where
-    one runs (the studio's TensorBoard, an MLflow / W&B server). "" for a run that reports to none.
-    ``viewer_url``: the studio's running TensorBoard, when the caller looked it up already."""
-    from core.train.trackers import read_where
-
-    names = list((run.config or {}).get("report_to") or [])
-    if not names:
-        return ""
-    where = read_where(run.output_dir) if run.output_dir else {}
-    if not where:
-        waiting = "when it starts" if run.status in LIVE else "— it ended before it opened them"
-        return f"**Trackers:** {', '.join(TRACKER_LABELS.get(n, md_text(n)) for n in names)} (written {waiting})"
-    lines = ["**Trackers**"]
-    for name in names:
-        w = where.get(name) or {}
-        label = TRACKER_LABELS.get(name, md_text(name))
-        if w.get("error") and len(w) == 1:
-            lines.append(f"- {label}: not written — {md_text(w['error'], 300)}")
-            continue
-        if name == "tensorboard":
-            if viewer_url is ...:
-                from core.train.viewer import running_url
-
-                viewer_url = running_url(probe=False, reconciled=True)  # the tick's list of runs reconciled
-            view = (_link(_run_view(viewer_url, run.id), "open in TensorBoard") if viewer_url else
-                    "start TensorBoard below to see it")
-            text = f"event files in {_code(w.get('logdir'))} — {view}"
-        elif name == "mlflow":
-            text = (f"run {_code(w.get('run_id'))} of experiment {_code(w.get('experiment'))} "
-                    f"(id {_code(w.get('experiment_id'))}) in {_code(w.get('tracking_uri'))}")
-            if w.get("url"):
-                text += " — " + _link(w["url"], "open in MLflow")
-        elif name == "wandb":
-            text = f"{md_text(w.get('mode'))} run {_code(w.get('id'))} in {_code(w.get('dir'))}"
-            if w.get("url"):
-                text += " — " + _link(w["url"], "open in W&B")
-            elif w.get("mode") == "offline":
-                text += " (upload later with <code>wandb sync</code> on that folder)"
-        else:
-            text = f"run {_code(w.get('run'))} of project {_code(w.get('project'))} in {_code(w.get('dir'))}"
-        if w.get("error"):
-            text += f" — stopped writing: {md_text(w['error'], 300)}"
-        lines.append(f"- {label}: {text}")
-    return "\n".join(lines)
-
-
-def _run_view(viewer_url: str, run_id: int) -> str:
-    from core.train.viewer import run_url
-
-    return run_url(viewer_url, run_id)
-
-
-def viewer_markdown() -> str:
-    """The studio's TensorBoard: its link while it runs, else what the button does."""
-    from core.train.viewer import active_viewer, url_of
-
-    try:
-        job = active_viewer()
-    except Exception:  # noqa: BLE001 - a status line must never break the page
-        return ""
-    if job is None:
-        return ("TensorBoard is not running: *Start TensorBoard* serves every run that reports to it (on this "
-                "machine's loopback address).")
-    url = url_of(job)
-    if job.status != RunStatus.running:
-        return f"TensorBoard (job #{job.id}) is {job.status.value}…"
-    return f"TensorBoard runs (job #{job.id}): {_link(url, url)}"
-
-
-def on_viewer_start(request: gr.Request):
-    return on_viewer("start", request)
-
-
-def on_viewer_stop(request: gr.Request):
-    return on_viewer("stop", request)
-
-
-def on_viewer(action: str, request=None) -> str:
-    """Start or stop the workspace's TensorBoard (a job on the runs core). Anyone may start it (it reads the runs
-    folder, on loopback); its starter or an admin stops it."""
-    from core.train import viewer
-    from core.users import NotAllowed, check_can_manage
-
-    try:
-        if action == "start":
-            viewer.start_viewer(owner=user_of(request))
-            return viewer_markdown()
-        job = viewer.active_viewer()
-        if job is None:
-            return viewer_markdown()
-        check_can_manage(job, user_of(request), "stop")
-        job = viewer.stop_viewer()
-        return f"TensorBoard (job #{job.id}) {job.status.value} at {now_hms()}."
-    except NotAllowed as exc:
-        return f"**Not allowed:** {md_text(exc)}"
-    except (JobError, ValueError) as exc:
-        return f"**Error:** {md_text(exc)}"
 
 
 def parallel_note(run) -> str:
@@ -530,134 +340,6 @@ def build_panel():
                show_progress="hidden", concurrency_limit=None)
     wire_improve(selected)
     return selected
-
-
-# ---- improve from feedback (issue 28): votes / corrections → preference data → DPO / ORPO from the run -------------
-IMPROVE: dict = {}  # its components, for app.py to wire "Open in the Playground" (it needs the tabs)
-
-
-def improve_box():
-    with gr.Accordion("Improve from feedback (votes → DPO / ORPO → evaluate again)", open=False,
-                      elem_id="train-improve") as box:
-        gr.Markdown("The Playground votes on this run (or its evaluation's \"tuned worse\" rows, corrected to their "
-                    "references) become preference pairs; a DPO / ORPO run continues from this run's adapter. When "
-                    "it has finished, evaluate it on the same held-out rows as this run's last evaluation and put the "
-                    "two side by side in the Playground.")
-        available = gr.Markdown(elem_id="train-improve-available")
-        with gr.Row():
-            source = gr.Radio([("Playground votes", "votes"), ("evaluation corrections", "corrections")],
-                              value="votes", label="Feedback", elem_id="train-improve-source", scale=2)
-            objective = gr.Dropdown([("DPO", "dpo"), ("ORPO", "orpo")], value="dpo", label="Objective", scale=1,
-                                    elem_id="train-improve-objective")
-            steps = gr.Number(20, label="Steps", precision=0, minimum=1, scale=1, elem_id="train-improve-steps")
-        with gr.Row():
-            improve = gr.Button("Improve from feedback", variant="primary", elem_id="train-improve-go")
-            evaluate = gr.Button("Evaluate on the same rows as the run it continued", elem_id="train-improve-eval")
-            playground = gr.Button("Open both in the Playground", elem_id="train-improve-pg")
-        said = gr.Markdown(elem_id="train-improve-msg")
-    IMPROVE.update(box=box, available=available, source=source, objective=objective, steps=steps, improve=improve,
-                   evaluate=evaluate, playground=playground, said=said)
-
-
-def feedback_text(run_id: str | None, request: gr.Request = None) -> str:
-    """How much usable feedback the selected run has (a person's own votes in a shared studio)."""
-    from core.data.feedback import votes_scope
-    from core.train.improve import feedback_available
-
-    if not run_id:
-        return "Select a run first."
-    try:
-        return md_text(feedback_available(int(run_id), voter=votes_scope(user_of(request)))["message"])
-    except (JobError, ValueError) as exc:
-        return f"**Error:** {md_text(exc)}"
-
-
-def on_improve(run_id, source, objective, steps, request: gr.Request):
-    """The button: the preference dataset and the DPO / ORPO run continued from the selected run; selects it."""
-    from core.data.errors import DatasetError
-    from core.data.feedback import votes_scope
-    from core.train.improve import improve_from_feedback
-    from core.users import NotAllowed, check_can_manage
-
-    if not run_id:
-        return "Select a run first.", gr.update()
-    user = user_of(request)
-    try:
-        rid = int(run_id)
-        check_can_manage(runs.get_run(rid), user, "continue")
-        got = improve_from_feedback(rid, objective=objective or "dpo", steps=int(steps or 0) or None,
-                                    source=source or "votes", voter=votes_scope(user), owner=user)
-    except NotAllowed as exc:
-        return f"**Not allowed:** {md_text(exc)}", gr.update()
-    except (JobError, DatasetError, ConfigError, ValueError) as exc:
-        return f"**Error:** {md_text(exc)}", gr.update()
-    new, made = got["run"], got["dataset"]
-    note = f" Note: {md_text(got['note'])}." if got["note"] else ""
-    return (f"{md_text(made.message)} Run **#{new.id}** ({md_text(objective or 'dpo').upper()}, "
-            f"{int(steps or 20)} steps) continues #{rid} on dataset {made.dataset_id}: when it has finished, press "
-            f"**Evaluate on the same rows** here, then **Open both in the Playground**.{note}",
-            gr.update(choices=run_choices(), value=str(new.id)))
-
-
-def on_evaluate_like_parent(run_id, request: gr.Request):
-    from core.evaluate.config import EvalConfigError
-    from core.train.improve import evaluate_like_parent, same_rows_config
-
-    if not run_id:
-        return "Select a run first."
-    try:
-        cfg = same_rows_config(int(run_id))
-        job = evaluate_like_parent(int(run_id), owner=user_of(request))
-    except (JobError, EvalConfigError, ValueError) as exc:
-        return f"**Error:** {md_text(exc)}"
-    return (f"Evaluation job **#{job.id}** scores run #{int(run_id)} on dataset {md_text(cfg['dataset'])} "
-            f"[{md_text(cfg['split'])}] with the same sample and settings as the last evaluation of the run it "
-            "continued; its result shows here and in the **Evaluate** tab.")
-
-
-def playground_pair(run_id: str | None) -> tuple[str | None, str | None, str]:
-    """(model A, model B, message): the run it continued (A) and the selected run (B), as Playground model keys."""
-    if not run_id:
-        return None, None, "Select a run first."
-    try:
-        run = runs.get_run(int(run_id))
-    except (JobError, ValueError) as exc:
-        return None, None, f"**Error:** {md_text(exc)}"
-    if not run.parent_run_id:
-        return None, None, f"Run #{run.id} did not continue another run: pick models in the Playground."
-    if run.status != RunStatus.succeeded:
-        return None, None, f"Run #{run.id} is {run.status.value}: open the Playground once it has succeeded."
-    return (f"run:{run.parent_run_id}", f"run:{run.id}",
-            f"The Playground has run #{run.parent_run_id} (A) and run #{run.id} (B): send a prompt to both.")
-
-
-def wire_improve(selected) -> None:
-    c = IMPROVE
-    c["box"].expand(feedback_text, [selected], c["available"])
-    selected.change(feedback_text, [selected], c["available"])
-    c["improve"].click(on_improve, [selected, c["source"], c["objective"], c["steps"]], [c["said"], selected]) \
-        .then(feedback_text, [selected], c["available"])
-    c["evaluate"].click(on_evaluate_like_parent, [selected], c["said"])
-    c["selected"] = selected
-
-
-def wire_playground(tabs) -> None:
-    """app.py, once the tabs exist: "Open both in the Playground" switches to it with the two runs as A and B."""
-    from ui import playground
-
-    pg, c = playground.COMPONENTS, IMPROVE
-    if not c or "model_a" not in pg:
-        return
-
-    def open_both(run_id):
-        a, b, message = playground_pair(run_id)
-        if a is None:
-            return gr.update(), gr.update(), gr.update(), message
-        choices = playground.model_choices()
-        return (gr.update(selected="Playground"), gr.update(choices=choices, value=a),
-                gr.update(choices=choices, value=b), message)
-
-    c["playground"].click(open_both, [c["selected"]], [tabs, pg["model_a"], pg["model_b"], c["said"]])
 
 
 def tick(current: str | None, cache: dict | None, mine: bool = False, request: gr.Request = None):
