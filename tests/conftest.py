@@ -436,7 +436,9 @@ class RayHead:
         self.port, self.dash = _free_port(), _free_port()
         self.address = f"http://127.0.0.1:{self.dash}"
         ray = Path(sys.executable).parent / "ray"
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        # a node that is gone (test_ray's second node, stopped) is seen gone in seconds, not Ray's ~15-30 s
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_health_check_period_ms="1000",
+                   RAY_health_check_timeout_ms="2000", RAY_health_check_failure_threshold="4")
         self.log = open(self.tmp / "head.log", "wb")
         self.proc = subprocess.Popen(
             [str(ray), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
@@ -464,9 +466,10 @@ class RayHead:
         import shutil
         import signal
 
-        try:  # `ray start --block` shuts its cluster down on SIGINT (it ignores SIGTERM)
+        try:  # `ray start --block` shuts its cluster down on SIGINT (it ignores SIGTERM); the session's end need
+            # not wait for a slow one (seen taking over 20 s): its group goes with SIGKILL after a few seconds
             os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(20)
+            self.proc.wait(5)
         except (ProcessLookupError, OSError):
             pass
         except Exception:  # noqa: BLE001 - a head that did not stop

@@ -272,7 +272,7 @@ def test_an_engine_that_can_pull_reports_the_pull_then_starts_the_container(tmp_
     model = _model(tmp_path, "merged", LLAMA_7B)
     spec = ServeSpec(model_dir=str(model), served_name="support-bot", gpu="A10G 24GB", port=8099)
     lines = []
-    with FakeEngine(pull_s=2.5) as engine:
+    with FakeEngine(pull_s=1.5) as engine:
         monkeypatch.setenv("DOCKER_HOST", engine.address)
         out = docker_sdk.launch_container(spec, "tgi", on_progress=lines.append)
         assert engine.containers[out["container_id"]]["status"] == "running"
@@ -307,7 +307,7 @@ def test_a_deployment_row_shows_the_pull_and_a_failed_one_claims_no_url(workspac
     text, curl, py, oai = deployment_details(str(failed["id"]))
     assert "could not be pulled" in text and "http://" not in text and curl == py == oai == ""
 
-    with FakeEngine(pull_s=4) as engine:
+    with FakeEngine(pull_s=3) as engine:
         monkeypatch.setenv("DOCKER_HOST", engine.address)
         dep = D.deploy_container("default", "tgi", gpu="a10g", port=8096, wait=False)["deployment"]
         assert dep["status"] == "starting" and dep["url"] == ""  # pulling: nothing answers yet
