@@ -156,3 +156,5 @@ def test_a_job_a_supervisor_starts_has_the_same_server_as_one_the_dashboard_star
     second = job_environment()
     assert second["PYTHONPATH"].split(os.pathsep).count(str(REPO_ROOT)) == 1
     assert warm.key(second) == warm.key(first)
+    # the dashboard (app.py reads PORT) and the CLI (no PORT): one server for both, whatever port the dashboard has
+    assert warm.key({**first, "PORT": "7861"}) == warm.key({**first, "PORT": "50989"}) == warm.key(first)

@@ -53,7 +53,10 @@ VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "C
             "MLFLOW_", "WANDB_",
             # torch sets this one itself (to its default) the first time its compile cache is asked for, and reads
             # it then, not at import: a process that has compiled once must not get a server of its own for it
-            "TORCHINDUCTOR_CACHE_DIR")
+            "TORCHINDUCTOR_CACHE_DIR",
+            # the dashboard's own port (app.py): a job queued from the dashboard and one from the CLI fork from the
+            # same server (with it keyed, every dashboard started on another port started a server of its own)
+            "PORT")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
 WAIT_FOR_IMPORTING_S = 60.0  # how long a job waits for its environment's server to finish importing
 MAX_SERVERS = 2  # per installation: a session that keeps changing its environment does not pile them up
