@@ -114,6 +114,29 @@ def test_a_refresh_sends_only_what_changed_and_a_new_label_reaches_the_run_list(
     assert "name: renamed" in later[6]
 
 
+def test_a_tick_that_left_before_a_new_run_was_selected_does_not_select_the_old_one_again(workspace):
+    """The 1 s refresh carries the selection the page had when it left; the Start button selects the new run in the
+    meantime. The tick lands with the new run in its list: it updates the list, and leaves the selection alone (it
+    used to send the old run back, and the page jumped to run 1 under load)."""
+    from core.runs import store
+    from ui.train_runs import tick
+
+    first = store.submit("train", {"dataset": "x", "name": "first"}, name="first")
+    cache = tick(str(first.id), None)[-1]
+    second = store.submit("train", {"dataset": "x", "name": "second"}, name="second")  # started, and selected
+    _table, choices, *_rest = tick(str(first.id), cache)  # the tick that left with run 1 selected
+    assert [v for _, v in choices["choices"]] == [str(second.id), str(first.id)]
+    assert "value" not in choices  # the page's selection (now run 2) stands
+    store.transition(second.id, "starting")
+    store.transition(second.id, "running", started_at=store.utcnow())
+    store.finish(second.id, "failed", error="gone")
+    from core.deletion import delete_run
+
+    delete_run(first.id)  # the selected run is gone: the tick picks one
+    _table, choices, *_rest = tick(str(first.id), None)
+    assert choices["value"] == str(second.id)
+
+
 def test_a_multi_process_run_says_its_processes_and_nodes_under_its_status():
     from storage import Run
     from ui.train_runs import parallel_note

@@ -352,8 +352,11 @@ def tick(current: str | None, cache: dict | None, mine: bool = False, request: g
     value = current if current in ids else default_selected_run(rows)
     head, *details, cache = run_details(value, cache)
     table = runs_frame(rows)
+    # a selection the page still has stands: a tick that left before the person (or the Start button) picked another
+    # run must not put the old one back when it lands (it only sets the value when that run is gone)
+    selection = gr.update(choices=choices) if value == current else gr.update(choices=choices, value=value)
     return (_if_changed(cache, "table", table, table.to_json()),
-            _if_changed(cache, "choices", gr.update(choices=choices, value=value), (tuple(choices), value)),
+            _if_changed(cache, "choices", selection, (tuple(choices), value)),
             head, *details, cache)
 
 
