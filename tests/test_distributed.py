@@ -175,7 +175,11 @@ def test_a_killed_rank_fails_the_run_with_its_log_tail_and_it_resumes(workspace,
                                  learning_rate=1e-3, name="rank-killed"))
     wait_until(lambda: jobs.get_run(run.id).step >= 3, 300)
     launcher = psutil.Process(jobs.get_run(run.id).worker_pid)
-    ranks = {p.environ().get("RANK"): p for p in launcher.children()}
+    # the launcher's log names each rank's pid in rank order (they fork from the warm worker: not its children)
+    started = re.search(r"ranks: 2 processes started \(pids (\d+), (\d+) forked from the warm worker;",
+                        jobs.log_tail(run.id, max_lines=400))
+    assert started, jobs.log_tail(run.id, max_lines=400)
+    ranks = {"0": psutil.Process(int(started[1])), "1": psutil.Process(int(started[2]))}
     rank1 = ranks["1"]
     os.kill(rank1.pid, signal.SIGKILL)
     killed_at = time.time()

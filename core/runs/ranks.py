@@ -83,18 +83,35 @@ def _rss(pid: int) -> int:
 
 
 class LocalRank:
-    """One rank as a child process of this launcher: rank 0's output is the launcher's (the job's log), the others'
-    last lines are kept."""
+    """One rank of this launcher: rank 0's output is the launcher's (the job's log), the others' last lines are kept.
+
+    Forked from the job's warm worker (core.runs.warm: torch, transformers, peft already imported; it dies when this
+    launcher does, as it watches its connection to it) where one answers, else a child process started cold (which
+    dies with its parent through PR_SET_PDEATHSIG)."""
 
     def __init__(self, rank: int, argv: list[str], env: dict) -> None:
+        from core.runs import warm
+
         self.rank, self.node = rank, socket.gethostname()
         self.tail: deque = deque(maxlen=TAIL_LINES)
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,  # noqa: S603
-                                     preexec_fn=_die_with_parent, stdout=None if rank == 0 else subprocess.PIPE,
-                                     stderr=None if rank == 0 else subprocess.STDOUT)
+        self.warm = False
+        read_end = write_end = None
+        if rank:
+            read_end, write_end = os.pipe()
+        try:
+            self.proc = warm.spawn(argv, env=env, cwd=os.getcwd(), stdout=write_end, stderr=write_end)
+        except Exception:  # noqa: BLE001 - a warm worker that fails to answer: the rank starts cold instead
+            self.proc = None
+        if self.proc is not None:
+            self.warm = True
+        else:
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,  # noqa: S603
+                                         preexec_fn=_die_with_parent, stdout=write_end, stderr=write_end)
         self.pid = self.proc.pid
         if rank:
-            threading.Thread(target=_keep_tail, args=(self.proc.stdout, self.tail), daemon=True).start()
+            os.close(write_end)  # the rank holds its own copy: the reader sees the end when the rank ends
+            reader = os.fdopen(read_end, "rb")
+            threading.Thread(target=_keep_tail, args=(reader, self.tail), daemon=True).start()
 
     def poll(self) -> int | None:
         return self.proc.poll()
@@ -218,8 +235,11 @@ def run_ranks(processes: int, argv: list[str], start=start_local, placed=None, r
     if placed is not None:
         placed(ranks)
     where = f" on nodes {', '.join(nodes)}" if len(set(nodes)) > 1 else ""
-    log(f"ranks: {processes} processes started{where} (pids {', '.join(str(r.pid) for r in ranks)}; rendezvous on "
-        f"{rendezvous})")
+    warm = sum(1 for r in ranks if getattr(r, "warm", False))
+    forked = (" forked from the warm worker" if warm == len(ranks) else f" {warm} forked from the warm worker") \
+        if warm else ""
+    log(f"ranks: {processes} processes started{where} (pids {', '.join(str(r.pid) for r in ranks)}{forked}; "
+        f"rendezvous on {rendezvous})")
     peaks = [0] * processes
     failed: int | None = None
     polls = 0

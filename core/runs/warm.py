@@ -56,7 +56,10 @@ VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "C
             "TORCHINDUCTOR_CACHE_DIR",
             # the dashboard's own port (app.py): a job queued from the dashboard and one from the CLI fork from the
             # same server (with it keyed, every dashboard started on another port started a server of its own)
-            "PORT")
+            "PORT",
+            # torch.distributed's rendezvous (core.runs.ranks): read when a process group starts, not at import, so
+            # the ranks of a multi-process run fork from the job's server like a one-process worker does
+            "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
 WAIT_FOR_IMPORTING_S = 60.0  # how long a job waits for its environment's server to finish importing
 MAX_SERVERS = 2  # per installation: a session that keeps changing its environment does not pile them up
@@ -355,8 +358,10 @@ def _alive(pid: int) -> bool:
 COLD_MODULES = frozenset({"core.runs.ranks"})
 
 
-def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0) -> WarmChild | None:
-    """Start ``argv`` (``python -m core.…``) from this environment's server, or None (start it cold)."""
+def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0,
+          stdout: int | None = None, stderr: int | None = None) -> WarmChild | None:
+    """Start ``argv`` (``python -m core.…``) from this environment's server, or None (start it cold). Its stdout and
+    stderr are this process's unless ``stdout`` / ``stderr`` (file descriptors) say otherwise."""
     if not enabled(env) or len(argv) < 3 or argv[0] != sys.executable or argv[1] != "-m" \
             or not argv[2].startswith(MODULE_PREFIX) or argv[2] in COLD_MODULES:
         return None
@@ -376,7 +381,8 @@ def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0) -> Warm
         s.settimeout(None)
         with open(os.devnull, "rb") as devnull:
             _send(s, {"op": "run", "argv": argv[1:], "cwd": cwd, "env": dict(env)},
-                  [devnull.fileno(), sys.stdout.fileno(), sys.stderr.fileno()])
+                  [devnull.fileno(), sys.stdout.fileno() if stdout is None else stdout,
+                   sys.stderr.fileno() if stderr is None else stderr])
         answer = _read_line(s, timeout_s)
         pid = int(answer["pid"])
     except (OSError, ValueError, KeyError, TypeError, TimeoutError, ConnectionError):
