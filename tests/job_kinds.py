@@ -25,7 +25,12 @@ def count(ctx: JobContext) -> JobResult:
         ctx.progress(step=step)
         ctx.metric(step=step, loss=1.0 / step)
         ctx.log(f"step {step}/{steps}")
-    return JobResult(final_metrics={"counted": steps}, summary=f"counted to {steps}")
+    extra = {}
+    if ctx.config.get("report_hub_telemetry"):  # what the worker's huggingface_hub makes of its environment
+        from huggingface_hub import constants
+
+        extra["hub_telemetry_disabled"] = constants.HF_HUB_DISABLE_TELEMETRY
+    return JobResult(final_metrics={"counted": steps, **extra}, summary=f"counted to {steps}")
 
 
 register(JobKind("count", "tests.job_kinds:count", description="counts (tests only)"))

@@ -57,6 +57,24 @@ def test_a_job_forks_from_the_warm_worker_with_its_own_workspace_and_log(warm_se
     print(f"a one-step job from submit to its end: {time.monotonic() - started:.2f} s")
 
 
+def test_a_variable_gradio_sets_in_the_dashboard_forks_from_the_same_server_and_reaches_the_worker(
+        warm_server, workspace, monkeypatch):
+    """Gradio sets HF_HUB_DISABLE_TELEMETRY in the dashboard when it starts; huggingface_hub reads it at import. The
+    dashboard's jobs fork from the CLI's server (it used to start a server of its own), and the worker still has
+    telemetry off."""
+    assert warm.key({**warm_server, "HF_HUB_DISABLE_TELEMETRY": "True", "KMP_INIT_AT_FORK": "FALSE"}) == \
+        warm.key(warm_server)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "True")
+    done = runs.wait_for(runs.submit("count", {"steps": 1, "sleep_s": 0, "report_hub_telemetry": True}).id,
+                         timeout_s=120)
+    assert "started from the warm worker" in runs.log_tail(done.id, max_lines=200)
+    assert done.final_metrics["hub_telemetry_disabled"] is True
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY")
+    done = runs.wait_for(runs.submit("count", {"steps": 1, "sleep_s": 0, "report_hub_telemetry": True}).id,
+                         timeout_s=120)
+    assert done.final_metrics["hub_telemetry_disabled"] is False
+
+
 def test_the_worker_is_the_servers_child_and_dies_with_its_supervisor(warm_server, workspace):
     job = runs.submit("count", {"steps": 400, "sleep_s": 0.05})
     running = wait_until(lambda: (r := runs.get_run(job.id)).step >= 2 and r.worker_pid and r, 60)
@@ -119,7 +137,8 @@ def test_the_server_keeps_no_secret_and_an_installation_gets_at_most_two_servers
     assert "HF_TOKEN" not in kept and "AWS_SECRET_ACCESS_KEY" not in kept and kept["PATH"] == job_env["PATH"]
     assert warm.key(job_env) == warm.key(warm_server)  # a token does not make a server of its own
     assert warm.servers() >= 1
-    other = {**warm_server, "HF_HUB_DISABLE_TELEMETRY": "a value no other test uses", "FTS_WARM_MAX_SERVERS": "1"}
+    other = {**warm_server, "TRANSFORMERS_NO_ADVISORY_WARNINGS": "a value no other test uses",
+             "FTS_WARM_MAX_SERVERS": "1"}
     assert warm.key(other) != warm.key(warm_server)
     try:  # at the cap, the least recently wanted server stops answering (its workers go on) and the new one starts
         assert warm.ensure(other) is True

@@ -59,7 +59,12 @@ VOLATILE = ("FTS_", "DATABASE_URL", "PYTEST_", "PWD", "OLDPWD", "_", "SHLVL", "C
             "PORT",
             # torch.distributed's rendezvous (core.runs.ranks): read when a process group starts, not at import, so
             # the ranks of a multi-process run fork from the job's server like a one-process worker does
-            "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+            "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+            # set by libraries in the process that queues the job, not by a person: Gradio sets this one when the
+            # dashboard starts (huggingface_hub reads it at import: the forked worker reads it again,
+            # warm_server._reread_at_import), scikit-learn and joblib set Intel OpenMP's (torch here uses GNU
+            # OpenMP). Keyed, the dashboard's jobs and the CLI's had a server each
+            "HF_HUB_DISABLE_TELEMETRY", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
 WAIT_FOR_IMPORTING_S = 60.0  # how long a job waits for its environment's server to finish importing
 MAX_SERVERS = 2  # per installation: a session that keeps changing its environment does not pile them up

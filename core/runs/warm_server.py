@@ -223,6 +223,7 @@ def _become_worker(conn: socket.socket, listener: socket.socket, others: list[so
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
+        _reread_at_import()
         sys.path[0] = req["cwd"]  # as `python -m` puts the working directory first
         _reseed()
         _watch_supervisor(conn)
@@ -234,6 +235,15 @@ def _become_worker(conn: socket.socket, listener: socket.socket, others: list[so
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _reread_at_import() -> None:
+    """What a preloaded library read from a variable at import that is not part of the server's key
+    (core.runs.warm.VOLATILE), read again from the worker's own environment."""
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        names = ("HF_HUB_DISABLE_TELEMETRY", "DISABLE_TELEMETRY", "DO_NOT_TRACK")
+        hub.HF_HUB_DISABLE_TELEMETRY = any(hub._is_true(os.environ.get(name)) for name in names)
 
 
 def _reseed() -> None:
