@@ -57,6 +57,19 @@ def missing_data_message(info: dict, exc: BaseException) -> str:
             "does.")
 
 
+def check_task_data(info: dict) -> None:
+    """Load the task, and so its dataset (from the Hub, or the Hugging Face cache), before any model is: a machine
+    that cannot reach it fails in seconds saying what is missing, not after loading the base model first (the harness
+    loads the model, then the tasks)."""
+    log(f"lm-eval {info['task']}: reading the task's data ({info.get('dataset_path') or 'its dataset'})")
+    try:
+        _task_manager().load([info["task"]])
+    except Exception as exc:
+        if _is_network_error(exc):
+            raise JobError(missing_data_message(info, exc)) from None
+        raise
+
+
 def _is_network_error(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -83,9 +96,9 @@ def _scores(result: dict, task: str) -> dict:
 def run_lm_eval_task(ctx: JobContext, cfg: EvalConfig) -> JobResult:
     from lm_eval import simple_evaluate
 
-
     task = (cfg.lm_eval_task or "").strip()
     info = task_info(task)
+    check_task_data(info)
     base_src, tuned_src = resolve_sides(cfg)
     t0 = time.time()
     sides = {}
