@@ -184,6 +184,8 @@ def test_payloads_stay_text_and_the_token_stays_secret_on_every_tab(workspace, e
     page.screenshot(path=str(tmp_path / "hostile-evaluate.png"), full_page=True)
 
     tab("Playground")
+    page.get_by_text("Generation settings").click()
+    page.locator("#pg-max-new input").fill("24")  # the payloads echoed as text are the point, not a long answer
     page.locator("#pg-prompt textarea").fill(" ".join(PAYLOADS))
     page.get_by_role("button", name="Send to both").click()
     deadline = time.time() + 120

@@ -23,6 +23,8 @@ def test_both_panes_stream_and_a_blind_vote_updates_the_leaderboard(demo_ws, sta
     page.get_by_label("Blind A/B: shuffle the sides and vote").check()
     page.locator("#pg-prompt textarea").fill("I ordered a desk lamp (order A4821) and it arrived broken. "
                                              "Please help, this is urgent.")
+    page.get_by_text("Generation settings").click()
+    page.locator("#pg-max-new input").fill("64")  # long enough to watch both stream, not the base's 256 rambling
     page.get_by_role("button", name="Send to both").click()
     # both panes fill while the other is still going: sample their text as it streams
     seen_a, seen_b, both_growing = set(), set(), 0
