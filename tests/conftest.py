@@ -32,7 +32,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # several test processes share the machine's cores: each (with its jobs, its apps and servers) gets its share of
     # threads. Two trainings with two OpenMP threads each on 2 cores spin at every barrier: several times the CPU a
     # step needs
-    _threads = str(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))))
+    # (FTS_TEST_THREADS overrides the share; with OpenMP's threads waiting passively at barriers, every process may
+    # use all the cores without the spinning)
+    _threads = os.environ.get("FTS_TEST_THREADS") or str(
+        max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))))
     os.environ.setdefault("OMP_NUM_THREADS", _threads)
     os.environ.setdefault("FTS_WORKER_THREADS", _threads)
 
