@@ -9,7 +9,7 @@ run:
 
 test:
 	./scripts/setup.sh --dev
-	n=$${FTS_TEST_PROCESSES:-1}; if [ "$$n" -gt 1 ]; then par="-n $$n --dist loadgroup --no-loadscope-reorder"; fi; \
+	n=$${FTS_TEST_PROCESSES:-2}; if [ "$$n" -gt 1 ]; then par="-n $$n --dist loadgroup --no-loadscope-reorder"; fi; \
 	.venv/bin/python -m pytest -q --durations=15 $$par
 
 lint:

@@ -19,8 +19,11 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # This machine may run a Docker engine (tests/test_container.py starts one); every other test sees none, as on a host
 # without one (a test of the engine path names its own: tests/fake_docker.py, or DOCKER_ENGINE in test_container)
-DOCKER_ENGINE = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-os.environ["DOCKER_HOST"] = "unix:///nonexistent/fts-tests-no-docker-engine.sock"
+NO_ENGINE = "unix:///nonexistent/fts-tests-no-docker-engine.sock"
+# (kept in a variable of its own: pytest-xdist's test processes inherit the DOCKER_HOST set below)
+os.environ.setdefault("FTS_TEST_DOCKER_ENGINE", os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+DOCKER_ENGINE = os.environ["FTS_TEST_DOCKER_ENGINE"]
+os.environ["DOCKER_HOST"] = NO_ENGINE
 os.environ["FTS_MODELS_DIR"] = str(SHARED_MODELS)
 # trackio's folder is read when TRL imports it (the warm worker preloads TRL): one for the whole suite, so a test's
 # workspace does not change the warm worker's environment (jobs otherwise get their workspace's trackio/)
@@ -29,15 +32,14 @@ os.environ.setdefault("TRACKIO_DIR", str(Path(tempfile.gettempdir()) / f"fts-tes
 
 os.environ.setdefault("FTS_WARM_IDLE_MIN", "10")  # the warm worker of a test session does not outlive it long
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # several test processes share the machine's cores: each (with its jobs, its apps and servers) gets its share of
-    # threads. Two trainings with two OpenMP threads each on 2 cores spin at every barrier: several times the CPU a
-    # step needs
-    # (FTS_TEST_THREADS overrides the share; with OpenMP's threads waiting passively at barriers, every process may
-    # use all the cores without the spinning)
-    _threads = os.environ.get("FTS_TEST_THREADS") or str(
-        max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))))
-    os.environ.setdefault("OMP_NUM_THREADS", _threads)
-    os.environ.setdefault("FTS_WORKER_THREADS", _threads)
+    # several test processes share the machine's cores (`make test` runs 2). OpenMP's threads wait passively at a
+    # barrier instead of spinning (libgomp spins by default: two trainings with two threads each on 2 cores spun at
+    # every barrier, 55 s a step instead of ~1.7 s), so every process and its jobs keep all the cores' threads and
+    # the cores go to whichever has work. It is read when torch loads, in these processes and all they start.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if os.environ.get("FTS_TEST_THREADS"):  # or a fixed share of threads per process
+        os.environ.setdefault("OMP_NUM_THREADS", os.environ["FTS_TEST_THREADS"])
+        os.environ.setdefault("FTS_WORKER_THREADS", os.environ["FTS_TEST_THREADS"])
 
 
 # ---- running in parallel (`FTS_TEST_PROCESSES=N make test`: pytest-xdist, N processes) --------------------------
