@@ -156,7 +156,13 @@ def test_a_run_writes_tensorboard_and_mlflow_with_the_studios_curves(workspace, 
     assert "8770" in viewer_markdown()
     # a studio restart finds its process dead (killed with the machine): reconciled, the page offers a new one
     os.killpg(job.pid, signal.SIGKILL)
-    wait_until(lambda: runs.reconcile(on_start=True) or runs.get_run(job.id).status == "interrupted", 30)
+    # the studio starts after the process is gone (a read meanwhile, runs.get_run, would reconcile it as a live
+    # studio does: "failed", not "interrupted" — the race that failed this test once)
+    from core.runs.backends import get_backend
+    from core.runs.store import get as read_row
+
+    wait_until(lambda: get_backend("local").is_alive(job) is False, 30)
+    assert runs.reconcile(on_start=True) == [job.id] and read_row(job.id).status == "interrupted"
     assert viewer.active_viewer() is None
     wait_until(lambda: not viewer.answers("http://127.0.0.1:8770/", timeout_s=1), 30)  # its server went with it
     assert "not running" in viewer_markdown()
