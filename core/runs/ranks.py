@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 
-from core.runs import paths, store
+from core.runs import paths, store, warm
 from core.runs.errors import fmt_bytes
 from core.runs.ports import free_port
 from core.runs.worker import log
@@ -90,11 +90,8 @@ class LocalRank:
     dies with its parent through PR_SET_PDEATHSIG)."""
 
     def __init__(self, rank: int, argv: list[str], env: dict) -> None:
-        from core.runs import warm
-
         self.rank, self.node = rank, socket.gethostname()
         self.tail: deque = deque(maxlen=TAIL_LINES)
-        self.warm = False
         read_end = write_end = None
         if rank:
             read_end, write_end = os.pipe()
@@ -102,9 +99,8 @@ class LocalRank:
             self.proc = warm.spawn(argv, env=env, cwd=os.getcwd(), stdout=write_end, stderr=write_end)
         except Exception:  # noqa: BLE001 - a warm worker that fails to answer: the rank starts cold instead
             self.proc = None
-        if self.proc is not None:
-            self.warm = True
-        else:
+        self.warm = self.proc is not None
+        if not self.warm:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,  # noqa: S603
                                          preexec_fn=_die_with_parent, stdout=write_end, stderr=write_end)
         self.pid = self.proc.pid
@@ -235,9 +231,9 @@ def run_ranks(processes: int, argv: list[str], start=start_local, placed=None, r
     if placed is not None:
         placed(ranks)
     where = f" on nodes {', '.join(nodes)}" if len(set(nodes)) > 1 else ""
-    warm = sum(1 for r in ranks if getattr(r, "warm", False))
-    forked = (" forked from the warm worker" if warm == len(ranks) else f" {warm} forked from the warm worker") \
-        if warm else ""
+    n_warm = sum(1 for r in ranks if getattr(r, "warm", False))  # a Ray rank has no warm worker
+    forked = "" if not n_warm else " forked from the warm worker" if n_warm == len(ranks) \
+        else f" {n_warm} forked from the warm worker"
     log(f"ranks: {processes} processes started{where} (pids {', '.join(str(r.pid) for r in ranks)}{forked}; "
         f"rendezvous on {rendezvous})")
     peaks = [0] * processes
