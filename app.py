@@ -21,6 +21,7 @@ from ui import data, deploy, estimate, evaluate, playground, run_improve, train
 from ui.common import CSS, I18N, THEME
 
 TABS = ("Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy")
+FIRST_TAB = "Train"  # the tab a page opens on
 
 
 def _tab_builders():
@@ -34,7 +35,7 @@ def build_app() -> gr.Blocks:
     from core.access import serve_page
     from core.space import banner_markdown, in_space, oauth_enabled
     from ui import quickstart
-    from ui.common import guard_events, page_requester
+    from ui.common import guard_events, page_requester, poll_the_open_tab_only
 
     serve_page(page_requester)  # from here on, what this process resolves for a page user is checked (core.access)
     builders = _tab_builders()
@@ -51,17 +52,19 @@ def build_app() -> gr.Blocks:
                     who = gr.Markdown(elem_id="hf-who")
                 demo.load(signed_in_line, None, who, show_progress="hidden")
         panel = quickstart.build_panel(open_=_first_visit())
-        loaders = {}
-        with gr.Tabs(selected="Train") as tabs:
+        loaders, tab_items = {}, {}
+        with gr.Tabs(selected=FIRST_TAB) as tabs:
             for tab in TABS:
                 with gr.Tab(tab, id=tab) as tab_item:
                     loader = builders[tab]()
+                tab_items[tab] = tab_item
                 if loader:
                     # (fn, inputs, outputs): the tab's lists, read when a page opens and when the tab does
                     loaders[tab] = loader
                     fn, inputs, outputs = loader
                     demo.load(fn, inputs, outputs, show_progress="hidden")
                     tab_item.select(fn, inputs, outputs, show_progress="hidden")
+        poll_the_open_tab_only(tab_items, FIRST_TAB)
         quickstart.wire(demo, panel, tabs, loaders)
         run_improve.wire_playground(tabs)  # "Open both in the Playground" on a run's page switches tabs
         from core.access import mode_line

@@ -35,6 +35,69 @@ def test_app_builds_and_serves_all_six_tabs(app_server):
     assert "Start evaluation" in text and "Send to both" in text  # Evaluate and Playground are built
     assert "Deploy" in text and "Smoke-test prompt" in text  # and Deploy
     assert "Start training" in text
+    if Path(CHROMIUM).exists():  # (the page's own polling, on the same app)
+        a_page_polls_only_for_the_tab_it_shows_and_slowly_while_nothing_runs(app_server, config)
+
+
+def _tab_of_each_component(config: dict) -> dict[int, str]:
+    labels = {c["id"]: c.get("props", {}).get("label") for c in config["components"] if c.get("type") == "tabitem"}
+    out: dict[int, str] = {}
+
+    def walk(node: dict, tab: str | None) -> None:
+        tab = labels.get(node["id"], tab)
+        if tab:
+            out[node["id"]] = tab
+        for child in node.get("children") or []:
+            walk(child, tab)
+
+    walk(config["layout"], None)
+    return out
+
+
+def a_page_polls_only_for_the_tab_it_shows_and_slowly_while_nothing_runs(app_server: str, config: dict):
+    """Each event costs a page this size ~0.1 s of browser time (bench/idle_page.py): an idle page used to tick 4
+    times a second for all its tabs. Now a tab's timers tick only while it is shown; Train's every 4 s while nothing
+    runs (every second while a run is queued or running: test_train_ui), Evaluate's only while it watches a job."""
+    from playwright.sync_api import sync_playwright
+
+    tab_of = _tab_of_each_component(config)
+    timers = {c["id"]: c for c in config["components"] if c.get("type") == "timer"}
+    in_tabs = {i: tab_of[i] for i in timers if i in tab_of}
+    assert {"Train", "Evaluate", "Deploy"} <= set(in_tabs.values())
+    # as built, only the first tab's timers (and the quick-start panel's, open for a newcomer) tick
+    assert {tab_of.get(i, "panel") for i, c in timers.items() if c["props"].get("active")} == {"Train", "panel"}
+    ticks_of = {d["id"]: tab_of.get(d["targets"][0][0], "panel") for d in config["dependencies"]
+                if d["targets"] and d["targets"][0][0] in timers and d["targets"][0][1] == "tick"}
+    seen: list[str] = []
+
+    def on_request(req) -> None:
+        if "queue/join" in req.url and req.post_data:
+            fn = json.loads(req.post_data).get("fn_index")
+            if fn in ticks_of:
+                seen.append(ticks_of[fn])
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                    "--disable-background-networking"])
+        page = browser.new_page()
+        page.on("request", on_request)
+        page.goto(app_server)
+        # (waiting through the page, not time.sleep: its request events reach us only while Playwright runs)
+        page.get_by_role("tab", name="Evaluate", exact=True).click()
+        page.wait_for_timeout(3000)
+        seen.clear()
+        page.wait_for_timeout(6000)
+        on_evaluate = list(seen)
+        page.get_by_role("tab", name="Train", exact=True).click()
+        page.wait_for_timeout(1500)
+        seen.clear()
+        page.wait_for_timeout(9000)
+        on_train = list(seen)
+        browser.close()
+    # Evaluate shown, nothing to watch: no timer of Train's, Deploy's or Evaluate's own ticks
+    assert not [t for t in on_evaluate if t != "panel"], on_evaluate
+    # Train shown, no run: its refresh ticks, at its idle pace (9 s at 1 s would be 9 ticks)
+    assert 1 <= on_train.count("Train") <= 4 and set(on_train) <= {"Train", "panel"}, on_train
 
 
 @pytest.mark.browser

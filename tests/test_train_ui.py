@@ -94,21 +94,22 @@ def test_a_refresh_sends_only_what_changed_and_a_new_label_reaches_the_run_list(
     import gradio as gr
 
     from core.runs import store
-    from ui.train_runs import tick
+    from ui.train_runs import IDLE_REFRESH_S, tick
 
     job = store.submit("train", {"dataset": "x", "name": "live"}, name="live")
     store.transition(job.id, "starting")
     store.transition(job.id, "running", started_at=store.utcnow())
     store.add_metric(job.id, step=1, loss=2.0, lr=1e-4)
     store.finish(job.id, "succeeded")
-    table, choices, head, loss, lr, log, config, outcome, lineage, cache = tick(str(job.id), None)
+    table, choices, head, loss, lr, log, config, outcome, lineage, cache, pace = tick(str(job.id), None)
     assert table["name"].tolist() == ["live"] and choices["choices"] == [(f"#{job.id} live — succeeded", str(job.id))]
     assert len(loss) == 1 and "name: live" in config and f"run #{job.id} 'live'" in lineage
+    assert pace.value == IDLE_REFRESH_S  # nothing runs: the page refreshes every few seconds, not every second
     again = tick(str(job.id), cache)
-    assert all(x == gr.update() for x in again[:9])  # nothing changed: nothing is sent again
+    assert all(x == gr.update() for x in (*again[:9], again[-1]))  # nothing changed: nothing is sent again
     store.rename(job.id, "renamed")  # the list's label changes (as a status change does)
     store.add_metric(job.id, step=2, loss=1.5, lr=1e-4)
-    later = tick(str(job.id), again[-1])
+    later = tick(str(job.id), again[-2])
     assert later[1]["choices"] == [(f"#{job.id} renamed — succeeded", str(job.id))]
     assert later[0]["name"].tolist() == ["renamed"] and len(later[3]) == 2  # table and curve follow
     assert "name: renamed" in later[6]
@@ -119,10 +120,11 @@ def test_a_tick_that_left_before_a_new_run_was_selected_does_not_select_the_old_
     meantime. The tick lands with the new run in its list: it updates the list, and leaves the selection alone (it
     used to send the old run back, and the page jumped to run 1 under load)."""
     from core.runs import store
-    from ui.train_runs import tick
+    from ui.train_runs import REFRESH_S, tick
 
     first = store.submit("train", {"dataset": "x", "name": "first"}, name="first")
-    cache = tick(str(first.id), None)[-1]
+    *_, cache, pace = tick(str(first.id), None)
+    assert pace.value == REFRESH_S  # a queued run: every second
     second = store.submit("train", {"dataset": "x", "name": "second"}, name="second")  # started, and selected
     _table, choices, *_rest = tick(str(first.id), cache)  # the tick that left with run 1 selected
     assert [v for _, v in choices["choices"]] == [str(second.id), str(first.id)]

@@ -317,28 +317,31 @@ def build_tab() -> None:
         from ui.common import user_of
 
         msg, job_id = start_evaluation(*values, owner=user_of(request))
-        return msg, job_id, job_progress(job_id), evaluations_frame(owner_filter(mine, request))
+        return (msg, job_id, job_progress(job_id), evaluations_frame(owner_filter(mine, request)),
+                gr.Timer(active=True) if job_id else gr.update())
 
+    # the timer ticks only while this page watches an evaluation: it stops itself when there is none (an event costs
+    # a page this size ~0.1 s of browser time), and starting one, or opening the tab, starts it
+    timer = gr.Timer(1.0)
     start.click(on_start, [mine, run, folder, base, dataset, split, limit, mode, mc_style, lm_task, max_new, mc_task,
-                           num_fewshot, fewshot_split], [start_msg, job_state, progress, table])
+                           num_fewshot, fewshot_split], [start_msg, job_state, progress, table, timer])
 
     def tick(job_id, current_sel, mine=False, request: gr.Request = None):
         """While an evaluation runs: its progress; when it ends, the new evaluation is selected."""
         if not job_id:
-            return gr.update(), gr.update(), gr.update(), gr.update(), job_id
+            return gr.update(), gr.update(), gr.update(), gr.update(), job_id, gr.Timer(active=False)
         text = job_progress(job_id)
         job = runs.get_run(int(job_id))
         if not job.status.is_finished:
-            return text, gr.update(), gr.update(), gr.update(), job_id
+            return text, gr.update(), gr.update(), gr.update(), job_id, gr.update()
         ev = results.by_job(job.id)
         who = owner_filter(mine, request)
         evs = evaluation_choices(who)
         return (text, evaluations_frame(who), gr.update(choices=evs, value=str(ev.id) if ev else current_sel),
-                gr.update(choices=run_choices()), None)
+                gr.update(choices=run_choices()), None, gr.Timer(active=False))
 
-    timer = gr.Timer(1.0)
-    timer.tick(tick, [job_state, selected, mine], [progress, table, selected, run, job_state], show_progress="hidden",
-               concurrency_limit=None)
+    timer.tick(tick, [job_state, selected, mine], [progress, table, selected, run, job_state, timer],
+               show_progress="hidden", concurrency_limit=None)
     def refresh_all(current_run=None, current_sel=None, mine=False, current_judge=None, request: gr.Request = None):
         return (*refresh_lists(current_run, current_sel, mine, request), *judge_refresh(current_judge, request))
 

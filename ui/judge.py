@@ -188,26 +188,30 @@ def judge_box(selected_evaluation):
         shown = gr.State(None)  # the judge job shown
         watched = gr.State(None)  # the judge job running
 
+    # the timer ticks only while a judge job is watched (it stops itself otherwise; starting one, or a page that
+    # finds one running, starts it)
+    timer = gr.Timer(1.0)
+
     def on_start(request: gr.Request, *values):
         text, job_id = start_judge(*values, request=request)
         if not job_id:
-            return text, gr.update(), gr.update(), gr.update(), None
-        return text, job_progress(job_id), "_The judge's scores appear here when its job ends._", job_id, job_id
+            return text, gr.update(), gr.update(), gr.update(), None, gr.update()
+        return (text, job_progress(job_id), "_The judge's scores appear here when its job ends._", job_id, job_id,
+                gr.Timer(active=True))
 
     start.click(on_start, [model, mode, rubric, on, selected_evaluation, limit],
-                [msg, progress, head, shown, watched])
+                [msg, progress, head, shown, watched, timer])
     stop.click(stop_judge, [shown], msg)
 
     def tick(job_id):
         if not job_id:
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), job_id
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), job_id, gr.Timer(active=False)
         job = runs.get_run(int(job_id))
         if not job.status.is_finished:
-            return job_progress(job_id), gr.update(), gr.update(), gr.update(), gr.update(), job_id
-        return (job_progress(job_id), *judge_result(job_id), None)
+            return job_progress(job_id), gr.update(), gr.update(), gr.update(), gr.update(), job_id, gr.update()
+        return (job_progress(job_id), *judge_result(job_id), None, gr.Timer(active=False))
 
-    timer = gr.Timer(1.0)
-    timer.tick(tick, [watched], [progress, head, scores, agreement, table, watched], show_progress="hidden",
+    timer.tick(tick, [watched], [progress, head, scores, agreement, table, watched, timer], show_progress="hidden",
                concurrency_limit=None)
 
     def refresh(current=None, request: gr.Request = None):
@@ -217,6 +221,7 @@ def judge_box(selected_evaluation):
         job = runs.get_run(int(job_id)) if job_id else None
         running = job is not None and not job.status.is_finished
         return (gr.update(choices=choices, value=current if current else (values[0] if values else None)),
-                job_progress(job_id), *judge_result(job_id), job_id, job_id if running else None)
+                job_progress(job_id), *judge_result(job_id), job_id, job_id if running else None,
+                gr.Timer(active=True) if running else gr.update())
 
-    return refresh, [model], [model, progress, head, scores, agreement, table, shown, watched]
+    return refresh, [model], [model, progress, head, scores, agreement, table, shown, watched, timer]

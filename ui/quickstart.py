@@ -15,6 +15,7 @@ from core.runs import JobError
 from ui.common import fmt_duration, fmt_num, fmt_splits, md_text, progress_html, user_of
 
 REFRESH_S = 2.0
+IDLE_REFRESH_S = 6.0  # the panel's refresh while no stage's job runs
 GOTO_TABS = ["Data", "Estimate", "Train", "Evaluate"]  # the tabs stages 1-4 stand for (stage 5 opens its own)
 STAGES = ["Load the demo task", "Estimate", "Train (LoRA)", "Evaluate base vs tuned", "Open the Playground"]
 # measured on an idle 2-core CPU at the default settings (bench/first_ten_minutes.py, bench/RESULTS.md)
@@ -163,16 +164,26 @@ def refresh(user: str = "", cache: dict | None = None):
     try:
         st = qs.state(user)
     except Exception:  # noqa: BLE001
-        return status_markdown(user=user), gr.update(), gr.update(), gr.update(), cache
+        return status_markdown(user=user), gr.update(), gr.update(), gr.update(), cache, gr.update()
     status, block = status_markdown(user=user, st=st), progress_block(st)
-    bar = gr.update(value=block, visible=bool(block))  # no empty gap under the stages while nothing runs
+
+    def changed(name: str, value) -> bool:
+        if cache.get(name) == value:
+            return False
+        cache[name] = value
+        return True
+
+    status = status if changed("status", status) else gr.update()
+    # no empty gap under the stages while nothing runs
+    bar = gr.update(value=block, visible=bool(block)) if changed("bar", block) else gr.update()
+    pace = REFRESH_S if block else IDLE_REFRESH_S  # every 2 s while a stage's job runs
+    timer = gr.Timer(value=pace) if changed("pace", pace) else gr.update()
     key = st.evaluation.id if st.evaluation is not None else None
-    if cache.get("report") == key:
-        return status, bar, gr.update(), gr.update(), cache
-    cache["report"] = key
+    if not changed("report", key):
+        return status, bar, gr.update(), gr.update(), cache, timer
     frame = loss_frame(st.run) if st.evaluation else None
     return (status, bar, report_markdown(st.evaluation),
-            gr.update(value=frame, visible=True) if frame is not None else gr.update(visible=False), cache)
+            gr.update(value=frame, visible=True) if frame is not None else gr.update(visible=False), cache, timer)
 
 
 def do_stage(stage: int, owner: str = ""):
@@ -250,7 +261,10 @@ def wire(demo: gr.Blocks, parts: dict, tabs: gr.Tabs, loaders: dict | None = Non
             event.then(fn, inputs, outputs, show_progress="hidden")
 
     status, message, progress, cache = parts["status"], parts["message"], parts["progress"], parts["cache"]
-    outputs = [status, progress, parts["report"], parts["curve"], cache]
+    # it polls while the panel is open (every event costs a page this size ~0.1 s of browser time, and a closed panel
+    # shows none of what it refreshes): every 2 s while a stage's job runs, more slowly otherwise (refresh)
+    timer = gr.Timer(REFRESH_S, active=parts["panel"].open)
+    outputs = [status, progress, parts["report"], parts["curve"], cache, timer]
 
     def stage_handler(i: int):
         def handler(request: gr.Request):
@@ -287,8 +301,10 @@ def wire(demo: gr.Blocks, parts: dict, tabs: gr.Tabs, loaders: dict | None = Non
     parts["buttons"][4].click(open_playground, None,
                               [tabs, pg["model_a"], pg["model_b"], pg["prompt"], pg["system"], pg["max_new"], status,
                                message]).then(None, None, None, js=SCROLL_TO_SEND)
-    timer = gr.Timer(REFRESH_S)
     timer.tick(tick, [cache], outputs, show_progress="hidden", concurrency_limit=None)
+    parts["panel"].expand(lambda: gr.Timer(active=True), None, timer, show_progress="hidden").then(
+        tick, [cache], outputs, show_progress="hidden")
+    parts["panel"].collapse(lambda: gr.Timer(active=False), None, timer, show_progress="hidden")
 
     def on_load(cache_value, request: gr.Request):
         """A page opens: the panel open while this person's quick start waits for them (core.quickstart.panel_open
@@ -298,6 +314,9 @@ def wire(demo: gr.Blocks, parts: dict, tabs: gr.Tabs, loaders: dict | None = Non
             open_ = qs.panel_open(user)
         except Exception:  # noqa: BLE001 - the page opens as it was built
             open_ = None
-        return (gr.update() if open_ is None else gr.update(open=open_), *refresh(user, cache_value))
+        *shown, pace = refresh(user, cache_value)
+        if open_ is not None:  # (a fresh page's refresh always sends its pace)
+            pace = gr.Timer(value=shown[-1].get("pace", REFRESH_S), active=open_)
+        return (gr.update() if open_ is None else gr.update(open=open_), *shown, pace)
 
     demo.load(on_load, [cache], [parts["panel"], *outputs], show_progress="hidden")

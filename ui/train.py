@@ -12,7 +12,7 @@ from ui.common import user_of
 from ui.compare import build_section as build_compare
 from ui.sweeps import build_section as build_sweeps
 from ui.train_form import build_form, start_run
-from ui.train_runs import build_panel, run_choices
+from ui.train_runs import REFRESH_S, build_panel, run_choices
 
 
 def build_tab():
@@ -20,7 +20,7 @@ def build_tab():
         with gr.Column(scale=2, min_width=320):
             inputs, skip_preflight, start_btn, start_msg, refresh_lists, refresh_outputs = build_form()
         with gr.Column(scale=3, min_width=420):
-            selected = build_panel()
+            selected, refresh_timer = build_panel()
     build_compare()
     build_sweeps(inputs)
     keys = list(inputs)
@@ -29,8 +29,9 @@ def build_tab():
         *cfg_values, skip = values
         message, run_id = start_run(dict(zip(keys, cfg_values)), skip_preflight=bool(skip), owner=user_of(request))
         if run_id is None:
-            return message, gr.update()
-        return message, gr.update(choices=run_choices(), value=str(run_id))
+            return message, gr.update(), gr.update()
+        # the run list refreshes every second from now (its refresh slows down while nothing runs)
+        return message, gr.update(choices=run_choices(), value=str(run_id)), gr.Timer(value=REFRESH_S)
 
-    start_btn.click(start, inputs=[*inputs.values(), skip_preflight], outputs=[start_msg, selected])
+    start_btn.click(start, inputs=[*inputs.values(), skip_preflight], outputs=[start_msg, selected, refresh_timer])
     return refresh_lists, [], refresh_outputs  # app.py runs it when a page (or the tab) opens: no stale lists

@@ -29,6 +29,7 @@ from ui.run_list import (
 from ui.train_form import objective_choices
 
 REFRESH_S = 1.0
+IDLE_REFRESH_S = 4.0  # while none of the listed runs is queued or running (a new one is picked up within this)
 LOG_LINES = 14  # the box shows exactly the newest lines, no scrolling needed
 LOSS_DTYPES = {"step": "int64", "value": "float64", "series": "str"}
 LR_DTYPES = {"step": "int64", "lr": "float64"}
@@ -100,13 +101,12 @@ def metrics_frames(cache: dict) -> tuple[pd.DataFrame | None, pd.DataFrame | Non
 def run_details(run_id: str | None, cache: dict | None = None):
     """(progress html, loss df or None, lr df or None, log tail, config yaml, outcome markdown, lineage markdown,
     metrics cache)."""
-    empty = (None, None)
     if not run_id:
-        return ("<i>No run selected. Start one on the left.</i>", *empty, "", "", "", "", new_metrics_cache())
+        return _no_run(cache, "<i>No run selected. Start one on the left.</i>")
     try:
         run = runs.get_run(int(run_id))
     except (JobError, ValueError):
-        return (f"<i>Run {html.escape(str(run_id))} not found.</i>", *empty, "", "", "", "", new_metrics_cache())
+        return _no_run(cache, f"<i>Run {html.escape(str(run_id))} not found.</i>")
     cache = update_metrics_cache(cache, run)
     loss, lr = metrics_frames(cache)
     config_yaml = TrainConfig.model_validate(run.config).to_yaml()
@@ -131,6 +131,16 @@ def run_details(run_id: str | None, cache: dict | None = None):
             _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
             _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
             _if_changed(cache, "outcome", err), _if_changed(cache, "lineage", lineage_html(run.id, cache)), cache)
+
+
+def _no_run(cache: dict | None, head: str):
+    """run_details with no run to show: sent once, then nothing while it stays so (the 1 s refresh used to clear
+    the two charts every second, which kept an idle page's browser busy)."""
+    if not cache or cache.get("run_id") is not None or cache.get("attempt") != -1:
+        cache = new_metrics_cache()
+    return (_if_changed(cache, "head", head), _if_changed(cache, "loss", None, "none"),
+            _if_changed(cache, "lr", None, "none"), *(_if_changed(cache, name, "") for name in
+                                                       ("log", "config", "outcome", "lineage")), cache)
 
 
 def parallel_note(run) -> str:
@@ -336,15 +346,16 @@ def build_panel():
     continue_btn.click(on_continue, [selected, extra_steps, continue_as], [action_msg, selected])
     selected.change(run_details, [selected, metrics_cache], detail_outputs)
     timer = gr.Timer(REFRESH_S)
-    timer.tick(tick, [selected, metrics_cache, mine], [runs_table, selected, *detail_outputs],
+    timer.tick(tick, [selected, metrics_cache, mine], [runs_table, selected, *detail_outputs, timer],
                show_progress="hidden", concurrency_limit=None)
     wire_improve(selected)
-    return selected
+    return selected, timer
 
 
 def tick(current: str | None, cache: dict | None, mine: bool = False, request: gr.Request = None):
-    """The 1 s refresh: runs table (all, or only the signed-in user's), selection, and the selected run's details
-    (new metric rows only)."""
+    """The refresh: runs table (all, or only the signed-in user's), selection, the selected run's details (new
+    metric rows only), and its own pace: every second while a listed run is queued or running, every
+    ``IDLE_REFRESH_S`` otherwise (each event costs a page this size ~0.1 s of browser time)."""
     who = owner_filter(mine, request)
     rows = [r for r in train_runs() if is_mine(r.owner, who)]
     choices = run_choices(rows)
@@ -355,9 +366,10 @@ def tick(current: str | None, cache: dict | None, mine: bool = False, request: g
     # a selection the page still has stands: a tick that left before the person (or the Start button) picked another
     # run must not put the old one back when it lands (it only sets the value when that run is gone)
     selection = gr.update(choices=choices) if value == current else gr.update(choices=choices, value=value)
+    pace = REFRESH_S if any(not r.status.is_finished for r in rows) else IDLE_REFRESH_S
     return (_if_changed(cache, "table", table, table.to_json()),
             _if_changed(cache, "choices", selection, (tuple(choices), value)),
-            head, *details, cache)
+            head, *details, cache, _if_changed(cache, "pace", gr.Timer(value=pace), pace))
 
 
 def delete_question(run_id: str | None):
