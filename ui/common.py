@@ -258,6 +258,18 @@ class FairShare:
 GENERATION_SHARE = FairShare()
 
 
+def if_changed(cache: dict, name: str, value, signature=None):
+    """``value`` when the page has not been sent it yet (by its signature, or the value itself), else a no-op
+    update. What was sent is noted in ``cache["sent"]``: the page's own state (the Train tab's metrics cache, which
+    starts afresh for another run or attempt; the quick-start panel's cache)."""
+    sent = cache.setdefault("sent", {})
+    key = value if signature is None else signature
+    if name in sent and sent[name] == key:
+        return gr.update()
+    sent[name] = key
+    return value
+
+
 def _polling_timers(block) -> list[gr.Timer]:
     """The timers under ``block`` that tick from the start (a timer built inactive is switched by its own section)."""
     found = []

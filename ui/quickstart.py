@@ -12,7 +12,7 @@ import pandas as pd
 
 from core import quickstart as qs
 from core.runs import JobError
-from ui.common import fmt_duration, fmt_num, fmt_splits, md_text, progress_html, user_of
+from ui.common import fmt_duration, fmt_num, fmt_splits, if_changed, md_text, progress_html, user_of
 
 REFRESH_S = 2.0
 IDLE_REFRESH_S = 6.0  # the panel's refresh while no stage's job runs
@@ -165,22 +165,16 @@ def refresh(user: str = "", cache: dict | None = None):
         st = qs.state(user)
     except Exception:  # noqa: BLE001
         return status_markdown(user=user), gr.update(), gr.update(), gr.update(), cache, gr.update()
-    status, block = status_markdown(user=user, st=st), progress_block(st)
-
-    def changed(name: str, value) -> bool:
-        if cache.get(name) == value:
-            return False
-        cache[name] = value
-        return True
-
-    status = status if changed("status", status) else gr.update()
+    block = progress_block(st)
+    status = if_changed(cache, "status", status_markdown(user=user, st=st))
     # no empty gap under the stages while nothing runs
-    bar = gr.update(value=block, visible=bool(block)) if changed("bar", block) else gr.update()
+    bar = if_changed(cache, "bar", gr.update(value=block, visible=bool(block)), block)
     pace = REFRESH_S if block else IDLE_REFRESH_S  # every 2 s while a stage's job runs
-    timer = gr.Timer(value=pace) if changed("pace", pace) else gr.update()
+    timer = if_changed(cache, "pace", gr.Timer(value=pace), pace)
     key = st.evaluation.id if st.evaluation is not None else None
-    if not changed("report", key):
+    if cache.get("report") == key:
         return status, bar, gr.update(), gr.update(), cache, timer
+    cache["report"] = key
     frame = loss_frame(st.run) if st.evaluation else None
     return (status, bar, report_markdown(st.evaluation),
             gr.update(value=frame, visible=True) if frame is not None else gr.update(visible=False), cache, timer)
@@ -315,8 +309,8 @@ def wire(demo: gr.Blocks, parts: dict, tabs: gr.Tabs, loaders: dict | None = Non
         except Exception:  # noqa: BLE001 - the page opens as it was built
             open_ = None
         *shown, pace = refresh(user, cache_value)
-        if open_ is not None:  # (a fresh page's refresh always sends its pace)
-            pace = gr.Timer(value=shown[-1].get("pace", REFRESH_S), active=open_)
+        if open_ is not None:  # the pace refresh sent (noted in the panel's cache), and whether it ticks at all
+            pace = gr.Timer(value=shown[-1].get("sent", {}).get("pace", REFRESH_S), active=open_)
         return (gr.update() if open_ is None else gr.update(open=open_), *shown, pace)
 
     demo.load(on_load, [cache], [parts["panel"], *outputs], show_progress="hidden")

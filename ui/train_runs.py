@@ -15,7 +15,7 @@ from core.runs import JobError, RunStatus
 from core.train import jobs as train_jobs
 from core.train.config import ConfigError, TrainConfig
 from core.train.rewards import REWARDS
-from ui.common import is_mine, md_text, mine_box, now_hms, owner_filter, progress_html, user_of
+from ui.common import if_changed, is_mine, md_text, mine_box, now_hms, owner_filter, progress_html, user_of
 from ui.run_improve import improve_box, wire_improve
 from ui.run_links import lineage_html, on_viewer_start, on_viewer_stop, trackers_markdown, viewer_markdown
 from ui.run_list import (
@@ -127,10 +127,10 @@ def run_details(run_id: str | None, cache: dict | None = None):
     log_text = runs.log_tail(run.id, max_lines=LOG_LINES)
     # what this page already shows is not sent again: a finished run's refresh sends nothing but the table check
     sig = (run.id, run.attempt)
-    return (_if_changed(cache, "head", head), _if_changed(cache, "loss", loss, (*sig, len(cache["loss"]))),
-            _if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
-            _if_changed(cache, "log", log_text), _if_changed(cache, "config", config_yaml),
-            _if_changed(cache, "outcome", err), _if_changed(cache, "lineage", lineage_html(run.id, cache)), cache)
+    return (if_changed(cache, "head", head), if_changed(cache, "loss", loss, (*sig, len(cache["loss"]))),
+            if_changed(cache, "lr", lr, (*sig, len(cache["lr"]), len(cache["pref"]))),
+            if_changed(cache, "log", log_text), if_changed(cache, "config", config_yaml),
+            if_changed(cache, "outcome", err), if_changed(cache, "lineage", lineage_html(run.id, cache)), cache)
 
 
 def _no_run(cache: dict | None, head: str):
@@ -138,8 +138,8 @@ def _no_run(cache: dict | None, head: str):
     the two charts every second, which kept an idle page's browser busy)."""
     if not cache or cache.get("run_id") is not None or cache.get("attempt") != -1:
         cache = new_metrics_cache()
-    return (_if_changed(cache, "head", head), _if_changed(cache, "loss", None, "none"),
-            _if_changed(cache, "lr", None, "none"), *(_if_changed(cache, name, "") for name in
+    return (if_changed(cache, "head", head), if_changed(cache, "loss", None, "none"),
+            if_changed(cache, "lr", None, "none"), *(if_changed(cache, name, "") for name in
                                                        ("log", "config", "outcome", "lineage")), cache)
 
 
@@ -174,17 +174,6 @@ def samples_markdown(latest: dict) -> str:
         parts.append(f"reward **{smp.get('reward', 0):.2f}** ({per}) · prompt: <i>{e(prompt)}</i>"
                      f"\n<pre class=\"fts-sample\">{e(str(smp.get('answer', '')))}</pre>")
     return "\n\n".join(parts)
-
-
-def _if_changed(cache: dict, name: str, value, signature=None):
-    """``value`` when the page has not been sent it yet (by its signature, or the value itself), else a no-op
-    update. The signatures live in the page's metrics cache, which starts afresh for another run or attempt."""
-    sent = cache.setdefault("sent", {})
-    key = value if signature is None else signature
-    if name in sent and sent[name] == key:
-        return gr.update()
-    sent[name] = key
-    return value
 
 
 def _what_changed(run_id: int, cache: dict) -> str:
@@ -367,9 +356,9 @@ def tick(current: str | None, cache: dict | None, mine: bool = False, request: g
     # run must not put the old one back when it lands (it only sets the value when that run is gone)
     selection = gr.update(choices=choices) if value == current else gr.update(choices=choices, value=value)
     pace = REFRESH_S if any(not r.status.is_finished for r in rows) else IDLE_REFRESH_S
-    return (_if_changed(cache, "table", table, table.to_json()),
-            _if_changed(cache, "choices", selection, (tuple(choices), value)),
-            head, *details, cache, _if_changed(cache, "pace", gr.Timer(value=pace), pace))
+    return (if_changed(cache, "table", table, table.to_json()),
+            if_changed(cache, "choices", selection, (tuple(choices), value)),
+            head, *details, cache, if_changed(cache, "pace", gr.Timer(value=pace), pace))
 
 
 def delete_question(run_id: str | None):
