@@ -295,12 +295,23 @@ def poll_the_open_tab_only(tab_items: dict, selected: str) -> dict[str, list[gr.
         for t in ts:
             t.active = tab == selected
 
-    def show(tab: str):
-        return lambda: [gr.Timer(active=t in timers[tab]) for t in every]
-
     for tab, item in tab_items.items():
-        item.select(show(tab), None, every, show_progress="hidden", concurrency_limit=None)
+        item.select(_switch_timers([t in timers[tab] for t in every]), None, every, js=True, show_progress="hidden")
     return timers
+
+
+def _switch_timers(flags: list[bool]):
+    """An event that sets each timer's ``active`` to its flag, in the browser: Gradio runs a function's
+    ``__js_implementation__`` there, with no request. The switch must not be a server round trip: the first tab's
+    ``select`` fires at page load, and when a person (or a test) opens another tab at once, the two replies could come
+    back in either order, and the load's one left the shown tab's timers off (a deployment that stayed 'starting'
+    on the page for good)."""
+    def switch():
+        return [gr.Timer(active=f) for f in flags]
+
+    updates = ", ".join('{"active": %s, "__type__": "update"}' % ("true" if f else "false") for f in flags)
+    switch.__js_implementation__ = f"function () {{ return [{updates}]; }}"
+    return switch
 
 
 def mine_box(label: str, elem_id: str) -> gr.Checkbox:
