@@ -329,7 +329,8 @@ def build_tab() -> None:
     def tick(job_id, current_sel, mine=False, request: gr.Request = None):
         """While an evaluation runs: its progress; when it ends, the new evaluation is selected."""
         if not job_id:
-            return gr.update(), gr.update(), gr.update(), gr.update(), job_id, gr.Timer(active=False)
+            # (its job state left as it is: a Start's reply may have set one since this tick was sent)
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.Timer(active=False)
         text = job_progress(job_id)
         job = runs.get_run(int(job_id))
         if not job.status.is_finished:

@@ -205,7 +205,8 @@ def judge_box(selected_evaluation):
 
     def tick(job_id):
         if not job_id:
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), job_id, gr.Timer(active=False)
+            # (the watched job left as it is: a Start's reply may have set one since this tick was sent)
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.Timer(active=False)
         job = runs.get_run(int(job_id))
         if not job.status.is_finished:
             return job_progress(job_id), gr.update(), gr.update(), gr.update(), gr.update(), job_id, gr.update()
