@@ -22,6 +22,9 @@ from core.runs import JobError, RunStatus
 from core.space import in_space
 from ui.common import is_mine, job_progress, mine_box, owner_filter, visitor_hub_token
 
+REFRESH_S = 2.0  # while an export runs or the selected deployment is starting
+IDLE_REFRESH_S = 6.0  # otherwise: a selected server that died still shows within this (each event costs a page this
+#                       size ~0.1 s of browser time, and each tick asks the server's /health)
 EXPORT_COLUMNS = ["job", "run", "format", "status", "output", "by"]
 DEPLOY_COLUMNS = ["id", "target", "model", "status", "url", "by"]
 CLOUD_TARGETS = {"Hugging Face Inference Endpoints": "hf_endpoints", "Amazon SageMaker": "sagemaker",
@@ -251,6 +254,45 @@ def stop_deployment(dep_id: str | None, user: str = "") -> str:
     return f"Deployment #{dep.id} **stopped**" + (f"; port {dep.port} is free." if dep.target == "local" else ".")
 
 
+def deploy_tick(job_id, dep_id, shown, pace, who: str | None = None) -> tuple:
+    """The Deploy tab's refresh: the export's progress while it runs, and the selected deployment's status (its
+    process and /health checked). Returns (export progress, exports table, export job, deployments table,
+    deployment list, its 4 details, what the page shows now, the pace, the timer): every ``REFRESH_S`` while an
+    export runs or the deployment is starting, every ``IDLE_REFRESH_S`` otherwise; the timer is sent only when its
+    pace changes."""
+    out_job = gr.update()
+    prog = gr.update()
+    ex_tab = gr.update()
+    busy = False
+    if job_id:
+        prog = export_progress(job_id)
+        ex_tab = exports_frame(who)
+        try:
+            if runs.get_run(int(job_id)).status.is_finished:
+                out_job = None
+            else:
+                busy = True
+        except (JobError, ValueError):
+            out_job = None
+    dep_updates = [gr.update()] * 6
+    if dep_id:
+        try:
+            before = D.peek(int(dep_id)).status
+            status = D.get(int(dep_id)).status  # checks the process and /health
+        except (D.DeployError, ValueError):
+            before = status = None
+        busy = busy or status == "starting"
+        # still coming up, it just changed (up, died), or it changed since this page showed it (a launch thread
+        # wrote its ending: the table and the list follow, not only the details)
+        if status == "starting" or status != before or (dep_id, status) != tuple(shown or ()):
+            dep_updates = [deployments_frame(who), gr.update(choices=deployment_choices(who), value=dep_id),
+                           *deployment_details(dep_id)]
+            shown = (dep_id, status)
+    new_pace = REFRESH_S if busy else IDLE_REFRESH_S
+    timer = gr.Timer(value=new_pace) if new_pace != pace else gr.update()
+    return (prog, ex_tab, out_job, *dep_updates, shown, new_pace, timer)
+
+
 def cloud_text(model_ref: str | None, target_label: str, gpu: str | None, num_gpus) -> str:
     from core.deploy.clouds import cloud_settings
     from core.deploy.containers import ServeSpec
@@ -353,8 +395,8 @@ def build_tab():
                                 hub_token=visitor_hub_token(request) if fmt == "hub" else None)
         return msg, job, export_progress(job), exports_frame(owner_filter(mine, request))
 
-    ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private, mine],
-                 [ex_msg, ex_job, ex_progress, ex_table])
+    ex_event = ex_btn.click(on_export, [ex_run, ex_fmt, ex_quant, ex_repo, ex_private, mine],
+                            [ex_msg, ex_job, ex_progress, ex_table])
 
     detail_outputs = [details, curl, py, oai]
 
@@ -366,8 +408,8 @@ def build_tab():
         return (msg, cmd, deployments_frame(who), gr.update(choices=deps, value=dep_id) if dep_id else gr.update(),
                 *deployment_details(dep_id))
 
-    deploy_btn.click(on_deploy, [model, target, port, gpu, num_gpus, quant4, keep_adapter, mine],
-                     [deploy_msg, command, table, selected, *detail_outputs])
+    deploy_event = deploy_btn.click(on_deploy, [model, target, port, gpu, num_gpus, quant4, keep_adapter, mine],
+                                    [deploy_msg, command, table, selected, *detail_outputs])
     selected.change(deployment_details, selected, detail_outputs)
 
     def on_health(dep_id, mine, request: gr.Request):
@@ -387,44 +429,22 @@ def build_tab():
     smoke_btn.click(run_smoke, [selected, smoke_prompt], smoke_out)
     cloud_btn.click(cloud_text, [model, cloud_target, gpu, num_gpus], cloud)
 
-    def tick(job_id, dep_id, shown, mine=False, request: gr.Request = None):
-        """Export progress while it runs; the selected deployment's status while it starts. A tick never fails the
-        page: a busy database or a vanished row leaves the view as it was until the next one."""
+    def tick(job_id, dep_id, shown, pace, mine=False, request: gr.Request = None):
+        """A tick never fails the page: a busy database or a vanished row leaves the view as it was until the next
+        one."""
         try:
-            return _tick(job_id, dep_id, shown, owner_filter(mine, request))
+            return deploy_tick(job_id, dep_id, shown, pace, owner_filter(mine, request))
         except Exception:  # noqa: BLE001 - the next tick tries again
-            return (gr.update(),) * 10
-
-    def _tick(job_id, dep_id, shown, who):
-        out_job = gr.update()
-        prog = gr.update()
-        ex_tab = gr.update()
-        if job_id:
-            prog = export_progress(job_id)
-            ex_tab = exports_frame(who)
-            try:
-                if runs.get_run(int(job_id)).status.is_finished:
-                    out_job = None
-            except (JobError, ValueError):
-                out_job = None
-        dep_updates = [gr.update()] * 6
-        if dep_id:
-            try:
-                before = D.peek(int(dep_id)).status
-                status = D.get(int(dep_id)).status  # checks the process and /health
-            except (D.DeployError, ValueError):
-                before = status = None
-            # still coming up, it just changed (up, died), or it changed since this page showed it (a launch thread
-            # wrote its ending: the table and the list follow, not only the details)
-            if status == "starting" or status != before or (dep_id, status) != tuple(shown or ()):
-                dep_updates = [deployments_frame(who), gr.update(choices=deployment_choices(who), value=dep_id),
-                               *deployment_details(dep_id)]
-                shown = (dep_id, status)
-        return (prog, ex_tab, out_job, *dep_updates, shown)
+            return (gr.update(),) * 12
 
     shown_state = gr.State(None)  # (deployment id, status) this page last showed
-    timer = gr.Timer(2.0)
-    timer.tick(tick, [ex_job, selected, shown_state, mine],
-               [ex_progress, ex_table, ex_job, table, selected, *detail_outputs, shown_state],
+    pace_state = gr.State(REFRESH_S)  # the timer's interval as this page has it
+    timer = gr.Timer(REFRESH_S)
+    timer.tick(tick, [ex_job, selected, shown_state, pace_state, mine],
+               [ex_progress, ex_table, ex_job, table, selected, *detail_outputs, shown_state, pace_state, timer],
                show_progress="hidden", concurrency_limit=None)
+    # an export or a deployment just started: watched at the quick pace at once (a timer's value only: whether it
+    # ticks stays the tab's business)
+    for event in (ex_event, deploy_event):
+        event.then(lambda: (REFRESH_S, gr.Timer(value=REFRESH_S)), None, [pace_state, timer], show_progress="hidden")
     return refresh_lists, [selected, ex_run, mine], list_outputs
