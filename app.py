@@ -59,10 +59,11 @@ def build_app() -> gr.Blocks:
                     loader = builders[tab]()
                 tab_items[tab] = tab_item
                 if loader:
-                    # (fn, inputs, outputs): the tab's lists, read when a page opens and when the tab does
+                    # (fn, inputs, outputs): the tab's lists, read when the tab is shown — Gradio fires a tab's
+                    # select when a person opens it, when a handler switches to it, and for the first tab when the
+                    # page loads (a page used to read all six tabs' lists at load, and the first tab's twice)
                     loaders[tab] = loader
                     fn, inputs, outputs = loader
-                    demo.load(fn, inputs, outputs, show_progress="hidden")
                     tab_item.select(fn, inputs, outputs, show_progress="hidden")
         poll_the_open_tab_only(tab_items, FIRST_TAB)
         quickstart.wire(demo, panel, tabs, loaders)

@@ -1,12 +1,14 @@
 """What an open, idle dashboard page costs: CPU of the app process and of the browser, and the page's events.
 
-    .venv/bin/python bench/idle_page.py [--seconds 30] [--tabs Train,Evaluate,Deploy,Estimate]
+    .venv/bin/python bench/idle_page.py [--seconds 30] [--tabs Train,Evaluate,Deploy,Estimate] [--opens 5]
 
 Starts ``app.py`` on a fresh workspace (the quick-start panel open, as for a newcomer), opens one Chromium page,
 and for each tab: selects it, waits 8 s, then counts over ``--seconds`` the CPU seconds the app (with its children)
 and every Chromium process used, and the events the page sent (``queue/join`` requests, by what triggered them).
 Run it from another checkout's root (``cd ../other && python /path/to/bench/idle_page.py``) to measure that tree's
-app with the same script. One JSON line per tab, then a summary line.
+app with the same script. One JSON line per tab, then a summary line. ``--opens N`` first opens the page N times
+afresh (each in a new browser page, closed after it settled: 6 s) and reports what one opening costs the app and the
+browser, and the events it sent.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--tabs", default="Train,Evaluate,Deploy,Estimate")
+    ap.add_argument("--opens", type=int, default=0)
     args = ap.parse_args()
     root = Path.cwd()  # the checkout whose app is measured
     sys.path.insert(0, str(root))
@@ -80,6 +83,23 @@ def main() -> None:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            if args.opens:
+                spent = []
+                for _ in range(args.opens + 1):  # the first opening warms the app: not counted
+                    opened = browser.new_page(viewport={"width": 1500, "height": 1300})
+                    opened.on("request", on_request)
+                    events.clear()
+                    a0, b0 = app_cpu(), browser_cpu()
+                    opened.goto(url)
+                    opened.get_by_role("tab", name="Deploy", exact=True).wait_for()
+                    opened.wait_for_timeout(6000)
+                    spent.append((app_cpu() - a0, browser_cpu() - b0, sum(events.values()), dict(events)))
+                    opened.close()
+                spent = spent[1:]
+                row = {"open": args.opens, "app_cpu_s": round(sum(s[0] for s in spent) / len(spent), 2),
+                       "browser_cpu_s": round(sum(s[1] for s in spent) / len(spent), 2),
+                       "events": round(sum(s[2] for s in spent) / len(spent), 1), "last": spent[-1][3]}
+                print(json.dumps(row), flush=True)
             page = browser.new_page(viewport={"width": 1500, "height": 1300})
             page.on("request", on_request)
             page.goto(url)

@@ -72,6 +72,12 @@ def a_page_polls_only_for_the_tab_it_shows_and_slowly_while_nothing_runs(app_ser
     switches = {d["id"] for d in config["dependencies"]
                 if d["targets"] and d["targets"][0][0] in tab_items and d["targets"][0][1] == "select"
                 and d["outputs"] and set(d["outputs"]) <= set(timers)}
+    # a tab's lists: what its select reads (by its outputs: the same reader bound to the page's load counts too)
+    reads = {frozenset(d["outputs"]): tab_of[d["targets"][0][0]] for d in config["dependencies"]
+             if d["targets"] and d["targets"][0][0] in tab_items and d["targets"][0][1] == "select"
+             and d["id"] not in switches}
+    loader_of = {d["id"]: reads[frozenset(d["outputs"])] for d in config["dependencies"]
+                 if frozenset(d["outputs"]) in reads}
     # the switch runs in the browser: no reply from the server can come back after a later one (below)
     assert len(switches) == len(TABS)
     assert all(d["js_implementation"] for d in config["dependencies"] if d["id"] in switches)
@@ -92,6 +98,8 @@ def a_page_polls_only_for_the_tab_it_shows_and_slowly_while_nothing_runs(app_ser
         page.on("request", on_request)
         page.goto(app_server)
         # (waiting through the page, not time.sleep: its request events reach us only while Playwright runs)
+        page.wait_for_timeout(2500)
+        loaded_at_open = [loader_of[f] for f in sent if f in loader_of]
         page.get_by_role("tab", name="Evaluate", exact=True).click()
         page.wait_for_timeout(3000)
         seen.clear()
@@ -115,6 +123,8 @@ def a_page_polls_only_for_the_tab_it_shows_and_slowly_while_nothing_runs(app_ser
         on_deploy = list(seen)
         browser.close()
     assert not switches & set(sent), "a tab switch went to the server"
+    # a page opens reading the lists of the tab it shows, once (it read all six, the first one twice)
+    assert loaded_at_open == ["Train"], loaded_at_open
     assert on_deploy.count("Deploy") >= 1 and not {"Train", "Evaluate"} & set(on_deploy), on_deploy
     # Evaluate shown, nothing to watch: no timer of Train's, Deploy's or Evaluate's own ticks
     assert not [t for t in on_evaluate if t != "panel"], on_evaluate
