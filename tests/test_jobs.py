@@ -109,17 +109,19 @@ def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, tiny_m
                psutil.Process(failed.worker_pid).status() == psutil.STATUS_ZOMBIE, 10)
 
 
-def test_kill_9_with_no_dashboard_is_seen_by_the_next_read_and_resume_continues(workspace, alpaca, default_model_dir,
+def test_kill_9_with_no_dashboard_is_seen_by_the_next_read_and_resume_continues(workspace, alpaca, tiny_model_dir,
                                                                                   tmp_path):
     """The issue's case: a run started from the CLI, no dashboard anywhere, its training process killed with -9
-    at step 5: the next `runs show` says failed (with why), and `runs resume` continues from its checkpoint."""
+    at step 5 or so: the next `runs show` says failed (with why), and `runs resume` continues from its checkpoint.
+    (The job machinery is what is tried: the tiny model, its 40 steps a few seconds.)"""
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(small_config(alpaca, max_steps=12, save_steps=2, name="no-dashboard").to_yaml())
+    cfg.write_text(small_config(alpaca, max_steps=40, save_steps=2, name="no-dashboard",
+                                base_model=tiny_model_dir).to_yaml())
     queued = json.loads(_cli("train", "--config", str(cfg), "--json").stdout)
     run_id = queued["id"]
-    wait_until(lambda: jobs.run_metrics(run_id) and max(m.step for m in jobs.run_metrics(run_id)) >= 5, 300)
-    worker_pid = json.loads(_cli("runs", "show", str(run_id), "--json").stdout)["worker_pid"]
-    os.kill(worker_pid, signal.SIGKILL)
+    wait_until(lambda: jobs.run_metrics(run_id) and max(m.step for m in jobs.run_metrics(run_id)) >= 5, 300,
+               poll_s=0.05)
+    os.kill(jobs.get_run(run_id).worker_pid, signal.SIGKILL)
     killed_at = time.time()
     shown = json.loads(_cli("runs", "show", str(run_id), "--json").stdout)
     while shown["status"] == "running" and time.time() - killed_at < 10:
@@ -130,14 +132,14 @@ def test_kill_9_with_no_dashboard_is_seen_by_the_next_read_and_resume_continues(
     assert shown["status"] == "failed", shown
     assert "killed by signal 9" in shown["error"] and "peak RSS" in shown["error"]
     ckpt = shown["resume_from_checkpoint"]
-    assert ckpt and ckpt.endswith(("checkpoint-4", "checkpoint-6"))
+    assert ckpt and 4 <= int(ckpt.rsplit("-", 1)[1]) < 40, ckpt
     resumed = _cli("runs", "resume", str(run_id), "--json")
     assert json.loads(resumed.stdout)["status"] in ("running", "queued")
     final = jobs.wait_for(run_id, timeout_s=300)
     assert final.status == "succeeded", jobs.log_tail(run_id)
     log = (workspace / "runs" / str(run_id) / "worker.log").read_text()
     assert f"resuming from {ckpt}" in log
-    assert [m.step for m in jobs.run_metrics(run_id) if m.loss is not None] == list(range(1, 13))
+    assert [m.step for m in jobs.run_metrics(run_id) if m.loss is not None] == list(range(1, 41))
 
 
 def test_app_start_reconcile_marks_vanished_runs_interrupted(workspace):
