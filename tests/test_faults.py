@@ -137,13 +137,15 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_one_and_resumes(small_disk, al
     assert metric_steps(run_id) == list(range(1, 9))
 
 
-def test_disk_full_when_the_database_cannot_write_either(small_disk, alpaca):
+def test_disk_full_when_the_database_cannot_write_either(small_disk, alpaca, tiny_model_dir):
     """The disk fills between checkpoints: metric inserts, log lines and the final status cannot be written. The
     ending goes to the run's reserved outcome file, the CLI prints one JSON document and exits 1, and once space is
-    back the next read folds the ending into the database and resume continues."""
+    back the next read folds the ending into the database and resume continues. (The tiny model: what is tried is
+    the run's ending, not what it learns.)"""
     ws, resize = small_disk
     cfg = ws.parent.parent / "run.yaml"
-    cfg.write_text(small_config(alpaca, max_steps=400, save_steps=2, save_total_limit=1).to_yaml())
+    cfg.write_text(small_config(alpaca, max_steps=400, save_steps=2, save_total_limit=1,
+                                base_model=tiny_model_dir).to_yaml())
     resize("200m")  # room for the run at submit (the disk pre-check); then the disk fills up while it trains
     waiter = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(cfg), "--wait", "--json"],
                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
