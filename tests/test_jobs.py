@@ -68,21 +68,23 @@ def test_qlora_run_trains_a_4bit_base_with_gradient_checkpointing(workspace, alp
     assert (workspace / "runs" / str(run.id) / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, default_model_dir):
-    run = submit_training(small_config(alpaca, max_steps=8, name="stop-resume"))
-    wait_until(lambda: jobs.get_run(run.id).step >= 2, 300)
+def test_stop_then_resume_continues_from_the_checkpoint(workspace, alpaca, tiny_model_dir):
+    """(The job machinery: the tiny model, 60 steps of ~0.1 s — a stop lands within a second or two.)"""
+    steps_in_all = 60
+    run = submit_training(small_config(alpaca, max_steps=steps_in_all, name="stop-resume", base_model=tiny_model_dir))
+    wait_until(lambda: jobs.get_run(run.id).step >= 2, 300, poll_s=0.05)
     stopped, ckpt_step = stop_with_checkpoint(run.id)
-    assert 2 <= ckpt_step < 8
+    assert 2 <= ckpt_step < steps_in_all
     resumed = jobs.resume(run.id)
     assert resumed.status in ("running", "queued")
     final = jobs.wait_for(run.id, timeout_s=300)
     assert final.status == "succeeded", jobs.log_tail(run.id)
-    assert final.step == 8
+    assert final.step == steps_in_all
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
     assert f"resuming from {stopped.resume_from_checkpoint}" in log
-    assert f"training: 8 steps (starting at {ckpt_step})" in log  # optimizer/scheduler state restored
+    assert f"training: {steps_in_all} steps (starting at {ckpt_step})" in log  # optimizer/scheduler state restored
     steps = [m.step for m in jobs.run_metrics(run.id) if m.loss is not None]
-    assert steps == list(range(1, 9))  # one row per step: the curve continues, no duplicates
+    assert steps == list(range(1, steps_in_all + 1))  # one row per step: the curve continues, no duplicates
 
 
 def test_kill_9_is_noticed_within_5s_with_the_log_tail(workspace, alpaca, tiny_model_dir):
