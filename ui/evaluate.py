@@ -346,5 +346,5 @@ def build_tab() -> None:
     def refresh_all(current_run=None, current_sel=None, mine=False, current_judge=None, request: gr.Request = None):
         return (*refresh_lists(current_run, current_sel, mine, request), *judge_refresh(current_judge, request))
 
-    # app.py runs it when a page opens: lists are never stale, and a judge run started before shows again
+    # app.py runs it when the tab is shown: lists are never stale, and a judge run started before shows again
     return refresh_all, [run, selected, mine, *judge_inputs], list_outputs + judge_outputs

@@ -98,7 +98,7 @@ def stop_judge(job_id: str | None, request: gr.Request = None) -> str:
 
 
 def latest_judge_job(who: str | None) -> str | None:
-    """The newest judge job ``who`` started (everyone's for None): what the section shows when a page opens."""
+    """The newest judge job ``who`` started (everyone's for None): what the section shows on opening."""
     mine = [j for j in runs.list_runs(kind="judge") if is_mine(j.owner, who)]
     return str(max(mine, key=lambda j: j.id).id) if mine else None
 
