@@ -157,7 +157,7 @@ def test_sweep_prunes_the_weak_trial_survives_a_driver_crash_and_continues_the_b
     # the best trial, continued (the usual continue-as path: a new run from its adapter)
     assert main(["sweeps", "continue", str(sweep_id), "--steps", "1", "--json"]) == 0
     cont = json.loads(capsys.readouterr().out)
-    assert cont["parent_run_id"] == d["best_run"]
+    assert cont["parent_run_id"] == d["best_run"] and f"sweep-{sweep_id}" in cont["tags"]
     done = runs.wait_for(cont["id"], timeout_s=300)
     assert done.status == "succeeded", runs.log_tail(done.id)
     assert done.config["init_adapter"] == runs.get_run(d["best_run"]).adapter_path

@@ -116,12 +116,14 @@ def stop_sweep(sweep_id: int, *, timeout_s: float | None = None) -> Run:
 
 
 def continue_best(sweep_id: int, extra_steps: int, owner: str = "", **changes) -> Run:
-    """Train the sweep's best trial on: a new run from its adapter (core.train.jobs.continue_training)."""
-    from core.train.jobs import continue_training
+    """Train the sweep's best trial on: a new run from its adapter (core.train.jobs.continue_training), tagged
+    ``sweep-<id>`` like the trials, so filtering the runs by the sweep's tag finds what came of it."""
+    from core.train.jobs import continue_training, tag_run
 
     run = get_sweep(sweep_id)
     st = studies.load(run.id)
     best = studies.best(st) if st is not None else None
     if not best or best.get("run_id") is None:
         raise JobError(f"sweep {sweep_id} has no complete trial yet")
-    return continue_training(int(best["run_id"]), extra_steps, owner=owner, **changes)
+    cont = continue_training(int(best["run_id"]), extra_steps, owner=owner, **changes)
+    return tag_run(cont.id, [*(cont.tags or []), f"sweep-{run.id}"])
