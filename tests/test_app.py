@@ -98,7 +98,12 @@ def a_page_polls_only_for_the_tab_it_shows_and_slowly_while_nothing_runs(app_ser
         page.on("request", on_request)
         page.goto(app_server)
         # (waiting through the page, not time.sleep: its request events reach us only while Playwright runs)
-        page.wait_for_timeout(2500)
+        page.get_by_role("tab", name="Deploy", exact=True).wait_for()
+        for _ in range(40):  # the shown tab's lists are read once the page is built (slowly on a busy machine)
+            if any(f in loader_of for f in sent):
+                break
+            page.wait_for_timeout(250)
+        page.wait_for_timeout(2000)  # and no other tab's, nor that one's again
         loaded_at_open = [loader_of[f] for f in sent if f in loader_of]
         page.get_by_role("tab", name="Evaluate", exact=True).click()
         page.wait_for_timeout(3000)
