@@ -160,6 +160,22 @@ def second_node(ray_head):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _ranks_of(run_id: int, workspace) -> list:
+    """This test's rank processes of run ``run_id``: its worker module with the run's id, in this workspace (the
+    other test process may run a job 1 of its own workspace at the same time)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "core.runs.worker" not in cmd or str(run_id) not in cmd:
+            continue
+        try:
+            if p.environ().get("FTS_WORKSPACE") == str(workspace):
+                found.append(p)
+        except psutil.Error:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
 def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_ray, second_node, tiny_model_dir,
                                                                   fixtures_dir, monkeypatch):
     """DDP over 2 processes on a simulated 2-node cluster, one rank per node (FTS_RAY_PLACEMENT=STRICT_SPREAD): the
@@ -178,17 +194,14 @@ def test_a_two_process_run_spans_two_ray_nodes_stops_and_resumes(workspace, on_r
     assert 2 <= ckpt_step < STEPS
     runs.resume(run.id)  # then rank 1 is killed where it runs, as a person or the system would
     wait_until(lambda: runs.get_run(run.id).step >= ckpt_step + 2, 300, poll_s=0.2)
-    rank1 = next(p for p in psutil.process_iter(["cmdline"]) if "core.runs.worker" in (p.info["cmdline"] or [])
-                 and str(run.id) in p.info["cmdline"] and p.environ().get("RANK") == "1")
+    rank1 = next(p for p in _ranks_of(run.id, workspace) if p.environ().get("RANK") == "1")
     os.kill(rank1.pid, signal.SIGKILL)
     failed = wait_until(lambda: (r := runs.get_run(run.id)).status == RunStatus.failed and r, 60, poll_s=0.2)
     # the resumed attempt places its ranks afresh: rank 1 may now be on either node
     assert any(failed.error.startswith(f"rank 1 of 2 (on {node}) was killed by signal 9 (SIGKILL)")
                for node in nodes), failed.error
     assert "--- rank 1 log tail ---" in failed.error and failed.resume_from_checkpoint
-    wait_until(lambda: not rank1.is_running() and not any(  # no rank outlives the run
-        "core.runs.worker" in (p.info["cmdline"] or []) and str(run.id) in p.info["cmdline"]
-        for p in psutil.process_iter(["cmdline"])), 30)
+    wait_until(lambda: not rank1.is_running() and not _ranks_of(run.id, workspace), 30)  # no rank outlives the run
     runs.resume(run.id)
     final = runs.wait_for(run.id, timeout_s=300, poll_s=0.5)
     assert final.status == RunStatus.succeeded, runs.log_tail(run.id)
