@@ -235,12 +235,13 @@ def test_a_killed_server_is_marked_and_a_stopped_one_frees_its_port(serving_ws, 
     # /health), its timer sent only when the pace changes, and a shown status not sent again
     from ui.deploy import IDLE_REFRESH_S, REFRESH_S, deploy_tick
 
-    *_, pace, timer = deploy_tick(None, str(third.id), None, IDLE_REFRESH_S)
-    assert pace == REFRESH_S and timer.value == REFRESH_S
-    *_, shown, pace, timer = deploy_tick(None, str(first.id), None, REFRESH_S)
-    assert shown == (str(first.id), "running") and pace == IDLE_REFRESH_S and timer.value == IDLE_REFRESH_S
-    again = deploy_tick(None, str(first.id), shown, IDLE_REFRESH_S)
-    assert again[-2] == IDLE_REFRESH_S and all(u == {"__type__": "update"} for u in (*again[3:9], again[-1]))
+    *_, cache, timer = deploy_tick(None, str(third.id), {"sent": {"pace": IDLE_REFRESH_S}})
+    assert timer.value == REFRESH_S and cache["sent"]["pace"] == REFRESH_S
+    *_, cache, timer = deploy_tick(None, str(first.id), cache)
+    assert cache["shown"] == (str(first.id), "running") and timer.value == IDLE_REFRESH_S
+    again = deploy_tick(None, str(first.id), cache)
+    assert again[-2]["sent"]["pace"] == IDLE_REFRESH_S
+    assert all(u == {"__type__": "update"} for u in (*again[3:9], again[-1]))  # nothing changed: nothing sent
     assert D.stop(third.id).status == "stopped" and runs.get_run(third.job_id).status == "stopped"
     assert runs.wait_for(counted.id, timeout_s=120).status == "succeeded"
     # the second server stopped from the API: the port is free and the row says stopped

@@ -20,7 +20,7 @@ from core.deploy.config import DeployConfig, ExportConfig
 from core.jobconfig import choices_of
 from core.runs import JobError, RunStatus
 from core.space import in_space
-from ui.common import is_mine, job_progress, mine_box, owner_filter, visitor_hub_token
+from ui.common import if_changed, is_mine, job_progress, mine_box, owner_filter, visitor_hub_token
 
 REFRESH_S = 2.0  # while an export runs or the selected deployment is starting
 IDLE_REFRESH_S = 6.0  # otherwise: a selected server that died still shows within this (each event costs a page this
@@ -254,12 +254,13 @@ def stop_deployment(dep_id: str | None, user: str = "") -> str:
     return f"Deployment #{dep.id} **stopped**" + (f"; port {dep.port} is free." if dep.target == "local" else ".")
 
 
-def deploy_tick(job_id, dep_id, shown, pace, who: str | None = None) -> tuple:
+def deploy_tick(job_id, dep_id, cache: dict | None, who: str | None = None) -> tuple:
     """The Deploy tab's refresh: the export's progress while it runs, and the selected deployment's status (its
     process and /health checked). Returns (export progress, exports table, export job, deployments table,
-    deployment list, its 4 details, what the page shows now, the pace, the timer): every ``REFRESH_S`` while an
-    export runs or the deployment is starting, every ``IDLE_REFRESH_S`` otherwise; the timer is sent only when its
-    pace changes."""
+    deployment list, its 4 details, the page's cache, the timer): every ``REFRESH_S`` while an export runs or the
+    deployment is starting, every ``IDLE_REFRESH_S`` otherwise. ``cache`` is the page's own (what it was sent:
+    ``"shown"``, the (deployment id, status) it shows, and the timer's pace through ``if_changed``)."""
+    cache = {} if cache is None else cache
     out_job = gr.update()
     prog = gr.update()
     ex_tab = gr.update()
@@ -284,13 +285,12 @@ def deploy_tick(job_id, dep_id, shown, pace, who: str | None = None) -> tuple:
         busy = busy or status == "starting"
         # still coming up, it just changed (up, died), or it changed since this page showed it (a launch thread
         # wrote its ending: the table and the list follow, not only the details)
-        if status == "starting" or status != before or (dep_id, status) != tuple(shown or ()):
+        if status == "starting" or status != before or (dep_id, status) != tuple(cache.get("shown") or ()):
             dep_updates = [deployments_frame(who), gr.update(choices=deployment_choices(who), value=dep_id),
                            *deployment_details(dep_id)]
-            shown = (dep_id, status)
-    new_pace = REFRESH_S if busy else IDLE_REFRESH_S
-    timer = gr.Timer(value=new_pace) if new_pace != pace else gr.update()
-    return (prog, ex_tab, out_job, *dep_updates, shown, new_pace, timer)
+            cache["shown"] = (dep_id, status)
+    pace = REFRESH_S if busy else IDLE_REFRESH_S
+    return (prog, ex_tab, out_job, *dep_updates, cache, if_changed(cache, "pace", gr.Timer(value=pace), pace))
 
 
 def cloud_text(model_ref: str | None, target_label: str, gpu: str | None, num_gpus) -> str:
@@ -429,22 +429,25 @@ def build_tab():
     smoke_btn.click(run_smoke, [selected, smoke_prompt], smoke_out)
     cloud_btn.click(cloud_text, [model, cloud_target, gpu, num_gpus], cloud)
 
-    def tick(job_id, dep_id, shown, pace, mine=False, request: gr.Request = None):
+    def tick(job_id, dep_id, cache, mine=False, request: gr.Request = None):
         """A tick never fails the page: a busy database or a vanished row leaves the view as it was until the next
         one."""
         try:
-            return deploy_tick(job_id, dep_id, shown, pace, owner_filter(mine, request))
+            return deploy_tick(job_id, dep_id, cache, owner_filter(mine, request))
         except Exception:  # noqa: BLE001 - the next tick tries again
-            return (gr.update(),) * 12
+            return (gr.update(),) * 11
 
-    shown_state = gr.State(None)  # (deployment id, status) this page last showed
-    pace_state = gr.State(REFRESH_S)  # the timer's interval as this page has it
+    def quick(cache):
+        """An export or a deployment just started: watched at the quick pace at once (a timer's value only: whether
+        it ticks stays the tab's business)."""
+        cache = {} if cache is None else cache
+        return cache, if_changed(cache, "pace", gr.Timer(value=REFRESH_S), REFRESH_S)
+
+    cache_state = gr.State({"sent": {"pace": REFRESH_S}})  # what this page was sent (the timer starts quick)
     timer = gr.Timer(REFRESH_S)
-    timer.tick(tick, [ex_job, selected, shown_state, pace_state, mine],
-               [ex_progress, ex_table, ex_job, table, selected, *detail_outputs, shown_state, pace_state, timer],
+    timer.tick(tick, [ex_job, selected, cache_state, mine],
+               [ex_progress, ex_table, ex_job, table, selected, *detail_outputs, cache_state, timer],
                show_progress="hidden", concurrency_limit=None)
-    # an export or a deployment just started: watched at the quick pace at once (a timer's value only: whether it
-    # ticks stays the tab's business)
     for event in (ex_event, deploy_event):
-        event.then(lambda: (REFRESH_S, gr.Timer(value=REFRESH_S)), None, [pace_state, timer], show_progress="hidden")
+        event.then(quick, cache_state, [cache_state, timer], show_progress="hidden")
     return refresh_lists, [selected, ex_run, mine], list_outputs
