@@ -21,8 +21,17 @@ TABS = ["Estimate", "Data", "Train", "Evaluate", "Playground", "Deploy"]
 @pytest.fixture
 def app_server(workspace, default_model_dir):
     proc, url = launch_app(workspace / "app.log", FTS_TENSORBOARD_PORT="8773")  # the page's TensorBoard (issue 29)
+    APP_PIDS[url] = proc.pid
     yield url
     stop_app(proc)
+
+
+APP_PIDS: dict[str, int] = {}  # app_server's URL -> its process
+
+
+def torch_loaded_in(pid: int) -> bool:
+    """Whether process ``pid`` has torch's native library mapped (``import torch`` maps it)."""
+    return "/libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def test_app_builds_and_serves_all_six_tabs(app_server):
@@ -37,6 +46,11 @@ def test_app_builds_and_serves_all_six_tabs(app_server):
     assert "Start training" in text
     if Path(CHROMIUM).exists():  # (the page's own polling, on the same app)
         a_page_polls_only_for_the_tab_it_shows_and_slowly_while_nothing_runs(app_server, config)
+    import torch
+
+    if torch.version.cuda is None and torch.version.hip is None:  # a CPU-only torch: no GPU to count
+        # the dashboard built its form, and a page went through every tab, without loading torch (~1.5 s of a start)
+        assert not torch_loaded_in(APP_PIDS[app_server])
 
 
 def _tab_of_each_component(config: dict) -> dict[int, str]:

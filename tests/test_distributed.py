@@ -64,9 +64,15 @@ def test_num_gpus_is_read_as_num_processes_and_the_strategy_is_checked():
 
 
 def test_a_host_refuses_more_processes_than_its_cores_in_one_line(workspace, tiny_llama):
-    from core.train.device import process_capacity
+    import torch
+
+    from core.train.device import cpu_only_build, process_capacity, torch_version_file
     from core.train.jobs import check_processes
 
+    # what the dashboard reads from torch's version file, without importing torch, agrees with torch itself
+    text = torch_version_file().read_text()
+    assert cpu_only_build(text) == (torch.version.cuda is None and torch.version.hip is None)
+    assert cpu_only_build(text.replace("cuda: Optional[str] = None", "cuda: Optional[str] = '12.8'")) is False
     cores, what = process_capacity()
     check_processes(config(tiny_llama, num_processes=cores, distributed="ddp" if cores > 1 else "none"))
     with pytest.raises(JobError) as exc:

@@ -1,7 +1,10 @@
 """What the training device can do: precision follows the device, QLoRA needs bitsandbytes."""
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,45 @@ def qlora_support_error() -> str | None:
     return None
 
 
+def torch_version_file() -> Path | None:
+    """The installed torch's ``version.py`` (found without importing torch), or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torch")
+        return Path(spec.origin).parent / "version.py"
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def cpu_only_build(version_text: str) -> bool:
+    """Whether a torch ``version.py`` text is a CPU-only build's (``cuda`` and ``hip`` both None)."""
+    builds = dict(re.findall(r"^(cuda|hip)\s*(?::[^=]*)?=\s*(.+?)\s*$", version_text, re.M))
+    return builds.get("cuda") == "None" and builds.get("hip") == "None"
+
+
+def _torch_sees_no_gpu() -> bool:
+    """True when torch is not loaded yet and the installed one is a CPU-only build: the dashboard draws its form
+    without importing torch (~1.5 s of its start), which it does not otherwise need. False when unsure."""
+    if "torch" in sys.modules:
+        return False  # already loaded: ask it
+    path = torch_version_file()
+    try:
+        return path is not None and cpu_only_build(path.read_text())
+    except OSError:
+        return False
+
+
 def process_capacity() -> tuple[int, str]:
     """(how many training processes this host can run, what they are): its GPUs, or its CPU cores where it has
     none (the cores this process may use)."""
     import os
 
-    import torch
+    if not _torch_sees_no_gpu():
+        import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.device_count(), "GPU(s)"
+        if torch.cuda.is_available():
+            return torch.cuda.device_count(), "GPU(s)"
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
