@@ -46,15 +46,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # Tests that read the session's trained demo run go to one process (it trains it once; they run in order there); the
 # rest go a module at a time (a module's own fixtures are built once); modules that share a session service (the
 # PostgreSQL cluster) go together. The longest groups start first, so that no process is left with a long one at the
-# end (seconds from bench/RESULTS.md's per-file table; a module missing there just goes later). The grouping only
-# saves time: a test in another process would build what it needs there.
+# end (each group's seconds in a 2-process run, bench/RESULTS.md; a group missing here just goes later). The
+# grouping only saves time: a test in another process would build what it needs there.
 # (xdist's own --dist loadgroup renames test ids, which pytest 9 no longer lets a plugin do: the test processes write
 # each test's group to a file, and the scheduler below reads it.)
 GROUP_OF_MODULE = {"test_runs_core": "postgres", "test_postgres": "postgres"}
-GROUP_SECONDS = {"demo": 300, "test_faults": 140, "test_jobs": 77, "test_hostile": 63, "test_api_walk": 60,
-                 "postgres": 52, "test_grpo": 43, "test_gpu_check": 40, "test_app": 38, "test_ray": 37,
-                 "test_gguf_export": 32, "test_base_models": 29, "test_preference": 28, "test_users": 23,
-                 "test_shared_studio": 18, "test_warm_worker": 18, "test_manage_runs": 17}
+GROUP_SECONDS = {"demo": 578, "test_faults": 193, "test_ray": 193, "test_app": 142, "test_grpo": 128,
+                 "test_container": 102, "postgres": 102, "test_space_quickstart": 102, "test_preference": 98,
+                 "test_jobs": 92, "test_api_walk": 87, "test_hostile": 65, "test_sweep": 54, "test_gguf_export": 50,
+                 "test_distributed": 50, "test_gpu_check": 49, "test_shared_studio": 39, "test_manage_runs": 35,
+                 "test_base_models": 31, "test_multiple_choice": 30, "test_users": 27, "test_trackers": 23,
+                 "test_generate": 22, "test_warm_worker": 21, "test_fuzz_importer": 20, "test_native_benchmarks": 19,
+                 "test_data_ui": 18, "test_judge": 17, "test_storage": 15}  # 2 processes, 2026-12-07 (RESULTS.md)
 
 
 def _group(item) -> str:

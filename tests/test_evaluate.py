@@ -134,6 +134,29 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_queued(demo_ws, fixtures
     assert "no reference answers" in notes and out["n"] == 4
 
 
+def test_the_harness_task_index_is_kept_between_processes_and_a_broken_copy_rebuilt(tmp_path, monkeypatch):
+    """Checking a task name used to read the harness's ~15,000 task files in every process (~8 s a CLI call); the
+    index is now kept in the user's cache folder. A half-written or garbled copy is rebuilt from the harness."""
+    from core.evaluate.harness import index_cache_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = index_cache_path()
+    assert path.parent == tmp_path / "finetune-studio"
+    path.parent.mkdir()
+    path.write_text('{"arc_easy": ["arc_easy", "allenai/ai2_arc"')  # garbled: the next process rebuilds it
+    ask = ("from core.evaluate import harness as H\n{prep}\nprint(H.task_info('arc_easy'))\n"
+           "try:\n    H.task_info('arc_eazy')\nexcept Exception as e:\n    print(e)")
+    rebuilt = subprocess.run([sys.executable, "-c", ask.format(prep="")], cwd=REPO_ROOT, env=dict(os.environ),
+                             capture_output=True, text=True, timeout=300)
+    assert rebuilt.returncode == 0 and len(json.loads(path.read_text())) > 10_000, rebuilt.stderr
+    # a process that cannot read the harness's task files at all answers from the kept index, the same
+    blind = subprocess.run([sys.executable, "-c", ask.format(prep="H._task_manager = None  # no harness scan")],
+                           cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert blind.returncode == 0, blind.stderr
+    assert blind.stdout == rebuilt.stdout
+    assert "'dataset_path': 'allenai/ai2_arc'" in blind.stdout and "has no task 'arc_eazy'" in blind.stdout
+
+
 def test_an_lm_eval_task_offline_says_exactly_what_is_missing(demo_ws, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

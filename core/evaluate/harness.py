@@ -7,8 +7,10 @@ as a file in the Data tab and use multiple-choice mode, which scores them the wa
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import lru_cache
+from pathlib import Path
 
 from core.evaluate import metrics as M
 from core.evaluate.config import EvalConfig
@@ -29,21 +31,64 @@ def _task_manager():
     return TaskManager()
 
 
+INDEX_FIELDS = ("task", "dataset_path", "dataset_name", "output_type")  # what task_info reads of a task's config
+
+
+def index_cache_path() -> Path:
+    """Where the harness's task index is kept between processes: the user's cache folder, one file per installed
+    lm-eval (its version and folder)."""
+    import hashlib
+
+    import lm_eval
+
+    key = hashlib.sha256(f"{lm_eval.__version__}\0{Path(lm_eval.__file__).parent}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "finetune-studio" / f"lm-eval-{lm_eval.__version__}-tasks-{key}.json"
+
+
+@lru_cache(maxsize=1)
+def task_index() -> dict[str, list]:
+    """Every task and group name the harness knows -> its config's ``INDEX_FIELDS``. Building it means reading the
+    harness's ~15,000 task files (~8 s, once per process); the result is kept in ``index_cache_path()``, so that
+    checking a task name (a submit, the CLI) takes a file read after the first time. A cache that cannot be read or
+    written is rebuilt or skipped, never trusted half-written."""
+    path = index_cache_path()
+    try:
+        index = json.loads(path.read_text())
+        if isinstance(index, dict) and index and all(isinstance(v, list) and len(v) == len(INDEX_FIELDS)
+                                                     for v in index.values()):
+            return index
+    except (OSError, ValueError):
+        pass
+    index = {}
+    for name, entry in _task_manager().task_index.items():
+        cfg = dict(getattr(entry, "cfg", None) or {})
+        index[name] = [v if isinstance(v := cfg.get(f), str) else None for f in INDEX_FIELDS]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, path)  # whole or not at all
+    except OSError:  # a read-only home: checked from the harness each time
+        tmp.unlink(missing_ok=True)
+    return index
+
+
 def task_info(task: str) -> dict:
     """The task's dataset (what it downloads) and output type, without downloading anything."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
         raise JobError("lm-evaluation-harness is not installed (pip install lm-eval==0.4.13)") from None
-    tm = _task_manager()
-    entry = tm.task_index.get(task)
+    index = task_index()
+    entry = index.get(task)
     if entry is None:
-        close = sorted(t for t in tm.all_tasks if task.lower() in t.lower())[:8]
+        close = sorted(t for t in index if task.lower() in t.lower())[:8]
         hint = f" (did you mean {', '.join(close)}?)" if close else " (e.g. arc_easy, hellaswag, mmlu_anatomy)"
         raise JobError(f"lm-evaluation-harness has no task '{task}'{hint}")
-    cfg = dict(getattr(entry, "cfg", None) or {})
-    return {"task": task, "dataset_path": cfg.get("dataset_path"), "dataset_name": cfg.get("dataset_name"),
-            "output_type": cfg.get("output_type"), "is_group": cfg.get("task") != task and not cfg.get("dataset_path")}
+    cfg = dict(zip(INDEX_FIELDS, entry))
+    return {"task": task, "dataset_path": cfg["dataset_path"], "dataset_name": cfg["dataset_name"],
+            "output_type": cfg["output_type"], "is_group": cfg["task"] != task and not cfg["dataset_path"]}
 
 
 def missing_data_message(info: dict, exc: BaseException) -> str:
