@@ -56,8 +56,16 @@ def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None, report=Non
             self.step0 = 0
             self.last_tps: float | None = None
             self.window: list[tuple[float, int]] = []
+            self.cpu_share = None  # core.train.cpu_share: the threads follow the host's free cores (CPU runs)
 
         def on_train_begin(self, args, state, control, **kw):
+            import torch
+
+            from core.train.cpu_share import CpuShare
+
+            self.cpu_share = CpuShare.for_this_process(torch, log)
+            if self.cpu_share is not None:
+                log(f"cpu threads: {self.cpu_share.threads}, fewer while other processes keep the cores busy")
             self.local_tokens = self.all_tokens = tokens_seen()  # rank 0: from the metrics when resumed
             if not state.is_world_process_zero:
                 return
@@ -72,6 +80,8 @@ def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None, report=Non
                 + (f"; gradient checkpointing active in {n_ckpt} modules" if n_ckpt else ""))
 
         def on_step_end(self, args, state, control, **kw):
+            if self.cpu_share is not None:
+                self.cpu_share.tick()
             # several ranks: one all-reduce per step — a stop asked of any rank stops all at this step (their
             # checkpoint is one collective save), and the step's tokens are every rank's
             local = tokens_seen()
@@ -127,5 +137,9 @@ def make_metrics_callback(ctx: JobContext, tokens_seen, samples=None, report=Non
             if self.last_tps:
                 parts.append(f"{self.last_tps:.0f} tok/s")
             log("  ".join(parts))
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.cpu_share is not None and (line := self.cpu_share.summary()):
+                log(line)
 
     return MetricsCallback()
