@@ -56,8 +56,11 @@ def test_lora_run_records_loss_and_saves_adapter(workspace, alpaca, default_mode
     assert run.final_metrics["global_step"] == 3 and run.final_metrics["dataset_loss_tokens"] > 0
     # a CPU run's threads follow the host's free cores (core.train.cpu_share)
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
-    if len(os.sched_getaffinity(0)) > 1 and not os.environ.get("FTS_WORKER_THREADS"):
+    share = os.environ.get("FTS_CPU_SHARE", "1").strip().lower() not in ("0", "false", "no", "off")
+    if share and len(os.sched_getaffinity(0)) > 1 and not os.environ.get("FTS_WORKER_THREADS"):
         assert "cpu threads: " in log and "fewer while other processes keep the cores busy" in log
+    else:  # turned off, or a thread count fixed by the host: the count stays as it is
+        assert "cpu threads" not in log
 
 
 def test_qlora_run_trains_a_4bit_base_with_gradient_checkpointing(workspace, alpaca, default_model_dir):
