@@ -40,6 +40,7 @@ class Settings:
     auth: tuple[str, str] | None
     max_concurrent_runs: int
     worker_threads: int  # 0 = torch's default (all cores)
+    cpu_share: bool  # a CPU training's threads follow the host's free cores (core.train.cpu_share)
     worker_nice: int
     stop_timeout_s: float
     worker_max_memory_bytes: int  # 0 = no cap; else the worker's address space is capped (a clean OOM, not a dead box)
@@ -96,6 +97,7 @@ def get_settings() -> Settings:
         auth=auth,
         max_concurrent_runs=max(1, _int_env("FTS_MAX_CONCURRENT_RUNS", 1)),
         worker_threads=max(0, _int_env("FTS_WORKER_THREADS", 0)),
+        cpu_share=os.environ.get("FTS_CPU_SHARE", "1").strip().lower() not in ("0", "false", "no", "off"),
         worker_nice=_int_env("FTS_WORKER_NICE", 10),
         stop_timeout_s=float(os.environ.get("FTS_STOP_TIMEOUT_S", "60")),
         worker_max_memory_bytes=int(float(os.environ.get("FTS_WORKER_MAX_MEMORY_GB", "0")) * 1024**3),

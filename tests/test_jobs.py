@@ -15,7 +15,7 @@ import pytest
 from sqlmodel import select
 
 from core import runs as jobs
-from core.config import REPO_ROOT, db_session
+from core.config import REPO_ROOT, db_session, get_settings
 from core.train.config import TrainConfig
 from core.train.jobs import continue_training, submit_training
 from storage import Run
@@ -56,8 +56,8 @@ def test_lora_run_records_loss_and_saves_adapter(workspace, alpaca, default_mode
     assert run.final_metrics["global_step"] == 3 and run.final_metrics["dataset_loss_tokens"] > 0
     # a CPU run's threads follow the host's free cores (core.train.cpu_share)
     log = (workspace / "runs" / str(run.id) / "worker.log").read_text()
-    share = os.environ.get("FTS_CPU_SHARE", "1").strip().lower() not in ("0", "false", "no", "off")
-    if share and len(os.sched_getaffinity(0)) > 1 and not os.environ.get("FTS_WORKER_THREADS"):
+    settings = get_settings()
+    if settings.cpu_share and len(os.sched_getaffinity(0)) > 1 and not settings.worker_threads:
         assert "cpu threads: " in log and "fewer while other processes keep the cores busy" in log
     else:  # turned off, or a thread count fixed by the host: the count stays as it is
         assert "cpu threads" not in log

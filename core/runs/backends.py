@@ -83,7 +83,7 @@ def job_environment() -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     # a CPU job's OpenMP threads sleep at a barrier instead of spinning: spinning, a thread waiting for one that
     # shares its core with a busy process burns the time that one needs (a training at nice 10 beside one busy
-    # process: 21 s a step instead of 3 s, seen). Alone it costs ~5 % (bench/RESULTS.md); torch reads it at import
+    # process: 36 s a step instead of 4.2 s, bench/cpu_share.py). Alone it costs ~5 %; torch reads it at import
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # the checkout first, once: a supervisor that starts the next queued job passes its own environment on, and a
     # PYTHONPATH that grew with every generation made a new warm-worker key each time (every queued job cold)

@@ -2,12 +2,12 @@
 
 torch gives a process one compute thread per core, which is right while it has the cores to itself. When other
 processes keep some of them busy (a second training, the dashboard answering a Playground prompt, a local server,
-a browser), its threads wait for each other at every parallel step: two 2-thread trainings on 2 cores each took
-50.6 s for 8 steps of the default model, against 43.5 s with one thread each; a training at the worker's nice 10
-beside one busy process took 40.4 s for 6 steps with two threads, 33.8 s with one (bench/cpu_share.py has the
-measured figures). So between steps the worker reads how busy its cores were over the last seconds (``/proc/stat``,
-its own time taken out) and trains with the cores that were left, at least one; when they are free again it takes
-them back: fewer at once, more when two readings in a row agree, so a short lull does not make it flap.
+a browser), its threads wait for each other at every parallel step. The quick start's training on 2 cores
+(bench/cpu_share.py): beside one busy process 4.75 s a step with its two threads, 4.22 s following the load; two
+such trainings at once 5.35 against 4.81 s (a mean of 4 noisy runs). So between steps the worker reads how busy
+its cores were over the last seconds (``/proc/stat``, its own time taken out) and trains with the cores that were
+left, at least one; when they are free again it takes them back: fewer at once, more when two readings in a row
+agree, so a short lull does not make it flap.
 
 Off where a thread count is fixed: ``FTS_WORKER_THREADS``, the ranks of a multi-process run (they split the cores
 between them), a GPU run, ``FTS_CPU_SHARE=0``, or a host without ``/proc/stat``.
@@ -73,9 +73,8 @@ class CpuShare:
         from core.config import get_settings
         from core.train.distributed import world_size
 
-        if os.environ.get("FTS_CPU_SHARE", "1").strip().lower() in ("0", "false", "no", "off"):
-            return None
-        if get_settings().worker_threads or world_size() > 1 or torch.cuda.is_available():
+        settings = get_settings()
+        if not settings.cpu_share or settings.worker_threads or world_size() > 1 or torch.cuda.is_available():
             return None
         try:
             cpus = set(os.sched_getaffinity(0))
