@@ -27,6 +27,9 @@ def test_ended_job_supervisors_and_servers_are_reaped_by_the_monitor(workspace, 
     from core.deploy import deployments as D
 
     monkeypatch.setenv("FTS_JOB_KINDS", "tests.job_kinds")
+    # supervisors started cold, as the dashboard's children: one forked from the warm worker is the server's child,
+    # reaped by it (tests/test_warm_worker.py)
+    monkeypatch.setenv("FTS_WARM_WORKER", "0")
     monitor = runs.Monitor()  # as app.py builds it (not started: one round at a time here)
     job = runs.wait_for(runs.submit("count", {"steps": 1, "sleep_s": 0}).id, timeout_s=120)
     assert job.status == "succeeded"

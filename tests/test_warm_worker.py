@@ -86,6 +86,31 @@ def test_the_worker_is_the_servers_child_and_dies_with_its_supervisor(warm_serve
     assert ended.status == RunStatus.failed and "died without reporting" in ended.error
 
 
+def test_the_supervisor_forks_too_shows_its_command_and_outlives_the_process_that_queued_it(warm_server, workspace):
+    """The local backend asks the server for the job's supervisor as well (it spent ~0.4 s of CPU importing
+    SQLAlchemy and SQLModel for every job; bench/job_overhead.py): detached, so the process that queued the job (a
+    CLI call here; a dashboard that restarts) can end while it runs. A forked process shows the command a cold one
+    would, before its pid is given out: the backend's check of which pid is the job's holds at once."""
+    queue = ("import json; from core import runs; "
+             "print(json.dumps(runs.submit('count', {'steps': 40, 'sleep_s': 0.05}).id))")
+    proc = subprocess.run([sys.executable, "-c", queue], env=dict(os.environ), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr  # it has ended: the job it queued runs on
+    job_id = int(proc.stdout.strip().splitlines()[-1])
+    running = wait_until(lambda: (r := runs.get_run(job_id)).step >= 2 and r.worker_pid and r, 60)
+    server = _server_pid(warm_server)
+    supervisor, worker = psutil.Process(running.pid), psutil.Process(running.worker_pid)
+    assert supervisor.ppid() == server and worker.ppid() == server
+    assert supervisor.cmdline()[:5] == [sys.executable, "-m", "core.runs.supervise", "--job-id", str(job_id)]
+    assert worker.cmdline()[:5] == [sys.executable, "-m", "core.runs.worker", "--job-id", str(job_id)]
+    assert os.getsid(supervisor.pid) == supervisor.pid  # its own session: the backend stops it as a group
+    assert "started from the warm worker" in runs.log_tail(job_id, max_lines=200)
+    done = runs.wait_for(job_id, timeout_s=120)
+    assert done.status == RunStatus.succeeded and done.final_metrics == {"counted": 40}, runs.log_tail(job_id)
+    # the server reaps it: gone, not left a <defunct> child of anyone's
+    wait_until(lambda: not psutil.pid_exists(supervisor.pid), 15)
+
+
 def test_a_stop_reaches_the_warm_worker_and_a_signal_death_is_named(warm_server, workspace):
     job = runs.submit("count", {"steps": 400, "sleep_s": 0.05})
     wait_until(lambda: runs.get_run(job.id).step >= 2, 60)

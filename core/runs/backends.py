@@ -2,8 +2,9 @@
 tells whether it is alive, signals it and reads its log. The scheduler talks to backends through
 :class:`Backend` only, so a cluster backend (Ray's job API) is one more class with the same five methods.
 
-``local`` (the default): a subprocess on this machine in its own session and process group, so closing the browser
-or restarting the dashboard does not touch it, and a stop reaches the supervisor and its worker together.
+``local`` (the default): a process on this machine in its own session and process group — forked from the warm
+worker where one answers (core.runs.warm.spawn_supervisor), else started cold — so closing the browser or
+restarting the dashboard does not touch it, and a stop reaches the supervisor and its worker together.
 
 ``ray`` (``FTS_JOB_BACKEND=ray``, ``RAY_ADDRESS=http://head:8265``): the same supervisor command submitted as a Ray
 job through Ray's job submission API, asking for the run's GPUs (``entrypoint_num_gpus``) so Ray places it on a node
@@ -122,6 +123,11 @@ class LocalBackend(Backend):
         with open(paths.log_path(job.id), "ab") as logf:
             logf.write(f"\n===== attempt {job.attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
             logf.flush()
+            # the supervisor forks from the warm worker too where one answers (in its own session, reaped by the
+            # server, its command line as a cold one's: is_alive below tells it the same way), else starts cold
+            pid = warm.spawn_supervisor(supervisor_command(job.id), env, str(REPO_ROOT), logf.fileno())
+            if pid:
+                return Handle(pid, socket.gethostname())
             proc = subprocess.Popen(  # noqa: S603 - sys.executable -m core.runs.supervise <id>, no shell
                 supervisor_command(job.id),
                 cwd=str(REPO_ROOT),

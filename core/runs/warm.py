@@ -17,6 +17,11 @@ How it fits the runs core (the supervisor contract is unchanged):
   everything except the studio's own ``FTS_*``/``DATABASE_URL``, which only the workers read), per interpreter and
   per installed packages; it listens on a socket in a 0700 folder of this user's and answers only this user
   (``SO_PEERCRED``). It exits after ``FTS_WARM_IDLE_MIN`` minutes (default 30) with nothing running or asked.
+- The supervisor itself forks from the server too where one answers (:func:`spawn_supervisor`, asked by the local
+  backend): detached — its own session, no watch on whoever asked, so a dashboard that restarts leaves its runs
+  going — and reaped by the server. Every forked process shows its own command line (``python -m core.runs.supervise
+  --job-id N``, ``python -m core.runs.worker …``) in ``ps`` and ``/proc``, as a cold one does, before its pid is
+  given out: the backends' checks of which process is a job's hold for both.
 - Nothing here is required: no server, an old one, a refused request — the supervisor starts the worker cold, as
   before. ``FTS_WARM_WORKER=0`` turns it off. No CUDA is initialised before the fork (imports only), and the server
   is single-threaded in Python when it forks.
@@ -367,8 +372,7 @@ def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0,
           stdout: int | None = None, stderr: int | None = None) -> WarmChild | None:
     """Start ``argv`` (``python -m core.…``) from this environment's server, or None (start it cold). Its stdout and
     stderr are this process's unless ``stdout`` / ``stderr`` (file descriptors) say otherwise."""
-    if not enabled(env) or len(argv) < 3 or argv[0] != sys.executable or argv[1] != "-m" \
-            or not argv[2].startswith(MODULE_PREFIX) or argv[2] in COLD_MODULES:
+    if not _servable(argv, env):
         return None
     p = _paths(env)
     if p is None:
@@ -379,18 +383,48 @@ def spawn(argv: list[str], env: dict, cwd: str, timeout_s: float = 10.0,
         wait_s = float(env.get("FTS_WARM_WAIT_S") or WAIT_FOR_IMPORTING_S)
         if not (wait_s > 0 and running(env) and wait_ready(env, timeout_s=wait_s)):
             return None
+    s, pid = _request(p[0], argv, env, cwd, timeout_s, stdout, stderr, detach=False)
+    return None if s is None else WarmChild(s, pid)
+
+
+def spawn_supervisor(argv: list[str], env: dict, cwd: str, stdout: int, timeout_s: float = 10.0) -> int | None:
+    """Start a job's supervisor (``python -m core.runs.supervise …``) from this environment's server: its pid, or None
+    (start it cold). Only from a server that answers now: a cold supervisor starts in under a second, so nothing
+    waits for one still importing. The supervisor is detached: it outlives the process that asked (a dashboard
+    that restarts leaves its runs going), in its own session, its output (and errors) to ``stdout``; the server
+    reaps it. It saves every job the ~0.6 s of CPU a supervisor spends importing SQLAlchemy and SQLModel."""
+    if not _servable(argv, env):
+        return None
+    p = _paths(env)
+    if p is None or not p[0].exists():
+        return None
+    s, pid = _request(p[0], argv, env, cwd, timeout_s, stdout, stdout, detach=True)
+    if s is None:
+        return None
+    s.close()
+    return pid
+
+
+def _servable(argv: list[str], env: dict) -> bool:
+    return enabled(env) and len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m" \
+        and argv[2].startswith(MODULE_PREFIX) and argv[2] not in COLD_MODULES
+
+
+def _request(sock: Path, argv: list[str], env: dict, cwd: str, timeout_s: float, stdout: int | None,
+             stderr: int | None, *, detach: bool) -> tuple[socket.socket | None, int]:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(2)
-        s.connect(str(p[0]))
+        s.connect(str(sock))
         s.settimeout(None)
+        req = {"op": "run", "argv": argv[1:], "cwd": cwd, "env": dict(env)}
+        if detach:
+            req["detach"] = True
         with open(os.devnull, "rb") as devnull:
-            _send(s, {"op": "run", "argv": argv[1:], "cwd": cwd, "env": dict(env)},
-                  [devnull.fileno(), sys.stdout.fileno() if stdout is None else stdout,
-                   sys.stderr.fileno() if stderr is None else stderr])
+            _send(s, req, [devnull.fileno(), sys.stdout.fileno() if stdout is None else stdout,
+                           sys.stderr.fileno() if stderr is None else stderr])
         answer = _read_line(s, timeout_s)
-        pid = int(answer["pid"])
+        return s, int(answer["pid"])
     except (OSError, ValueError, KeyError, TypeError, TimeoutError, ConnectionError):
         s.close()
-        return None
-    return WarmChild(s, pid)
+        return None, 0

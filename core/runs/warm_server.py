@@ -1,5 +1,6 @@
 """The warm worker's server (see core/runs/warm.py for how it fits the runs core): it imports the heavy libraries
-once, then forks one job worker per request from the supervisor on its socket and reports each worker's exit status.
+once, then forks one job worker per request from the supervisor on its socket and reports each worker's exit status
+(and forks a job's supervisor, detached, for the backend that starts the job).
 
 It imports only the standard library and never the studio's own code (``core.*``): it runs as a script
 (``python core/runs/warm_server.py --serve SOCKET LOCK``, started by :func:`core.runs.warm.ensure`), so that every
@@ -137,7 +138,7 @@ def serve(sock_path: str, lock_path: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    children: dict[int, socket.socket] = {}
+    children: dict[int, socket.socket | None] = {}  # forked pid -> whom to tell its exit status (None: nobody)
     last = time.monotonic()
     try:
         while True:
@@ -187,11 +188,23 @@ def serve(sock_path: str, lock_path: str) -> int:
                 elif op == "run" and len(fds) == 3 and _valid_run(req):
                     sys.stdout.flush()
                     sys.stderr.flush()
+                    shown_r, shown_w = os.pipe()
                     pid = os.fork()
                     if pid == 0:
-                        _become_worker(conn, listener, list(children.values()), fds, req)  # never returns
-                    children[pid] = conn
+                        os.close(shown_r)
+                        _become_worker(conn, [listener, *(c for c in children.values() if c)], lock_fd, fds,
+                                       req, shown_w)  # never returns
+                    os.close(shown_w)
+                    # the pid goes out once the child shows its command line (or has ended): whoever asked may check
+                    # at once which process it is (core.runs.backends.is_supervisor_of)
+                    with contextlib.suppress(OSError):
+                        select.select([shown_r], [], [], 5)
+                    os.close(shown_r)
+                    detach = req.get("detach") is True  # a job's supervisor: it outlives whoever asked for it
+                    children[pid] = None if detach else conn  # reaped here even if the reply below fails
                     conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                    if detach:
+                        conn.close()
                 else:
                     conn.close()
             except (OSError, ValueError, TypeError) as exc:
@@ -205,14 +218,19 @@ def serve(sock_path: str, lock_path: str) -> int:
         retire()
 
 
-def _become_worker(conn: socket.socket, listener: socket.socket, others: list[socket.socket], fds: list[int],
-                   req: dict) -> None:
-    """In the forked child: become ``python -m <module> <args>`` as the supervisor would have started it."""
+def _become_worker(conn: socket.socket, others: list[socket.socket], lock_fd: int, fds: list[int],
+                   req: dict, shown: int) -> None:
+    """In the forked child: become ``python -m <module> <args>`` as the supervisor (or, for a supervisor, the
+    backend) would have started it. A detached child (a job's supervisor) outlives whoever asked for it; any other
+    dies with it."""
     code = 1
     try:
-        listener.close()
-        for other in others:
+        for other in others:  # the listener, the other workers' connections
             other.close()
+        with contextlib.suppress(OSError):  # the lock stays the server's: this copy would hold it after the server ends
+            os.close(lock_fd)
+        _show_command([sys.executable, *req["argv"]])
+        os.close(shown)  # the server may now tell our pid
         os.setsid()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -226,7 +244,10 @@ def _become_worker(conn: socket.socket, listener: socket.socket, others: list[so
         _reread_at_import()
         sys.path[0] = req["cwd"]  # as `python -m` puts the working directory first
         _reseed()
-        _watch_supervisor(conn)
+        if req.get("detach") is True:
+            conn.close()
+        else:
+            _watch_supervisor(conn)
         module, args = req["argv"][1], req["argv"][2:]
         sys.argv = [module, *args]
         code = _run_module(module)
@@ -235,6 +256,25 @@ def _become_worker(conn: socket.socket, listener: socket.socket, others: list[so
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _show_command(argv: list[str]) -> None:
+    """Show the command this process now runs where ``ps``, ``top`` and ``/proc/<pid>/cmdline`` look (psutil, and
+    the studio's own checks of which process is a job's: ``core.runs.backends.is_supervisor_of``), as a process
+    started cold shows it: written over this process's own argument area (the kernel's ``arg_start``..``arg_end``,
+    /proc/self/stat's fields 48 and 49), the rest of it zeroed. Only when it fits: the server's own command line
+    (its interpreter, this script and two socket paths) is longer than a job's."""
+    import ctypes
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # fields[0] is field 3
+        start, end = int(fields[48 - 3]), int(fields[49 - 3])
+        data = b"\0".join(a.encode() for a in argv) + b"\0"
+        if start and end - start >= len(data):
+            ctypes.memmove(start, data + b"\0" * (end - start - len(data)), end - start)
+    except (OSError, ValueError, IndexError, UnicodeEncodeError):
+        pass
 
 
 def _reread_at_import() -> None:
