@@ -64,6 +64,32 @@ def test_a_reader_that_loses_the_race_does_nothing(workspace):
     assert store.get(job.id).status == RunStatus.succeeded and store.get(job.id).error is None
 
 
+def test_a_run_claimed_by_a_dashboard_that_ended_before_starting_it_is_queued_again(workspace, count_kind):
+    """A dashboard killed between taking a run from the queue and starting it (seen in test_postgres' two
+    dashboards) left the run 'starting' with nothing running: after the grace the next reconcile failed it as
+    'died without reporting'. Nothing was started (no attempt header in its log), so it goes back to the queue
+    under the same attempt, and the next dispatch runs it. One whose backend began (its header is there) is judged
+    as before."""
+    from datetime import timedelta
+
+    from core.runs import scheduler
+    from storage.tables import utcnow
+
+    job = runs.submit("count", {"steps": 1, "sleep_s": 0}, start=False)
+    began = runs.submit("count", {"steps": 1, "sleep_s": 0}, start=False)
+    claimed = [store.claim_next(5), store.claim_next(5)]  # as a dispatcher does; then it "dies"
+    assert [c.id for c in claimed] == [job.id, began.id] and all(c.attempt == 1 for c in claimed)
+    paths.log_path(began.id).write_text("\n===== attempt 1 at 2026-12-08 03:00:00 =====\n")  # a backend began it
+    with db_session() as s:  # the claim is older than the grace
+        s.exec(update(Run).values(heartbeat_at=utcnow() - timedelta(seconds=scheduler.STARTING_GRACE_S + 5)))
+    assert scheduler.reconcile() == [job.id, began.id]
+    queued, failed = store.get(job.id), store.get(began.id)
+    assert queued.status == RunStatus.queued and queued.attempt == 0 and "queued again" in queued.error
+    assert failed.status == RunStatus.failed and "died without reporting" in failed.error
+    done = runs.wait_for(runs.dispatch()[0], timeout_s=60)
+    assert done.id == job.id and done.status == RunStatus.succeeded and done.attempt == 1 and done.error is None
+
+
 def test_status_is_the_enum_end_to_end(workspace):
     job = store.submit("train", {"dataset": "x"})
     assert store.get(job.id).status is RunStatus.queued
