@@ -106,6 +106,34 @@ def test_shared_prefix_prefill_equals_a_plain_one(cache, adapter_dir):
     assert [r.tokens for r in shared.run()] == [r.tokens for r in plain.run()]
 
 
+def test_reference_losses_over_a_shared_prefix_equal_row_by_row_ones(cache, adapter_dir):
+    """Evaluate's reference loss: rows that start alike (a system prompt) compute that prefix once per adapter and go
+    on from its KV cache. Each row's summed NLL and token count equal its own full forward pass (batch of 1), the
+    base and the adapter mixed in one batch, rows of different lengths (right padding), and a second assistant turn
+    whose labels come before a later row's prefix would end."""
+    from core.data.chat import tokenize_conversation
+    from core.evaluate.job import reference_losses
+
+    slot_b = cache.slot(ModelSource("base", "default"))
+    slot_t = cache.slot(ModelSource("tuned", "default", str(adapter_dir)))
+    tok = slot_b.loaded.tokenizer
+    system = {"role": "system", "content": "You answer in one short sentence, politely, and never use lists."}
+    chats = [[system, {"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in (
+        ("What is rain?", "Water falling from clouds."),
+        ("Why is the sky blue on a clear day?", "Air scatters blue light more than red light, so the sky looks blue."),
+        ("Hi", "Hello!"))]
+    chats.append(chats[0] + [{"role": "user", "content": "And snow?"}, {"role": "assistant", "content": "Frozen."}])
+    examples = [(tc.input_ids, tc.assistant_mask) for tc in (tokenize_conversation(tok, c) for c in chats)] * 2
+    adapters = [None] * len(chats) + [slot_t.adapter_name] * len(chats)
+    assert shared_prefix_len([e[0] for e in examples]) >= 16
+    shared = reference_losses(slot_b.loaded, examples, adapters, batch_size=16)
+    alone = reference_losses(slot_b.loaded, examples, adapters, batch_size=1)
+    assert [n for _, n in shared] == [n for _, n in alone] and all(n > 0 for _, n in alone)
+    for (a, _), (b, _) in zip(shared, alone):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-3)
+    assert abs(shared[0][0] - shared[len(chats)][0]) > 0.05  # the adapter's rows really differ from the base's
+
+
 def test_tokens_stream_and_both_sides_share_one_batch(cache, adapter_dir):
     slot_b = cache.slot(ModelSource("base", "default"))
     slot_t = cache.slot(ModelSource("tuned", "default", str(adapter_dir)))

@@ -25,6 +25,7 @@ from core.evaluate.multiple_choice import MultipleChoiceError, build_requests, s
 from core.evaluate.sides import resolve_sides, speed, store_evaluation
 from core.generate import (
     BASE_ADAPTER,
+    MIN_SHARED_PREFIX,
     GenerateError,
     GenSettings,
     ModelCache,
@@ -33,6 +34,7 @@ from core.generate import (
     generate_rows,
     prompt_ids,
     share_prompt_format,
+    shared_prefix_len,
 )
 from core.runs.errors import JobError
 from core.runs.worker import JobContext, JobResult, StopRequested, log
@@ -123,7 +125,9 @@ def split_conversation(row: dict) -> tuple[list[dict], str | None]:
 def reference_losses(loaded, examples: list[tuple[list[int], list[int]]], adapters: list[str | None],
                      batch_size: int = 16) -> list[tuple[float, int]]:
     """(summed NLL, tokens) of the assistant tokens of each example under its adapter; logits only where a label
-    is (the union of label columns of a batch)."""
+    is (the union of label columns of a batch). Rows of a batch that start alike up to their first label (a system
+    prompt, an instruction: 64 of the demo task's ~145 tokens) compute that prefix once per adapter and go on from
+    its KV cache, as generation's prefill does (core.generate.decoding)."""
     import torch
 
     device = next(loaded.model.parameters()).device
@@ -147,12 +151,16 @@ def reference_losses(loaded, examples: list[tuple[list[int], list[int]]], adapte
         cols = target_mask.any(0).nonzero().squeeze(-1)
         if cols.numel() == 0:
             continue
-        kw: dict[str, Any] = {}
-        if loaded.is_peft:
-            kw["adapter_names"] = [adapters[i] or BASE_ADAPTER for i in idx]
+        names = [adapters[i] or BASE_ADAPTER for i in idx]
+        # the shared prefix ends before the first column that needs logits
+        prefix = min(shared_prefix_len([examples[i][0] for i in idx]), int(cols[0]))
         with loaded.lock, torch.no_grad():
-            logits = loaded.model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False,
-                                  logits_to_keep=cols.to(device), **kw).logits.float()
+            if len(idx) > 1 and prefix >= MIN_SHARED_PREFIX:
+                logits = _logits_after_prefix(loaded, ids, att, cols, prefix, names, device)
+            else:
+                kw: dict[str, Any] = {"adapter_names": names} if loaded.is_peft else {}
+                logits = loaded.model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False,
+                                      logits_to_keep=cols.to(device), **kw).logits.float()
         next_tok = torch.roll(ids, -1, dims=1)[:, cols]
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).cpu(), next_tok.reshape(-1),
                                                 reduction="none").view(len(idx), -1)
@@ -160,6 +168,24 @@ def reference_losses(loaded, examples: list[tuple[list[int], list[int]]], adapte
         for r, i in enumerate(idx):
             out[i] = (float((nll[r] * keep[r]).sum()), int(keep[r].sum()))
     return out
+
+
+def _logits_after_prefix(loaded, ids, att, cols, prefix: int, names: list[str], device):
+    """The logits at ``cols`` of right-padded rows that share their first ``prefix`` tokens: the prefix once per
+    adapter, its KV cache copied to each row, then every row's rest (positions going on after the prefix)."""
+    import torch
+
+    kinds = list(dict.fromkeys(names))
+    kw: dict[str, Any] = {"adapter_names": kinds} if loaded.is_peft else {}
+    head = ids[:1, :prefix].expand(len(kinds), -1).to(device)
+    cache = loaded.model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True, logits_to_keep=1,
+                         **kw).past_key_values
+    cache.batch_select_indices(torch.tensor([kinds.index(n) for n in names], device=device))
+    rest = ids[:, prefix:].to(device)
+    positions = torch.arange(prefix, ids.shape[1], device=device)[None].expand(len(names), -1)
+    kw = {"adapter_names": names} if loaded.is_peft else {}
+    return loaded.model(input_ids=rest, attention_mask=att.to(device), position_ids=positions, past_key_values=cache,
+                        use_cache=True, logits_to_keep=(cols - prefix).to(device), **kw).logits.float()
 
 
 # ---- the job ---------------------------------------------------------------------------------------------------------

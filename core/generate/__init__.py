@@ -22,7 +22,15 @@ The names other layers use are re-exported here (``from core.generate import str
 from __future__ import annotations
 
 from core.generate.cache import BASE_ADAPTER, LoadedBase, ModelCache, Slot, model_cache, share_prompt_format
-from core.generate.decoding import BatchDecoder, GenSettings, RowState, decode, generate_rows, shared_prefix_len
+from core.generate.decoding import (
+    MIN_SHARED_PREFIX,
+    BatchDecoder,
+    GenSettings,
+    RowState,
+    decode,
+    generate_rows,
+    shared_prefix_len,
+)
 from core.generate.errors import GenerateError
 from core.generate.prompts import prompt_ids, render_prompt, stop_token_ids
 from core.generate.remote import EndpointDecoder
@@ -30,8 +38,8 @@ from core.generate.sources import ModelSource, resolve_source, source_for_run
 from core.generate.streaming import SideResult, generate, stream
 
 __all__ = [
-    "BASE_ADAPTER", "BatchDecoder", "EndpointDecoder", "GenSettings", "GenerateError", "LoadedBase", "ModelCache",
-    "ModelSource", "RowState", "SideResult", "Slot", "decode", "generate", "generate_rows", "model_cache",
-    "prompt_ids", "render_prompt", "resolve_source", "share_prompt_format", "shared_prefix_len", "source_for_run",
-    "stop_token_ids", "stream",
+    "BASE_ADAPTER", "MIN_SHARED_PREFIX", "BatchDecoder", "EndpointDecoder", "GenSettings", "GenerateError",
+    "LoadedBase", "ModelCache", "ModelSource", "RowState", "SideResult", "Slot", "decode", "generate", "generate_rows",
+    "model_cache", "prompt_ids", "render_prompt", "resolve_source", "share_prompt_format", "shared_prefix_len",
+    "source_for_run", "stop_token_ids", "stream",
 ]
