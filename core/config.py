@@ -22,6 +22,12 @@ def positive_int_env(name: str, default: int) -> int:
         return default
 
 
+def switched_on(value: str | None) -> bool:
+    """An on/off setting (``FTS_CPU_SHARE``, ``FTS_WARM_WORKER``): unset, empty or anything else is on; ``0``,
+    ``false``, ``no`` or ``off`` (any case, spaces around) is off."""
+    return (value or "").strip().lower() not in ("0", "false", "no", "off")
+
+
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -97,7 +103,7 @@ def get_settings() -> Settings:
         auth=auth,
         max_concurrent_runs=max(1, _int_env("FTS_MAX_CONCURRENT_RUNS", 1)),
         worker_threads=max(0, _int_env("FTS_WORKER_THREADS", 0)),
-        cpu_share=os.environ.get("FTS_CPU_SHARE", "1").strip().lower() not in ("0", "false", "no", "off"),
+        cpu_share=switched_on(os.environ.get("FTS_CPU_SHARE")),
         worker_nice=_int_env("FTS_WORKER_NICE", 10),
         stop_timeout_s=float(os.environ.get("FTS_STOP_TIMEOUT_S", "60")),
         worker_max_memory_bytes=int(float(os.environ.get("FTS_WORKER_MAX_MEMORY_GB", "0")) * 1024**3),

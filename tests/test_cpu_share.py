@@ -95,3 +95,22 @@ def test_jobs_get_openmp_threads_that_sleep_at_a_barrier_unless_the_host_says_ot
     assert job_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert job_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_on_off_settings_read_the_same_words(monkeypatch):
+    """FTS_CPU_SHARE (core.config's Settings) and FTS_WARM_WORKER (read from a job's environment, core.runs.warm)
+    take the same words: 0/false/no/off in any case is off; unset, empty or anything else is on."""
+    from core.config import get_settings, switched_on
+    from core.runs import warm
+
+    for off in ("0", "false", " OFF ", "No"):
+        assert not switched_on(off) and not warm.enabled({"FTS_WARM_WORKER": off})
+        monkeypatch.setenv("FTS_CPU_SHARE", off)
+        assert get_settings().cpu_share is False
+    for on in (None, "", "1", "yes", "True", "on"):
+        assert switched_on(on) and warm.enabled({} if on is None else {"FTS_WARM_WORKER": on})
+        if on is None:
+            monkeypatch.delenv("FTS_CPU_SHARE", raising=False)
+        else:
+            monkeypatch.setenv("FTS_CPU_SHARE", on)
+        assert get_settings().cpu_share is True

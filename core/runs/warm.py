@@ -44,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.config import switched_on
 from core.runs.warm_server import MODULE_PREFIX, REQUEST_LIMIT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +78,7 @@ MAX_SERVERS = 2  # per installation: a session that keeps changing its environme
 
 def enabled(env: dict | None = None) -> bool:
     env = os.environ if env is None else env
-    return env.get("FTS_WARM_WORKER", "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(env.get("FTS_WARM_WORKER"))
 
 
 def _volatile(name: str) -> bool:
