@@ -109,6 +109,9 @@ def test_the_supervisor_forks_too_shows_its_command_and_outlives_the_process_tha
     assert done.status == RunStatus.succeeded and done.final_metrics == {"counted": 40}, runs.log_tail(job_id)
     # the server reaps it: gone, not left a <defunct> child of anyone's
     wait_until(lambda: not psutil.pid_exists(supervisor.pid), 15)
+    # a command longer than the server's own cannot be shown over it: such a supervisor starts cold instead
+    longer = [sys.executable, "-m", "core.runs.supervise", "--job-id", "1", "--tee-log" + " " * 4096]
+    assert warm.spawn_supervisor(longer, warm_server, os.getcwd(), 1) is None
 
 
 def test_a_stop_reaches_the_warm_worker_and_a_signal_death_is_named(warm_server, workspace):
