@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core import runs
-from core.runs import JobError
+from core.runs import JobError, TransitionError
 from core.sweep import study as studies
 from core.sweep.spec import SweepError, parse_sweep, trial_config
 from storage import Run
@@ -110,8 +110,11 @@ def stop_sweep(sweep_id: int, *, timeout_s: float | None = None) -> Run:
             trial_run = runs.get_run(int(rid))
             if trial_run.status.is_active:
                 st._storage.set_trial_user_attr(t._trial_id, "paused", True)
-                runs.stop(trial_run.id, wait=False,
-                          reason=f"stopped with sweep {run.id}; resuming the sweep resumes it")
+                try:
+                    runs.stop(trial_run.id, wait=False,
+                              reason=f"stopped with sweep {run.id}; resuming the sweep resumes it")
+                except TransitionError:
+                    pass  # it ended meanwhile: the driver's own stop got there first (the same reason)
     return runs.get_run(run.id)
 
 
