@@ -79,7 +79,7 @@ def test_a_run_claimed_by_a_dashboard_that_ended_before_starting_it_is_queued_ag
     began = runs.submit("count", {"steps": 1, "sleep_s": 0}, start=False)
     claimed = [store.claim_next(5), store.claim_next(5)]  # as a dispatcher does; then it "dies"
     assert [c.id for c in claimed] == [job.id, began.id] and all(c.attempt == 1 for c in claimed)
-    paths.log_path(began.id).write_text("\n===== attempt 1 at 2026-12-08 03:00:00 =====\n")  # a backend began it
+    paths.log_path(began.id).write_text(paths.attempt_header(1))  # a backend began it
     with db_session() as s:  # the claim is older than the grace
         s.exec(update(Run).values(heartbeat_at=utcnow() - timedelta(seconds=scheduler.STARTING_GRACE_S + 5)))
     assert scheduler.reconcile() == [job.id, began.id]

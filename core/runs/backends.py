@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -121,7 +120,7 @@ class LocalBackend(Backend):
         except OSError as exc:
             log.warning("could not start the warm worker: %s", exc)
         with open(paths.log_path(job.id), "ab") as logf:
-            logf.write(f"\n===== attempt {job.attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
+            logf.write(paths.attempt_header(job.attempt).encode())
             logf.flush()
             # the supervisor forks from the warm worker too where one answers (in its own session, reaped by the
             # server, its command line as a cold one's: is_alive below tells it the same way), else starts cold
@@ -343,8 +342,7 @@ class RayBackend(Backend):
         sid = self.submission_id(job)
         cpus = self.cpus(job)
         with open(paths.log_path(job.id), "ab") as logf:
-            logf.write(f"\n===== attempt {job.attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                       f"(Ray job {sid} on {self.address}) =====\n".encode())
+            logf.write(paths.attempt_header(job.attempt, f"Ray job {sid} on {self.address}").encode())
         try:
             self._call("the job submission", client.submit_job, entrypoint=self.entrypoint(job), submission_id=sid,
                        runtime_env={"env_vars": ray_job_environment()},

@@ -131,6 +131,18 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(p).free
 
 
+def attempt_header(attempt: int, where: str = "") -> str:
+    """The line a backend writes to the job's log before it starts anything of an attempt (``where``: e.g. the Ray
+    job it submits): the reconcile reads it back (:func:`attempt_began`)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"\n===== attempt {attempt} at {when}{f' ({where})' if where else ''} =====\n"
+
+
+def attempt_began(job_id: int, attempt: int) -> bool:
+    """A backend began this attempt of the job: its header is in the job's log."""
+    return f"===== attempt {attempt} at " in file_tail(log_path(job_id), max_lines=10_000, max_chars=64_000)
+
+
 def log_tail(job_id: int, max_lines: int = 40, max_chars: int = 6000) -> str:
     return file_tail(log_path(job_id), max_lines, max_chars)
 

@@ -140,7 +140,7 @@ def reconcile(on_start: bool = False, ids: Iterable[int] | None = None) -> list[
             if age < STARTING_GRACE_S and not on_start:
                 continue  # being started by a dispatcher right now
             if age >= STARTING_GRACE_S and r.status == RunStatus.starting and not r.external_id \
-                    and not _attempt_began(r):
+                    and not paths.attempt_began(r.id, r.attempt):
                 # claimed by a dispatcher that ended before it started anything (a dashboard killed right then):
                 # nothing ran, so nothing is lost — it goes back to the queue under the same attempt
                 if store.unclaim(r.id, attempt=r.attempt, note="waiting to start: the dashboard that took it from "
@@ -167,12 +167,6 @@ def reconcile(on_start: bool = False, ids: Iterable[int] | None = None) -> list[
         if status == RunStatus.interrupted and _resumes_on_start(fresh):
             store.requeue(r.id, resume_from_checkpoint=None)  # a sweep's driver: it reattaches to its trials
     return changed
-
-
-def _attempt_began(job: Run) -> bool:
-    """A backend began this attempt: it writes the attempt's header to the job's log before it starts anything."""
-    return f"===== attempt {job.attempt} at " in paths.file_tail(paths.log_path(job.id), max_lines=10_000,
-                                                                   max_chars=64_000)
 
 
 def _resumes_on_start(job: Run) -> bool:
